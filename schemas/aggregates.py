@@ -1,0 +1,153 @@
+"""Derived records: window partials (stage 1), watermarks and WindowStats."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from surgegate.schemas.fields import Count, EpochMs, Fraction, Millis, Name, Offset, Rate
+from surgegate.schemas.telemetry import Sketch, WorkerState
+
+
+class TrafficAggregate(msgspec.Struct, frozen=True):
+    """Mergeable request aggregate of one scope over part of a window."""
+
+    ok: Count = 0
+    error: Count = 0
+    timeout: Count = 0
+    throttled: Count = 0
+    realtime: Count = 0
+    batch: Count = 0
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    cache_hits: Count = 0
+    over_2s: Count = 0
+    latency: Sketch = msgspec.field(default_factory=Sketch)
+    queue_wait: Sketch = msgspec.field(default_factory=Sketch)
+
+
+class WorkerSample(msgspec.Struct, frozen=True, array_like=True):
+    """A worker's latest report within a window: the newest ``ts`` wins a merge."""
+
+    ts: EpochMs
+    state: WorkerState
+    queue_depth: Count
+    running_requests: Count
+    tokens_per_s: Rate
+
+
+class PoolAggregate(msgspec.Struct, frozen=True):
+    """Mergeable GPU-pool aggregate over part of a window."""
+
+    samples: Count = 0
+    utilisation_sum: float = 0.0
+    utilisation_max: Fraction = 0.0
+    kv_cache_sum: float = 0.0
+    kv_cache_max: Fraction = 0.0
+    queue_depth_max: Count = 0
+    workers: dict[str, WorkerSample] = msgspec.field(default_factory=dict)
+
+
+class SourceRange(msgspec.Struct, frozen=True):
+    """The input a partial was computed from: one partition, an offset range."""
+
+    topic: str
+    partition: Offset
+    first_offset: Offset
+    last_offset: Offset
+
+
+class WindowPartial(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.WindowPartial/1"):
+    """Stage-1 aggregate of one scope and window from one source offset range.
+
+    The merge stage drops a partial whose source range it has already merged,
+    so a partial republished after an ingest restart is not counted twice.
+    """
+
+    scope: str
+    window_start: EpochMs
+    window_ms: int
+    source: SourceRange
+    events: Count
+    traffic: TrafficAggregate | None = None
+    pool: PoolAggregate | None = None
+
+
+class Watermark(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.Watermark/1"):
+    """Event-time progress of one ingest consumer, sent to every partials partition.
+
+    Windows ending at or before ``watermark - lateness`` may close.
+    """
+
+    ingest_id: str
+    watermark: EpochMs
+
+
+class TrafficStats(msgspec.Struct, frozen=True):
+    """Request statistics of one scope over one window."""
+
+    requests: Count
+    rate_rps: Rate
+    ok: Count
+    error: Count
+    timeout: Count
+    throttled: Count
+    realtime: Count
+    batch: Count
+    latency_p50_ms: Millis
+    latency_p90_ms: Millis
+    latency_p99_ms: Millis
+    latency_max_ms: Millis
+    queue_wait_p99_ms: Millis
+    input_tokens: Count
+    output_tokens: Count
+    tokens_per_s: Rate
+    over_2s_share: Fraction
+    cache_hits: Count
+
+
+class PoolStats(msgspec.Struct, frozen=True):
+    """GPU-pool statistics over one window.
+
+    Per-worker figures (queue depth, running requests, tokens/s, replica
+    states) come from each worker's latest report in the window.
+    """
+
+    samples: Count
+    utilisation_mean: Fraction
+    utilisation_max: Fraction
+    kv_cache_mean: Fraction
+    kv_cache_max: Fraction
+    queue_depth: Count
+    queue_depth_max: Count
+    running_requests: Count
+    tokens_per_s: Rate
+    workers: Count
+    ready_replicas: Count
+    cold_starting_replicas: Count
+
+
+class WindowStats(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.WindowStats/1"):
+    """One closed 10 s window of one scope; identity is ``(scope, window_start)``.
+
+    ``late_events`` counts events that arrived for this scope's earlier,
+    already closed windows since the previous WindowStats was published.
+    """
+
+    scope: str
+    kind: Literal["traffic", "pool"]
+    window_start: EpochMs
+    window_end: EpochMs
+    late_events: Count = 0
+    service: Name | None = None
+    tier: Name | None = None
+    tenant: Name | None = None
+    pool: Name | None = None
+    traffic: TrafficStats | None = None
+    gpu: PoolStats | None = None
+
+    @property
+    def identity(self) -> tuple[str, int]:
+        """``(scope, window_start)``: the same window replayed has the same identity."""
+        return (self.scope, self.window_start)

@@ -1,0 +1,25 @@
+"""DeadLetter: an input the pipeline could not use, kept with its reason."""
+
+from __future__ import annotations
+
+import msgspec
+
+from surgegate.schemas.fields import EpochMs, Offset
+
+
+class DeadLetter(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.DeadLetter/1"):
+    """The original bytes (base64), where they came from and why they failed.
+
+    ``reason`` is a short code (``undecodable``, ``unknown_schema``,
+    ``missing_field``, ``invalid_field``, ``future_timestamp``,
+    ``inconsistent``); ``error`` says it in words.
+    """
+
+    source_topic: str
+    partition: Offset
+    offset: Offset
+    reason: str
+    error: str
+    value_b64: str
+    key_b64: str | None = None
+    at: EpochMs = 0

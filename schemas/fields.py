@@ -1,0 +1,19 @@
+"""Constrained field types shared by the wire schemas."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import Meta
+
+from surgegate.scopes import NAME_PATTERN
+
+Name = Annotated[str, Meta(pattern=NAME_PATTERN, description="letters, digits, '_', '.', ':', '-'; 1-64 chars")]
+#: Event time, epoch milliseconds.
+EpochMs = Annotated[int, Meta(ge=0, le=2**53, description="epoch milliseconds")]
+Count = Annotated[int, Meta(ge=0, le=10**15)]
+#: A duration in milliseconds, at most one day.
+Millis = Annotated[float, Meta(ge=0.0, le=86_400_000.0)]
+Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
+Rate = Annotated[float, Meta(ge=0.0, le=1e12)]
+Offset = Annotated[int, Meta(ge=0)]

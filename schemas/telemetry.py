@@ -1,0 +1,107 @@
+"""Inbound telemetry: what edges and GPU workers send to sg.requests / sg.metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from surgegate.schemas.fields import Count, EpochMs, Fraction, Millis, Name, Rate
+
+RequestType = Literal["realtime", "batch"]
+Status = Literal["ok", "error", "timeout", "throttled"]
+WorkerState = Literal["ready", "cold_starting", "draining"]
+
+#: Latency above which a request counts as a long-tail request.
+SLOW_REQUEST_MS = 2000.0
+
+
+class RequestEvent(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.RequestEvent/1"):
+    """One finished (or throttled) request, as seen by an edge.
+
+    ``latency_ms`` is end-to-end time at the edge; ``queue_ms`` the part spent
+    waiting for a worker. Throttled requests were not served: they count as
+    demand but not in latency statistics.
+    """
+
+    ts: EpochMs
+    service: Name
+    tenant: Name
+    tier: Name
+    edge_id: Name
+    latency_ms: Millis
+    request_type: RequestType = "realtime"
+    queue_ms: Millis = 0.0
+    status: Status = "ok"
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    cache_hit: bool = False
+
+
+class Sketch(msgspec.Struct, frozen=True):
+    """Wire form of a log-bucket latency sketch (see :mod:`surgegate.sketch`).
+
+    ``bins`` maps bucket index to count, ``zeros`` counts values <= 0.001 ms,
+    ``max`` is the exact maximum.
+    """
+
+    bins: dict[Annotated[int, Meta(ge=-2000, le=2000)], Count] = msgspec.field(default_factory=dict)
+    zeros: Count = 0
+    max: Millis = 0.0
+
+    @property
+    def count(self) -> int:
+        """Number of values in the sketch."""
+        return self.zeros + sum(self.bins.values())
+
+
+class RequestSummary(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.RequestSummary/1"):
+    """An edge's pre-aggregate of the requests of one scope over ``duration_ms``.
+
+    The sketches cover served requests (every status but ``throttled``), so
+    their count must equal ``ok + error + timeout``. ``over_2s`` counts served
+    requests slower than 2 s. The covered interval must lie in one window.
+    """
+
+    ts: EpochMs
+    service: Name
+    tenant: Name
+    tier: Name
+    edge_id: Name
+    request_type: RequestType = "realtime"
+    duration_ms: Annotated[int, Meta(ge=1, le=60_000)] = 1000
+    ok: Count = 0
+    error: Count = 0
+    timeout: Count = 0
+    throttled: Count = 0
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    cache_hits: Count = 0
+    over_2s: Count = 0
+    latency: Sketch = msgspec.field(default_factory=Sketch)
+    queue_wait: Sketch = msgspec.field(default_factory=Sketch)
+
+    @property
+    def requests(self) -> int:
+        """All requests covered, throttled ones included."""
+        return self.ok + self.error + self.timeout + self.throttled
+
+
+class MetricEvent(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.MetricEvent/1"):
+    """A GPU worker's (or an edge's) periodic report of its own state."""
+
+    ts: EpochMs
+    pool: Name
+    worker_id: Name
+    utilisation: Fraction
+    kind: Literal["gpu_worker", "edge"] = "gpu_worker"
+    state: WorkerState = "ready"
+    queue_depth: Count = 0
+    kv_cache_use: Fraction = 0.0
+    running_requests: Count = 0
+    tokens_per_s: Rate = 0.0
+
+
+#: Everything an edge or worker may send.
+Telemetry = RequestEvent | RequestSummary | MetricEvent

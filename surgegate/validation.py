@@ -1,0 +1,84 @@
+"""Decoding and validating inbound telemetry (pure: the clock is passed in).
+
+>>> v = TelemetryValidator(window_ms=10_000, max_future_ms=300_000)
+>>> ev = v.decode(b'{"schema":"sg.RequestEvent/1","ts":1000,"service":"chat","tenant":"a",'
+...               b'"tier":"free","edge_id":"e1","latency_ms":12.5}', now_ms=2000)
+>>> ev.service, ev.status
+('chat', 'ok')
+>>> v.decode(b'{"schema":"sg.Nope/1"}', now_ms=0)
+Traceback (most recent call last):
+...
+surgegate.errors.InvalidEvent: unknown_schema: Invalid value 'sg.Nope/1' - at `$.schema`
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from surgegate.errors import InvalidEvent
+from surgegate.schemas.telemetry import MetricEvent, RequestEvent, RequestSummary, Telemetry
+
+
+class TelemetryValidator:
+    """Turns raw bytes into a typed telemetry record or raises :class:`InvalidEvent`.
+
+    Checks beyond the schema: an event time more than ``max_future_ms`` ahead of
+    ``now_ms`` is rejected (a skewed edge clock would otherwise hold windows
+    open), and a RequestSummary must be internally consistent and lie within
+    one window.
+    """
+
+    def __init__(self, *, window_ms: int, max_future_ms: int) -> None:
+        if window_ms <= 0:
+            raise ValueError(f"window_ms={window_ms!r} must be > 0")
+        if max_future_ms <= 0:
+            raise ValueError(f"max_future_ms={max_future_ms!r} must be > 0")
+        self.window_ms = window_ms
+        self.max_future_ms = max_future_ms
+        self._decoder = msgspec.json.Decoder(Telemetry)
+
+    def decode(self, raw: bytes, now_ms: int) -> RequestEvent | RequestSummary | MetricEvent:
+        """Decode and check one event."""
+        try:
+            event = self._decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            raise InvalidEvent(_validation_reason(str(exc)), str(exc)) from None
+        except msgspec.DecodeError as exc:
+            raise InvalidEvent("undecodable", str(exc)) from None
+        if event.ts > now_ms + self.max_future_ms:
+            raise InvalidEvent(
+                "future_timestamp",
+                f"ts={event.ts} is {(event.ts - now_ms) / 1000:.0f} s ahead of the ingest clock "
+                f"(limit {self.max_future_ms / 1000:.0f} s)",
+            )
+        if type(event) is RequestSummary:
+            self._check_summary(event)
+        return event
+
+    def _check_summary(self, s: RequestSummary) -> None:
+        served = s.ok + s.error + s.timeout
+        if s.latency.count != served or s.queue_wait.count != served:
+            raise InvalidEvent(
+                "inconsistent",
+                f"latency sketch holds {s.latency.count} and queue_wait sketch {s.queue_wait.count} "
+                f"values but ok+error+timeout = {served}",
+            )
+        if s.over_2s > served or s.cache_hits > s.requests:
+            raise InvalidEvent("inconsistent", "over_2s or cache_hits exceeds the requests covered")
+        start = s.ts - s.ts % self.window_ms
+        if s.ts + s.duration_ms > start + self.window_ms:
+            raise InvalidEvent(
+                "inconsistent",
+                f"summary [{s.ts}, {s.ts + s.duration_ms}) crosses the window boundary at "
+                f"{start + self.window_ms}",
+            )
+
+
+def _validation_reason(message: str) -> str:
+    if "`$.schema`" in message or "missing required field `schema`" in message:
+        return "unknown_schema"
+    if "missing required field" in message:
+        return "missing_field"
+    if message.startswith("Expected `object`"):
+        return "undecodable"
+    return "invalid_field"

@@ -1,0 +1,170 @@
+"""Pure stage-1 / stage-2 aggregation: counts, percentiles, equivalences, replays."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from surgegate.schemas.aggregates import SourceRange
+from surgegate.schemas.telemetry import MetricEvent, RequestEvent
+from surgegate.sketch import RELATIVE_ACCURACY, LogHistogram
+from surgegate.summaries import summarize
+from surgegate.windowing import ZERO_FILL_WINDOWS, PartialAggregator, ScopeWindows, merge_all
+
+W = 10_000
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a window boundary
+
+
+def make_events(n: int, seed: int = 1, windows: int = 3) -> list[RequestEvent]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        slow = rng.random() < 0.1
+        out.append(RequestEvent(
+            ts=T0 + rng.randrange(windows * W), service=rng.choice(["chat", "embed"]),
+            tenant=rng.choice(["acme", "globex", "initech"]), tier=rng.choice(["free", "pro"]),
+            edge_id="edge-1", latency_ms=rng.uniform(2000, 9000) if slow else rng.uniform(5, 200),
+            queue_ms=rng.uniform(0, 50), status=rng.choice(["ok"] * 8 + ["error", "throttled"]),
+            request_type=rng.choice(["realtime", "batch"]), input_tokens=rng.randrange(500),
+            output_tokens=rng.randrange(300), cache_hit=rng.random() < 0.2,
+        ))
+    return out
+
+
+def run_pipeline(events, cuts: int = 3) -> list:
+    """Stage 1 over `cuts` source ranges, then stage 2."""
+    agg = PartialAggregator(W)
+    partials = []
+    size = max(1, len(events) // cuts)
+    for i in range(0, len(events), size):
+        for ev in events[i:i + size]:
+            agg.add(ev)
+        partials += agg.drain(SourceRange("sg.requests", 0, i, i + size - 1))
+    return merge_all(partials, W, watermark=T0 + 100 * W, lateness_ms=5_000)
+
+
+def by_identity(stats):
+    return {s.identity: s for s in stats}
+
+
+def test_counts_and_percentiles_match_the_raw_events():
+    events = make_events(5000)
+    stats = by_identity(run_pipeline(events))
+    for i in range(3):
+        start = T0 + i * W
+        mine = [e for e in events if e.service == "chat" and start <= e.ts < start + W]
+        s = stats[("service=chat", start)].traffic
+        assert s.requests == len(mine)
+        assert s.throttled == sum(e.status == "throttled" for e in mine)
+        assert s.error == sum(e.status == "error" for e in mine)
+        assert s.input_tokens == sum(e.input_tokens for e in mine)
+        assert s.rate_rps == pytest.approx(len(mine) / 10)
+        served = sorted(e.latency_ms for e in mine if e.status != "throttled")
+        for q, got in ((0.5, s.latency_p50_ms), (0.9, s.latency_p90_ms), (0.99, s.latency_p99_ms)):
+            exact = served[int(q * (len(served) - 1))]
+            assert abs(got - exact) <= RELATIVE_ACCURACY * exact + 1e-3
+        assert s.latency_max_ms == pytest.approx(max(served), abs=1e-3)
+        assert s.over_2s_share == pytest.approx(sum(v > 2000 for v in served) / len(served), abs=1e-6)
+
+
+def test_scopes_per_service_tier_and_tenant_add_up():
+    stats = by_identity(run_pipeline(make_events(3000)))
+    for i in range(3):
+        start = T0 + i * W
+        total = stats[("service=embed", start)].traffic.requests
+        tiers = sum(stats[(f"service=embed,tier={t}", start)].traffic.requests for t in ("free", "pro"))
+        tenants = sum(stats[(f"service=embed,tenant={t}", start)].traffic.requests
+                      for t in ("acme", "globex", "initech"))
+        assert total == tiers == tenants
+
+
+def test_summaries_and_single_events_give_identical_windows():
+    events = make_events(4000, seed=7)
+    assert run_pipeline(events) == run_pipeline(summarize(events))
+
+
+def test_how_events_are_cut_into_partials_does_not_change_the_windows():
+    events = make_events(2000, seed=3)
+    assert run_pipeline(events, cuts=1) == run_pipeline(events, cuts=17)
+
+
+def test_a_replayed_partial_is_recognised_and_not_counted_twice():
+    agg = PartialAggregator(W)
+    for ev in make_events(500):
+        agg.add(ev)
+    partials = agg.drain(SourceRange("sg.requests", 2, 0, 499))
+    state = ScopeWindows(scope="service=chat", window_ms=W)
+    mine = [p for p in partials if p.scope == "service=chat"]
+    assert [state.add(p) for p in mine] == ["merged"] * len(mine)
+    assert [state.add(p) for p in mine] == ["duplicate"] * len(mine)
+    once = ScopeWindows(scope="service=chat", window_ms=W)
+    for p in mine:
+        once.add(p)
+    assert state.close(T0 + 50 * W, 0) == once.close(T0 + 50 * W, 0)
+
+
+def test_an_event_for_a_closed_window_is_counted_late_in_the_next_window():
+    agg = PartialAggregator(W)
+    state = ScopeWindows(scope="service=chat", window_ms=W)
+    agg.add(make_events(1, windows=1)[0].__replace__(service="chat", ts=T0 + 1))
+    for p in agg.drain(SourceRange("sg.requests", 0, 0, 0)):
+        if p.scope == "service=chat":
+            state.add(p)
+    assert [s.window_start for s in state.close(T0 + W + 5_000, 5_000)] == [T0]
+    agg.add(make_events(1, windows=1)[0].__replace__(service="chat", ts=T0 + 2))
+    late = [p for p in agg.drain(SourceRange("sg.requests", 0, 1, 1)) if p.scope == "service=chat"]
+    assert state.add(late[0]) == "late"
+    nxt = state.close(T0 + 2 * W + 5_000, 5_000)
+    assert [(s.window_start, s.late_events, s.traffic.requests) for s in nxt] == [(T0 + W, 1, 0)]
+
+
+def test_quiet_windows_are_zeros_for_a_while_then_the_scope_goes_quiet():
+    agg = PartialAggregator(W)
+    agg.add(make_events(1, windows=1)[0].__replace__(service="chat", ts=T0))
+    state = ScopeWindows(scope="service=chat", window_ms=W)
+    for p in agg.drain(SourceRange("sg.requests", 0, 0, 0)):
+        if p.scope == "service=chat":
+            state.add(p)
+    out = state.close(T0 + 1000 * W, 0)
+    assert len(out) == 1 + ZERO_FILL_WINDOWS
+    assert all(s.traffic.requests == 0 for s in out[1:])
+    assert [s.window_start for s in out] == [T0 + i * W for i in range(ZERO_FILL_WINDOWS + 1)]
+
+
+def test_pool_windows_report_latest_state_per_worker():
+    agg = PartialAggregator(W)
+    agg.add(MetricEvent(ts=T0 + 1, pool="a100", worker_id="w1", utilisation=0.5, state="cold_starting",
+                        queue_depth=3))
+    agg.add(MetricEvent(ts=T0 + 2, pool="a100", worker_id="w1", utilisation=0.7, queue_depth=5))
+    agg.add(MetricEvent(ts=T0 + 3, pool="a100", worker_id="w2", utilisation=0.9, state="cold_starting",
+                        kv_cache_use=0.4, queue_depth=1))
+    [stats] = merge_all(agg.drain(SourceRange("sg.metrics", 0, 0, 2)), W, T0 + W, 0)
+    g = stats.gpu
+    assert (g.workers, g.ready_replicas, g.cold_starting_replicas) == (2, 1, 1)
+    assert g.utilisation_mean == pytest.approx(0.7) and g.utilisation_max == 0.9
+    assert (g.queue_depth, g.queue_depth_max) == (6, 5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=3_600_000.0), min_size=1, max_size=300),
+       st.floats(min_value=0.0, max_value=1.0))
+def test_sketch_quantiles_stay_within_relative_accuracy(values, q):
+    h = LogHistogram()
+    h.extend(values)
+    exact = sorted(values)[int(q * (len(values) - 1))]
+    assert abs(h.quantile(q) - exact) <= RELATIVE_ACCURACY * exact + 1e-3
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=1e6), max_size=100),
+       st.lists(st.floats(min_value=0.0, max_value=1e6), max_size=100))
+def test_merging_sketches_equals_adding_all_values(a, b):
+    ha, hb, hall = LogHistogram(), LogHistogram(), LogHistogram()
+    ha.extend(a)
+    hb.extend(b)
+    hall.extend(a + b)
+    ha.merge(hb)
+    assert (ha.bins, ha.zeros, ha.max) == (hall.bins, hall.zeros, hall.max)
