@@ -1,0 +1,47 @@
+"""The Faust application: one factory, every agent wired to its topics."""
+
+from __future__ import annotations
+
+import faust
+
+from surgegate.agents.mirror import MirrorAgent
+from surgegate.agents.windows import WindowMergeAgent
+from surgegate.settings import Settings
+from surgegate.streams.store import StateMirror
+from surgegate.streams.topics import Topics
+
+
+def create_app(settings: Settings, *, mirror: StateMirror | None = None) -> faust.App:
+    """Build the Faust app with the window-merge and Redis-mirror agents.
+
+    Group timeouts are short because the embedded broker makes a join wait for
+    the rebalance timeout; standby replicas are off because with them a single
+    worker restores its own active table partitions as standbys and misses the
+    newest changelog record.
+    """
+    topics = Topics(settings.topic_prefix)
+    app = faust.App(
+        f"{settings.topic_prefix}surgegate",
+        broker=f"kafka://{settings.kafka.split(',')[0]}",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        broker_session_timeout=6.0,
+        broker_rebalance_timeout=6.0,
+        broker_heartbeat_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        producer_linger_ms=5,
+        producer_compression_type=None,
+        logging_config=None,
+    )
+    app.surgegate_settings = settings  # type: ignore[attr-defined]
+    partials = app.topic(topics.partials, key_type=bytes, value_type=bytes,
+                         key_serializer="raw", value_serializer="raw")
+    windows = app.topic(topics.windows, key_type=bytes, value_type=bytes,
+                        key_serializer="raw", value_serializer="raw")
+    WindowMergeAgent(app, settings, source=partials, sink=windows).register()
+    if mirror is not None:
+        MirrorAgent(app, mirror, windows=windows).register()
+    return app

@@ -1,0 +1,116 @@
+"""Stage 2: merge window partials per scope and publish closed windows.
+
+State per scope (:class:`~surgegate.windowing.ScopeWindows`) lives in a Faust
+table backed by a changelog, so a restarted worker resumes open windows and
+duplicate marks instead of losing or double-counting them. Watermarks from the
+ingest consumers arrive on every partition of sg.partials and close the windows
+of the scopes that partition holds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import faust
+import msgspec
+from faust.types import TP
+
+from surgegate.schemas.aggregates import Watermark, WindowPartial
+from surgegate.settings import Settings
+from surgegate.windowing import ScopeWindows
+
+log = logging.getLogger(__name__)
+
+
+class StoredScope(msgspec.Struct):
+    """Table value: the scope's state and the partials partition it lives on."""
+
+    partition: int
+    state: ScopeWindows
+
+
+class WindowMergeAgent:
+    """Owns the merge table and the agent that feeds it.
+
+    ``counters`` counts ``partials.merged``, ``partials.duplicate``,
+    ``partials.late``, ``late_events``, ``windows.published`` and
+    ``partials.rejected``.
+    """
+
+    def __init__(self, app: faust.App, settings: Settings, *, source: faust.TopicT, sink: faust.TopicT) -> None:
+        self.app = app
+        self.settings = settings
+        self.source = source
+        self.sink = sink
+        self.table = app.Table("scope_windows", key_type=str, value_type=str, partitions=settings.partitions)
+        self.counters: Counter[str] = Counter()
+        # Decoded working copy of the table, by partition then scope.
+        self._cache: dict[int, dict[str, ScopeWindows]] = {}
+        self._decoder = msgspec.json.Decoder(WindowPartial | Watermark)
+        self._stored = msgspec.json.Decoder(StoredScope)
+        self._watermarks: dict[int, int] = {}
+
+    def register(self) -> None:
+        """Attach the agent and the rebalance hook to the app."""
+        self.app.agent(self.source, name="merge_windows")(self._run)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+
+    async def _on_revoked(self, sender: object, revoked: set[TP], **kwargs: object) -> None:
+        for tp in revoked:
+            if tp.topic == self.source.get_topic_name():
+                self._cache.pop(tp.partition, None)
+
+    def _scopes(self, partition: int) -> dict[str, ScopeWindows]:
+        scopes = self._cache.get(partition)
+        if scopes is None:
+            # First use since (re)assignment: load this partition's scopes from the table.
+            scopes = self._cache[partition] = {}
+            for key, raw in self.table.items():
+                stored = self._stored.decode(raw)
+                if stored.partition == partition:
+                    scopes[key] = stored.state
+        return scopes
+
+    def _save(self, partition: int, state: ScopeWindows) -> None:
+        self.table[state.scope] = msgspec.json.encode(StoredScope(partition, state)).decode()
+
+    async def _run(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            partition = event.message.partition
+            try:
+                record = self._decoder.decode(event.value)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                self.counters["partials.rejected"] += 1
+                log.error("merge_windows: unreadable record at %s[%d]@%d: %s", event.message.topic,
+                          partition, event.message.offset, exc)
+                continue
+            if type(record) is Watermark:
+                await self._advance(partition, record.watermark)
+            else:
+                self._merge(partition, record)
+
+    def _merge(self, partition: int, partial: WindowPartial) -> None:
+        scopes = self._scopes(partition)
+        state = scopes.get(partial.scope)
+        if state is None:
+            state = scopes[partial.scope] = ScopeWindows(scope=partial.scope, window_ms=self.settings.window_ms)
+        outcome = state.add(partial)
+        self.counters[f"partials.{outcome}"] += 1
+        if outcome == "late":
+            self.counters["late_events"] += partial.events
+        if outcome != "duplicate":
+            self._save(partition, state)
+
+    async def _advance(self, partition: int, watermark: int) -> None:
+        if watermark <= self._watermarks.get(partition, -1):
+            return
+        self._watermarks[partition] = watermark
+        for scope, state in self._scopes(partition).items():
+            closed = state.close(watermark, self.settings.lateness_ms)
+            if not closed:
+                continue
+            for stats in closed:
+                await self.sink.send(key=scope.encode(), value=msgspec.json.encode(stats))
+            self.counters["windows.published"] += len(closed)
+            self._save(partition, state)

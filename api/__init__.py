@@ -1,0 +1,1 @@
+"""The aiohttp status API (built by ``create_app(settings, ...)``)."""

@@ -1,0 +1,278 @@
+"""Stage 1: the batch ingest consumer.
+
+A confluent-kafka consumer group reads sg.requests and sg.metrics in batches,
+decodes each record with one typed msgspec decoder, folds it into a per-partition
+:class:`~surgegate.windowing.PartialAggregator`, and every ``flush_interval``
+publishes one WindowPartial per scope and window to sg.partials, then a
+Watermark to every partials partition. Bad records go to sg.deadletter.
+
+Exactness across restarts. Before a cut ``[first, last]`` of a source partition
+is published, its intent is written to that partition of ``<source>.cuts``; the
+source offset ``last + 1`` is committed only after the partials are
+acknowledged. A consumer that takes over a partition whose committed offset
+equals the last intent's ``first`` cuts at exactly that intent's ``last``
+again, so every republished partial carries a source range the merge stage has
+seen and drops.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import msgspec
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Message, TopicPartition
+
+from surgegate.errors import InvalidEvent
+from surgegate.schemas.aggregates import SourceRange, Watermark
+from surgegate.schemas.deadletter import DeadLetter
+from surgegate.settings import Settings
+from surgegate.streams.kafka import consumer_config
+from surgegate.streams.producer import KafkaSender
+from surgegate.streams.store import CounterSink, NullCounterSink
+from surgegate.streams.topics import Topics
+from surgegate.validation import TelemetryValidator
+from surgegate.windowing import PartialAggregator
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 10_000
+POLL_TIMEOUT_S = 0.2
+CUT_LOOKUP_TIMEOUT_S = 5.0
+
+
+class CutIntent(msgspec.Struct, frozen=True):
+    """The source range the next partials of one partition will cover."""
+
+    first: int
+    last: int
+
+
+class _PartitionWork:
+    __slots__ = ("aggregator", "first", "last")
+
+    def __init__(self, window_ms: int) -> None:
+        self.aggregator = PartialAggregator(window_ms)
+        self.first = -1
+        self.last = -1
+
+
+def wall_clock_ms() -> int:
+    """Current wall-clock time in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+class IngestWorker:
+    """One member of the ingest consumer group; run it in a thread or process.
+
+    ``counters`` holds what happened (``events``, ``dead_letters``,
+    ``dead_letter.<reason>``, ``partials``, ``cuts``) for logs, benchmarks and
+    the Redis counter hash.
+    """
+
+    def __init__(self, settings: Settings, *, member_id: str | None = None,
+                 clock: Callable[[], int] = wall_clock_ms, redis_url: str | None = None) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.member_id = member_id or f"{settings.worker_id}-ingest"
+        self.clock = clock
+        self.validator = TelemetryValidator(window_ms=settings.window_ms, max_future_ms=settings.max_future_ms)
+        self.sender = KafkaSender(settings, f"{self.member_id}-producer")
+        self.counters: Counter[str] = Counter()
+        url = redis_url if redis_url is not None else settings.redis
+        self.counter_sink = CounterSink(url) if url else NullCounterSink()
+        self._consumer: Consumer | None = None
+        self._work: dict[tuple[str, int], _PartitionWork] = {}
+        self._forced_cuts: dict[tuple[str, int], int] = {}
+        self._max_event_ts = 0
+        self._last_message_at = time.monotonic()
+        self._partials_partitions = 0
+        self._stop = threading.Event()
+        self._reported: Counter[str] = Counter()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to flush, commit and return."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Consume until :meth:`stop`; flushes and commits before returning."""
+        consumer = self._consumer = Consumer(
+            consumer_config(self.settings, f"{self.settings.topic_prefix}ingest", self.member_id)
+        )
+        consumer.subscribe([self.topics.requests, self.topics.metrics],
+                           on_assign=self._on_assign, on_revoke=self._on_revoke)
+        interval = self.settings.flush_interval_s
+        next_flush = time.monotonic() + interval
+        try:
+            while not self._stop.is_set():
+                messages = consumer.consume(BATCH_SIZE, POLL_TIMEOUT_S)
+                if messages:
+                    self._last_message_at = time.monotonic()
+                    self.process(messages)
+                self.sender.poll()
+                if time.monotonic() >= next_flush:
+                    self.flush()
+                    next_flush = time.monotonic() + interval
+            self.flush()
+        finally:
+            consumer.close()
+            self.sender.close()
+            self.counter_sink.close()
+            log.info("ingest %s stopped: %s", self.member_id, dict(self.counters))
+
+    # ------------------------------------------------------------ per batch
+
+    def process(self, messages: list[Message]) -> None:
+        """Decode, validate and aggregate one batch of messages."""
+        decode = self.validator.decode
+        now = self.clock()
+        work = self._work
+        forced = self._forced_cuts
+        max_ts = self._max_event_ts
+        events = 0
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("ingest consume error: %s", err.str())
+                continue
+            key = (msg.topic(), msg.partition())
+            offset = msg.offset()
+            if forced and key in forced and offset > forced[key]:
+                self.flush([key])
+            part = work.get(key)
+            if part is None:
+                part = work[key] = _PartitionWork(self.settings.window_ms)
+            if part.first < 0:
+                part.first = offset
+            part.last = offset
+            try:
+                event = decode(msg.value(), now)
+            except InvalidEvent as exc:
+                self._dead_letter(msg, exc.reason, exc.detail, now)
+            else:
+                part.aggregator.add(event)
+                events += 1
+                if event.ts > max_ts:
+                    max_ts = event.ts
+            if forced and key in forced and offset == forced[key]:
+                self.flush([key])
+        self._max_event_ts = max_ts
+        self.counters["events"] += events
+
+    def _dead_letter(self, msg: Message, reason: str, detail: str, now: int) -> None:
+        value = msg.value() or b""
+        key = msg.key()
+        letter = DeadLetter(
+            source_topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), reason=reason,
+            error=detail, value_b64=_b64(value), key_b64=_b64(key) if key is not None else None, at=now,
+        )
+        self.sender.send(self.topics.deadletter, msgspec.json.encode(letter), key=msg.topic().encode())
+        self.counters["dead_letters"] += 1
+        self.counters[f"dead_letter.{reason}"] += 1
+
+    # ------------------------------------------------------------ cuts
+
+    def watermark(self) -> int:
+        """Event-time progress: the newest event time, or wall clock once idle."""
+        if time.monotonic() - self._last_message_at >= self.settings.idle_after_s:
+            return max(self._max_event_ts, self.clock())
+        return self._max_event_ts
+
+    def flush(self, keys: list[tuple[str, int]] | None = None) -> None:
+        """Publish the partials of the given (or all) partitions, then commit them."""
+        consumer = self._consumer
+        keys = list(self._work) if keys is None else keys
+        cuts: list[tuple[tuple[str, int], _PartitionWork]] = []
+        for key in keys:
+            part = self._work.get(key)
+            if part is not None and part.first >= 0:
+                cuts.append((key, part))
+        with_data = [(k, p) for k, p in cuts if p.aggregator]
+        # 1. intents first, acknowledged before any partial is sent
+        for (topic, partition), part in with_data:
+            self.sender.send(self.topics.cuts(topic), msgspec.json.encode(CutIntent(part.first, part.last)),
+                             key=str(partition).encode(), partition=partition)
+        if with_data:
+            self.sender.flush()
+        # 2. partials, then watermarks on every partials partition
+        sent = 0
+        for (topic, partition), part in with_data:
+            source = SourceRange(topic, partition, part.first, part.last)
+            for partial in part.aggregator.drain(source):
+                self.sender.send(self.topics.partials, msgspec.json.encode(partial), key=partial.scope.encode())
+                sent += 1
+        self._send_watermarks()
+        self.sender.flush()
+        # 3. commit what is now safely published
+        if cuts and consumer is not None:
+            consumer.commit(offsets=[TopicPartition(t, p, part.last + 1) for (t, p), part in cuts],
+                            asynchronous=False)
+        for key, part in cuts:
+            self._forced_cuts.pop(key, None)
+            part.first = part.last = -1
+        self.counters["partials"] += sent
+        self.counters["cuts"] += len(with_data)
+        self._report_counters()
+
+    def _send_watermarks(self) -> None:
+        if not self._partials_partitions:
+            md = self.sender.producer.list_topics(self.topics.partials, timeout=CUT_LOOKUP_TIMEOUT_S)
+            self._partials_partitions = len(md.topics[self.topics.partials].partitions)
+        mark = msgspec.json.encode(Watermark(ingest_id=self.member_id, watermark=self.watermark()))
+        for partition in range(self._partials_partitions):
+            self.sender.send(self.topics.partials, mark, key=b"~watermark", partition=partition)
+
+    def _report_counters(self) -> None:
+        delta = self.counters - self._reported
+        if delta:
+            self.counter_sink.add(delta)
+            self._reported = Counter(self.counters)
+
+    # ------------------------------------------------------------ rebalance
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        committed = consumer.committed(partitions, timeout=CUT_LOOKUP_TIMEOUT_S)
+        for tp in committed:
+            intent = self._last_intent(tp.topic, tp.partition)
+            if intent is not None and tp.offset != OFFSET_INVALID and tp.offset == intent.first:
+                self._forced_cuts[(tp.topic, tp.partition)] = intent.last
+                log.info("ingest %s: %s[%d] resumes an unfinished cut %d..%d", self.member_id, tp.topic,
+                         tp.partition, intent.first, intent.last)
+        log.info("ingest %s assigned %s", self.member_id, [(t.topic, t.partition) for t in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self.flush([k for k in keys if k in self._work])
+        for key in keys:
+            self._work.pop(key, None)
+            self._forced_cuts.pop(key, None)
+
+    def _last_intent(self, topic: str, partition: int) -> CutIntent | None:
+        cuts_topic = self.topics.cuts(topic)
+        reader = Consumer({"bootstrap.servers": self.settings.kafka, "group.id": f"{self.member_id}-cuts",
+                           "enable.auto.commit": False})
+        try:
+            low, high = reader.get_watermark_offsets(TopicPartition(cuts_topic, partition),
+                                                     timeout=CUT_LOOKUP_TIMEOUT_S)
+            if high <= low:
+                return None
+            reader.assign([TopicPartition(cuts_topic, partition, high - 1)])
+            deadline = time.monotonic() + CUT_LOOKUP_TIMEOUT_S
+            while time.monotonic() < deadline:
+                msg = reader.poll(0.2)
+                if msg is not None and msg.error() is None:
+                    return msgspec.json.decode(msg.value(), type=CutIntent)
+            raise TimeoutError(f"could not read the last cut intent of {cuts_topic}[{partition}]")
+        finally:
+            reader.close()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

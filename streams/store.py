@@ -1,0 +1,158 @@
+"""The Redis mirror: latest state per scope, short history, pipeline counters.
+
+Redis is a convenience for the API and for edges that bootstrap before Kafka
+catches up; it is never in the pipeline's critical path. Every write here
+swallows Redis failures (counting them) and backs off for a while, so Redis
+down slows nothing and stops nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+import redis
+import redis.asyncio as aredis
+
+log = logging.getLogger(__name__)
+
+#: Windows kept per scope (one hour of 10 s windows).
+WINDOW_HISTORY = 360
+#: After a Redis failure, writes are skipped for this long.
+BACKOFF_S = 5.0
+SOCKET_TIMEOUT_S = 0.5
+
+
+class Keys:
+    """Redis key layout (all under one prefix)."""
+
+    def __init__(self, prefix: str = "sg:") -> None:
+        self.prefix = prefix
+
+    @property
+    def scopes(self) -> str:
+        return f"{self.prefix}scopes"
+
+    @property
+    def counters(self) -> str:
+        return f"{self.prefix}counters"
+
+    def latest_window(self, scope: str) -> str:
+        return f"{self.prefix}window:{scope}"
+
+    def window_history(self, scope: str) -> str:
+        return f"{self.prefix}windows:{scope}"
+
+
+class _Backoff:
+    def __init__(self) -> None:
+        self.until = 0.0
+        self.errors = 0
+
+    def ready(self) -> bool:
+        return time.monotonic() >= self.until
+
+    def failed(self, what: str, exc: Exception) -> None:
+        self.errors += 1
+        self.until = time.monotonic() + BACKOFF_S
+        log.warning("redis %s failed (%s); skipping Redis writes for %.0f s", what, exc, BACKOFF_S)
+
+
+class CounterSink:
+    """Synchronous counter increments for the ingest thread (HINCRBY)."""
+
+    def __init__(self, url: str, keys: Keys | None = None) -> None:
+        self.keys = keys or Keys()
+        self._client = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_S,
+                                            socket_connect_timeout=SOCKET_TIMEOUT_S)
+        self._backoff = _Backoff()
+        self._pending: dict[str, int] = {}
+
+    @property
+    def errors(self) -> int:
+        """Redis failures so far."""
+        return self._backoff.errors
+
+    def add(self, counts: Mapping[str, int]) -> None:
+        """Add to the counters; kept and retried later when Redis is down."""
+        for name, n in counts.items():
+            if n:
+                self._pending[name] = self._pending.get(name, 0) + n
+        if not self._pending or not self._backoff.ready():
+            return
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for name, n in self._pending.items():
+                pipe.hincrby(self.keys.counters, name, n)
+            pipe.execute()
+            self._pending.clear()
+        except redis.RedisError as exc:
+            self._backoff.failed("counter update", exc)
+
+    def close(self) -> None:
+        """Release the connection."""
+        self._client.close()
+
+
+class NullCounterSink:
+    """Counter sink used when no Redis is configured."""
+
+    errors = 0
+
+    def add(self, counts: Mapping[str, int]) -> None:
+        """Discard (the counts are still logged by their owner)."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class StateMirror:
+    """Async writer of the latest windows (and later forecasts and decisions) to Redis."""
+
+    def __init__(self, url: str, keys: Keys | None = None) -> None:
+        self.keys = keys or Keys()
+        self._client = aredis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_S,
+                                             socket_connect_timeout=SOCKET_TIMEOUT_S)
+        self._backoff = _Backoff()
+        self.skipped = 0
+
+    @property
+    def errors(self) -> int:
+        """Redis failures so far."""
+        return self._backoff.errors
+
+    async def put_window(self, scope: str, window_start: int, payload: bytes) -> bool:
+        """Record a closed window as latest and in the scope's history."""
+        if not self._backoff.ready():
+            self.skipped += 1
+            return False
+        k = self.keys
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.sadd(k.scopes, scope)
+            pipe.set(k.latest_window(scope), payload)
+            pipe.zadd(k.window_history(scope), {payload: window_start})
+            pipe.zremrangebyrank(k.window_history(scope), 0, -WINDOW_HISTORY - 1)
+            await pipe.execute()
+            return True
+        except (redis.RedisError, OSError) as exc:
+            self._backoff.failed("window mirror", exc)
+            self.skipped += 1
+            return False
+
+    async def incr(self, counts: Mapping[str, int]) -> None:
+        """Add to the pipeline counters, if Redis is reachable."""
+        if not self._backoff.ready():
+            return
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for name, n in counts.items():
+                pipe.hincrby(self.keys.counters, name, n)
+            await pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            self._backoff.failed("counter update", exc)
+
+    async def close(self) -> None:
+        """Release the connection pool."""
+        await self._client.aclose()

@@ -1,0 +1,117 @@
+"""Every topic surgegate uses, declared once, and idempotent creation."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from surgegate.errors import BrokerError
+from surgegate.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ADMIN_TIMEOUT_S = 15.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicSpec:
+    """One topic: its name after the prefix, whether compacted, what it carries."""
+
+    suffix: str
+    carries: str
+    compacted: bool = False
+    #: One partition regardless of settings (low-volume, ordered).
+    single: bool = False
+
+
+TOPIC_SPECS: tuple[TopicSpec, ...] = (
+    TopicSpec("requests", "RequestEvent / RequestSummary, keyed by edge id"),
+    TopicSpec("metrics", "MetricEvent, keyed by worker or edge id"),
+    TopicSpec("partials", "WindowPartial keyed by scope, and ingest Watermarks"),
+    TopicSpec("windows", "WindowStats keyed by scope"),
+    TopicSpec("forecasts", "Forecast keyed by scope"),
+    TopicSpec("thresholds", "Threshold keyed by scope"),
+    TopicSpec("decisions.throttle", "ThrottleDecision keyed by service", compacted=True),
+    TopicSpec("decisions.scaling", "ScalingDecision keyed by pool", compacted=True),
+    TopicSpec("overrides", "Override keyed by scope"),
+    TopicSpec("deadletter", "DeadLetter keyed by source topic"),
+    # Internal: the ingest's cut intents, one partition per source partition.
+    TopicSpec("requests.cuts", "ingest cut intents for sg.requests", compacted=True),
+    TopicSpec("metrics.cuts", "ingest cut intents for sg.metrics", compacted=True),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Topics:
+    """Resolved topic names for one prefix."""
+
+    prefix: str
+
+    def name(self, suffix: str) -> str:
+        """Full name of the topic with this suffix."""
+        return self.prefix + suffix
+
+    @property
+    def requests(self) -> str:
+        return self.name("requests")
+
+    @property
+    def metrics(self) -> str:
+        return self.name("metrics")
+
+    @property
+    def partials(self) -> str:
+        return self.name("partials")
+
+    @property
+    def windows(self) -> str:
+        return self.name("windows")
+
+    @property
+    def deadletter(self) -> str:
+        return self.name("deadletter")
+
+    def cuts(self, source_topic: str) -> str:
+        """The cut-intent topic of a source topic."""
+        return source_topic + ".cuts"
+
+
+def create_topics(settings: Settings, admin: AdminClient | None = None) -> dict[str, str]:
+    """Create every topic that does not exist yet; returns name -> created/exists."""
+    admin = admin or AdminClient({"bootstrap.servers": settings.kafka})
+    topics = Topics(settings.topic_prefix)
+    new = [
+        NewTopic(
+            topics.name(spec.suffix),
+            num_partitions=1 if spec.single else settings.partitions,
+            replication_factor=1,
+            config={"cleanup.policy": "compact"} if spec.compacted else {},
+        )
+        for spec in TOPIC_SPECS
+    ]
+    result: dict[str, str] = {}
+    for name, future in admin.create_topics(new, operation_timeout=ADMIN_TIMEOUT_S).items():
+        try:
+            future.result(timeout=ADMIN_TIMEOUT_S)
+            result[name] = "created"
+        except KafkaException as exc:
+            if exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                result[name] = "exists"
+            else:
+                raise BrokerError(f"creating topic {name}: {exc.args[0].str()}") from exc
+    log.info("topics: %s", result)
+    return result
+
+
+def list_topics(settings: Settings) -> dict[str, int]:
+    """Existing surgegate topics and their partition counts."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka})
+    metadata = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
+    return {
+        name: len(t.partitions)
+        for name, t in sorted(metadata.topics.items())
+        if name.startswith(settings.topic_prefix)
+    }

@@ -1,0 +1,206 @@
+"""The `surgegate` command: up, worker, topics, replay, schemas."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from surgegate.errors import SurgegateError
+from surgegate.settings import Settings
+
+log = logging.getLogger("surgegate")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env(os.environ)
+    changes = {}
+    for option, field in (("partitions", "partitions"), ("prefix", "topic_prefix"), ("kafka", "kafka"),
+                          ("redis", "redis")):
+        value = getattr(args, option, None)
+        if value is not None:
+            changes[field] = value
+    return settings.replace(**changes) if changes else settings
+
+
+def _need_kafka(settings: Settings) -> None:
+    if not settings.kafka:
+        raise SurgegateError("no broker: set SURGEGATE_KAFKA=host:port or pass --kafka (or use `surgegate up`)")
+
+
+def run_worker(settings: Settings, *, ingest: bool = True) -> None:
+    """Run the Faust agents and, in a thread, an ingest consumer, until stopped."""
+    import faust
+
+    from surgegate.agents.app import create_app
+    from surgegate.streams.ingest import IngestWorker
+    from surgegate.streams.store import StateMirror
+
+    mirror = StateMirror(settings.redis) if settings.redis else None
+    app = create_app(settings, mirror=mirror)
+    ingest_worker = IngestWorker(settings) if ingest else None
+    thread = None
+    if ingest_worker is not None:
+        thread = threading.Thread(target=ingest_worker.run, name="ingest", daemon=True)
+        thread.start()
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        if ingest_worker is not None and thread is not None:
+            ingest_worker.stop()
+            thread.join(30)
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    _need_kafka(settings)
+    run_worker(settings, ingest=not args.no_ingest)
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    from surgegate.streams.embedded import EmbeddedBroker, EmbeddedRedis
+    from surgegate.streams.topics import create_topics
+
+    settings = _settings(args)
+    started = []
+    try:
+        if not settings.kafka:
+            broker = EmbeddedBroker(args.broker_port).start()
+            started.append(broker)
+            settings = settings.replace(kafka=broker.bootstrap)
+        if not settings.redis:
+            redis_server = EmbeddedRedis(args.redis_port).start()
+            started.append(redis_server)
+            settings = settings.replace(redis=redis_server.url)
+        create_topics(settings)
+        print(f"surgegate up: broker {settings.kafka}  redis {settings.redis}  "
+              f"topics {settings.topic_prefix}*  window {settings.window_s:.0f} s", flush=True)
+        stop_demo = threading.Event()
+        if args.demo:
+            threading.Thread(target=_demo, args=(settings, stop_demo), name="demo", daemon=True).start()
+            print("surgegate up: sending synthetic demo traffic (service 'chat', pool 'gpu-a')", flush=True)
+        try:
+            run_worker(settings)
+        finally:
+            stop_demo.set()
+    finally:
+        for service in reversed(started):
+            service.stop()
+
+
+def _demo(settings: Settings, stop: threading.Event) -> None:
+    from surgegate.streams.demo import run_demo
+    from surgegate.streams.producer import TelemetryProducer
+
+    with TelemetryProducer(settings, client_id="surgegate-demo") as producer:
+        run_demo(producer, stop)
+
+
+def cmd_topics(args: argparse.Namespace) -> None:
+    from surgegate.streams.topics import create_topics, list_topics
+
+    settings = _settings(args)
+    _need_kafka(settings)
+    if args.action == "create":
+        for name, state in sorted(create_topics(settings).items()):
+            print(f"{name}\t{state}")
+    else:
+        for name, partitions in list_topics(settings).items():
+            print(f"{name}\t{partitions}")
+
+
+def cmd_replay(args: argparse.Namespace) -> None:
+    from surgegate.streams.producer import TelemetryProducer
+    from surgegate.streams.replay import read_trace, replay
+
+    settings = _settings(args)
+    _need_kafka(settings)
+    bins = read_trace(Path(args.file))
+    start_ms = args.start_ms if args.start_ms is not None else int(time.time() * 1000)
+    start_ms -= start_ms % 1000
+
+    def progress(done: int, total: int, sent: int) -> None:
+        print(f"\rreplay {done}/{total} bins  {sent} requests", end="", file=sys.stderr, flush=True)
+
+    with TelemetryProducer(settings, client_id="surgegate-replay") as producer:
+        sent = replay(producer, bins, start_ms=start_ms, speedup=args.speedup, scale=args.scale,
+                      summaries=args.summaries, service=args.service, seed=args.seed, progress=progress)
+    print(f"\nreplayed {sent} requests from {args.file} as "
+          f"{'RequestSummaries' if args.summaries else 'RequestEvents'}", file=sys.stderr)
+
+
+def cmd_schemas(args: argparse.Namespace) -> None:
+    from surgegate.schemas.registry import write_json_schemas
+
+    for path in write_json_schemas():
+        print(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `surgegate` command."""
+    parser = argparse.ArgumentParser(prog="surgegate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--kafka", help="broker host:port (default: SURGEGATE_KAFKA)")
+        p.add_argument("--prefix", help="topic prefix (default: SURGEGATE_TOPIC_PREFIX or 'sg.')")
+
+    up = sub.add_parser("up", help="start broker, Redis, topics and a worker on this machine")
+    common(up)
+    up.add_argument("--redis", help="use this Redis URL instead of an embedded one")
+    up.add_argument("--partitions", type=int)
+    up.add_argument("--demo", action="store_true", help="also send synthetic traffic")
+    up.add_argument("--broker-port", type=int, default=None)
+    up.add_argument("--redis-port", type=int, default=None)
+    up.set_defaults(func=cmd_up)
+
+    worker = sub.add_parser("worker", help="run the ingest consumer and the Faust agents")
+    common(worker)
+    worker.add_argument("--redis")
+    worker.add_argument("--no-ingest", action="store_true", help="Faust agents only")
+    worker.set_defaults(func=cmd_worker)
+
+    topics = sub.add_parser("topics", help="create or list topics")
+    topics.add_argument("action", choices=["create", "list"])
+    common(topics)
+    topics.add_argument("--partitions", type=int)
+    topics.set_defaults(func=cmd_topics)
+
+    rp = sub.add_parser("replay", help="replay a trace (timestamp_s,count[,tokens]) into sg.requests")
+    rp.add_argument("file")
+    common(rp)
+    rp.add_argument("--speedup", type=float, default=1.0, help="time compression (0: as fast as possible)")
+    rp.add_argument("--scale", type=float, default=1.0, help="multiply every count")
+    rp.add_argument("--summaries", action="store_true", help="send per-second RequestSummaries")
+    rp.add_argument("--service", default="chat")
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--start-ms", type=int, default=None, help="event time of the trace start (default: now)")
+    rp.set_defaults(func=cmd_replay)
+
+    sc = sub.add_parser("schemas", help="write the JSON Schema files into schemas/")
+    sc.add_argument("action", choices=["export"])
+    sc.set_defaults(func=cmd_schemas)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `surgegate` console command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (SurgegateError, ValueError, OSError) as exc:
+        print(f"surgegate {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
