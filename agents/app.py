@@ -41,7 +41,7 @@ def create_app(settings: Settings, *, mirror: StateMirror | None = None) -> faus
                          key_serializer="raw", value_serializer="raw")
     windows = app.topic(topics.windows, key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw")
-    WindowMergeAgent(app, settings, source=partials, sink=windows).register()
+    WindowMergeAgent(app, settings, source=partials, sink=windows, mirror=mirror).register()
     if mirror is not None:
         MirrorAgent(app, mirror, windows=windows).register()
     return app

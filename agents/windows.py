@@ -18,6 +18,7 @@ from faust.types import TP
 
 from surgegate.schemas.aggregates import Watermark, WindowPartial
 from surgegate.settings import Settings
+from surgegate.streams.store import StateMirror
 from surgegate.windowing import ScopeWindows
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,11 @@ class WindowMergeAgent:
     ``partials.rejected``.
     """
 
-    def __init__(self, app: faust.App, settings: Settings, *, source: faust.TopicT, sink: faust.TopicT) -> None:
+    def __init__(self, app: faust.App, settings: Settings, *, source: faust.TopicT, sink: faust.TopicT,
+                 mirror: StateMirror | None = None) -> None:
         self.app = app
+        self.mirror = mirror
+        self._reported: Counter[str] = Counter()
         self.settings = settings
         self.source = source
         self.sink = sink
@@ -114,3 +118,10 @@ class WindowMergeAgent:
                 await self.sink.send(key=scope.encode(), value=msgspec.json.encode(stats))
             self.counters["windows.published"] += len(closed)
             self._save(partition, state)
+        await self._report_counters()
+
+    async def _report_counters(self) -> None:
+        delta = self.counters - self._reported
+        if delta and self.mirror is not None:
+            await self.mirror.incr(delta)
+        self._reported = Counter(self.counters)

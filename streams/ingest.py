@@ -33,7 +33,7 @@ from surgegate.schemas.deadletter import DeadLetter
 from surgegate.settings import Settings
 from surgegate.streams.kafka import consumer_config
 from surgegate.streams.producer import KafkaSender
-from surgegate.streams.store import CounterSink, NullCounterSink
+from surgegate.streams.store import CounterSink, Keys, NullCounterSink
 from surgegate.streams.topics import Topics
 from surgegate.validation import TelemetryValidator
 from surgegate.windowing import PartialAggregator
@@ -84,7 +84,8 @@ class IngestWorker:
         self.sender = KafkaSender(settings, f"{self.member_id}-producer")
         self.counters: Counter[str] = Counter()
         url = redis_url if redis_url is not None else settings.redis
-        self.counter_sink = CounterSink(url) if url else NullCounterSink()
+        self.counter_sink = (CounterSink(url, Keys.for_topic_prefix(settings.topic_prefix)) if url
+                             else NullCounterSink())
         self._consumer: Consumer | None = None
         self._work: dict[tuple[str, int], _PartitionWork] = {}
         self._forced_cuts: dict[tuple[str, int], int] = {}
@@ -212,14 +213,16 @@ class IngestWorker:
         self.sender.flush()
         # 3. commit what is now safely published
         if cuts and consumer is not None:
-            consumer.commit(offsets=[TopicPartition(t, p, part.last + 1) for (t, p), part in cuts],
-                            asynchronous=False)
+            self._commit(consumer, [TopicPartition(t, p, part.last + 1) for (t, p), part in cuts])
         for key, part in cuts:
             self._forced_cuts.pop(key, None)
             part.first = part.last = -1
         self.counters["partials"] += sent
         self.counters["cuts"] += len(with_data)
         self._report_counters()
+
+    def _commit(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
+        consumer.commit(offsets=offsets, asynchronous=False)
 
     def _send_watermarks(self) -> None:
         if not self._partials_partitions:
@@ -240,8 +243,13 @@ class IngestWorker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         committed = consumer.committed(partitions, timeout=CUT_LOOKUP_TIMEOUT_S)
         for tp in committed:
+            start = tp.offset
+            if start == OFFSET_INVALID:
+                # nothing committed yet: consumption starts at the earliest offset
+                start, _ = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
+                                                          timeout=CUT_LOOKUP_TIMEOUT_S)
             intent = self._last_intent(tp.topic, tp.partition)
-            if intent is not None and tp.offset != OFFSET_INVALID and tp.offset == intent.first:
+            if intent is not None and start == intent.first:
                 self._forced_cuts[(tp.topic, tp.partition)] = intent.last
                 log.info("ingest %s: %s[%d] resumes an unfinished cut %d..%d", self.member_id, tp.topic,
                          tp.partition, intent.first, intent.last)

@@ -25,10 +25,19 @@ SOCKET_TIMEOUT_S = 0.5
 
 
 class Keys:
-    """Redis key layout (all under one prefix)."""
+    """Redis key layout, all under one prefix derived from the topic prefix.
+
+    >>> Keys.for_topic_prefix("sg.").latest_window("service=chat")
+    'sg:window:service=chat'
+    """
 
     def __init__(self, prefix: str = "sg:") -> None:
         self.prefix = prefix
+
+    @classmethod
+    def for_topic_prefix(cls, topic_prefix: str) -> Keys:
+        """Keys for the deployment whose topics start with ``topic_prefix``."""
+        return cls(topic_prefix.rstrip(".") + ":" if topic_prefix else "sg:")
 
     @property
     def scopes(self) -> str:

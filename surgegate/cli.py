@@ -38,9 +38,9 @@ def run_worker(settings: Settings, *, ingest: bool = True) -> None:
 
     from surgegate.agents.app import create_app
     from surgegate.streams.ingest import IngestWorker
-    from surgegate.streams.store import StateMirror
+    from surgegate.streams.store import Keys, StateMirror
 
-    mirror = StateMirror(settings.redis) if settings.redis else None
+    mirror = StateMirror(settings.redis, Keys.for_topic_prefix(settings.topic_prefix)) if settings.redis else None
     app = create_app(settings, mirror=mirror)
     ingest_worker = IngestWorker(settings) if ingest else None
     thread = None

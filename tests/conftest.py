@@ -1,0 +1,69 @@
+"""Fixtures: a real broker and a real Redis on free loopback ports for the session.
+
+Set SURGEGATE_KAFKA / SURGEGATE_REDIS to use running ones instead. Every test
+gets its own topic prefix (and so its own consumer groups and Redis keys), so
+tests share one broker without seeing each other's data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from support import WorkerProcess  # noqa: E402
+
+from surgegate.settings import Settings  # noqa: E402
+from surgegate.streams.embedded import EmbeddedBroker, EmbeddedRedis  # noqa: E402
+from surgegate.streams.topics import create_topics  # noqa: E402
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def broker_bootstrap():
+    given = os.environ.get("SURGEGATE_KAFKA")
+    if given:
+        yield given
+        return
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    given = os.environ.get("SURGEGATE_REDIS")
+    if given:
+        yield given
+        return
+    with EmbeddedRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def settings(broker_bootstrap, redis_url):
+    """Settings for one test: its own topic prefix, topics created, fast flushes."""
+    s = Settings(kafka=broker_bootstrap, redis=redis_url, topic_prefix=f"t{os.getpid()}x{next(_counter)}.",
+                 partitions=3, lateness_s=2.0, flush_interval_s=0.5, idle_after_s=1.5)
+    create_topics(s)
+    return s
+
+
+@pytest.fixture
+def worker_factory(settings, tmp_path):
+    """Start `surgegate worker` processes for this test's settings; stopped at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(name: str = "w1") -> WorkerProcess:
+        proc = WorkerProcess(settings, tmp_path / f"{name}-{len(started)}.log", worker_id=name).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()

@@ -1,0 +1,110 @@
+"""Helpers for end-to-end tests: worker processes and topic readers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+from confluent_kafka import Consumer, TopicPartition
+
+from surgegate.settings import Settings
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, on a window boundary
+W = 10_000
+
+
+class WorkerProcess:
+    """`surgegate worker` as a child process, configured by environment only."""
+
+    def __init__(self, settings: Settings, log_path: Path, worker_id: str = "w1") -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.worker_id = worker_id
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> WorkerProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SURGEGATE_")}
+        s = self.settings
+        env.update({
+            "SURGEGATE_KAFKA": s.kafka, "SURGEGATE_REDIS": s.redis, "SURGEGATE_TOPIC_PREFIX": s.topic_prefix,
+            "SURGEGATE_PARTITIONS": str(s.partitions), "SURGEGATE_LATENESS_S": str(s.lateness_s),
+            "SURGEGATE_FLUSH_INTERVAL_S": str(s.flush_interval_s), "SURGEGATE_IDLE_AFTER_S": str(s.idle_after_s),
+            "SURGEGATE_WORKER_ID": self.worker_id,
+        })
+        out = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "surgegate.cli", "worker"], env=env, stdout=out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+
+class TopicReader:
+    """Reads a whole topic from the beginning without a consumer group."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.topic = topic
+        self.consumer = Consumer({"bootstrap.servers": settings.kafka, "group.id": f"reader-{topic}",
+                                  "enable.auto.commit": False, "log_level": 0})
+        md = self.consumer.list_topics(topic, timeout=10)
+        parts = md.topics[topic].partitions
+        self.consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        self.messages: list = []
+
+    def poll_until(self, done: Callable[[list], bool], timeout: float, what: str = "") -> list:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in self.consumer.consume(1000, 0.2):
+                if m.error() is None:
+                    self.messages.append(m)
+            if done(self.messages):
+                return self.messages
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or self.topic}; "
+                             f"have {len(self.messages)} messages")
+
+    def read_to_end(self, timeout: float = 30.0) -> list:
+        """Consume until every partition's current end offset has been read."""
+        ends = {}
+        for tp in self.consumer.assignment():
+            _, high = self.consumer.get_watermark_offsets(tp, timeout=10)
+            ends[tp.partition] = high
+
+        def done(messages):
+            seen = {}
+            for m in messages:
+                seen[m.partition()] = max(seen.get(m.partition(), -1), m.offset())
+            return all(high == 0 or seen.get(p, -1) >= high - 1 for p, high in ends.items())
+
+        return self.poll_until(done, timeout, f"the end of {self.topic}")
+
+    def decoded(self, kind: type) -> list:
+        return [msgspec.json.decode(m.value(), type=kind) for m in self.messages]
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait until ``check()`` holds; fail naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)

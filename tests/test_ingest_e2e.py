@@ -1,0 +1,75 @@
+"""The ingest consumer on the real broker: a crash between publishing and committing."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import msgspec
+import pytest
+from support import T0, TopicReader
+from test_pipeline_e2e import reference, send, traffic
+
+from surgegate.schemas.aggregates import WindowPartial
+from surgegate.streams.ingest import IngestWorker
+from surgegate.streams.topics import Topics
+from surgegate.windowing import ScopeWindows
+
+pytestmark = pytest.mark.e2e
+
+
+class CrashBeforeCommit(IngestWorker):
+    """Dies right after its first partials are acknowledged, before committing them."""
+
+    def _commit(self, consumer, offsets):
+        raise RuntimeError("simulated crash between publish and commit")
+
+
+def run_until(worker: IngestWorker, done) -> None:
+    """Run the worker in a thread until ``done()`` returns, then stop it cleanly."""
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        done()
+    finally:
+        worker.stop()
+        thread.join(60)
+
+
+def test_partials_republished_after_a_crash_are_recognised_not_double_counted(settings):
+    s = settings.replace(idle_after_s=600.0)
+    events = traffic("chat", range(3), 700, seed=4)
+    send(s, events)
+    topics = Topics(s.topic_prefix)
+    partials = TopicReader(s, topics.partials)
+
+    crashed = CrashBeforeCommit(s, member_id="ingest-a")
+    thread = threading.Thread(target=lambda: pytest.raises(RuntimeError, crashed.run))
+    thread.start()
+    partials.poll_until(lambda m: any(b'"sg.WindowPartial/1"' in x.value() for x in m), 60, "first partials")
+    thread.join(60)
+    assert not thread.is_alive()
+
+    healthy = IngestWorker(s, member_id="ingest-b")
+    run_until(healthy, lambda: partials.poll_until(
+        lambda _: healthy.counters["events"] >= len(events) and healthy.counters["partials"] > 0, 60,
+        "the second consumer to finish"))
+    partials.read_to_end()
+
+    states: dict[str, ScopeWindows] = {}
+    outcomes: Counter[str] = Counter()
+    for m in partials.messages:
+        record = m.value()
+        if b'"sg.Watermark/1"' in record:
+            continue
+        p = msgspec.json.decode(record, type=WindowPartial)
+        state = states.setdefault(p.scope, ScopeWindows(scope=p.scope, window_ms=s.window_ms))
+        outcomes[state.add(p)] += 1
+    assert outcomes["duplicate"] > 0, "the crash should have left partials that were published twice"
+    assert outcomes["late"] == 0
+    merged = {}
+    for scope, state in states.items():
+        for w in state.close(T0 + 100 * s.window_ms, 0):
+            if w.traffic.requests:
+                merged[w.identity] = w
+    assert merged == reference(events, s)

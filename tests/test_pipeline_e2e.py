@@ -1,0 +1,209 @@
+"""End to end on the real broker and Redis: producer SDK -> ingest -> merge agent -> sg.windows."""
+
+from __future__ import annotations
+
+import base64
+import random
+import signal
+import time
+
+import msgspec
+import pytest
+import redis
+from confluent_kafka import Producer
+from support import T0, W, TopicReader, WorkerProcess, eventually
+
+from surgegate.schemas.aggregates import SourceRange, WindowStats
+from surgegate.schemas.deadletter import DeadLetter
+from surgegate.schemas.telemetry import MetricEvent, RequestEvent
+from surgegate.sketch import RELATIVE_ACCURACY
+from surgegate.streams.embedded import EmbeddedRedis
+from surgegate.streams.producer import TelemetryProducer
+from surgegate.streams.store import Keys
+from surgegate.streams.topics import Topics
+from surgegate.summaries import summarize
+from surgegate.windowing import PartialAggregator, merge_all
+
+pytestmark = pytest.mark.e2e
+
+
+def traffic(service: str, windows: range, per_window: int, seed: int) -> list[RequestEvent]:
+    rng = random.Random(seed)
+    out = []
+    for w in windows:
+        for _ in range(per_window):
+            slow = rng.random() < 0.1
+            out.append(RequestEvent(
+                ts=T0 + w * W + rng.randrange(W), service=service, tenant=rng.choice(["acme", "globex", "initech"]),
+                tier=rng.choice(["free", "pro", "enterprise"]), edge_id=f"edge-{rng.randrange(6)}",
+                latency_ms=round(rng.uniform(2000, 9000) if slow else rng.uniform(5, 200), 3),
+                queue_ms=round(rng.uniform(0, 40), 3), status=rng.choice(["ok"] * 17 + ["error", "timeout", "throttled"]),
+                request_type=rng.choice(["realtime", "realtime", "batch"]), input_tokens=rng.randrange(1000),
+                output_tokens=rng.randrange(500), cache_hit=rng.random() < 0.2,
+            ))
+    out.sort(key=lambda e: e.ts)
+    return out
+
+
+def reference(events, settings) -> dict[tuple[str, int], WindowStats]:
+    """What the pipeline must publish, computed in-process by the same pure code."""
+    agg = PartialAggregator(settings.window_ms)
+    for ev in events:
+        agg.add(ev)
+    stats = merge_all(agg.drain(SourceRange("x", 0, 0, 0)), settings.window_ms, T0 + 100 * W, 0)
+    return {s.identity: s for s in stats if (s.traffic and s.traffic.requests) or (s.gpu and s.gpu.samples)}
+
+
+def send(settings, events) -> None:
+    with TelemetryProducer(settings, client_id="test-edge") as producer:
+        for ev in events:
+            if isinstance(ev, RequestEvent):
+                producer.send_request(ev)
+            elif isinstance(ev, MetricEvent):
+                producer.send_metric(ev)
+            else:
+                producer.send_summary(ev)
+
+
+def windows_of(reader: TopicReader, scope_prefix: str) -> dict[tuple[str, int], WindowStats]:
+    out: dict[tuple[str, int], WindowStats] = {}
+    for s in reader.decoded(WindowStats):
+        if s.scope.startswith(scope_prefix) and ((s.traffic and s.traffic.requests) or (s.gpu and s.gpu.samples)):
+            assert out.setdefault(s.identity, s) == s, f"window {s.identity} published with different content"
+    return out
+
+
+def test_known_traffic_over_three_windows_gives_exact_counts_and_percentiles(settings, worker_factory):
+    events = traffic("chat", range(3), 1500, seed=11)
+    metrics = [MetricEvent(ts=T0 + w * W + i * 1000, pool="gpu-a", worker_id=f"gpu-a-{k}", utilisation=0.5 + k / 10,
+                           queue_depth=k, state="cold_starting" if k == 3 and i < 5 else "ready")
+               for w in range(3) for i in range(10) for k in range(4)]
+    expected = reference(events + metrics, settings)
+    worker = worker_factory()
+    send(settings, events + metrics)
+    reader = TopicReader(settings, Topics(settings.topic_prefix).windows)
+    reader.poll_until(lambda _: set(expected) <= set(windows_of(reader, "")), 90, "three closed windows")
+    got = windows_of(reader, "")
+    assert {k: got[k] for k in expected} == expected
+    # and against the raw events themselves
+    for w in range(3):
+        start = T0 + w * W
+        mine = [e for e in events if start <= e.ts < start + W]
+        t = got[("service=chat", start)].traffic
+        assert t.requests == len(mine) == 1500
+        assert (t.ok, t.error, t.timeout, t.throttled) == tuple(sum(e.status == s for e in mine)
+                                                              for s in ("ok", "error", "timeout", "throttled"))
+        served = sorted(e.latency_ms for e in mine if e.status != "throttled")
+        for q, value in ((0.5, t.latency_p50_ms), (0.9, t.latency_p90_ms), (0.99, t.latency_p99_ms)):
+            exact = served[int(q * (len(served) - 1))]
+            assert abs(value - exact) <= RELATIVE_ACCURACY * exact + 1e-3
+        assert t.latency_max_ms == max(served)
+        assert t.tokens_per_s == pytest.approx(sum(e.input_tokens + e.output_tokens for e in mine) / 10)
+        pool = got[("pool=gpu-a", start)].gpu
+        assert (pool.workers, pool.ready_replicas, pool.cold_starting_replicas) == (4, 4, 0)
+    # mirrored to Redis
+    keys = Keys.for_topic_prefix(settings.topic_prefix)
+    r = redis.Redis.from_url(settings.redis)
+    eventually(lambda: r.zcard(keys.window_history("service=chat")) >= 3
+               and b"service=chat,tier=pro" in r.smembers(keys.scopes), 20, "windows mirrored to Redis")
+    history = [msgspec.json.decode(v, type=WindowStats) for v in r.zrange(keys.window_history("service=chat"), 0, -1)]
+    assert [h.window_start for h in history if h.traffic.requests][:3] == [T0, T0 + W, T0 + 2 * W]
+    assert b"service=chat,tier=pro" in r.smembers(keys.scopes)
+    assert worker.proc.poll() is None, worker.log()
+
+
+def test_summaries_and_single_events_give_the_same_windows(settings, worker_factory):
+    events = traffic("direct", range(3), 800, seed=5)
+    twin = [e.__replace__(service="summed") for e in events]
+    worker_factory()
+    send(settings, events + summarize(twin))
+    reader = TopicReader(settings, Topics(settings.topic_prefix).windows)
+
+    def both(_):
+        direct, summed = windows_of(reader, "service=direct"), windows_of(reader, "service=summed")
+        return len(direct) >= 3 * 7 and len(summed) >= 3 * 7
+
+    reader.poll_until(both, 90, "windows of both services")
+    direct = windows_of(reader, "service=direct")
+    summed = windows_of(reader, "service=summed")
+    renamed = {(k[0].replace("summed", "direct"), k[1]): v.__replace__(scope=v.scope.replace("summed", "direct"),
+                                                                      service="direct")
+               for k, v in summed.items()}
+    assert renamed == direct
+
+
+def test_bad_events_land_on_deadletter_with_reasons_and_nothing_else_is_lost(settings, worker_factory):
+    topics = Topics(settings.topic_prefix)
+    good = traffic("chat", range(1), 200, seed=2)
+    now = int(time.time() * 1000)
+    bad = {
+        b"\xff\xfe garbage": "undecodable",
+        b'{"schema":"sg.Mystery/9","ts":1}': "unknown_schema",
+        b'{"schema":"sg.RequestEvent/1","ts":1,"service":"chat"}': "missing_field",
+        msgspec.json.encode({**msgspec.to_builtins(good[0]), "latency_ms": -5}): "invalid_field",
+        msgspec.json.encode({**msgspec.to_builtins(good[0]), "ts": now + 86_400_000}): "future_timestamp",
+    }
+    worker_factory()
+    producer = Producer({"bootstrap.servers": settings.kafka, "linger.ms": 5})
+    for raw in bad:
+        producer.produce(topics.requests, raw, key=b"bad-edge")
+    producer.flush()
+    send(settings, good)
+    dead = TopicReader(settings, topics.deadletter)
+    dead.poll_until(lambda m: len(m) >= len(bad), 60, "dead letters")
+    letters = dead.decoded(DeadLetter)
+    assert sorted((base64.b64decode(d.value_b64), d.reason) for d in letters) == sorted(bad.items())
+    assert all(d.source_topic == topics.requests and d.error for d in letters)
+    assert sorted(d.offset for d in letters) == list(range(len(bad)))  # one producer, one key: one partition
+    windows = TopicReader(settings, topics.windows)
+    windows.poll_until(lambda _: ("service=chat", T0) in windows_of(windows, "service=chat"), 60, "the good window")
+    assert windows_of(windows, "service=chat")[("service=chat", T0)].traffic.requests == 200
+    counters = redis.Redis.from_url(settings.redis).hgetall(Keys.for_topic_prefix(settings.topic_prefix).counters)
+    assert int(counters[b"dead_letters"]) == len(bad)
+    assert int(counters[b"dead_letter.future_timestamp"]) == 1
+
+
+def test_worker_killed_mid_stream_neither_loses_nor_changes_a_window(settings, tmp_path):
+    # Windows close on event time only here, so the two halves can be told apart.
+    no_idle = settings.replace(idle_after_s=600.0)
+    first = traffic("chat", range(0, 3), 1000, seed=21)
+    second = traffic("chat", range(3, 6), 1000, seed=22)
+    second[0] = second[0].__replace__(ts=T0 + 3 * W + 5_000)  # past window 2's end + lateness
+    closer = traffic("chat", range(8, 9), 5, seed=23)
+    expected = {k: v for k, v in reference(first + second, settings).items() if k[0].startswith("service=chat")
+                and k[1] < T0 + 6 * W}
+    reader = TopicReader(settings, Topics(settings.topic_prefix).windows)
+    a = WorkerProcess(no_idle, tmp_path / "a.log").start()
+    try:
+        send(settings, first + second[:1])  # the first event of window 3 closes windows 0..2
+        reader.poll_until(lambda _: {("service=chat", T0 + w * W) for w in range(3)}
+                          <= set(windows_of(reader, "service=chat")), 90, "the first three windows")
+        half = len(second) // 2
+        send(settings, second[1:half])
+        time.sleep(1.0)  # the ingest publishes partials for part of it, then dies mid-cycle
+        a.stop(signal.SIGKILL)
+    finally:
+        a.stop()
+    b = WorkerProcess(no_idle, tmp_path / "b.log").start()
+    try:
+        send(settings, second[half:] + closer)
+        reader.poll_until(lambda _: set(expected) <= set(windows_of(reader, "service=chat")), 120,
+                          "all six windows after the restart")
+        got = windows_of(reader, "service=chat")  # raises if a window was published twice, differently
+        assert {k: got[k] for k in expected} == expected
+    finally:
+        b.stop()
+
+
+def test_redis_down_does_not_stop_the_pipeline(settings, tmp_path):
+    doomed = EmbeddedRedis().start()
+    local = settings.replace(redis=doomed.url)
+    worker = WorkerProcess(local, tmp_path / "w.log").start()
+    try:
+        doomed.stop()
+        send(settings, traffic("chat", range(2), 300, seed=9))
+        reader = TopicReader(settings, Topics(settings.topic_prefix).windows)
+        reader.poll_until(lambda _: len(windows_of(reader, "service=chat")) >= 2, 90, "windows without Redis")
+        assert worker.proc.poll() is None, worker.log()
+    finally:
+        worker.stop()
