@@ -17,7 +17,7 @@ WorkerState = Literal["ready", "cold_starting", "draining"]
 SLOW_REQUEST_MS = 2000.0
 
 
-class RequestEvent(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.RequestEvent/1"):
+class RequestEvent(msgspec.Struct, frozen=True, gc=False, tag_field="schema", tag="sg.RequestEvent/1"):
     """One finished (or throttled) request, as seen by an edge.
 
     ``latency_ms`` is end-to-end time at the edge; ``queue_ms`` the part spent
@@ -39,7 +39,7 @@ class RequestEvent(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.Requ
     cache_hit: bool = False
 
 
-class Sketch(msgspec.Struct, frozen=True):
+class Sketch(msgspec.Struct, frozen=True, gc=False):
     """Wire form of a log-bucket latency sketch (see :mod:`surgegate.sketch`).
 
     ``bins`` maps bucket index to count, ``zeros`` counts values <= 0.001 ms,
@@ -56,7 +56,7 @@ class Sketch(msgspec.Struct, frozen=True):
         return self.zeros + sum(self.bins.values())
 
 
-class RequestSummary(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.RequestSummary/1"):
+class RequestSummary(msgspec.Struct, frozen=True, gc=False, tag_field="schema", tag="sg.RequestSummary/1"):
     """An edge's pre-aggregate of the requests of one scope over ``duration_ms``.
 
     The sketches cover served requests (every status but ``throttled``), so
@@ -88,7 +88,7 @@ class RequestSummary(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.Re
         return self.ok + self.error + self.timeout + self.throttled
 
 
-class MetricEvent(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.MetricEvent/1"):
+class MetricEvent(msgspec.Struct, frozen=True, gc=False, tag_field="schema", tag="sg.MetricEvent/1"):
     """A GPU worker's (or an edge's) periodic report of its own state."""
 
     ts: EpochMs

@@ -137,19 +137,23 @@ class IngestWorker:
         forced = self._forced_cuts
         max_ts = self._max_event_ts
         events = 0
+        key = part = None
         for msg in messages:
             err = msg.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("ingest consume error: %s", err.str())
                 continue
-            key = (msg.topic(), msg.partition())
+            topic, partition = msg.topic(), msg.partition()
+            if key is None or partition != key[1] or topic != key[0]:
+                # consume() returns runs from one partition: look the partition up once per run
+                key = (topic, partition)
+                part = work.get(key)
+                if part is None:
+                    part = work[key] = _PartitionWork(self.settings.window_ms)
             offset = msg.offset()
             if forced and key in forced and offset > forced[key]:
                 self.flush([key])
-            part = work.get(key)
-            if part is None:
-                part = work[key] = _PartitionWork(self.settings.window_ms)
             if part.first < 0:
                 part.first = offset
             part.last = offset

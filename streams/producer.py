@@ -19,6 +19,7 @@ from confluent_kafka import KafkaError, Producer
 from surgegate.errors import DeliveryFailed, InvalidEvent, ProducerBufferFull
 from surgegate.schemas.telemetry import MetricEvent, RequestEvent, RequestSummary
 from surgegate.settings import Settings
+from surgegate.validation import NameCheck
 from surgegate.streams.kafka import FLUSH_TIMEOUT_S, producer_config
 from surgegate.streams.topics import Topics
 
@@ -162,6 +163,11 @@ def _validated(kind: type[T], record: T | Mapping[str, Any]) -> T:
     else:
         raise InvalidEvent("invalid_field", f"expected {kind.__name__} or a mapping, got {type(record).__name__}")
     try:
-        return msgspec.json.decode(raw, type=kind)
+        decoded = msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:
         raise InvalidEvent("invalid_field", f"{kind.__name__}: {exc}") from None
+    _NAMES.check(decoded)
+    return decoded
+
+
+_NAMES = NameCheck()

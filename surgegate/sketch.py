@@ -24,14 +24,14 @@ from collections.abc import Iterable, Mapping
 #: Guaranteed relative error of every quantile.
 RELATIVE_ACCURACY = 0.01
 GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
-_INV_LOG_GAMMA = 1.0 / math.log(GAMMA)
+INV_LOG_GAMMA = 1.0 / math.log(GAMMA)
 #: Values at or below this (milliseconds) count in the zero bucket.
 MIN_VALUE = 1e-3
 
 
 def bucket_index(value: float) -> int:
     """The bucket a positive value above :data:`MIN_VALUE` falls in."""
-    return math.ceil(math.log(value) * _INV_LOG_GAMMA)
+    return math.ceil(math.log(value) * INV_LOG_GAMMA)
 
 
 def bucket_value(index: int) -> float:
@@ -63,7 +63,7 @@ class LogHistogram:
         if value <= MIN_VALUE:
             self.zeros += 1
         else:
-            i = math.ceil(math.log(value) * _INV_LOG_GAMMA)
+            i = math.ceil(math.log(value) * INV_LOG_GAMMA)
             bins = self.bins
             bins[i] = bins.get(i, 0) + 1
             if value > self.max:

@@ -13,9 +13,12 @@ surgegate.errors.InvalidEvent: unknown_schema: Invalid value 'sg.Nope/1' - at `$
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 from surgegate.errors import InvalidEvent
+from surgegate.scopes import NAME_PATTERN
 from surgegate.schemas.telemetry import MetricEvent, RequestEvent, RequestSummary, Telemetry
 
 
@@ -36,6 +39,7 @@ class TelemetryValidator:
         self.window_ms = window_ms
         self.max_future_ms = max_future_ms
         self._decoder = msgspec.json.Decoder(Telemetry)
+        self.names = NameCheck()
 
     def decode(self, raw: bytes, now_ms: int) -> RequestEvent | RequestSummary | MetricEvent:
         """Decode and check one event."""
@@ -51,6 +55,7 @@ class TelemetryValidator:
                 f"ts={event.ts} is {(event.ts - now_ms) / 1000:.0f} s ahead of the ingest clock "
                 f"(limit {self.max_future_ms / 1000:.0f} s)",
             )
+        self.names.check(event)
         if type(event) is RequestSummary:
             self._check_summary(event)
         return event
@@ -82,3 +87,36 @@ def _validation_reason(message: str) -> str:
     if message.startswith("Expected `object`"):
         return "undecodable"
     return "invalid_field"
+
+
+class NameCheck:
+    """Checks name fields against :data:`~surgegate.scopes.NAME_PATTERN`, caching names seen.
+
+    >>> NameCheck().check(RequestEvent(ts=0, service="chat", tenant="a b", tier="free", edge_id="e",
+    ...                                latency_ms=1.0))
+    Traceback (most recent call last):
+    ...
+    surgegate.errors.InvalidEvent: invalid_field: tenant='a b' must match ^[A-Za-z0-9_.:-]{1,64}$
+    """
+
+    #: The cache is dropped when it grows past this many names.
+    MAX_CACHED = 100_000
+    _REQUEST_FIELDS = ("service", "tenant", "tier", "edge_id")
+    _METRIC_FIELDS = ("pool", "worker_id")
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._pattern = re.compile(NAME_PATTERN)
+
+    def check(self, event: RequestEvent | RequestSummary | MetricEvent) -> None:
+        """Raise :class:`InvalidEvent` naming the first field whose name is malformed."""
+        fields = self._METRIC_FIELDS if type(event) is MetricEvent else self._REQUEST_FIELDS
+        seen = self._seen
+        for field in fields:
+            name = getattr(event, field)
+            if name not in seen:
+                if not self._pattern.match(name):
+                    raise InvalidEvent("invalid_field", f"{field}={name!r} must match {NAME_PATTERN}")
+                if len(seen) >= self.MAX_CACHED:
+                    seen.clear()
+                seen.add(name)

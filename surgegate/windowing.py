@@ -18,6 +18,7 @@ since the epoch:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from math import ceil, log
 
 import msgspec
 
@@ -33,7 +34,7 @@ from surgegate.schemas.aggregates import (
     WorkerSample,
 )
 from surgegate.schemas.telemetry import SLOW_REQUEST_MS, MetricEvent, RequestEvent, RequestSummary, Sketch
-from surgegate.sketch import LogHistogram
+from surgegate.sketch import INV_LOG_GAMMA, MIN_VALUE, LogHistogram
 
 #: After a scope's last traffic, closed windows without traffic are still
 #: published as zeros for this many windows; then the scope goes quiet.
@@ -67,16 +68,34 @@ class TrafficCell:
         self.queue_wait = LogHistogram()
 
     def add_event(self, ev: RequestEvent) -> None:
-        """Fold one RequestEvent in."""
+        """Fold one RequestEvent in (the hot path: sketch updates are inlined)."""
         status = ev.status
         if status == "throttled":
             self.counts[3] += 1
         else:
             self.counts[_STATUS_INDEX[status]] += 1
-            self.latency.add(ev.latency_ms)
-            self.queue_wait.add(ev.queue_ms)
-            if ev.latency_ms > SLOW_REQUEST_MS:
+            latency = ev.latency_ms
+            if latency > SLOW_REQUEST_MS:
                 self.over_2s += 1
+            h = self.latency
+            if latency <= MIN_VALUE:
+                h.zeros += 1
+            else:
+                i = ceil(log(latency) * INV_LOG_GAMMA)
+                bins = h.bins
+                bins[i] = bins.get(i, 0) + 1
+                if latency > h.max:
+                    h.max = latency
+            queued = ev.queue_ms
+            h = self.queue_wait
+            if queued <= MIN_VALUE:
+                h.zeros += 1
+            else:
+                i = ceil(log(queued) * INV_LOG_GAMMA)
+                bins = h.bins
+                bins[i] = bins.get(i, 0) + 1
+                if queued > h.max:
+                    h.max = queued
         if ev.request_type == "realtime":
             self.realtime += 1
         else:
@@ -200,27 +219,26 @@ class PartialAggregator:
         self._pools: dict[tuple[int, str], PoolCell] = {}
         self.events = 0
 
-    def _cell(self, ts: int, service: str, tier: str, tenant: str) -> TrafficCell:
-        key = (ts - ts % self.window_ms, service, tier, tenant)
-        cell = self._traffic.get(key)
-        if cell is None:
-            cell = self._traffic[key] = TrafficCell()
-        return cell
-
     def add(self, event: RequestEvent | RequestSummary | MetricEvent) -> None:
         """Fold one validated telemetry record in."""
         self.events += 1
         kind = type(event)
-        if kind is RequestEvent:
-            self._cell(event.ts, event.service, event.tier, event.tenant).add_event(event)
-        elif kind is RequestSummary:
-            self._cell(event.ts, event.service, event.tier, event.tenant).add_summary(event)
-        else:
-            key = (event.ts - event.ts % self.window_ms, event.pool)
+        ts = event.ts
+        if kind is MetricEvent:
+            key = (ts - ts % self.window_ms, event.pool)
             cell = self._pools.get(key)
             if cell is None:
                 cell = self._pools[key] = PoolCell()
             cell.add_metric(event)
+            return
+        key = (ts - ts % self.window_ms, event.service, event.tier, event.tenant)
+        cell = self._traffic.get(key)
+        if cell is None:
+            cell = self._traffic[key] = TrafficCell()
+        if kind is RequestEvent:
+            cell.add_event(event)
+        else:
+            cell.add_summary(event)
 
     def __bool__(self) -> bool:
         return bool(self._traffic or self._pools)
