@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faust
 
+from surgegate.agents.forecast import ForecastAgent
 from surgegate.agents.mirror import MirrorAgent
 from surgegate.agents.windows import WindowMergeAgent
 from surgegate.settings import Settings
@@ -12,7 +13,7 @@ from surgegate.streams.topics import Topics
 
 
 def create_app(settings: Settings, *, mirror: StateMirror | None = None) -> faust.App:
-    """Build the Faust app with the window-merge and Redis-mirror agents.
+    """Build the Faust app: window merge, forecast and Redis-mirror agents.
 
     Group timeouts are short because the embedded broker makes a join wait for
     the rebalance timeout; standby replicas are off because with them a single
@@ -41,7 +42,10 @@ def create_app(settings: Settings, *, mirror: StateMirror | None = None) -> faus
                          key_serializer="raw", value_serializer="raw")
     windows = app.topic(topics.windows, key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw")
+    forecasts = app.topic(topics.forecasts, key_type=bytes, value_type=bytes,
+                          key_serializer="raw", value_serializer="raw")
     WindowMergeAgent(app, settings, source=partials, sink=windows, mirror=mirror).register()
+    ForecastAgent(app, settings, source=windows, sink=forecasts, mirror=mirror).register()
     if mirror is not None:
         MirrorAgent(app, mirror, windows=windows).register()
     return app

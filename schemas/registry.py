@@ -14,6 +14,7 @@ import msgspec
 
 from surgegate.schemas.aggregates import Watermark, WindowPartial, WindowStats
 from surgegate.schemas.deadletter import DeadLetter
+from surgegate.schemas.forecasts import Forecast
 from surgegate.schemas.telemetry import MetricEvent, RequestEvent, RequestSummary
 
 #: Every type that travels on a topic, in a stable order.
@@ -24,6 +25,7 @@ WIRE_TYPES: tuple[type[msgspec.Struct], ...] = (
     WindowPartial,
     Watermark,
     WindowStats,
+    Forecast,
     DeadLetter,
 )
 

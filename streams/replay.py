@@ -8,57 +8,18 @@ within 200 ms, 10% over 2 s), deterministically for a seed.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from surgegate.schemas.telemetry import RequestEvent
-from surgegate.summaries import SummaryBuilder
-
 from surgegate.streams.producer import TelemetryProducer
+from surgegate.summaries import SummaryBuilder
+from surgegate.traces import TraceBin, read_trace  # noqa: F401  (re-exported for the CLI)
 
 #: Progress callback: (bins done, bins total, requests sent).
 Progress = Callable[[int, int, int], None]
-
-
-class TraceBin:
-    """One row of a trace: start (s from trace start), length (s), requests, tokens."""
-
-    __slots__ = ("start_s", "length_s", "count", "input_tokens", "output_tokens")
-
-    def __init__(self, start_s: float, length_s: float, count: float, input_tokens: float, output_tokens: float):
-        self.start_s = start_s
-        self.length_s = length_s
-        self.count = count
-        self.input_tokens = input_tokens
-        self.output_tokens = output_tokens
-
-
-def read_trace(path: Path) -> list[TraceBin]:
-    """Read a trace CSV (optionally gzipped); ``ValueError`` naming the line on bad rows."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", newline="") as fh:
-        text = fh.read()
-    reader = csv.DictReader(io.StringIO(text))
-    fields = reader.fieldnames or []
-    if "timestamp_s" not in fields or "count" not in fields:
-        raise ValueError(f"{path}: needs columns timestamp_s,count (has {','.join(fields)})")
-    rows = []
-    for line, row in enumerate(reader, start=2):
-        try:
-            rows.append((float(row["timestamp_s"]), float(row["count"]), float(row.get("window_s") or 0),
-                         float(row.get("input_tokens") or 0), float(row.get("output_tokens") or 0)))
-        except ValueError as exc:
-            raise ValueError(f"{path}:{line}: {exc}") from None
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    steps = [b[0] - a[0] for a, b in zip(rows, rows[1:]) if b[0] > a[0]]
-    step = min(steps) if steps else 1.0
-    return [TraceBin(ts, w or step, count, tin, tout) for ts, count, w, tin, tout in rows]
 
 
 def synthesize(bins: list[TraceBin], *, start_ms: int, scale: float = 1.0, service: str = "chat",

@@ -53,6 +53,9 @@ class Keys:
     def window_history(self, scope: str) -> str:
         return f"{self.prefix}windows:{scope}"
 
+    def latest_forecast(self, scope: str) -> str:
+        return f"{self.prefix}forecast:{scope}"
+
 
 class _Backoff:
     def __init__(self) -> None:
@@ -147,6 +150,19 @@ class StateMirror:
             return True
         except (redis.RedisError, OSError) as exc:
             self._backoff.failed("window mirror", exc)
+            self.skipped += 1
+            return False
+
+    async def put_forecast(self, scope: str, payload: bytes) -> bool:
+        """Record the latest forecast of a scope."""
+        if not self._backoff.ready():
+            self.skipped += 1
+            return False
+        try:
+            await self._client.set(self.keys.latest_forecast(scope), payload)
+            return True
+        except (redis.RedisError, OSError) as exc:
+            self._backoff.failed("forecast mirror", exc)
             self.skipped += 1
             return False
 

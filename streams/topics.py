@@ -71,6 +71,10 @@ class Topics:
         return self.name("windows")
 
     @property
+    def forecasts(self) -> str:
+        return self.name("forecasts")
+
+    @property
     def deadletter(self) -> str:
         return self.name("deadletter")
 

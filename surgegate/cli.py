@@ -1,4 +1,4 @@
-"""The `surgegate` command: up, worker, topics, replay, schemas."""
+"""The `surgegate` command: up, worker, topics, replay, eval-forecast, schemas."""
 
 from __future__ import annotations
 
@@ -134,6 +134,24 @@ def cmd_replay(args: argparse.Namespace) -> None:
           f"{'RequestSummaries' if args.summaries else 'RequestEvents'}", file=sys.stderr)
 
 
+def cmd_eval_forecast(args: argparse.Namespace) -> None:
+    from surgegate.forecast.evaluation import evaluate_trace, markdown, plot
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for trace in args.traces:
+        print(f"evaluating {trace} ...", file=sys.stderr, flush=True)
+        report = evaluate_trace(Path(trace), horizon=args.horizon, coverage=args.coverage)
+        section = markdown(report)
+        png = plot(report, out / f"forecast-{report.name}.png")
+        sections.append(section + f"\n![{report.name}]({png.name})\n")
+        print(section, flush=True)
+        print(f"plot: {png}", flush=True)
+    (out / "forecast-eval.md").write_text("\n".join(sections))
+    print(f"report: {out / 'forecast-eval.md'}", file=sys.stderr)
+
+
 def cmd_schemas(args: argparse.Namespace) -> None:
     from surgegate.schemas.registry import write_json_schemas
 
@@ -181,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("--start-ms", type=int, default=None, help="event time of the trace start (default: now)")
     rp.set_defaults(func=cmd_replay)
+
+    ev = sub.add_parser("eval-forecast", help="score the forecasters on traces (MASE, sMAPE, coverage)")
+    ev.add_argument("traces", nargs="+", help="trace files (timestamp_s,count[,...], optionally .gz)")
+    ev.add_argument("--horizon", type=int, default=30)
+    ev.add_argument("--coverage", type=float, default=0.9)
+    ev.add_argument("--out", default="forecast-eval", help="directory for the markdown report and PNG plots")
+    ev.set_defaults(func=cmd_eval_forecast)
 
     sc = sub.add_parser("schemas", help="write the JSON Schema files into schemas/")
     sc.add_argument("action", choices=["export"])

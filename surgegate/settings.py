@@ -42,6 +42,8 @@ class Settings:
     max_future_s: float = 300.0
     flush_interval_s: float = 1.0
     idle_after_s: float = 2.0
+    forecast_horizon: int = 30
+    forecast_coverage: float = 0.9
     worker_id: str = "worker-1"
     log_level: str = "info"
 
@@ -64,6 +66,10 @@ class Settings:
             "must be within [0.05, 60]",
         )
         _check(0.1 <= self.idle_after_s <= 600.0, "IDLE_AFTER_S", self.idle_after_s, "must be within [0.1, 600]")
+        _check(1 <= self.forecast_horizon <= 360, "FORECAST_HORIZON", self.forecast_horizon,
+               "must be within [1, 360] windows")
+        _check(0.5 <= self.forecast_coverage < 1.0, "FORECAST_COVERAGE", self.forecast_coverage,
+               "must be within [0.5, 1)")
         _check(bool(_TOPIC_PREFIX.match(self.topic_prefix)), "TOPIC_PREFIX", self.topic_prefix,
                "may hold only letters, digits, '.', '_' and '-'")
         _check(self.log_level in ("debug", "info", "warning", "error"), "LOG_LEVEL", self.log_level,

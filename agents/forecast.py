@@ -1,0 +1,90 @@
+"""The forecast agent: learns each scope's windows online and publishes a Forecast.
+
+Each scope's :class:`~surgegate.forecast.scope.ScopeForecaster` (models,
+errors, residuals, slow view) is checkpointed after every window into the Faust
+table ``forecasters``, backed by a changelog: a restarted worker resumes
+forecasting where it stopped instead of learning from scratch.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import pickle
+from collections import Counter
+
+import faust
+import msgspec
+from faust.types import TP
+
+from surgegate.forecast.scope import ScopeForecaster
+from surgegate.schemas.aggregates import WindowStats
+from surgegate.settings import Settings
+from surgegate.streams.store import StateMirror
+
+log = logging.getLogger(__name__)
+
+
+class ForecastAgent:
+    """Owns the ``forecasters`` table and the agent on sg.windows.
+
+    ``counters``: ``forecasts.published``, ``forecasts.stale`` (a replayed
+    window), ``forecasts.rejected.<reason>``, ``forecasts.restored``.
+    """
+
+    def __init__(self, app: faust.App, settings: Settings, *, source: faust.TopicT, sink: faust.TopicT,
+                 mirror: StateMirror | None = None) -> None:
+        self.app = app
+        self.settings = settings
+        self.source = source
+        self.sink = sink
+        self.mirror = mirror
+        self.table = app.Table("forecasters", key_type=str, value_type=str, partitions=settings.partitions)
+        self.counters: Counter[str] = Counter()
+        self._cache: dict[str, ScopeForecaster] = {}
+        self._decoder = msgspec.json.Decoder(WindowStats)
+
+    def register(self) -> None:
+        """Attach the agent and the rebalance hook to the app."""
+        self.app.agent(self.source, name="forecast")(self._run)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+
+    async def _on_revoked(self, sender: object, revoked: set[TP], **kwargs: object) -> None:
+        # The table is the truth; drop the working copies so a later assignment reloads them.
+        self._cache.clear()
+
+    def _forecaster(self, scope: str) -> ScopeForecaster:
+        fc = self._cache.get(scope)
+        if fc is None:
+            saved = self.table.get(scope)
+            if saved is not None:
+                fc = pickle.loads(base64.b64decode(saved))  # noqa: S301 - our own changelog
+                self.counters["forecasts.restored"] += 1
+            else:
+                s = self.settings
+                fc = ScopeForecaster(scope, step_ms=s.window_ms, horizon=s.forecast_horizon,
+                                     coverage=s.forecast_coverage)
+            self._cache[scope] = fc
+        return fc
+
+    async def _run(self, stream: faust.StreamT) -> None:
+        async for value in stream:
+            try:
+                window = self._decoder.decode(value)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                self.counters["forecasts.unreadable"] += 1
+                log.error("forecast: unreadable window: %s", exc)
+                continue
+            if window.traffic is None:
+                continue  # GPU-pool windows feed the scaling agent, not the load forecast
+            fc = self._forecaster(window.scope)
+            outcome = fc.observe(window.window_start, window.traffic.rate_rps, window.traffic.tokens_per_s)
+            if outcome != "learned":
+                self.counters[f"forecasts.{'stale' if outcome == 'stale' else 'rejected.' + outcome}"] += 1
+                continue
+            payload = msgspec.json.encode(fc.forecast())
+            await self.sink.send(key=window.scope.encode(), value=payload)
+            self.table[window.scope] = base64.b64encode(pickle.dumps(fc, protocol=5)).decode("ascii")
+            self.counters["forecasts.published"] += 1
+            if self.mirror is not None:
+                await self.mirror.put_forecast(window.scope, payload)

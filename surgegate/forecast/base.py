@@ -1,0 +1,41 @@
+"""The forecaster contract (after river's ``learn_one(y)`` / ``forecast(horizon)``)."""
+
+from __future__ import annotations
+
+import abc
+
+
+class Forecaster(abc.ABC):
+    """Learns a series one value at a time and forecasts the next windows.
+
+    ``learn_one(y, t)`` takes the value of the window starting at ``t`` (epoch
+    ms); windows are ``step_ms`` apart. ``forecast(horizon)`` returns the next
+    ``horizon`` values after the last window learned, never negative.
+    """
+
+    #: Short name used in reports and in a Forecast's weights.
+    name: str = "forecaster"
+
+    def __init__(self, step_ms: int) -> None:
+        check(step_ms > 0, "step_ms", step_ms, "must be > 0")
+        self.step_ms = step_ms
+        self.t: int | None = None
+
+    def learn_one(self, y: float, t: int) -> None:
+        """Learn the value ``y`` of the window starting at ``t``."""
+        self._learn(y, t)
+        self.t = t
+
+    @abc.abstractmethod
+    def _learn(self, y: float, t: int) -> None:
+        """Model-specific learning."""
+
+    @abc.abstractmethod
+    def forecast(self, horizon: int) -> list[float]:
+        """Point forecasts for the next ``horizon`` windows."""
+
+
+def check(ok: bool, name: str, value: object, bound: str) -> None:
+    """Raise ``ValueError`` naming a hyperparameter and the bound it broke."""
+    if not ok:
+        raise ValueError(f"{name}={value!r}: {bound}")

@@ -1,0 +1,155 @@
+"""Forecasters built on river: Holt-Winters, SNARIMAX and a lag/calendar regressor."""
+
+from __future__ import annotations
+
+import math
+
+from river import linear_model, optim, preprocessing, time_series
+
+from surgegate.forecast.base import Forecaster, check
+from surgegate.forecast.daily import DAY_MS, DailyProfile
+
+
+#: Ratios to the level are clipped here, so a near-zero level cannot blow up learning.
+MAX_RATIO = 10.0
+
+
+class HoltWintersForecaster(Forecaster):
+    """river's Holt-Winters (level and trend, no in-model season: the daily
+    cycle is far longer than a 10 s model can hold; the slow view covers it)."""
+
+    def __init__(self, step_ms: int, alpha: float = 0.3, beta: float | None = 0.05) -> None:
+        super().__init__(step_ms)
+        check(0.0 < alpha < 1.0, "alpha", alpha, "must be within (0, 1)")
+        check(beta is None or 0.0 < beta < 1.0, "beta", beta, "must be within (0, 1) or None")
+        self.model = time_series.HoltWinters(alpha=alpha, beta=beta)
+        self.name = "holt_winters"
+        self._n = 0
+        self._first = 0.0
+
+    def _learn(self, y: float, t: int) -> None:
+        if self._n == 0:
+            self._first = y
+        self._n += 1
+        self.model.learn_one(y)
+
+    def forecast(self, horizon: int) -> list[float]:
+        if self._n < 3:  # river needs a few values to initialise level and trend
+            return [self._first] * horizon
+        return [max(0.0, v) for v in self.model.forecast(horizon=horizon)]
+
+
+class SnarimaxForecaster(Forecaster):
+    """river's SNARIMAX on the series, with its own online scaling."""
+
+    name = "snarimax"
+
+    def __init__(self, step_ms: int, p: int = 3, d: int = 0, q: int = 1, learning_rate: float = 0.01) -> None:
+        super().__init__(step_ms)
+        check(p >= 0 and q >= 0 and d in (0, 1), "p/d/q", (p, d, q), "need p, q >= 0 and d in {0, 1}")
+        regressor = preprocessing.StandardScaler() | linear_model.LinearRegression(
+            optimizer=optim.SGD(learning_rate), intercept_lr=learning_rate)
+        self.model = time_series.SNARIMAX(p=p, d=d, q=q, regressor=regressor)
+        self._scale = 0.0
+
+    def _learn(self, y: float, t: int) -> None:
+        # SNARIMAX learns faster on a unit-scale series: divide by a slow level.
+        self._scale = y if self._scale == 0.0 else 0.99 * self._scale + 0.01 * y
+        self.model.learn_one(y / self._scale if self._scale else 0.0)
+
+    def forecast(self, horizon: int) -> list[float]:
+        if not self._scale:
+            return [0.0] * horizon
+        return [max(0.0, v * self._scale) for v in self.model.forecast(horizon=horizon)]
+
+
+class LagRegressor(Forecaster):
+    """A river linear regression on lag, level, calendar and yesterday features.
+
+    One model serves every horizon (the horizon is a feature). Values are
+    divided by a slow level so the same weights fit a quiet and a busy scope.
+    It learns each target at a few anchor horizons and forecasts all of them.
+    """
+
+    name = "lag_regressor"
+    ANCHORS = (1, 3, 6, 12, 30)
+
+    def __init__(self, step_ms: int, profile: DailyProfile, lags: int = 3, learning_rate: float = 0.005) -> None:
+        super().__init__(step_ms)
+        check(1 <= lags <= 20, "lags", lags, "must be within [1, 20]")
+        self.profile = profile
+        self.lags = lags
+        self.model = preprocessing.StandardScaler() | linear_model.LinearRegression(
+            optimizer=optim.SGD(learning_rate), intercept_lr=learning_rate, l2=1e-4, clip_gradient=1.0)
+        self._recent: list[float] = []
+        self._fast = 0.0
+        self._level = 0.0
+        # features by origin time, kept until their anchor targets arrive
+        self._pending: dict[int, dict[int, tuple[dict[str, float], float]]] = {}
+        self._plans: dict[int, Interpolator] = {}
+
+    def _features(self, origin: int, h: int) -> dict[str, float]:
+        level = self._level or 1.0
+        x = {f"lag{i}": min(v / level, MAX_RATIO) for i, v in enumerate(reversed(self._recent))}
+        x["fast"] = min(self._fast / level, MAX_RATIO)
+        target_t = origin + h * self.step_ms
+        yday = self.profile.yesterday(target_t)
+        now_yday = self.profile.yesterday(origin)
+        x["yday_ratio"] = min(yday / now_yday, MAX_RATIO) if (yday is not None and now_yday) else 1.0
+        phase = 2 * math.pi * (target_t % DAY_MS) / DAY_MS
+        x["day_sin"], x["day_cos"] = math.sin(phase), math.cos(phase)
+        x["h"] = h / 30.0
+        return x
+
+    def _learn(self, y: float, t: int) -> None:
+        for h in self.ANCHORS:
+            origin = t - h * self.step_ms
+            pending = self._pending.get(origin, {}).pop(h, None)
+            if pending is not None:
+                x, level_then = pending
+                # a near-zero level (a collection gap) must not make a huge target
+                self.model.learn_one(x, min(y / level_then, MAX_RATIO))
+        self._pending = {o: f for o, f in self._pending.items() if f}
+        self._recent.append(y)
+        del self._recent[:-self.lags]
+        self._fast = y if not self._fast else self._fast + 0.5 * (y - self._fast)
+        self._level = y if not self._level else self._level + 0.05 * (y - self._level)
+        if len(self._recent) == self.lags:
+            self._pending[t] = {h: (self._features(t, h), self._level or 1.0) for h in self.ANCHORS}
+
+    def forecast(self, horizon: int) -> list[float]:
+        if self.t is None or len(self._recent) < self.lags:
+            return [self._recent[-1] if self._recent else 0.0] * horizon
+        level = self._level or 1.0
+        anchors = tuple(h for h in self.ANCHORS if h < horizon) + (horizon,)
+        at = {h: max(0.0, self.model.predict_one(self._features(self.t, h)) * level) for h in anchors}
+        plan = self._plans.get(horizon)
+        if plan is None:
+            plan = self._plans[horizon] = Interpolator(anchors, horizon)
+        return plan(at)
+
+
+class Interpolator:
+    """Linear interpolation between anchor horizons, planned once.
+
+    >>> Interpolator((1, 3), 4)({1: 1.0, 3: 3.0})
+    [1.0, 2.0, 3.0, 3.0]
+    """
+
+    def __init__(self, anchors: tuple[int, ...], horizon: int) -> None:
+        anchors = tuple(sorted(anchors))
+        self.horizon = horizon
+        self.plan: list[tuple[int, int, float]] = []
+        for h in range(1, horizon + 1):
+            if h <= anchors[0]:
+                self.plan.append((anchors[0], anchors[0], 0.0))
+            elif h >= anchors[-1]:
+                self.plan.append((anchors[-1], anchors[-1], 0.0))
+            else:
+                hi = next(a for a in anchors if a >= h)
+                lo = max(a for a in anchors if a <= h)
+                self.plan.append((lo, hi, 0.0 if hi == lo else (h - lo) / (hi - lo)))
+
+    def __call__(self, at: dict[int, float]) -> list[float]:
+        """Values for horizons 1..horizon from values at the anchors."""
+        return [at[lo] + (at[hi] - at[lo]) * w for lo, hi, w in self.plan]

@@ -1,0 +1,117 @@
+"""Per-scope forecasting: two series (rate, tokens/s), gaps, zeros and bad values."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+from surgegate.forecast.base import Forecaster, check
+from surgegate.forecast.baselines import EWMA, LastValue, SeasonalNaive
+from surgegate.forecast.daily import DailyProfile
+from surgegate.forecast.river_models import HoltWintersForecaster, LagRegressor, SnarimaxForecaster
+from surgegate.forecast.selector import OnlineSelector, SeriesForecast
+from surgegate.schemas.forecasts import Forecast, SeriesBounds
+
+#: Values above this are rejected as absurd (requests/s or tokens/s).
+ABSURD = 1e9
+
+
+def rate_models(step_ms: int, profile: DailyProfile) -> list[Forecaster]:
+    """The full model set, used for the request rate."""
+    return [
+        LastValue(step_ms), EWMA(step_ms, 0.5), EWMA(step_ms, 0.1), SeasonalNaive(step_ms, profile),
+        HoltWintersForecaster(step_ms), SnarimaxForecaster(step_ms), LagRegressor(step_ms, profile),
+    ]
+
+
+def token_models(step_ms: int, profile: DailyProfile) -> list[Forecaster]:
+    """A cheaper set for tokens/s, which follows the rate closely."""
+    return [LastValue(step_ms), EWMA(step_ms, 0.5), EWMA(step_ms, 0.1), SeasonalNaive(step_ms, profile),
+            HoltWintersForecaster(step_ms)]
+
+
+class ScopeForecaster:
+    """Learns one scope's windows and produces its :class:`Forecast`.
+
+    A window with no traffic is a zero and is learned. A missing window (the
+    next one observed starts more than one step later) is a gap: nothing is
+    learned for it, and forecasts awaiting it are dropped. NaN, infinite,
+    negative or absurd values are rejected, counted by reason, and not learned.
+    """
+
+    def __init__(self, scope: str, *, step_ms: int = 10_000, horizon: int = 30, coverage: float = 0.9) -> None:
+        check(step_ms > 0, "step_ms", step_ms, "must be > 0")
+        self.scope = scope
+        self.step_ms = step_ms
+        self.horizon = horizon
+        self.coverage = coverage
+        self.rate_profile = DailyProfile()
+        self.token_profile = DailyProfile()
+        self.rate = OnlineSelector(rate_models(step_ms, self.rate_profile), step_ms=step_ms, horizon=horizon,
+                                   coverage=coverage)
+        self.tokens = OnlineSelector(token_models(step_ms, self.token_profile), step_ms=step_ms,
+                                     horizon=horizon, coverage=coverage)
+        self.last_t: int | None = None
+        self.gaps = 0
+        self.rejected: Counter[str] = Counter()
+
+    def observe(self, t: int, rate: float, tokens_per_s: float) -> str:
+        """Learn the window starting at ``t``; returns ``learned``, ``stale`` or a rejection reason."""
+        for value in (rate, tokens_per_s):
+            reason = _invalid(value)
+            if reason:
+                self.rejected[reason] += 1
+                return reason
+        if self.last_t is not None:
+            if t <= self.last_t:
+                self.rejected["stale"] += 1
+                return "stale"
+            if t > self.last_t + self.step_ms:
+                self.gaps += 1
+                self.rate.forget_pending()
+                self.tokens.forget_pending()
+        for profile, selector, y in ((self.rate_profile, self.rate, rate),
+                                     (self.token_profile, self.tokens, tokens_per_s)):
+            selector.learn_one(y, t)
+            profile.add(y, t)
+        self.last_t = t
+        return "learned"
+
+    def forecast(self) -> Forecast:
+        """The current forecast of both series."""
+        rate, tokens = self.rate.current(), self.tokens.current()
+        regime = "burst" if rate.regime == "burst" else "normal"
+        return Forecast(
+            scope=self.scope, origin=self.last_t or 0, step_ms=self.step_ms, horizon=self.horizon,
+            coverage=self.coverage, rate_rps=_bounds(rate), tokens_per_s=_bounds(tokens), regime=regime,
+            weights={k: round(v, 4) for k, v in rate.weights.items()}, gaps=self.gaps,
+            rejected=sum(self.rejected.values()), reason=_reason(rate, self.step_ms),
+        )
+
+
+def _invalid(value: float) -> str | None:
+    if value != value:
+        return "nan"
+    if math.isinf(value):
+        return "infinite"
+    if value < 0:
+        return "negative"
+    if value > ABSURD:
+        return "absurd"
+    return None
+
+
+def _bounds(f: SeriesForecast) -> SeriesBounds:
+    return SeriesBounds(point=[round(v, 3) for v in f.point], lower=[round(v, 3) for v in f.lower],
+                        upper=[round(v, 3) for v in f.upper])
+
+
+def _reason(f: SeriesForecast, step_ms: int) -> str:
+    h = min(6, len(f.point))
+    lead = h * step_ms / 1000
+    top = max(f.weights.items(), key=lambda kv: kv[1])[0] if f.weights else "none"
+    text = (f"{f.point[h - 1]:.1f} rps in {lead:.0f} s (bounds {f.lower[h - 1]:.1f}-{f.upper[h - 1]:.1f}); "
+            f"led by {top}")
+    if f.regime == "burst":
+        text = "burst: load left the bounds; following the last value with widened bounds. " + text
+    return text

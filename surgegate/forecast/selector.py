@@ -1,0 +1,176 @@
+"""The online selector: weights models by their recent error, calibrates bounds,
+and switches to a fast-reacting burst regime when load leaves the bounds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from surgegate.forecast.base import Forecaster, check
+from surgegate.forecast.conformal import RollingQuantile
+from surgegate.forecast.river_models import Interpolator
+
+#: Horizons (in windows) at which errors and residual quantiles are tracked;
+#: other horizons interpolate between them.
+ANCHORS = (1, 3, 6, 12, 30)
+#: How fast per-model errors forget (per window).
+ERROR_DECAY = 0.05
+#: Models weighted in each horizon's combination.
+TOP_MODELS = 3
+#: No model may forecast more than this times the recent peak (a slowly
+#: decaying maximum): a diverging model is cut off, not followed.
+CAP_FACTOR = 3.0
+PEAK_DECAY = 0.999
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesForecast:
+    """Point forecasts and bounds for horizons 1..H, and what produced them."""
+
+    point: list[float]
+    lower: list[float]
+    upper: list[float]
+    regime: str
+    weights: dict[str, float]
+
+
+class OnlineSelector(Forecaster):
+    """Combines forecasters by inverse squared recent error, per horizon.
+
+    Bounds are ``point +- width`` with widths from conformal quantile trackers
+    on the combination's own residuals. When the value leaves the one-step
+    bounds ``burst_after`` windows in a row, the selector enters the burst
+    regime: the point forecast follows the last value (the fastest model) and
+    bounds widen by ``burst_widen``; it leaves once ``calm_after`` values in a
+    row fall back inside the normal bounds.
+    """
+
+    name = "selector"
+
+    def __init__(self, models: list[Forecaster], *, step_ms: int, horizon: int = 30, coverage: float = 0.9,
+                 burst_after: int = 3, calm_after: int = 3, burst_widen: float = 2.0,
+                 tracker_rate: float = 0.03) -> None:
+        super().__init__(step_ms)
+        check(len(models) >= 1, "models", len(models), "needs at least one model")
+        check(len({m.name for m in models}) == len(models), "models", [m.name for m in models], "names must differ")
+        check(1 <= horizon <= 360, "horizon", horizon, "must be within [1, 360]")
+        check(burst_after >= 1, "burst_after", burst_after, "must be >= 1")
+        check(calm_after >= 1, "calm_after", calm_after, "must be >= 1")
+        check(burst_widen >= 1.0, "burst_widen", burst_widen, "must be >= 1")
+        self.models = models
+        self.horizon = horizon
+        self.anchors = tuple(sorted({a for a in ANCHORS if a < horizon} | {horizon}))
+        self._widths = Interpolator(self.anchors, horizon)
+        # for each horizon, the anchor whose errors weight its combination
+        self._nearest = [min(range(len(self.anchors)), key=lambda k: abs(self.anchors[k] - h))
+                         for h in range(1, horizon + 1)]
+        self.burst_after = burst_after
+        self.calm_after = calm_after
+        self.burst_widen = burst_widen
+        self.errors = {m.name: [None] * len(self.anchors) for m in models}
+        self.trackers = [RollingQuantile(coverage) for _ in self.anchors]
+        # origin window -> (per-model anchor forecasts, combined anchor forecasts, one-step bounds)
+        self._issued: dict[int, tuple[dict[str, list[float]], list[float], tuple[float, float]]] = {}
+        self.burst = False
+        self._outside = 0
+        self._inside = 0
+        self._last = 0.0
+        self._peak = 0.0
+        self._current = SeriesForecast([0.0] * horizon, [0.0] * horizon, [0.0] * horizon, "normal", {})
+        #: Each model's latest point forecasts, by name (for evaluation and reasons).
+        self.model_forecasts: dict[str, list[float]] = {}
+
+    # -------------------------------------------------------------- learning
+
+    def _learn(self, y: float, t: int) -> None:
+        self._score(y, t)
+        for m in self.models:
+            m.learn_one(y, t)
+        self._last = y
+        self._peak = max(y, self._peak * PEAK_DECAY)
+        self.t = t
+        self._current = self._combine(t)
+
+    def _score(self, y: float, t: int) -> None:
+        step = self.step_ms
+        for i, h in enumerate(self.anchors):
+            issued = self._issued.get(t - h * step)
+            if issued is None:
+                continue
+            per_model, combined, bounds = issued
+            for name, values in per_model.items():
+                e = abs(y - values[i])
+                old = self.errors[name][i]
+                self.errors[name][i] = e if old is None else old + ERROR_DECAY * (e - old)
+            self.trackers[i].update(y - combined[i])
+            if h == 1:
+                self._regime(y, bounds)
+        oldest = t - self.anchors[-1] * step
+        self._issued = {o: v for o, v in self._issued.items() if o > oldest}
+
+    def _regime(self, y: float, bounds: tuple[float, float]) -> None:
+        lower, upper = bounds
+        if y > upper:
+            self._outside += 1
+            self._inside = 0
+        elif y >= lower:
+            self._inside += 1
+            self._outside = 0
+        else:
+            self._inside = self._outside = 0
+        if not self.burst and self._outside >= self.burst_after:
+            self.burst = True
+        elif self.burst and self._inside >= self.calm_after:
+            self.burst = False
+
+    def _weights(self, i: int) -> dict[str, float]:
+        known = {name: errs[i] for name, errs in self.errors.items() if errs[i] is not None}
+        if len(known) < len(self.models):
+            return {m.name: 1.0 / len(self.models) for m in self.models}
+        best = sorted(known.items(), key=lambda kv: kv[1])[:TOP_MODELS]
+        raw = {name: 1.0 / (e + 1e-9) ** 2 for name, e in best}
+        total = sum(raw.values())
+        return {name: w / total for name, w in raw.items()}
+
+    def _combine(self, t: int) -> SeriesForecast:
+        H = self.horizon
+        cap = CAP_FACTOR * self._peak
+        forecasts = self.model_forecasts = {m.name: [min(max(v, 0.0), cap) for v in m.forecast(H)]
+                                            for m in self.models}
+        anchor_weights = [self._weights(i) for i in range(len(self.anchors))]
+        point = [0.0] * H
+        for i, weights in enumerate(anchor_weights):
+            for name, wt in weights.items():
+                f = forecasts[name]
+                for h, nearest in enumerate(self._nearest):
+                    if nearest == i:
+                        point[h] += f[h] * wt
+        widths = self._widths({a: tr.width for a, tr in zip(self.anchors, self.trackers)})
+        normal_bounds = (max(0.0, point[0] - widths[0]), point[0] + widths[0])
+        self._issued[t] = ({name: [f[a - 1] for a in self.anchors] for name, f in forecasts.items()},
+                           [point[a - 1] for a in self.anchors], normal_bounds)
+        regime = "normal"
+        if self.burst:
+            regime = "burst"
+            point = [self._last] * H
+            widths = [w * self.burst_widen for w in widths]
+        return SeriesForecast(
+            point=point,
+            lower=[max(0.0, p - w) for p, w in zip(point, widths)],
+            upper=[p + w for p, w in zip(point, widths)],
+            regime=regime,
+            weights=anchor_weights[self.anchors.index(6)] if 6 in self.anchors else anchor_weights[-1],
+        )
+
+    # -------------------------------------------------------------- output
+
+    def forecast(self, horizon: int) -> list[float]:
+        return self._current.point[:horizon]
+
+    def current(self) -> SeriesForecast:
+        """The latest forecast with bounds, regime and weights."""
+        return self._current
+
+    def forget_pending(self) -> None:
+        """Drop forecasts awaiting their actuals (after a gap, they no longer line up)."""
+        self._issued.clear()
+        self._outside = self._inside = 0
