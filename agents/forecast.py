@@ -1,9 +1,11 @@
 """The forecast agent: learns each scope's windows online and publishes a Forecast.
 
 Each scope's :class:`~surgegate.forecast.scope.ScopeForecaster` (models,
-errors, residuals, slow view) is checkpointed after every window into the Faust
-table ``forecasters``, backed by a changelog: a restarted worker resumes
-forecasting where it stopped instead of learning from scratch.
+errors, residuals, slow view) is checkpointed into the Faust table
+``forecasters``, backed by a changelog, every ``forecast_checkpoint_windows``
+windows (default 6: a checkpoint costs about as much as a forecast step): a
+restarted worker resumes from its last checkpoint instead of learning from
+scratch, and sees the windows it missed since as a gap.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class ForecastAgent:
         self.table = app.Table("forecasters", key_type=str, value_type=str, partitions=settings.partitions)
         self.counters: Counter[str] = Counter()
         self._cache: dict[str, ScopeForecaster] = {}
+        self._unsaved: Counter[str] = Counter()
         self._decoder = msgspec.json.Decoder(WindowStats)
 
     def register(self) -> None:
@@ -52,6 +55,7 @@ class ForecastAgent:
     async def _on_revoked(self, sender: object, revoked: set[TP], **kwargs: object) -> None:
         # The table is the truth; drop the working copies so a later assignment reloads them.
         self._cache.clear()
+        self._unsaved.clear()
 
     def _forecaster(self, scope: str) -> ScopeForecaster:
         fc = self._cache.get(scope)
@@ -84,7 +88,10 @@ class ForecastAgent:
                 continue
             payload = msgspec.json.encode(fc.forecast())
             await self.sink.send(key=window.scope.encode(), value=payload)
-            self.table[window.scope] = base64.b64encode(pickle.dumps(fc, protocol=5)).decode("ascii")
+            self._unsaved[window.scope] += 1
+            if self._unsaved[window.scope] >= self.settings.forecast_checkpoint_windows:
+                self.table[window.scope] = base64.b64encode(pickle.dumps(fc, protocol=5)).decode("ascii")
+                self._unsaved[window.scope] = 0
             self.counters["forecasts.published"] += 1
             if self.mirror is not None:
                 await self.mirror.put_forecast(window.scope, payload)

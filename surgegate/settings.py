@@ -44,6 +44,7 @@ class Settings:
     idle_after_s: float = 2.0
     forecast_horizon: int = 30
     forecast_coverage: float = 0.9
+    forecast_checkpoint_windows: int = 6
     worker_id: str = "worker-1"
     log_level: str = "info"
 
@@ -70,6 +71,8 @@ class Settings:
                "must be within [1, 360] windows")
         _check(0.5 <= self.forecast_coverage < 1.0, "FORECAST_COVERAGE", self.forecast_coverage,
                "must be within [0.5, 1)")
+        _check(1 <= self.forecast_checkpoint_windows <= 360, "FORECAST_CHECKPOINT_WINDOWS",
+               self.forecast_checkpoint_windows, "must be within [1, 360]")
         _check(bool(_TOPIC_PREFIX.match(self.topic_prefix)), "TOPIC_PREFIX", self.topic_prefix,
                "may hold only letters, digits, '.', '_' and '-'")
         _check(self.log_level in ("debug", "info", "warning", "error"), "LOG_LEVEL", self.log_level,

@@ -42,6 +42,7 @@ def origins(reader: TopicReader) -> dict[int, Forecast]:
 
 
 def test_a_restarted_worker_continues_from_checkpointed_models(settings, tmp_path):
+    settings = settings.replace(forecast_checkpoint_windows=1)  # every window, so the resume is exact
     rng = random.Random(5)
     windows = [window(i, max(0.0, 50 + 20 * (i > 30) + rng.gauss(0, 5))) for i in range(45)]
     reference = ScopeForecaster("service=chat", step_ms=settings.window_ms, horizon=settings.forecast_horizon,

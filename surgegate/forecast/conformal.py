@@ -1,19 +1,4 @@
-"""Conformal interval widths learned online from recent residuals.
-
-A :class:`QuantileTracker` follows the (1 - alpha) quantile of absolute
-residuals by the update ``q += eta * (miss - alpha)`` (conformal quantile
-tracking, as in "Conformal PID Control", Angelopoulos, Candes and Tibshirani,
-2023): each miss widens the interval a little, each hit narrows it by
-alpha/(1 - alpha) as much, so the long-run share of misses goes to alpha
-whatever the series. ``eta`` is a fraction of the recent residual scale, so the
-tracker is unit-free.
-
->>> q = QuantileTracker(coverage=0.9)
->>> for r in [1.0, -2.0, 0.5] * 200:
-...     q.update(r)
->>> 1.0 <= q.width <= 2.5
-True
-"""
+"""Conformal interval widths learned online from recent residuals."""
 
 from __future__ import annotations
 
@@ -22,32 +7,6 @@ import math
 from array import array
 
 from surgegate.forecast.base import check
-
-
-class QuantileTracker:
-    """Online (1 - alpha) quantile of |residual|: the half-width of an interval."""
-
-    __slots__ = ("alpha", "rate", "width", "scale", "seen")
-
-    def __init__(self, coverage: float = 0.9, rate: float = 0.1) -> None:
-        check(0.5 <= coverage < 1.0, "coverage", coverage, "must be within [0.5, 1)")
-        check(0.0 < rate <= 1.0, "rate", rate, "must be within (0, 1]")
-        self.alpha = 1.0 - coverage
-        self.rate = rate
-        self.width = 0.0
-        self.scale = 0.0
-        self.seen = 0
-
-    def update(self, residual: float) -> None:
-        """Learn from one residual (actual - forecast)."""
-        r = abs(residual)
-        self.seen += 1
-        if self.seen == 1:
-            self.width = self.scale = r
-            return
-        self.scale += 0.05 * (r - self.scale)
-        miss = 1.0 if r > self.width else 0.0
-        self.width = max(0.0, self.width + self.rate * max(self.scale, 1e-9) * (miss - self.alpha) / self.alpha)
 
 
 class RollingQuantile:
@@ -68,14 +27,15 @@ class RollingQuantile:
         check(window >= 10, "window", window, "must be >= 10")
         self.coverage = coverage
         self.window = window
-        self.ring = array("d")
-        self.ordered = array("d")
+        # float32 halves a checkpoint; residuals need no more precision
+        self.ring = array("f")
+        self.ordered = array("f")
         self._next = 0
         self.width = 0.0
 
     def update(self, residual: float) -> None:
         """Learn from one residual (actual - forecast)."""
-        r = abs(residual)
+        r = array("f", [abs(residual)])[0]  # as stored, so removal finds it again
         if len(self.ring) < self.window:
             self.ring.append(r)
         else:

@@ -24,10 +24,9 @@ def rate_models(step_ms: int, profile: DailyProfile) -> list[Forecaster]:
     ]
 
 
-def token_models(step_ms: int, profile: DailyProfile) -> list[Forecaster]:
+def token_models(step_ms: int) -> list[Forecaster]:
     """A cheaper set for tokens/s, which follows the rate closely."""
-    return [LastValue(step_ms), EWMA(step_ms, 0.5), EWMA(step_ms, 0.1), SeasonalNaive(step_ms, profile),
-            HoltWintersForecaster(step_ms)]
+    return [LastValue(step_ms), EWMA(step_ms, 0.5), EWMA(step_ms, 0.1), HoltWintersForecaster(step_ms)]
 
 
 class ScopeForecaster:
@@ -46,10 +45,9 @@ class ScopeForecaster:
         self.horizon = horizon
         self.coverage = coverage
         self.rate_profile = DailyProfile()
-        self.token_profile = DailyProfile()
         self.rate = OnlineSelector(rate_models(step_ms, self.rate_profile), step_ms=step_ms, horizon=horizon,
                                    coverage=coverage)
-        self.tokens = OnlineSelector(token_models(step_ms, self.token_profile), step_ms=step_ms,
+        self.tokens = OnlineSelector(token_models(step_ms), step_ms=step_ms,
                                      horizon=horizon, coverage=coverage)
         self.last_t: int | None = None
         self.gaps = 0
@@ -70,10 +68,9 @@ class ScopeForecaster:
                 self.gaps += 1
                 self.rate.forget_pending()
                 self.tokens.forget_pending()
-        for profile, selector, y in ((self.rate_profile, self.rate, rate),
-                                     (self.token_profile, self.tokens, tokens_per_s)):
-            selector.learn_one(y, t)
-            profile.add(y, t)
+        self.rate.learn_one(rate, t)
+        self.rate_profile.add(rate, t)
+        self.tokens.learn_one(tokens_per_s, t)
         self.last_t = t
         return "learned"
 

@@ -47,8 +47,7 @@ class OnlineSelector(Forecaster):
     name = "selector"
 
     def __init__(self, models: list[Forecaster], *, step_ms: int, horizon: int = 30, coverage: float = 0.9,
-                 burst_after: int = 3, calm_after: int = 3, burst_widen: float = 2.0,
-                 tracker_rate: float = 0.03) -> None:
+                 burst_after: int = 3, calm_after: int = 3, burst_widen: float = 2.0) -> None:
         super().__init__(step_ms)
         check(len(models) >= 1, "models", len(models), "needs at least one model")
         check(len({m.name for m in models}) == len(models), "models", [m.name for m in models], "names must differ")
@@ -61,8 +60,9 @@ class OnlineSelector(Forecaster):
         self.anchors = tuple(sorted({a for a in ANCHORS if a < horizon} | {horizon}))
         self._widths = Interpolator(self.anchors, horizon)
         # for each horizon, the anchor whose errors weight its combination
-        self._nearest = [min(range(len(self.anchors)), key=lambda k: abs(self.anchors[k] - h))
-                         for h in range(1, horizon + 1)]
+        nearest = [min(range(len(self.anchors)), key=lambda k: abs(self.anchors[k] - h))
+                   for h in range(1, horizon + 1)]
+        self._positions = [[h for h in range(horizon) if nearest[h] == i] for i in range(len(self.anchors))]
         self.burst_after = burst_after
         self.calm_after = calm_after
         self.burst_widen = burst_widen
@@ -134,16 +134,19 @@ class OnlineSelector(Forecaster):
     def _combine(self, t: int) -> SeriesForecast:
         H = self.horizon
         cap = CAP_FACTOR * self._peak
-        forecasts = self.model_forecasts = {m.name: [min(max(v, 0.0), cap) for v in m.forecast(H)]
-                                            for m in self.models}
+        forecasts = self.model_forecasts = {}
+        for m in self.models:
+            f = m.forecast(H)
+            if max(f) > cap:
+                f = [min(v, cap) for v in f]
+            forecasts[m.name] = f
         anchor_weights = [self._weights(i) for i in range(len(self.anchors))]
         point = [0.0] * H
-        for i, weights in enumerate(anchor_weights):
+        for positions, weights in zip(self._positions, anchor_weights):
             for name, wt in weights.items():
                 f = forecasts[name]
-                for h, nearest in enumerate(self._nearest):
-                    if nearest == i:
-                        point[h] += f[h] * wt
+                for h in positions:
+                    point[h] += f[h] * wt
         widths = self._widths({a: tr.width for a, tr in zip(self.anchors, self.trackers)})
         normal_bounds = (max(0.0, point[0] - widths[0]), point[0] + widths[0])
         self._issued[t] = ({name: [f[a - 1] for a in self.anchors] for name, f in forecasts.items()},
