@@ -14,6 +14,7 @@ import msgspec
 
 from surgegate.schemas.aggregates import Watermark, WindowPartial, WindowStats
 from surgegate.schemas.deadletter import DeadLetter
+from surgegate.schemas.decisions import Override, Threshold, ThrottleDecision
 from surgegate.schemas.forecasts import Forecast
 from surgegate.schemas.telemetry import MetricEvent, RequestEvent, RequestSummary
 
@@ -26,6 +27,9 @@ WIRE_TYPES: tuple[type[msgspec.Struct], ...] = (
     Watermark,
     WindowStats,
     Forecast,
+    Threshold,
+    ThrottleDecision,
+    Override,
     DeadLetter,
 )
 

@@ -1,0 +1,83 @@
+"""Outbound decisions and what produced them: Threshold, ThrottleDecision, Override."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from surgegate.schemas.fields import Count, EpochMs, Name, Rate
+
+
+class Threshold(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.Threshold/1"):
+    """A service's safe capacity for one window, with the inputs that produced it."""
+
+    service: Name
+    window_start: EpochMs
+    safe_rps: Rate
+    safe_tokens_per_s: Rate
+    replica_rps: Rate
+    ready_replicas: Count
+    latency_baseline_ms: float
+    latency_p99_ms: float
+    gradient: float
+    slo_p99_ms: float
+    reason: str
+
+
+class TierLimit(msgspec.Struct, frozen=True):
+    """Admitted rates of one tier: realtime and batch, with the burst a token bucket may hold."""
+
+    realtime_rps: Rate
+    batch_rps: Rate
+    burst: Rate
+    max_tokens: Count | None = None
+
+
+class TenantLimit(msgspec.Struct, frozen=True):
+    """A tenant's admitted rate and burst."""
+
+    rate_rps: Rate
+    burst: Rate
+
+
+class ThrottleDecision(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.ThrottleDecision/1"):
+    """What edges admit for one service until ``valid_until``; latest ``version`` wins.
+
+    ``level``: 0 normal; 1 defer batch; 2 throttle the lowest classes; 3 degrade
+    low tiers (token caps); 4 protect only the top realtime class. In ``shadow``
+    mode edges record what they would do and admit everything.
+    """
+
+    service: Name
+    version: int
+    issued_at: EpochMs
+    valid_until: EpochMs
+    level: int
+    mode: Literal["enforce", "shadow"]
+    tiers: dict[str, TierLimit]
+    tenants: dict[str, TenantLimit]
+    defer_batch: bool
+    breaker: Literal["closed", "open", "half_open"]
+    forecast_upper_rps: Rate
+    safe_rps: Rate
+    reason: str
+    override: str | None = None
+
+
+class Override(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.Override/1"):
+    """An operator's pin of a service's level and/or total admitted rate, until ``expires_at``.
+
+    A record with ``cancel=True`` releases the override with the same ``id``
+    early. sg.overrides is the audit log: every pin and release stays on it.
+    """
+
+    id: Name
+    service: Name
+    created_at: EpochMs
+    expires_at: EpochMs
+    author: str
+    reason: str
+    level: int | None = None
+    limit_rps: Rate | None = None
+    cancel: bool = False

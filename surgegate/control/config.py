@@ -1,0 +1,105 @@
+"""Per-service control configuration, validated on construction.
+
+>>> cfg = ServiceConfig(service="chat", pool="gpu-a", replica_rps=40.0)
+>>> cfg.tiers[0], cfg.floor_share["enterprise"]
+('enterprise', 0.4)
+>>> parse_services('{"chat": {"slo_p99_ms": -1}}')
+Traceback (most recent call last):
+...
+ValueError: services.chat.slo_p99_ms=-1: must be > 0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+DEFAULT_TIERS = ("enterprise", "pro", "free")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceConfig:
+    """What the control plane needs to know about one service.
+
+    ``tiers`` lists tier names from highest to lowest priority; unknown tiers
+    rank below all of them. ``floor_share`` reserves a share of safe capacity
+    per tier for its realtime traffic. ``weights`` are w1..w4 of the priority
+    score w1*tier + w2*request_type + w3*history_behaviour + w4*current_load.
+    """
+
+    service: str
+    pool: str = ""
+    slo_p99_ms: float = 2000.0
+    error_budget: float = 0.05
+    replica_rps: float = 50.0
+    replicas: int = 5
+    target_utilisation: float = 0.85
+    tiers: tuple[str, ...] = DEFAULT_TIERS
+    tier_value: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: {"enterprise": 1.0, "pro": 0.6, "free": 0.2})
+    floor_share: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: {"enterprise": 0.4, "pro": 0.2, "free": 0.05})
+    weights: tuple[float, float, float, float] = (0.5, 0.3, 0.15, 0.05)
+    degraded_max_tokens: int = 256
+    lookahead_windows: int = 3
+    hysteresis_windows: int = 6
+    lease_windows: int = 3
+    mode: str = "enforce"
+
+    def __post_init__(self) -> None:
+        name = f"services.{self.service}"
+        _check(self.slo_p99_ms > 0, f"{name}.slo_p99_ms", self.slo_p99_ms, "must be > 0")
+        _check(0 < self.error_budget < 1, f"{name}.error_budget", self.error_budget, "must be within (0, 1)")
+        _check(self.replica_rps > 0, f"{name}.replica_rps", self.replica_rps, "must be > 0")
+        _check(self.replicas >= 1, f"{name}.replicas", self.replicas, "must be >= 1")
+        _check(0 < self.target_utilisation <= 1, f"{name}.target_utilisation", self.target_utilisation,
+               "must be within (0, 1]")
+        _check(len(self.tiers) >= 1 and len(set(self.tiers)) == len(self.tiers), f"{name}.tiers", self.tiers,
+               "must name at least one tier, each once")
+        _check(all(0 <= v <= 1 for v in self.floor_share.values()) and sum(self.floor_share.values()) <= 1,
+               f"{name}.floor_share", dict(self.floor_share), "shares must be within [0, 1] and sum to <= 1")
+        _check(len(self.weights) == 4 and all(w >= 0 for w in self.weights), f"{name}.weights", self.weights,
+               "must be four non-negative numbers")
+        _check(self.degraded_max_tokens >= 1, f"{name}.degraded_max_tokens", self.degraded_max_tokens, "must be >= 1")
+        _check(1 <= self.lookahead_windows <= 30, f"{name}.lookahead_windows", self.lookahead_windows,
+               "must be within [1, 30]")
+        _check(self.hysteresis_windows >= 1, f"{name}.hysteresis_windows", self.hysteresis_windows, "must be >= 1")
+        _check(self.lease_windows >= 1, f"{name}.lease_windows", self.lease_windows, "must be >= 1")
+        _check(self.mode in ("enforce", "shadow"), f"{name}.mode", self.mode, "must be enforce or shadow")
+        if not self.pool:
+            object.__setattr__(self, "pool", self.service)
+
+    def tier_rank(self, tier: str) -> int:
+        """0 for the highest tier; unknown tiers rank last."""
+        return self.tiers.index(tier) if tier in self.tiers else len(self.tiers)
+
+
+def parse_services(text: str) -> dict[str, ServiceConfig]:
+    """Service configs from JSON ``{"chat": {"pool": "gpu-a", ...}, ...}``."""
+    try:
+        raw = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"services: not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError("services: expected a JSON object of service name -> settings")
+    known = {f.name for f in dataclasses.fields(ServiceConfig)}
+    out = {}
+    for service, fields in raw.items():
+        if not isinstance(fields, dict):
+            raise ValueError(f"services.{service}: expected an object")
+        unknown = set(fields) - known
+        if unknown:
+            raise ValueError(f"services.{service}: unknown settings {sorted(unknown)}")
+        values: dict[str, Any] = dict(fields)
+        for key in ("tiers", "weights"):
+            if key in values:
+                values[key] = tuple(values[key])
+        out[service] = ServiceConfig(service=service, **values)
+    return out
+
+
+def _check(ok: bool, name: str, value: object, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}={value!r}: {message}")

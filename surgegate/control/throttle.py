@@ -1,0 +1,232 @@
+"""The throttle policy: every window, how much each class of a service may send.
+
+Inputs are one window of the service (and of its tiers and tenants), its load
+forecast, its GPU pool and the operator overrides in force; the output is a
+:class:`ThrottleDecision`. The same inputs in the same state give the same
+decision, and the version is the window index, so a replay is recognisable.
+
+Levels (DESIGN.md): 0 normal; 1 defer batch work; 2 throttle the lowest
+classes; 3 degrade low tiers (token caps); 4 protect only the top realtime
+class. The target level comes from the forecast upper bound over the next
+``lookahead_windows`` against safe capacity, and from a reactive guard: a
+window that already breaches the latency SLO or the error budget escalates one
+level more. Escalation is immediate, de-escalation one level per
+``hysteresis_windows`` calm windows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from surgegate.control.allocation import ClassDemand, allocate, share_by_tokens
+from surgegate.control.capacity import SafeCapacity
+from surgegate.control.config import ServiceConfig
+from surgegate.control.degradation import CircuitBreaker, LevelMachine
+from surgegate.control.tenants import TenantHistory
+from surgegate.schemas.aggregates import PoolStats, TrafficStats
+from surgegate.schemas.decisions import Override, TenantLimit, Threshold, ThrottleDecision, TierLimit
+from surgegate.schemas.forecasts import Forecast
+
+#: A token bucket may hold this many seconds of its rate.
+BURST_SECONDS = 2.0
+#: At level 4 only the top tier's realtime traffic is admitted, if it fits in this share.
+TOP_TIER_SHARE = 0.7
+#: Stepping down needs demand to fit within this share of safe capacity.
+CALM_BAND = 0.9
+#: A tenant gets its own limit once its token demand passes this multiple of its fair share.
+NOISY_TENANT = 2.0
+REQUEST_TYPE_VALUE = {"realtime": 1.0, "batch": 0.3}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecisionInputs:
+    """One window's view of a service."""
+
+    window_start: int
+    window_ms: int
+    service: TrafficStats
+    tiers: dict[str, TrafficStats]
+    tenants: dict[str, TrafficStats]
+    forecast: Forecast | None = None
+    pool: PoolStats | None = None
+    overrides: tuple[Override, ...] = ()
+
+
+class ThrottlePolicy:
+    """Per-service throttle state: safe capacity, level, breaker, tenant histories."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.capacity = SafeCapacity(slo_p99_ms=config.slo_p99_ms, replica_rps=config.replica_rps,
+                                     target_utilisation=config.target_utilisation, service=config.service)
+        self.levels = LevelMachine(config.hysteresis_windows)
+        self.breaker = CircuitBreaker()
+        self.tenants: dict[str, TenantHistory] = {}
+        self.previous: dict[str, float] = {}
+        self.last_version = -1
+
+    # ----------------------------------------------------------------- decide
+
+    def decide(self, inputs: DecisionInputs) -> tuple[Threshold, ThrottleDecision]:
+        """The safe capacity and the decision for the window after ``inputs``."""
+        cfg = self.config
+        s = inputs.service
+        seconds = inputs.window_ms / 1000
+        ready = inputs.pool.ready_replicas if inputs.pool and inputs.pool.workers else cfg.replicas
+        util = inputs.pool.utilisation_mean if inputs.pool and inputs.pool.workers else None
+        served_rps = (s.ok + s.error + s.timeout) / seconds
+        threshold = self.capacity.update(window_start=inputs.window_start, served_rps=served_rps,
+                                         p99_ms=s.latency_p99_ms, ready_replicas=ready, utilisation=util,
+                                         tokens_per_s=s.tokens_per_s)
+        capacity = threshold.safe_rps
+        override = self._override(inputs)
+        if override is not None and override.limit_rps is not None:
+            capacity = min(capacity, override.limit_rps)
+
+        observed = s.rate_rps
+        upper = observed
+        if inputs.forecast is not None:
+            ahead = inputs.forecast.rate_rps.upper[: cfg.lookahead_windows]
+            upper = max([observed, *ahead])
+        growth = upper / observed if observed > 0 else 1.0
+        demands = self._class_demands(inputs, growth, seconds, capacity)
+        failures = (s.error + s.timeout) / max(1, s.ok + s.error + s.timeout)
+        breached = s.latency_p99_ms > cfg.slo_p99_ms or failures > cfg.error_budget
+        breaker = self.breaker.step(failures, s.requests)
+
+        target, why = self._target(demands, capacity, upper)
+        calm_target, _ = self._target(demands, capacity * CALM_BAND, upper)
+        if breached:
+            target = calm_target = max(target, self.levels.level + 1, 1)
+            why = (f"window breaches the SLO (p99 {s.latency_p99_ms:,.0f} ms vs {cfg.slo_p99_ms:,.0f} ms, "
+                   f"failures {100 * failures:.1f}% vs {100 * cfg.error_budget:.0f}%); " + why)
+        level = self.levels.step(target, calm_target)
+        if override is not None and override.level is not None:
+            level = override.level
+        rates = self._rates(level, demands, capacity)
+        if breached:  # never admit more than last window while the SLO is breached
+            rates = {k: min(v, self.previous.get(k, v)) for k, v in rates.items()}
+        if breaker != "closed":
+            rates = {k: v * self.breaker.probe_share for k, v in rates.items()}
+        self.previous = rates
+        decision = self._decision(inputs, level, rates, demands, capacity, upper, breaker, why, override)
+        return threshold, decision
+
+    # ---------------------------------------------------------------- helpers
+
+    def _override(self, inputs: DecisionInputs) -> Override | None:
+        now = inputs.window_start + inputs.window_ms
+        live = [o for o in inputs.overrides if o.created_at <= now < o.expires_at and not o.cancel]
+        return max(live, key=lambda o: (o.created_at, o.id)) if live else None
+
+    def _class_demands(self, inputs: DecisionInputs, growth: float, seconds: float,
+                       capacity: float) -> list[ClassDemand]:
+        cfg = self.config
+        w1, w2 = cfg.weights[0], cfg.weights[1]
+        tiers = inputs.tiers or {cfg.tiers[0]: inputs.service}
+        out = []
+        for tier, t in sorted(tiers.items()):
+            value = cfg.tier_value.get(tier, 0.0)
+            floor = cfg.floor_share.get(tier, 0.0)
+            for rtype, count in (("realtime", t.realtime), ("batch", t.batch)):
+                out.append(ClassDemand(
+                    name=f"{tier}/{rtype}", demand=count / seconds * growth,
+                    # batch ranks below every realtime class: it is deferred first
+                    priority=w1 * value + w2 * REQUEST_TYPE_VALUE[rtype] - (0 if rtype == "realtime" else 10),
+                    floor=floor * capacity if rtype == "realtime" else 0.0,
+                ))
+        return out
+
+    def _target(self, demands: list[ClassDemand], capacity: float, upper: float) -> tuple[int, str]:
+        cfg = self.config
+        realtime = {d.name.split("/")[0]: d.demand for d in demands if d.name.endswith("/realtime")}
+        total = sum(d.demand for d in demands)
+        rt_total = sum(realtime.values())
+        ranked = sorted(realtime, key=cfg.tier_rank)
+        top = realtime.get(ranked[0], 0.0) if ranked else 0.0
+        without_lowest = sum(realtime[t] for t in ranked[:-1]) if len(ranked) > 1 else rt_total
+        head = f"forecast {upper:,.0f} rps vs safe {capacity:,.0f} rps"
+        if total <= capacity:
+            return 0, f"{head}: demand fits"
+        if rt_total <= capacity:
+            return 1, f"{head}: realtime {rt_total:,.0f} rps fits, batch deferred"
+        if without_lowest <= capacity:
+            return 2, f"{head}: lowest tier throttled"
+        if top <= capacity * TOP_TIER_SHARE:
+            return 3, f"{head}: low tiers degraded"
+        return 4, f"{head}: only {ranked[0] if ranked else 'the top tier'} realtime protected"
+
+    def _rates(self, level: int, demands: list[ClassDemand], capacity: float) -> dict[str, float]:
+        """Admitted rate per class, each within [0, capacity].
+
+        Level 0 rations nothing: every class may use all of the capacity. Levels
+        1-3 allocate by priority, and a tier's realtime class never gets less
+        than its reserved floor, so its traffic is admitted at once even when
+        it was idle and others borrowed the reservation. Level 4 gives all of
+        the capacity to the top tier's realtime class and nothing to the rest.
+        """
+        if level == 0:
+            return {d.name: capacity for d in demands}
+        if level >= 4:
+            top = min(demands, key=lambda d: (self.config.tier_rank(d.name.split("/")[0]),
+                                              d.name.endswith("/batch")))
+            return {d.name: (capacity if d is top else 0.0) for d in demands}
+        top_tier = min((d.name.split("/")[0] for d in demands), key=self.config.tier_rank)
+        protected = f"{top_tier}/realtime"
+        granted = allocate(capacity, demands, protected=protected)
+        return {d.name: min(capacity, max(granted[d.name], d.floor)) for d in demands}
+
+    def _decision(self, inputs: DecisionInputs, level: int, rates: dict[str, float], demands: list[ClassDemand],
+                  capacity: float, upper: float, breaker: str, why: str,
+                  override: Override | None) -> ThrottleDecision:
+        cfg = self.config
+        tiers: dict[str, TierLimit] = {}
+        for tier in sorted({d.name.split("/")[0] for d in demands}):
+            rt, batch = rates.get(f"{tier}/realtime", 0.0), rates.get(f"{tier}/batch", 0.0)
+            degraded = level >= 3 and cfg.tier_rank(tier) > 0
+            tiers[tier] = TierLimit(realtime_rps=round(rt, 3), batch_rps=round(batch, 3),
+                                    burst=round(max(1.0, (rt + batch) * BURST_SECONDS), 3),
+                                    max_tokens=cfg.degraded_max_tokens if degraded else None)
+        tenants = self._tenant_limits(inputs, level, sum(rates.values()))
+        version = inputs.window_start // inputs.window_ms
+        issued = inputs.window_start + inputs.window_ms
+        limited = [f"{t} realtime {lim.realtime_rps:,.0f} rps" for t, lim in tiers.items()
+                   if level >= 2 and cfg.tier_rank(t) > 0]
+        reason = f"level {level}: {why}"
+        if limited:
+            reason += "; " + ", ".join(limited)
+        if breaker != "closed":
+            reason += f"; circuit breaker {breaker}: admitting {100 * self.breaker.probe_share:.0f}% as probes"
+        if override is not None:
+            reason += (f"; operator override {override.id} by {override.author}"
+                       f"{f' pins level {override.level}' if override.level is not None else ''}"
+                       f"{f' limits to {override.limit_rps:,.0f} rps' if override.limit_rps is not None else ''}"
+                       f" until {override.expires_at} ({override.reason})")
+        self.last_version = version
+        return ThrottleDecision(
+            service=cfg.service, version=version, issued_at=issued,
+            valid_until=issued + cfg.lease_windows * inputs.window_ms, level=level, mode=cfg.mode,
+            tiers=tiers, tenants=tenants, defer_batch=level >= 1, breaker=breaker,
+            forecast_upper_rps=round(upper, 3), safe_rps=round(capacity, 3), reason=reason,
+            override=override.id if override is not None else None,
+        )
+
+    def _tenant_limits(self, inputs: DecisionInputs, level: int, admitted: float) -> dict[str, TenantLimit]:
+        seconds = inputs.window_ms / 1000
+        service_tpr = _tokens_per_request(inputs.service)
+        demands = {t: (s.requests / seconds, _tokens_per_request(s) or service_tpr)
+                   for t, s in inputs.tenants.items()}
+        fair = admitted / len(demands) if demands else 0.0
+        for tenant, (rate, tpr) in demands.items():
+            self.tenants.setdefault(tenant, TenantHistory()).learn(
+                rate, tokens_per_request=tpr, fair_share=fair, service_tokens_per_request=service_tpr)
+        if level < 2 or not demands:
+            return {}
+        weights = {t: 0.5 + self.tenants[t].behaviour for t in demands}
+        shares = share_by_tokens(admitted, demands, weights)
+        return {t: TenantLimit(rate_rps=round(shares[t], 3), burst=round(max(1.0, shares[t] * BURST_SECONDS), 3))
+                for t, (rate, _) in demands.items() if rate > NOISY_TENANT * shares[t]}
+
+
+def _tokens_per_request(s: TrafficStats) -> float:
+    return (s.input_tokens + s.output_tokens) / s.requests if s.requests else 0.0
