@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faust
 
+from surgegate.agents.decide import DecideAgent
 from surgegate.agents.forecast import ForecastAgent
 from surgegate.agents.mirror import MirrorAgent
 from surgegate.agents.windows import WindowMergeAgent
@@ -13,7 +14,7 @@ from surgegate.streams.topics import Topics
 
 
 def create_app(settings: Settings, *, mirror: StateMirror | None = None) -> faust.App:
-    """Build the Faust app: window merge, forecast and Redis-mirror agents.
+    """Build the Faust app: window merge, forecast, decide and Redis-mirror agents.
 
     Group timeouts are short because the embedded broker makes a join wait for
     the rebalance timeout; standby replicas are off because with them a single
@@ -46,6 +47,12 @@ def create_app(settings: Settings, *, mirror: StateMirror | None = None) -> faus
                           key_serializer="raw", value_serializer="raw")
     WindowMergeAgent(app, settings, source=partials, sink=windows, mirror=mirror).register()
     ForecastAgent(app, settings, source=windows, sink=forecasts, mirror=mirror).register()
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    DecideAgent(
+        app, settings, sources=app.topic(topics.windows, topics.forecasts, topics.overrides, **raw),
+        inputs=app.topic(topics.control_inputs, **raw), thresholds=app.topic(topics.thresholds, **raw),
+        decisions=app.topic(topics.throttle, **raw), mirror=mirror,
+    ).register()
     if mirror is not None:
         MirrorAgent(app, mirror, windows=windows).register()
     return app

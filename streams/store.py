@@ -56,6 +56,12 @@ class Keys:
     def latest_forecast(self, scope: str) -> str:
         return f"{self.prefix}forecast:{scope}"
 
+    def latest_decision(self, service: str) -> str:
+        return f"{self.prefix}decision:{service}"
+
+    def latest_threshold(self, service: str) -> str:
+        return f"{self.prefix}threshold:{service}"
+
 
 class _Backoff:
     def __init__(self) -> None:
@@ -155,14 +161,22 @@ class StateMirror:
 
     async def put_forecast(self, scope: str, payload: bytes) -> bool:
         """Record the latest forecast of a scope."""
+        return await self._set(self.keys.latest_forecast(scope), payload, "forecast mirror")
+
+    async def put_decision(self, service: str, threshold: bytes, decision: bytes) -> bool:
+        """Record a service's latest threshold and throttle decision."""
+        return (await self._set(self.keys.latest_threshold(service), threshold, "threshold mirror")
+                and await self._set(self.keys.latest_decision(service), decision, "decision mirror"))
+
+    async def _set(self, key: str, payload: bytes, what: str) -> bool:
         if not self._backoff.ready():
             self.skipped += 1
             return False
         try:
-            await self._client.set(self.keys.latest_forecast(scope), payload)
+            await self._client.set(key, payload)
             return True
         except (redis.RedisError, OSError) as exc:
-            self._backoff.failed("forecast mirror", exc)
+            self._backoff.failed(what, exc)
             self.skipped += 1
             return False
 

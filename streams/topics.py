@@ -38,6 +38,8 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("decisions.scaling", "ScalingDecision keyed by pool", compacted=True),
     TopicSpec("overrides", "Override keyed by scope"),
     TopicSpec("deadletter", "DeadLetter keyed by source topic"),
+    # Internal: windows, forecasts and overrides re-keyed by service for the decide agent.
+    TopicSpec("control.inputs", "decide-agent inputs keyed by service"),
     # Internal: the ingest's cut intents, one partition per source partition.
     TopicSpec("requests.cuts", "ingest cut intents for sg.requests", compacted=True),
     TopicSpec("metrics.cuts", "ingest cut intents for sg.metrics", compacted=True),
@@ -73,6 +75,22 @@ class Topics:
     @property
     def forecasts(self) -> str:
         return self.name("forecasts")
+
+    @property
+    def thresholds(self) -> str:
+        return self.name("thresholds")
+
+    @property
+    def throttle(self) -> str:
+        return self.name("decisions.throttle")
+
+    @property
+    def overrides(self) -> str:
+        return self.name("overrides")
+
+    @property
+    def control_inputs(self) -> str:
+        return self.name("control.inputs")
 
     @property
     def deadletter(self) -> str:

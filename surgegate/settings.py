@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from surgegate.control.config import ServiceConfig, parse_services
 from surgegate.errors import SettingsError
 
 ENV_PREFIX = "SURGEGATE_"
@@ -45,6 +46,7 @@ class Settings:
     forecast_horizon: int = 30
     forecast_coverage: float = 0.9
     forecast_checkpoint_windows: int = 6
+    services: str = ""
     worker_id: str = "worker-1"
     log_level: str = "info"
 
@@ -73,6 +75,11 @@ class Settings:
                "must be within [0.5, 1)")
         _check(1 <= self.forecast_checkpoint_windows <= 360, "FORECAST_CHECKPOINT_WINDOWS",
                self.forecast_checkpoint_windows, "must be within [1, 360]")
+        if self.services:
+            try:
+                parse_services(self.services)
+            except ValueError as exc:
+                raise SettingsError(f"{ENV_PREFIX}SERVICES: {exc}") from None
         _check(bool(_TOPIC_PREFIX.match(self.topic_prefix)), "TOPIC_PREFIX", self.topic_prefix,
                "may hold only letters, digits, '.', '_' and '-'")
         _check(self.log_level in ("debug", "info", "warning", "error"), "LOG_LEVEL", self.log_level,
@@ -84,6 +91,10 @@ class Settings:
         if self.redis:
             _check(self.redis.startswith(("redis://", "rediss://", "unix://")), "REDIS", self.redis,
                    "must be a redis:// URL")
+
+    def service_configs(self) -> dict[str, ServiceConfig]:
+        """Per-service control settings from ``SURGEGATE_SERVICES`` (JSON), by service name."""
+        return parse_services(self.services)
 
     @property
     def window_ms(self) -> int:

@@ -37,6 +37,7 @@ class WorkerProcess:
             "SURGEGATE_FLUSH_INTERVAL_S": str(s.flush_interval_s), "SURGEGATE_IDLE_AFTER_S": str(s.idle_after_s),
             "SURGEGATE_WORKER_ID": self.worker_id,
             "SURGEGATE_FORECAST_CHECKPOINT_WINDOWS": str(s.forecast_checkpoint_windows),
+            "SURGEGATE_SERVICES": s.services,
         })
         out = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "surgegate.cli", "worker"], env=env, stdout=out,

@@ -63,6 +63,7 @@ class ThrottlePolicy:
         self.breaker = CircuitBreaker()
         self.tenants: dict[str, TenantHistory] = {}
         self.previous: dict[str, float] = {}
+        self.mix: dict[str, float] = {}
         self.last_version = -1
 
     # ----------------------------------------------------------------- decide
@@ -88,8 +89,7 @@ class ThrottlePolicy:
         if inputs.forecast is not None:
             ahead = inputs.forecast.rate_rps.upper[: cfg.lookahead_windows]
             upper = max([observed, *ahead])
-        growth = upper / observed if observed > 0 else 1.0
-        demands = self._class_demands(inputs, growth, seconds, capacity)
+        demands = self._class_demands(inputs, upper, seconds, capacity)
         failures = (s.error + s.timeout) / max(1, s.ok + s.error + s.timeout)
         breached = s.latency_p99_ms > cfg.slo_p99_ms or failures > cfg.error_budget
         breaker = self.breaker.step(failures, s.requests)
@@ -119,22 +119,32 @@ class ThrottlePolicy:
         live = [o for o in inputs.overrides if o.created_at <= now < o.expires_at and not o.cancel]
         return max(live, key=lambda o: (o.created_at, o.id)) if live else None
 
-    def _class_demands(self, inputs: DecisionInputs, growth: float, seconds: float,
+    def _class_demands(self, inputs: DecisionInputs, upper: float, seconds: float,
                        capacity: float) -> list[ClassDemand]:
+        """Each class's share of the observed mix times the forecast upper bound.
+
+        With no traffic in the window, the last mix seen carries the forecast,
+        so a forecast rise from zero is still a demand.
+        """
         cfg = self.config
         w1, w2 = cfg.weights[0], cfg.weights[1]
         tiers = inputs.tiers or {cfg.tiers[0]: inputs.service}
+        observed = {f"{tier}/{rtype}": count / seconds
+                    for tier, t in tiers.items() for rtype, count in (("realtime", t.realtime), ("batch", t.batch))}
+        total = sum(observed.values())
+        if total > 0:
+            self.mix = {k: v / total for k, v in observed.items()}
+        mix = self.mix or {f"{cfg.tiers[0]}/realtime": 1.0}
         out = []
-        for tier, t in sorted(tiers.items()):
-            value = cfg.tier_value.get(tier, 0.0)
-            floor = cfg.floor_share.get(tier, 0.0)
-            for rtype, count in (("realtime", t.realtime), ("batch", t.batch)):
-                out.append(ClassDemand(
-                    name=f"{tier}/{rtype}", demand=count / seconds * growth,
-                    # batch ranks below every realtime class: it is deferred first
-                    priority=w1 * value + w2 * REQUEST_TYPE_VALUE[rtype] - (0 if rtype == "realtime" else 10),
-                    floor=floor * capacity if rtype == "realtime" else 0.0,
-                ))
+        for name in sorted(set(observed) | set(mix)):
+            tier, rtype = name.split("/")
+            out.append(ClassDemand(
+                name=name, demand=mix.get(name, 0.0) * upper,
+                # batch ranks below every realtime class: it is deferred first
+                priority=w1 * cfg.tier_value.get(tier, 0.0) + w2 * REQUEST_TYPE_VALUE[rtype]
+                - (0 if rtype == "realtime" else 10),
+                floor=cfg.floor_share.get(tier, 0.0) * capacity if rtype == "realtime" else 0.0,
+            ))
         return out
 
     def _target(self, demands: list[ClassDemand], capacity: float, upper: float) -> tuple[int, str]:

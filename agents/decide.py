@@ -1,0 +1,191 @@
+"""The decide agent: per service, every window, a Threshold and a ThrottleDecision.
+
+Windows (service, tier, tenant and GPU-pool scopes), forecasts and operator
+overrides arrive on topics keyed by scope; a router re-keys them by service
+onto sg.control.inputs so one agent instance sees everything about a service.
+The decision for window W is made when the service's forecast from W arrives
+(forecasts follow their window), with the newest tier, tenant and pool windows
+at hand. Each service's policy state (level, hysteresis, breaker, tenant
+histories, last version) is checkpointed in the Faust table
+``throttle_policies`` after every decision.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+import pickle
+from collections import Counter
+
+import faust
+import msgspec
+from faust.types import TP
+
+from surgegate.control.config import ServiceConfig
+from surgegate.control.throttle import DecisionInputs, ThrottlePolicy
+from surgegate.schemas.aggregates import PoolStats, TrafficStats, WindowStats
+from surgegate.schemas.decisions import Override
+from surgegate.schemas.forecasts import Forecast
+from surgegate.scopes import parse_scope
+from surgegate.settings import Settings
+from surgegate.streams.store import StateMirror
+
+log = logging.getLogger(__name__)
+
+_Input = WindowStats | Forecast | Override
+
+
+#: Windows of inputs kept per service while waiting for their partners.
+KEEP_WINDOWS = 60
+
+
+@dataclasses.dataclass
+class ServiceView:
+    """Recent inputs of one service by window start, and its policy."""
+
+    policy: ThrottlePolicy
+    service: dict[int, TrafficStats] = dataclasses.field(default_factory=dict)
+    forecasts: dict[int, Forecast] = dataclasses.field(default_factory=dict)
+    tiers: dict[int, dict[str, TrafficStats]] = dataclasses.field(default_factory=dict)
+    tenants: dict[int, dict[str, TrafficStats]] = dataclasses.field(default_factory=dict)
+    pools: dict[int, PoolStats] = dataclasses.field(default_factory=dict)
+    overrides: dict[str, Override] = dataclasses.field(default_factory=dict)
+
+    def newest(self, by_window: dict, start: int):
+        """The entry for ``start``, else the newest one before it."""
+        if start in by_window:
+            return by_window[start]
+        older = [k for k in by_window if k < start]
+        return by_window[max(older)] if older else None
+
+    def prune(self, decided: int) -> None:
+        """Forget inputs too old to matter for windows after ``decided``."""
+        for by_window in (self.service, self.forecasts, self.tiers, self.tenants, self.pools):
+            keep = sorted(by_window)[-KEEP_WINDOWS:]
+            for k in [k for k in by_window if k < decided and k not in keep[-2:]] + \
+                     [k for k in by_window if k not in keep]:
+                by_window.pop(k, None)
+
+
+class DecideAgent:
+    """Owns the router, the decide agent and the ``throttle_policies`` table.
+
+    ``counters``: ``decisions.published``, ``control.unroutable``.
+    """
+
+    def __init__(self, app: faust.App, settings: Settings, *, sources: faust.TopicT, inputs: faust.TopicT,
+                 thresholds: faust.TopicT, decisions: faust.TopicT, mirror: StateMirror | None = None) -> None:
+        self.app = app
+        self.settings = settings
+        self.sources = sources
+        self.inputs = inputs
+        self.thresholds = thresholds
+        self.decisions = decisions
+        self.mirror = mirror
+        self.configs = settings.service_configs()
+        self.pool_services = {c.pool: name for name, c in self.configs.items()}
+        self.table = app.Table("throttle_policies", key_type=str, value_type=str, partitions=settings.partitions)
+        self.views: dict[str, ServiceView] = {}
+        self.counters: Counter[str] = Counter()
+        self._decoder = msgspec.json.Decoder(_Input)
+
+    def register(self) -> None:
+        """Attach the router, the decide agent and the rebalance hook."""
+        self.app.agent(self.sources, name="route_control_inputs")(self._route)
+        self.app.agent(self.inputs, name="decide")(self._decide)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+
+    async def _on_revoked(self, sender: object, revoked: set[TP], **kwargs: object) -> None:
+        self.views.clear()
+
+    def config(self, service: str) -> ServiceConfig:
+        """The service's settings, or the defaults for a service not configured."""
+        return self.configs.get(service) or ServiceConfig(service=service)
+
+    # ------------------------------------------------------------------ route
+
+    async def _route(self, stream: faust.StreamT) -> None:
+        async for value in stream:
+            try:
+                record = self._decoder.decode(value)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                self.counters["control.unroutable"] += 1
+                log.error("route_control_inputs: unreadable record: %s", exc)
+                continue
+            service = self._service_of(record)
+            if service is None:
+                self.counters["control.unroutable"] += 1
+                continue
+            await self.inputs.send(key=service.encode(), value=value)
+
+    def _service_of(self, record: _Input) -> str | None:
+        if isinstance(record, Override):
+            return record.service
+        labels = parse_scope(record.scope)
+        if "pool" in labels:
+            return self.pool_services.get(labels["pool"], labels["pool"])
+        return labels["service"]
+
+    # ----------------------------------------------------------------- decide
+
+    def _view(self, service: str) -> ServiceView:
+        view = self.views.get(service)
+        if view is None:
+            saved = self.table.get(service)
+            policy = (pickle.loads(base64.b64decode(saved)) if saved is not None  # noqa: S301 - own changelog
+                      else ThrottlePolicy(self.config(service)))
+            view = self.views[service] = ServiceView(policy=policy)
+        return view
+
+    async def _decide(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            service = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
+            record = self._decoder.decode(event.value)
+            view = self._view(service)
+            if isinstance(record, Override):
+                view.overrides[record.id] = record
+                continue
+            if isinstance(record, WindowStats):
+                self._remember(view, record)
+            elif set(parse_scope(record.scope)) == {"service"}:
+                view.forecasts[record.origin] = record  # tier and tenant forecasts do not trigger decisions
+            # A service window and its forecast may arrive in either order, and in bursts when catching up.
+            for start in sorted(set(view.service) & set(view.forecasts)):
+                await self._publish(service, view, start)
+
+    def _remember(self, view: ServiceView, w: WindowStats) -> None:
+        start = w.window_start
+        if w.gpu is not None:
+            view.pools[start] = w.gpu
+        elif w.tier is not None:
+            view.tiers.setdefault(start, {})[w.tier] = w.traffic
+        elif w.tenant is not None:
+            view.tenants.setdefault(start, {})[w.tenant] = w.traffic
+        elif w.traffic is not None:
+            view.service[start] = w.traffic
+
+    async def _publish(self, service: str, view: ServiceView, start: int) -> None:
+        window_ms = self.settings.window_ms
+        if start // window_ms <= view.policy.last_version:
+            view.service.pop(start, None)
+            view.forecasts.pop(start, None)
+            return  # decided already (or a replayed window)
+        now = start + window_ms
+        view.overrides = {k: o for k, o in view.overrides.items() if o.expires_at > now and not o.cancel}
+        inputs = DecisionInputs(window_start=start, window_ms=window_ms, service=view.service[start],
+                                tiers=dict(view.newest(view.tiers, start) or {}),
+                                tenants=dict(view.newest(view.tenants, start) or {}),
+                                forecast=view.forecasts[start], pool=view.newest(view.pools, start),
+                                overrides=tuple(view.overrides.values()))
+        threshold, decision = view.policy.decide(inputs)
+        t_bytes, d_bytes = msgspec.json.encode(threshold), msgspec.json.encode(decision)
+        await self.thresholds.send(key=service.encode(), value=t_bytes)
+        await self.decisions.send(key=service.encode(), value=d_bytes)
+        self.table[service] = base64.b64encode(pickle.dumps(view.policy, protocol=5)).decode("ascii")
+        self.counters["decisions.published"] += 1
+        view.service.pop(start, None)
+        view.forecasts.pop(start, None)
+        view.prune(start)
+        if self.mirror is not None:
+            await self.mirror.put_decision(service, t_bytes, d_bytes)

@@ -1,0 +1,61 @@
+"""On the real broker: traffic above a known capacity yields a throttle decision within two windows."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import msgspec
+import pytest
+import redis
+from support import T0, W, TopicReader, WorkerProcess, eventually
+from test_pipeline_e2e import send
+
+from surgegate.schemas.decisions import Threshold, ThrottleDecision
+from surgegate.schemas.telemetry import RequestEvent
+from surgegate.streams.store import Keys
+from surgegate.streams.topics import Topics
+
+pytestmark = pytest.mark.e2e
+
+# safe capacity: 10 rps per replica x 2 replicas x 0.85 = 17 rps
+SERVICES = json.dumps({"chat": {"pool": "gpu-a", "replica_rps": 10, "replicas": 2, "slo_p99_ms": 2000}})
+
+
+def load(windows: range, rps: int, seed: int) -> list[RequestEvent]:
+    rng = random.Random(seed)
+    return [RequestEvent(ts=T0 + w * W + int(i * W / (rps * 10)), service="chat", tenant=f"t{i % 3}",
+                         tier=("enterprise", "pro", "free")[i % 3], edge_id="edge-1",
+                         latency_ms=rng.uniform(50, 300), request_type="realtime" if i % 5 else "batch")
+            for w in windows for i in range(rps * 10)]
+
+
+def test_traffic_above_capacity_is_throttled_within_two_windows(settings, tmp_path):
+    settings = settings.replace(services=SERVICES)
+    over_from = 4
+    worker = WorkerProcess(settings, tmp_path / "w.log").start()
+    try:
+        send(settings, load(range(0, over_from), 5, 1) + load(range(over_from, 8), 60, 2))
+        topics = Topics(settings.topic_prefix)
+        decisions = TopicReader(settings, topics.throttle)
+        decisions.poll_until(lambda m: len(m) >= 8, 120, "a decision per window")
+        got = {d.version: d for d in decisions.decoded(ThrottleDecision)}
+        first = T0 // W
+        assert all(got[first + w].level == 0 for w in range(1, over_from)), [got[first + w].reason for w in range(4)]
+        throttled = [v for v, d in got.items() if d.level > 0]
+        assert throttled and min(throttled) <= first + over_from + 1, "throttled within two windows"
+        d = got[min(throttled)]
+        assert d.service == "chat" and d.defer_batch and d.safe_rps == pytest.approx(17.0)
+        assert d.reason.startswith(f"level {d.level}: forecast") and "vs safe 17 rps" in d.reason
+        assert d.valid_until > d.issued_at
+        thresholds = TopicReader(settings, topics.thresholds)
+        thresholds.poll_until(lambda m: len(m) >= 8, 30, "thresholds")
+        assert all(t.safe_rps > 0 and "rps/replica" in t.reason for t in thresholds.decoded(Threshold))
+        r = redis.Redis.from_url(settings.redis)
+        key = Keys.for_topic_prefix(settings.topic_prefix).latest_decision("chat")
+        eventually(lambda: r.get(key) is not None, 20, "the decision mirrored to Redis")
+        mirrored = msgspec.json.decode(r.get(key), type=ThrottleDecision)
+        decisions.read_to_end()
+        assert mirrored == {d.version: d for d in decisions.decoded(ThrottleDecision)}[mirrored.version]
+    finally:
+        worker.stop()
