@@ -3,9 +3,10 @@
 Windows (service, tier, tenant and GPU-pool scopes), forecasts and operator
 overrides arrive on topics keyed by scope; a router re-keys them by service
 onto sg.control.inputs so one agent instance sees everything about a service.
-The decision for window W is made when the service's forecast from W arrives
-(forecasts follow their window), with the newest tier, tenant and pool windows
-at hand. Each service's policy state (level, hysteresis, breaker, tenant
+The decision for window W is made as soon as the service's window W arrives,
+with the newest forecast at hand (usually the one issued after W-1, whose
+upper bounds cover W+1 onwards) and the newest tier, tenant and pool windows:
+a decision never waits for the forecast step, which costs ten times more. Each service's policy state (level, hysteresis, breaker, tenant
 histories, last version) is checkpointed in the Faust table
 ``throttle_policies`` after every decision.
 """
@@ -150,8 +151,7 @@ class DecideAgent:
                 self._remember(view, record)
             elif set(parse_scope(record.scope)) == {"service"}:
                 view.forecasts[record.origin] = record  # tier and tenant forecasts do not trigger decisions
-            # A service window and its forecast may arrive in either order, and in bursts when catching up.
-            for start in sorted(set(view.service) & set(view.forecasts)):
+            for start in sorted(view.service):
                 await self._publish(service, view, start)
 
     def _remember(self, view: ServiceView, w: WindowStats) -> None:
@@ -176,7 +176,7 @@ class DecideAgent:
         inputs = DecisionInputs(window_start=start, window_ms=window_ms, service=view.service[start],
                                 tiers=dict(view.newest(view.tiers, start) or {}),
                                 tenants=dict(view.newest(view.tenants, start) or {}),
-                                forecast=view.forecasts[start], pool=view.newest(view.pools, start),
+                                forecast=view.newest(view.forecasts, start), pool=view.newest(view.pools, start),
                                 overrides=tuple(view.overrides.values()))
         threshold, decision = view.policy.decide(inputs)
         t_bytes, d_bytes = msgspec.json.encode(threshold), msgspec.json.encode(decision)
@@ -185,7 +185,6 @@ class DecideAgent:
         self.table[service] = base64.b64encode(pickle.dumps(view.policy, protocol=5)).decode("ascii")
         self.counters["decisions.published"] += 1
         view.service.pop(start, None)
-        view.forecasts.pop(start, None)
         view.prune(start)
         if self.mirror is not None:
             await self.mirror.put_decision(service, t_bytes, d_bytes)

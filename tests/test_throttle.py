@@ -160,3 +160,15 @@ def test_same_inputs_give_the_same_decisions():
     a, b = ThrottlePolicy(CONFIG), ThrottlePolicy(CONFIG)
     assert [a.decide(x) for x in seq] == [b.decide(x) for x in seq]
     assert [d.version for _, d in (ThrottlePolicy(CONFIG).decide(x) for x in seq)] == [0, 1, 2, 3, 4]
+
+
+def test_a_noisy_tenant_gets_its_own_limit_and_a_steady_one_does_not():
+    policy = ThrottlePolicy(CONFIG)
+    heavy, light = stats(9_000), stats(300)
+    mix = even(20_000)
+    base = inputs(0, mix)
+    _, d = policy.decide(DecisionInputs(window_start=0, window_ms=W, service=base.service, tiers=base.tiers,
+                                        tenants={"hog": heavy, "steady": light}))
+    assert d.level >= 2
+    assert "hog" in d.tenants and "steady" not in d.tenants
+    assert 0 < d.tenants["hog"].rate_rps < 9_000

@@ -33,7 +33,7 @@ BURST_SECONDS = 2.0
 TOP_TIER_SHARE = 0.7
 #: Stepping down needs demand to fit within this share of safe capacity.
 CALM_BAND = 0.9
-#: A tenant gets its own limit once its token demand passes this multiple of its fair share.
+#: A tenant gets its own limit once its demand passes this multiple of an equal share.
 NOISY_TENANT = 2.0
 REQUEST_TYPE_VALUE = {"realtime": 1.0, "batch": 0.3}
 
@@ -87,7 +87,11 @@ class ThrottlePolicy:
         observed = s.rate_rps
         upper = observed
         if inputs.forecast is not None:
-            ahead = inputs.forecast.rate_rps.upper[: cfg.lookahead_windows]
+            # the next windows after this one, in the newest forecast at hand (it may
+            # have been issued a window or more ago)
+            f = inputs.forecast
+            first = max(0, (inputs.window_start - f.origin) // f.step_ms)
+            ahead = f.rate_rps.upper[first: first + cfg.lookahead_windows]
             upper = max([observed, *ahead])
         demands = self._class_demands(inputs, upper, seconds, capacity)
         failures = (s.error + s.timeout) / max(1, s.ok + s.error + s.timeout)
@@ -232,10 +236,16 @@ class ThrottlePolicy:
                 rate, tokens_per_request=tpr, fair_share=fair, service_tokens_per_request=service_tpr)
         if level < 2 or not demands:
             return {}
-        weights = {t: 0.5 + self.tenants[t].behaviour for t in demands}
+        # the tenant part of the priority score: w3 * history_behaviour + w4 * (1 - current load share)
+        w3, w4 = self.config.weights[2], self.config.weights[3]
+        total = sum(rate for rate, _ in demands.values()) or 1.0
+        weights = {t: 0.1 + w3 * self.tenants[t].behaviour + w4 * (1.0 - rate / total)
+                   for t, (rate, _) in demands.items()}
         shares = share_by_tokens(admitted, demands, weights)
+        # only tenants far above an equal share get a limit of their own; the rest
+        # are governed by their tier's buckets
         return {t: TenantLimit(rate_rps=round(shares[t], 3), burst=round(max(1.0, shares[t] * BURST_SECONDS), 3))
-                for t, (rate, _) in demands.items() if rate > NOISY_TENANT * shares[t]}
+                for t, (rate, _) in demands.items() if rate > NOISY_TENANT * fair}
 
 
 def _tokens_per_request(s: TrafficStats) -> float:
