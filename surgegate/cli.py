@@ -15,6 +15,8 @@ from surgegate.settings import Settings
 
 log = logging.getLogger("surgegate")
 
+DEMO_SERVICES = '{"chat": {"pool": "gpu-a", "replica_rps": 40, "replicas": 8}}'
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     settings = Settings.from_env(os.environ)
@@ -77,6 +79,9 @@ def cmd_up(args: argparse.Namespace) -> None:
             redis_server = EmbeddedRedis(args.redis_port).start()
             started.append(redis_server)
             settings = settings.replace(redis=redis_server.url)
+        if args.demo and not settings.services:
+            # the demo's service on its GPU pool: 8 replicas of 40 rps, so its bursts get throttled
+            settings = settings.replace(services=DEMO_SERVICES)
         create_topics(settings)
         print(f"surgegate up: broker {settings.kafka}  redis {settings.redis}  "
               f"topics {settings.topic_prefix}*  window {settings.window_s:.0f} s", flush=True)

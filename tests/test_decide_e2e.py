@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import random
+import time
 
 import msgspec
 import pytest
 import redis
+from confluent_kafka import Producer
 from support import T0, W, TopicReader, WorkerProcess, eventually
 from test_pipeline_e2e import send
 
-from surgegate.schemas.decisions import Threshold, ThrottleDecision
+from surgegate.schemas.decisions import Override, Threshold, ThrottleDecision
 from surgegate.schemas.telemetry import RequestEvent
 from surgegate.streams.store import Keys
 from surgegate.streams.topics import Topics
@@ -57,5 +59,29 @@ def test_traffic_above_capacity_is_throttled_within_two_windows(settings, tmp_pa
         mirrored = msgspec.json.decode(r.get(key), type=ThrottleDecision)
         decisions.read_to_end()
         assert mirrored == {d.version: d for d in decisions.decoded(ThrottleDecision)}[mirrored.version]
+    finally:
+        worker.stop()
+
+
+def test_an_operator_override_on_the_topic_pins_the_level_and_is_named(settings, tmp_path):
+    settings = settings.replace(services=SERVICES)
+    pin = Override(id="ovr-7", service="chat", created_at=T0, expires_at=T0 + 4 * W, author="sre-on-call",
+                   reason="incident 7", level=3)
+    worker = WorkerProcess(settings, tmp_path / "w.log").start()
+    try:
+        topics = Topics(settings.topic_prefix)
+        p = Producer({"bootstrap.servers": settings.kafka, "linger.ms": 5})
+        p.produce(topics.overrides, msgspec.json.encode(pin), key=b"chat")
+        p.flush()
+        time.sleep(3)  # the pin is routed before the traffic's windows close
+        send(settings, load(range(0, 8), 5, 3))
+        decisions = TopicReader(settings, topics.throttle)
+        decisions.poll_until(lambda m: len(m) >= 8, 120, "a decision per window")
+        got = {d.version: d for d in decisions.decoded(ThrottleDecision)}
+        first = T0 // W
+        pinned = [got[first + w] for w in range(0, 3)]
+        assert all(d.level == 3 and d.override == "ovr-7" for d in pinned), [d.reason for d in pinned]
+        assert "override ovr-7 by sre-on-call pins level 3" in pinned[0].reason
+        assert got[first + 5].override is None and got[first + 5].level < 3, "released at expiry"
     finally:
         worker.stop()

@@ -14,7 +14,7 @@ from surgegate.schemas.forecasts import Forecast, SeriesBounds
 W = 10_000
 TIERS = ("enterprise", "pro", "free")
 # safe capacity at start: 1,000 rps/replica x 10 replicas x 0.85 = 8,500 rps
-CONFIG = ServiceConfig(service="chat", replica_rps=1000.0, replicas=10, hysteresis_windows=6)
+CONFIG = ServiceConfig(service="chat", replica_rps=1000.0, replicas=10, hysteresis_windows=6, slo_p99_ms=2000.0)
 
 
 def stats(rt: float, batch: float = 0.0, p99: float = 300.0, failures: float = 0.0) -> TrafficStats:

@@ -31,7 +31,7 @@ class ServiceConfig:
 
     service: str
     pool: str = ""
-    slo_p99_ms: float = 2000.0
+    slo_p99_ms: float = 10_000.0
     error_budget: float = 0.05
     replica_rps: float = 50.0
     replicas: int = 5
