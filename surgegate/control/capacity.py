@@ -20,6 +20,7 @@ True
 
 from __future__ import annotations
 
+from surgegate.checks import check
 from surgegate.schemas.decisions import Threshold
 
 #: p99 may exceed the no-load baseline by this factor before capacity is cut.
@@ -37,12 +38,9 @@ class SafeCapacity:
 
     def __init__(self, *, slo_p99_ms: float, replica_rps: float, target_utilisation: float = 0.85,
                  service: str = "") -> None:
-        if slo_p99_ms <= 0:
-            raise ValueError(f"slo_p99_ms={slo_p99_ms!r}: must be > 0")
-        if replica_rps <= 0:
-            raise ValueError(f"replica_rps={replica_rps!r}: must be > 0")
-        if not 0 < target_utilisation <= 1:
-            raise ValueError(f"target_utilisation={target_utilisation!r}: must be within (0, 1]")
+        check(slo_p99_ms > 0, "slo_p99_ms", slo_p99_ms, "must be > 0")
+        check(replica_rps > 0, "replica_rps", replica_rps, "must be > 0")
+        check(0 < target_utilisation <= 1, "target_utilisation", target_utilisation, "must be within (0, 1]")
         self.service = service
         self.slo = slo_p99_ms
         self.replica_rps = replica_rps

@@ -16,6 +16,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from surgegate.checks import check
+
 DEFAULT_TIERS = ("enterprise", "pro", "free")
 
 
@@ -50,24 +52,24 @@ class ServiceConfig:
 
     def __post_init__(self) -> None:
         name = f"services.{self.service}"
-        _check(self.slo_p99_ms > 0, f"{name}.slo_p99_ms", self.slo_p99_ms, "must be > 0")
-        _check(0 < self.error_budget < 1, f"{name}.error_budget", self.error_budget, "must be within (0, 1)")
-        _check(self.replica_rps > 0, f"{name}.replica_rps", self.replica_rps, "must be > 0")
-        _check(self.replicas >= 1, f"{name}.replicas", self.replicas, "must be >= 1")
-        _check(0 < self.target_utilisation <= 1, f"{name}.target_utilisation", self.target_utilisation,
+        check(self.slo_p99_ms > 0, f"{name}.slo_p99_ms", self.slo_p99_ms, "must be > 0")
+        check(0 < self.error_budget < 1, f"{name}.error_budget", self.error_budget, "must be within (0, 1)")
+        check(self.replica_rps > 0, f"{name}.replica_rps", self.replica_rps, "must be > 0")
+        check(self.replicas >= 1, f"{name}.replicas", self.replicas, "must be >= 1")
+        check(0 < self.target_utilisation <= 1, f"{name}.target_utilisation", self.target_utilisation,
                "must be within (0, 1]")
-        _check(len(self.tiers) >= 1 and len(set(self.tiers)) == len(self.tiers), f"{name}.tiers", self.tiers,
+        check(len(self.tiers) >= 1 and len(set(self.tiers)) == len(self.tiers), f"{name}.tiers", self.tiers,
                "must name at least one tier, each once")
-        _check(all(0 <= v <= 1 for v in self.floor_share.values()) and sum(self.floor_share.values()) <= 1,
+        check(all(0 <= v <= 1 for v in self.floor_share.values()) and sum(self.floor_share.values()) <= 1,
                f"{name}.floor_share", dict(self.floor_share), "shares must be within [0, 1] and sum to <= 1")
-        _check(len(self.weights) == 4 and all(w >= 0 for w in self.weights), f"{name}.weights", self.weights,
+        check(len(self.weights) == 4 and all(w >= 0 for w in self.weights), f"{name}.weights", self.weights,
                "must be four non-negative numbers")
-        _check(self.degraded_max_tokens >= 1, f"{name}.degraded_max_tokens", self.degraded_max_tokens, "must be >= 1")
-        _check(1 <= self.lookahead_windows <= 30, f"{name}.lookahead_windows", self.lookahead_windows,
+        check(self.degraded_max_tokens >= 1, f"{name}.degraded_max_tokens", self.degraded_max_tokens, "must be >= 1")
+        check(1 <= self.lookahead_windows <= 30, f"{name}.lookahead_windows", self.lookahead_windows,
                "must be within [1, 30]")
-        _check(self.hysteresis_windows >= 1, f"{name}.hysteresis_windows", self.hysteresis_windows, "must be >= 1")
-        _check(self.lease_windows >= 1, f"{name}.lease_windows", self.lease_windows, "must be >= 1")
-        _check(self.mode in ("enforce", "shadow"), f"{name}.mode", self.mode, "must be enforce or shadow")
+        check(self.hysteresis_windows >= 1, f"{name}.hysteresis_windows", self.hysteresis_windows, "must be >= 1")
+        check(self.lease_windows >= 1, f"{name}.lease_windows", self.lease_windows, "must be >= 1")
+        check(self.mode in ("enforce", "shadow"), f"{name}.mode", self.mode, "must be enforce or shadow")
         if not self.pool:
             object.__setattr__(self, "pool", self.service)
 
@@ -98,8 +100,3 @@ def parse_services(text: str) -> dict[str, ServiceConfig]:
                 values[key] = tuple(values[key])
         out[service] = ServiceConfig(service=service, **values)
     return out
-
-
-def _check(ok: bool, name: str, value: object, message: str) -> None:
-    if not ok:
-        raise ValueError(f"{name}={value!r}: {message}")

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from surgegate.checks import check
+
 MAX_LEVEL = 4
 
 
@@ -17,8 +19,7 @@ class LevelMachine:
     """Escalates at once; steps down one level after ``hysteresis_windows`` calm windows in a row."""
 
     def __init__(self, hysteresis_windows: int = 6) -> None:
-        if hysteresis_windows < 1:
-            raise ValueError(f"hysteresis_windows={hysteresis_windows!r}: must be >= 1")
+        check(hysteresis_windows >= 1, "hysteresis_windows", hysteresis_windows, "must be >= 1")
         self.hysteresis = hysteresis_windows
         self.level = 0
         self.calm = 0
@@ -54,10 +55,8 @@ class CircuitBreaker:
 
     def __init__(self, threshold: float = 0.5, min_requests: int = 20, open_windows: int = 3,
                  probe_share: float = 0.05) -> None:
-        if not 0 < threshold <= 1:
-            raise ValueError(f"threshold={threshold!r}: must be within (0, 1]")
-        if not 0 < probe_share <= 1:
-            raise ValueError(f"probe_share={probe_share!r}: must be within (0, 1]")
+        check(0 < threshold <= 1, "threshold", threshold, "must be within (0, 1]")
+        check(0 < probe_share <= 1, "probe_share", probe_share, "must be within (0, 1]")
         self.threshold = threshold
         self.min_requests = min_requests
         self.open_windows = open_windows

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import abc
 
+from surgegate.checks import check
+
 
 class Forecaster(abc.ABC):
     """Learns a series one value at a time and forecasts the next windows.
@@ -33,9 +35,3 @@ class Forecaster(abc.ABC):
     @abc.abstractmethod
     def forecast(self, horizon: int) -> list[float]:
         """Point forecasts for the next ``horizon`` windows."""
-
-
-def check(ok: bool, name: str, value: object, bound: str) -> None:
-    """Raise ``ValueError`` naming a hyperparameter and the bound it broke."""
-    if not ok:
-        raise ValueError(f"{name}={value!r}: {bound}")

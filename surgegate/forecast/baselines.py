@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from surgegate.forecast.base import Forecaster, check
+from surgegate.checks import check
+from surgegate.forecast.base import Forecaster
 from surgegate.forecast.daily import DailyProfile
 
 

@@ -6,7 +6,7 @@ import bisect
 import math
 from array import array
 
-from surgegate.forecast.base import check
+from surgegate.checks import check
 
 
 class RollingQuantile:

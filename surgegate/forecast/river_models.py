@@ -6,7 +6,8 @@ import math
 
 from river import linear_model, optim, preprocessing, time_series
 
-from surgegate.forecast.base import Forecaster, check
+from surgegate.checks import check
+from surgegate.forecast.base import Forecaster
 from surgegate.forecast.daily import DAY_MS, DailyProfile
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from surgegate.forecast.base import Forecaster, check
+from surgegate.checks import check
+from surgegate.forecast.base import Forecaster
 from surgegate.forecast.baselines import EWMA, LastValue, SeasonalNaive
 from surgegate.forecast.daily import DailyProfile
 from surgegate.forecast.river_models import HoltWintersForecaster, LagRegressor, SnarimaxForecaster

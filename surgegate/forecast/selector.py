@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from surgegate.forecast.base import Forecaster, check
+from surgegate.checks import check
+from surgegate.forecast.base import Forecaster
 from surgegate.forecast.conformal import RollingQuantile
 from surgegate.forecast.river_models import Interpolator
 
