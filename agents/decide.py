@@ -17,12 +17,12 @@ import base64
 import dataclasses
 import logging
 import pickle
-from collections import Counter
 
 import faust
 import msgspec
 from faust.types import TP
 
+from surgegate.agents.counters import AgentCounters
 from surgegate.control.config import ServiceConfig
 from surgegate.control.throttle import DecisionInputs, ThrottlePolicy
 from surgegate.schemas.aggregates import PoolStats, TrafficStats, WindowStats
@@ -88,7 +88,7 @@ class DecideAgent:
         self.pool_services = {c.pool: name for name, c in self.configs.items()}
         self.table = app.Table("throttle_policies", key_type=str, value_type=str, partitions=settings.partitions)
         self.views: dict[str, ServiceView] = {}
-        self.counters: Counter[str] = Counter()
+        self.counters = AgentCounters(mirror)
         self._decoder = msgspec.json.Decoder(_Input)
 
     def register(self) -> None:
@@ -113,14 +113,12 @@ class DecideAgent:
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 self.counters["control.unroutable"] += 1
                 log.error("route_control_inputs: unreadable record: %s", exc)
+                await self.counters.report()
                 continue
             service = self._service_of(record)
-            if service is None:
-                self.counters["control.unroutable"] += 1
-                continue
             await self.inputs.send(key=service.encode(), value=value)
 
-    def _service_of(self, record: _Input) -> str | None:
+    def _service_of(self, record: _Input) -> str:
         if isinstance(record, Override):
             return record.service
         labels = parse_scope(record.scope)
@@ -184,6 +182,7 @@ class DecideAgent:
         await self.decisions.send(key=service.encode(), value=d_bytes)
         self.table[service] = base64.b64encode(pickle.dumps(view.policy, protocol=5)).decode("ascii")
         self.counters["decisions.published"] += 1
+        await self.counters.report()
         view.service.pop(start, None)
         view.prune(start)
         if self.mirror is not None:

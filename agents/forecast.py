@@ -19,6 +19,7 @@ import faust
 import msgspec
 from faust.types import TP
 
+from surgegate.agents.counters import AgentCounters
 from surgegate.forecast.scope import ScopeForecaster
 from surgegate.schemas.aggregates import WindowStats
 from surgegate.settings import Settings
@@ -42,7 +43,7 @@ class ForecastAgent:
         self.sink = sink
         self.mirror = mirror
         self.table = app.Table("forecasters", key_type=str, value_type=str, partitions=settings.partitions)
-        self.counters: Counter[str] = Counter()
+        self.counters = AgentCounters(mirror)
         self._cache: dict[str, ScopeForecaster] = {}
         self._unsaved: Counter[str] = Counter()
         self._decoder = msgspec.json.Decoder(WindowStats)
@@ -78,6 +79,7 @@ class ForecastAgent:
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 self.counters["forecasts.unreadable"] += 1
                 log.error("forecast: unreadable window: %s", exc)
+                await self.counters.report()
                 continue
             if window.traffic is None:
                 continue  # GPU-pool windows feed the scaling agent, not the load forecast
@@ -85,6 +87,7 @@ class ForecastAgent:
             outcome = fc.observe(window.window_start, window.traffic.rate_rps, window.traffic.tokens_per_s)
             if outcome != "learned":
                 self.counters[f"forecasts.{'stale' if outcome == 'stale' else 'rejected.' + outcome}"] += 1
+                await self.counters.report()
                 continue
             payload = msgspec.json.encode(fc.forecast())
             await self.sink.send(key=window.scope.encode(), value=payload)
@@ -95,3 +98,4 @@ class ForecastAgent:
             self.counters["forecasts.published"] += 1
             if self.mirror is not None:
                 await self.mirror.put_forecast(window.scope, payload)
+            await self.counters.report()

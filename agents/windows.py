@@ -10,12 +10,11 @@ of the scopes that partition holds.
 from __future__ import annotations
 
 import logging
-from collections import Counter
-
 import faust
 import msgspec
 from faust.types import TP
 
+from surgegate.agents.counters import AgentCounters
 from surgegate.schemas.aggregates import Watermark, WindowPartial
 from surgegate.settings import Settings
 from surgegate.streams.store import StateMirror
@@ -43,12 +42,11 @@ class WindowMergeAgent:
                  mirror: StateMirror | None = None) -> None:
         self.app = app
         self.mirror = mirror
-        self._reported: Counter[str] = Counter()
         self.settings = settings
         self.source = source
         self.sink = sink
         self.table = app.Table("scope_windows", key_type=str, value_type=str, partitions=settings.partitions)
-        self.counters: Counter[str] = Counter()
+        self.counters = AgentCounters(mirror)
         # Decoded working copy of the table, by partition then scope.
         self._cache: dict[int, dict[str, ScopeWindows]] = {}
         self._decoder = msgspec.json.Decoder(WindowPartial | Watermark)
@@ -118,10 +116,4 @@ class WindowMergeAgent:
                 await self.sink.send(key=scope.encode(), value=msgspec.json.encode(stats))
             self.counters["windows.published"] += len(closed)
             self._save(partition, state)
-        await self._report_counters()
-
-    async def _report_counters(self) -> None:
-        delta = self.counters - self._reported
-        if delta and self.mirror is not None:
-            await self.mirror.incr(delta)
-        self._reported = Counter(self.counters)
+        await self.counters.report()

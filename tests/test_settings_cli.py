@@ -20,6 +20,10 @@ from surgegate.settings import Settings
     ({"SURGEGATE_REDIS": "http://x"}, "SURGEGATE_REDIS='http://x'"),
     ({"SURGEGATE_TOPIC_PREFIX": "bad prefix"}, "SURGEGATE_TOPIC_PREFIX"),
     ({"SURGEGATE_PARTITONS": "3"}, "SURGEGATE_PARTITONS: unknown setting"),
+    ({"SURGEGATE_SERVICES": "{bad json"}, "SURGEGATE_SERVICES: services: not valid JSON"),
+    ({"SURGEGATE_SERVICES": '{"chat": {"replicas": 0}}'}, "services.chat.replicas=0: must be >= 1"),
+    ({"SURGEGATE_SERVICES": '{"chat": {"colour": "red"}}'}, "services.chat: unknown settings ['colour']"),
+    ({"SURGEGATE_FORECAST_COVERAGE": "1.5"}, "SURGEGATE_FORECAST_COVERAGE=1.5"),
 ])
 def test_a_bad_setting_is_refused_with_its_name(env, names):
     with pytest.raises(SettingsError) as err:
