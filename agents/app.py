@@ -38,7 +38,6 @@ def create_app(settings: Settings, *, mirror: StateMirror | None = None) -> faus
         producer_compression_type=None,
         logging_config=None,
     )
-    app.surgegate_settings = settings  # type: ignore[attr-defined]
     partials = app.topic(topics.partials, key_type=bytes, value_type=bytes,
                          key_serializer="raw", value_serializer="raw")
     windows = app.topic(topics.windows, key_type=bytes, value_type=bytes,

@@ -11,12 +11,11 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 from surgegate.schemas.telemetry import RequestEvent
 from surgegate.streams.producer import TelemetryProducer
 from surgegate.summaries import SummaryBuilder
-from surgegate.traces import TraceBin, read_trace  # noqa: F401  (re-exported for the CLI)
+from surgegate.traces import TraceBin
 
 #: Progress callback: (bins done, bins total, requests sent).
 Progress = Callable[[int, int, int], None]

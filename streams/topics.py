@@ -23,8 +23,6 @@ class TopicSpec:
     suffix: str
     carries: str
     compacted: bool = False
-    #: One partition regardless of settings (low-volume, ordered).
-    single: bool = False
 
 
 TOPIC_SPECS: tuple[TopicSpec, ...] = (
@@ -108,7 +106,7 @@ def create_topics(settings: Settings, admin: AdminClient | None = None) -> dict[
     new = [
         NewTopic(
             topics.name(spec.suffix),
-            num_partitions=1 if spec.single else settings.partitions,
+            num_partitions=settings.partitions,
             replication_factor=1,
             config={"cleanup.policy": "compact"} if spec.compacted else {},
         )

@@ -121,7 +121,8 @@ def cmd_topics(args: argparse.Namespace) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> None:
     from surgegate.streams.producer import TelemetryProducer
-    from surgegate.streams.replay import read_trace, replay
+    from surgegate.streams.replay import replay
+    from surgegate.traces import read_trace
 
     settings = _settings(args)
     _need_kafka(settings)

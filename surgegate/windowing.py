@@ -22,7 +22,7 @@ from math import ceil, log
 
 import msgspec
 
-from surgegate.scopes import pool_scope, service_scope, tenant_scope, tier_scope
+from surgegate.scopes import parse_scope, pool_scope, service_scope, tenant_scope, tier_scope
 from surgegate.schemas.aggregates import (
     PoolAggregate,
     PoolStats,
@@ -440,7 +440,7 @@ class ScopeWindows(msgspec.Struct):
         return out
 
     def _stats(self, start: int, window: OpenWindow) -> WindowStats:
-        labels = _labels(self.scope)
+        labels = parse_scope(self.scope)
         is_pool = "pool" in labels
         traffic = None
         gpu = None
@@ -454,10 +454,6 @@ class ScopeWindows(msgspec.Struct):
             late_events=self.late_events,
             traffic=traffic, gpu=gpu, **labels,
         )
-
-
-def _labels(scope: str) -> dict[str, str]:
-    return dict(part.split("=", 1) for part in scope.split(","))
 
 
 def merge_all(partials: Iterable[WindowPartial], window_ms: int, watermark: int, lateness_ms: int) -> list[WindowStats]:

@@ -68,7 +68,7 @@ def test_partials_republished_after_a_crash_are_recognised_not_double_counted(se
     assert outcomes["duplicate"] > 0, "the crash should have left partials that were published twice"
     assert outcomes["late"] == 0
     merged = {}
-    for scope, state in states.items():
+    for state in states.values():
         for w in state.close(T0 + 100 * s.window_ms, 0):
             if w.traffic.requests:
                 merged[w.identity] = w
