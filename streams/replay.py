@@ -54,7 +54,14 @@ def synthesize(bins: list[TraceBin], *, start_ms: int, scale: float = 1.0, servi
 def replay(producer: TelemetryProducer, bins: list[TraceBin], *, start_ms: int, speedup: float = 1.0,
            scale: float = 1.0, summaries: bool = False, service: str = "chat", seed: int = 0,
            progress: Progress | None = None) -> int:
-    """Send the trace; pace it at ``speedup`` x real time (0 = as fast as possible)."""
+    """Send the trace, paced at ``speedup`` x real time (0 = as fast as possible).
+
+    With a speed-up the trace's time is compressed into event time as well
+    (a request ``d`` seconds into the trace is stamped ``start + d / speedup``),
+    so windows stay live and each holds ``speedup`` times the trace's requests:
+    pass ``scale=1/speedup`` to keep the trace's rates. Without pacing the event
+    times are the trace's own from ``start_ms``.
+    """
     if speedup < 0:
         raise ValueError(f"speedup={speedup!r} must be >= 0 (0 = no pacing)")
     if scale <= 0:
@@ -67,7 +74,8 @@ def replay(producer: TelemetryProducer, bins: list[TraceBin], *, start_ms: int, 
     last_bin_ts = None
     for ev in synthesize(bins, start_ms=start_ms, scale=scale, service=service, seed=seed):
         if speedup:
-            delay = (ev.ts - start_ms) / 1000 / speedup - (time.monotonic() - wall0)
+            ev = ev.__replace__(ts=start_ms + int((ev.ts - start_ms) / speedup))
+            delay = (ev.ts - start_ms) / 1000 - (time.monotonic() - wall0)
             if delay > 0:
                 time.sleep(delay)
         if builder is not None:

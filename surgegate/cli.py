@@ -127,7 +127,11 @@ def cmd_replay(args: argparse.Namespace) -> None:
     settings = _settings(args)
     _need_kafka(settings)
     bins = read_trace(Path(args.file))
-    start_ms = args.start_ms if args.start_ms is not None else int(time.time() * 1000)
+    start_ms = args.start_ms
+    if start_ms is None:
+        start_ms = int(time.time() * 1000)
+        if not args.speedup:  # unpaced: the whole trace lies in the past, so no event is from the future
+            start_ms -= int((bins[-1].start_s + bins[-1].length_s - bins[0].start_s) * 1000)
     start_ms -= start_ms % 1000
 
     def progress(done: int, total: int, sent: int) -> None:
@@ -198,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("replay", help="replay a trace (timestamp_s,count[,tokens]) into sg.requests")
     rp.add_argument("file")
     common(rp)
-    rp.add_argument("--speedup", type=float, default=1.0, help="time compression (0: as fast as possible)")
+    rp.add_argument("--speedup", type=float, default=1.0,
+                    help="time compression, also of event time (0: as fast as possible, event times in the past)")
     rp.add_argument("--scale", type=float, default=1.0, help="multiply every count")
     rp.add_argument("--summaries", action="store_true", help="send per-second RequestSummaries")
     rp.add_argument("--service", default="chat")
