@@ -172,3 +172,13 @@ def test_a_noisy_tenant_gets_its_own_limit_and_a_steady_one_does_not():
     assert d.level >= 2
     assert "hog" in d.tenants and "steady" not in d.tenants
     assert 0 < d.tenants["hog"].rate_rps < 9_000
+
+
+def test_a_window_without_tier_data_keeps_the_last_tier_mix():
+    policy = ThrottlePolicy(CONFIG)
+    policy.decide(inputs(0, even(20_000)))
+    x = inputs(1, even(20_000))
+    _, d = policy.decide(DecisionInputs(window_start=x.window_start, window_ms=W, service=x.service, tiers={},
+                                        tenants={}))
+    assert set(d.tiers) == set(TIERS)
+    assert d.tiers["free"].realtime_rps < d.tiers["enterprise"].realtime_rps + d.tiers["pro"].realtime_rps

@@ -132,7 +132,9 @@ class ThrottlePolicy:
         """
         cfg = self.config
         w1, w2 = cfg.weights[0], cfg.weights[1]
-        tiers = inputs.tiers or {cfg.tiers[0]: inputs.service}
+        # Without tier windows (they can lag the service window while catching up),
+        # the last mix seen stands in; with none seen yet, all traffic counts as top tier.
+        tiers = inputs.tiers or ({} if self.mix else {cfg.tiers[0]: inputs.service})
         observed = {f"{tier}/{rtype}": count / seconds
                     for tier, t in tiers.items() for rtype, count in (("realtime", t.realtime), ("batch", t.batch))}
         total = sum(observed.values())
