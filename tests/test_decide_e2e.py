@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 
 import msgspec
 import pytest
@@ -73,7 +72,8 @@ def test_an_operator_override_on_the_topic_pins_the_level_and_is_named(settings,
         p = Producer({"bootstrap.servers": settings.kafka, "linger.ms": 5})
         p.produce(topics.overrides, msgspec.json.encode(pin), key=b"chat")
         p.flush()
-        time.sleep(3)  # the pin is routed before the traffic's windows close
+        routed = TopicReader(settings, topics.control_inputs)  # the pin is routed before any window
+        routed.poll_until(lambda m: any(b"ovr-7" in x.value() for x in m), 90, "the override to be routed")
         send(settings, load(range(0, 8), 5, 3))
         decisions = TopicReader(settings, topics.throttle)
         decisions.poll_until(lambda m: len(m) >= 8, 120, "a decision per window")
