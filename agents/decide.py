@@ -13,15 +13,14 @@ histories, last version) is checkpointed in the Faust table
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import logging
-import pickle
 
 import faust
 import msgspec
 from faust.types import TP
 
+from surgegate.agents.checkpoint import checkpoint, restore
 from surgegate.agents.counters import AgentCounters
 from surgegate.control.config import ServiceConfig
 from surgegate.control.throttle import DecisionInputs, ThrottlePolicy
@@ -131,9 +130,7 @@ class DecideAgent:
     def _view(self, service: str) -> ServiceView:
         view = self.views.get(service)
         if view is None:
-            saved = self.table.get(service)
-            policy = (pickle.loads(base64.b64decode(saved)) if saved is not None  # noqa: S301 - own changelog
-                      else ThrottlePolicy(self.config(service)))
+            policy = restore(self.table, service) or ThrottlePolicy(self.config(service))
             view = self.views[service] = ServiceView(policy=policy)
         return view
 
@@ -180,7 +177,7 @@ class DecideAgent:
         t_bytes, d_bytes = msgspec.json.encode(threshold), msgspec.json.encode(decision)
         await self.thresholds.send(key=service.encode(), value=t_bytes)
         await self.decisions.send(key=service.encode(), value=d_bytes)
-        self.table[service] = base64.b64encode(pickle.dumps(view.policy, protocol=5)).decode("ascii")
+        checkpoint(self.table, service, view.policy)
         self.counters["decisions.published"] += 1
         await self.counters.report()
         view.service.pop(start, None)

@@ -10,15 +10,14 @@ scratch, and sees the windows it missed since as a gap.
 
 from __future__ import annotations
 
-import base64
 import logging
-import pickle
 from collections import Counter
 
 import faust
 import msgspec
 from faust.types import TP
 
+from surgegate.agents.checkpoint import checkpoint, restore
 from surgegate.agents.counters import AgentCounters
 from surgegate.forecast.scope import ScopeForecaster
 from surgegate.schemas.aggregates import WindowStats
@@ -61,9 +60,8 @@ class ForecastAgent:
     def _forecaster(self, scope: str) -> ScopeForecaster:
         fc = self._cache.get(scope)
         if fc is None:
-            saved = self.table.get(scope)
-            if saved is not None:
-                fc = pickle.loads(base64.b64decode(saved))  # noqa: S301 - our own changelog
+            fc = restore(self.table, scope)
+            if fc is not None:
                 self.counters["forecasts.restored"] += 1
             else:
                 s = self.settings
@@ -93,7 +91,7 @@ class ForecastAgent:
             await self.sink.send(key=window.scope.encode(), value=payload)
             self._unsaved[window.scope] += 1
             if self._unsaved[window.scope] >= self.settings.forecast_checkpoint_windows:
-                self.table[window.scope] = base64.b64encode(pickle.dumps(fc, protocol=5)).decode("ascii")
+                checkpoint(self.table, window.scope, fc)
                 self._unsaved[window.scope] = 0
             self.counters["forecasts.published"] += 1
             if self.mirror is not None:
