@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
+from typing import Any
+
+import msgspec
 
 from surgegate.streams.store import StateMirror
 
@@ -30,3 +34,15 @@ class AgentCounters(Counter):
         if delta and self.mirror is not None:
             await self.mirror.incr(delta)
         self._reported = Counter(self)
+
+
+async def decode_or_count(decoder: msgspec.json.Decoder, raw: bytes, counters: AgentCounters, counter: str,
+                          where: str) -> Any | None:
+    """Decode one record; if it cannot be, count it under ``counter``, log ``where``, return None."""
+    try:
+        return decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        counters[counter] += 1
+        logging.getLogger(__name__).error("%s: unreadable record: %s", where, exc)
+        await counters.report()
+        return None

@@ -21,7 +21,7 @@ import msgspec
 from faust.types import TP
 
 from surgegate.agents.checkpoint import checkpoint, restore
-from surgegate.agents.counters import AgentCounters
+from surgegate.agents.counters import AgentCounters, decode_or_count
 from surgegate.control.config import ServiceConfig
 from surgegate.control.throttle import DecisionInputs, ThrottlePolicy
 from surgegate.schemas.aggregates import PoolStats, TrafficStats, WindowStats
@@ -107,12 +107,9 @@ class DecideAgent:
 
     async def _route(self, stream: faust.StreamT) -> None:
         async for value in stream:
-            try:
-                record = self._decoder.decode(value)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                self.counters["control.unroutable"] += 1
-                log.error("route_control_inputs: unreadable record: %s", exc)
-                await self.counters.report()
+            record = await decode_or_count(self._decoder, value, self.counters, "control.unroutable",
+                                           "route_control_inputs")
+            if record is None:
                 continue
             service = self._service_of(record)
             await self.inputs.send(key=service.encode(), value=value)

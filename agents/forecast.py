@@ -18,7 +18,7 @@ import msgspec
 from faust.types import TP
 
 from surgegate.agents.checkpoint import checkpoint, restore
-from surgegate.agents.counters import AgentCounters
+from surgegate.agents.counters import AgentCounters, decode_or_count
 from surgegate.forecast.scope import ScopeForecaster
 from surgegate.schemas.aggregates import WindowStats
 from surgegate.settings import Settings
@@ -72,12 +72,8 @@ class ForecastAgent:
 
     async def _run(self, stream: faust.StreamT) -> None:
         async for value in stream:
-            try:
-                window = self._decoder.decode(value)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                self.counters["forecasts.unreadable"] += 1
-                log.error("forecast: unreadable window: %s", exc)
-                await self.counters.report()
+            window = await decode_or_count(self._decoder, value, self.counters, "forecasts.unreadable", "forecast")
+            if window is None:
                 continue
             if window.traffic is None:
                 continue  # GPU-pool windows feed the scaling agent, not the load forecast

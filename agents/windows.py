@@ -14,7 +14,7 @@ import faust
 import msgspec
 from faust.types import TP
 
-from surgegate.agents.counters import AgentCounters
+from surgegate.agents.counters import AgentCounters, decode_or_count
 from surgegate.schemas.aggregates import Watermark, WindowPartial
 from surgegate.settings import Settings
 from surgegate.streams.store import StateMirror
@@ -41,7 +41,6 @@ class WindowMergeAgent:
     def __init__(self, app: faust.App, settings: Settings, *, source: faust.TopicT, sink: faust.TopicT,
                  mirror: StateMirror | None = None) -> None:
         self.app = app
-        self.mirror = mirror
         self.settings = settings
         self.source = source
         self.sink = sink
@@ -80,12 +79,10 @@ class WindowMergeAgent:
     async def _run(self, stream: faust.StreamT) -> None:
         async for event in stream.events():
             partition = event.message.partition
-            try:
-                record = self._decoder.decode(event.value)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                self.counters["partials.rejected"] += 1
-                log.error("merge_windows: unreadable record at %s[%d]@%d: %s", event.message.topic,
-                          partition, event.message.offset, exc)
+            record = await decode_or_count(
+                self._decoder, event.value, self.counters, "partials.rejected",
+                f"merge_windows at {event.message.topic}[{partition}]@{event.message.offset}")
+            if record is None:
                 continue
             if type(record) is Watermark:
                 await self._advance(partition, record.watermark)
