@@ -25,6 +25,7 @@ class TrafficAggregate(msgspec.Struct, frozen=True):
     over_2s: Count = 0
     latency: Sketch = msgspec.field(default_factory=Sketch)
     queue_wait: Sketch = msgspec.field(default_factory=Sketch)
+    deferred: Count = 0
 
 
 class WorkerSample(msgspec.Struct, frozen=True, array_like=True):
@@ -105,6 +106,7 @@ class TrafficStats(msgspec.Struct, frozen=True):
     tokens_per_s: Rate
     over_2s_share: Fraction
     cache_hits: Count
+    deferred: Count = 0
 
 
 class PoolStats(msgspec.Struct, frozen=True):

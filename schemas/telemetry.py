@@ -10,7 +10,10 @@ from msgspec import Meta
 from surgegate.schemas.fields import Count, EpochMs, Fraction, Millis, Name, Rate
 
 RequestType = Literal["realtime", "batch"]
-Status = Literal["ok", "error", "timeout", "throttled"]
+Status = Literal["ok", "error", "timeout", "throttled", "deferred"]
+#: How an edge gate was deciding: on fresh decisions, holding the last one after
+#: decisions stopped arriving, or on its configured fallback once that expired.
+GateState = Literal["live", "holding", "fallback"]
 WorkerState = Literal["ready", "cold_starting", "draining"]
 
 #: Latency above which a request counts as a long-tail request.
@@ -18,11 +21,13 @@ SLOW_REQUEST_MS = 2000.0
 
 
 class RequestEvent(msgspec.Struct, frozen=True, gc=False, tag_field="schema", tag="sg.RequestEvent/1"):
-    """One finished (or throttled) request, as seen by an edge.
+    """One finished (or throttled, or deferred) request, as seen by an edge.
 
     ``latency_ms`` is end-to-end time at the edge; ``queue_ms`` the part spent
     waiting for a worker. Throttled requests were not served: they count as
-    demand but not in latency statistics.
+    demand but not in latency statistics. A deferred request was put on the
+    async queue; it is reported again with its outcome when it runs, so it
+    counts as backlog, not as demand of this window.
     """
 
     ts: EpochMs
@@ -62,6 +67,10 @@ class RequestSummary(msgspec.Struct, frozen=True, gc=False, tag_field="schema", 
     The sketches cover served requests (every status but ``throttled``), so
     their count must equal ``ok + error + timeout``. ``over_2s`` counts served
     requests slower than 2 s. The covered interval must lie in one window.
+    ``deferred`` counts requests put on the async queue (not in ``requests``:
+    they are reported again when they run). An edge gate also says how it was
+    deciding (``gate``), whether it only watched (``shadow``) and how many
+    requests it would have throttled had it enforced (``would_throttle``).
     """
 
     ts: EpochMs
@@ -81,6 +90,10 @@ class RequestSummary(msgspec.Struct, frozen=True, gc=False, tag_field="schema", 
     over_2s: Count = 0
     latency: Sketch = msgspec.field(default_factory=Sketch)
     queue_wait: Sketch = msgspec.field(default_factory=Sketch)
+    deferred: Count = 0
+    gate: GateState | None = None
+    shadow: bool = False
+    would_throttle: Count = 0
 
     @property
     def requests(self) -> int:

@@ -45,10 +45,11 @@ class SummaryBuilder:
         """The summaries of everything added, in time order; starts empty again."""
         out = []
         for (start, service, tenant, tier, rtype, edge), cell in sorted(self._cells.items(), key=lambda kv: kv[0]):
-            ok, error, timeout, throttled = cell.counts
+            ok, error, timeout, throttled, deferred = cell.counts
             out.append(RequestSummary(
                 ts=start, service=service, tenant=tenant, tier=tier, request_type=rtype, edge_id=edge,
                 duration_ms=self.interval_ms, ok=ok, error=error, timeout=timeout, throttled=throttled,
+                deferred=deferred,
                 input_tokens=cell.input_tokens, output_tokens=cell.output_tokens, cache_hits=cell.cache_hits,
                 over_2s=cell.over_2s, latency=wire_sketch(cell.latency), queue_wait=wire_sketch(cell.queue_wait),
             ))

@@ -56,8 +56,8 @@ class TrafficCell:
                  "realtime", "batch", "latency", "queue_wait")
 
     def __init__(self) -> None:
-        # ok, error, timeout, throttled
-        self.counts = [0, 0, 0, 0]
+        # ok, error, timeout, throttled, deferred
+        self.counts = [0, 0, 0, 0, 0]
         self.input_tokens = 0
         self.output_tokens = 0
         self.cache_hits = 0
@@ -72,6 +72,10 @@ class TrafficCell:
         status = ev.status
         if status == "throttled":
             self.counts[3] += 1
+        elif status == "deferred":
+            # backlog, not demand: the request is reported again when it runs
+            self.counts[4] += 1
+            return
         else:
             self.counts[_STATUS_INDEX[status]] += 1
             latency = ev.latency_ms
@@ -112,6 +116,7 @@ class TrafficCell:
         c[1] += s.error
         c[2] += s.timeout
         c[3] += s.throttled
+        c[4] += s.deferred
         n = s.requests
         if s.request_type == "realtime":
             self.realtime += n
@@ -126,7 +131,7 @@ class TrafficCell:
 
     def merge(self, other: TrafficCell) -> None:
         """Merge another cell into this one."""
-        for i in range(4):
+        for i in range(5):
             self.counts[i] += other.counts[i]
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
@@ -139,14 +144,14 @@ class TrafficCell:
 
     @property
     def events(self) -> int:
-        """Requests covered."""
+        """Requests covered, deferred ones included."""
         return sum(self.counts)
 
     def to_wire(self) -> TrafficAggregate:
         """The immutable wire form."""
-        ok, error, timeout, throttled = self.counts
+        ok, error, timeout, throttled, deferred = self.counts
         return TrafficAggregate(
-            ok=ok, error=error, timeout=timeout, throttled=throttled,
+            ok=ok, error=error, timeout=timeout, throttled=throttled, deferred=deferred,
             realtime=self.realtime, batch=self.batch,
             input_tokens=self.input_tokens, output_tokens=self.output_tokens,
             cache_hits=self.cache_hits, over_2s=self.over_2s,
@@ -279,7 +284,7 @@ def merge_traffic(a: TrafficAggregate, b: TrafficAggregate) -> TrafficAggregate:
     """The sum of two traffic aggregates."""
     return TrafficAggregate(
         ok=a.ok + b.ok, error=a.error + b.error, timeout=a.timeout + b.timeout,
-        throttled=a.throttled + b.throttled, realtime=a.realtime + b.realtime, batch=a.batch + b.batch,
+        throttled=a.throttled + b.throttled, deferred=a.deferred + b.deferred, realtime=a.realtime + b.realtime, batch=a.batch + b.batch,
         input_tokens=a.input_tokens + b.input_tokens, output_tokens=a.output_tokens + b.output_tokens,
         cache_hits=a.cache_hits + b.cache_hits, over_2s=a.over_2s + b.over_2s,
         latency=_merge_sketch(a.latency, b.latency), queue_wait=_merge_sketch(a.queue_wait, b.queue_wait),
@@ -327,7 +332,7 @@ def traffic_stats(agg: TrafficAggregate, window_ms: int) -> TrafficStats:
         input_tokens=agg.input_tokens, output_tokens=agg.output_tokens,
         tokens_per_s=round((agg.input_tokens + agg.output_tokens) / seconds, 3),
         over_2s_share=round(agg.over_2s / served, 6) if served else 0.0,
-        cache_hits=agg.cache_hits,
+        cache_hits=agg.cache_hits, deferred=agg.deferred,
     )
 
 

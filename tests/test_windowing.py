@@ -27,7 +27,7 @@ def make_events(n: int, seed: int = 1, windows: int = 3) -> list[RequestEvent]:
             ts=T0 + rng.randrange(windows * W), service=rng.choice(["chat", "embed"]),
             tenant=rng.choice(["acme", "globex", "initech"]), tier=rng.choice(["free", "pro"]),
             edge_id="edge-1", latency_ms=rng.uniform(2000, 9000) if slow else rng.uniform(5, 200),
-            queue_ms=rng.uniform(0, 50), status=rng.choice(["ok"] * 8 + ["error", "throttled"]),
+            queue_ms=rng.uniform(0, 50), status=rng.choice(["ok"] * 8 + ["error", "throttled", "deferred"]),
             request_type=rng.choice(["realtime", "batch"]), input_tokens=rng.randrange(500),
             output_tokens=rng.randrange(300), cache_hit=rng.random() < 0.2,
         ))
@@ -57,7 +57,11 @@ def test_counts_and_percentiles_match_the_raw_events():
         start = T0 + i * W
         mine = [e for e in events if e.service == "chat" and start <= e.ts < start + W]
         s = stats[("service=chat", start)].traffic
+        deferred = [e for e in mine if e.status == "deferred"]
+        assert s.deferred == len(deferred) > 0
+        mine = [e for e in mine if e.status != "deferred"]  # backlog, reported again when it runs
         assert s.requests == len(mine)
+        assert s.realtime + s.batch == len(mine)
         assert s.throttled == sum(e.status == "throttled" for e in mine)
         assert s.error == sum(e.status == "error" for e in mine)
         assert s.input_tokens == sum(e.input_tokens for e in mine)
