@@ -1,0 +1,424 @@
+"""Admission at an edge: token buckets fed by throttle decisions.
+
+This is the pure core of the edge gate (:mod:`surgegate.streams.edge` wires it
+to Kafka, Redis and the telemetry producer). :meth:`Admission.admit` runs on
+every request, so it only touches local state: two clock reads, a dict lookup
+or two and one or two token buckets.
+
+Which rules apply:
+
+- ``live``: the newest decision, while decisions keep arriving;
+- ``holding``: no decision for ``hold_after_s``; the last one still applies
+  until its ``valid_until`` (fail-static);
+- ``fallback``: past ``valid_until`` (or before any decision): the static
+  :class:`Fallback` limits.
+
+A decision's rates are service-wide; an edge applies ``share`` of them (its
+part of the traffic). A decision with an older version never replaces a newer
+one. In shadow mode (the gate's or the decision's) every request is admitted
+and the verdict it would have had is recorded.
+
+>>> from surgegate.schemas.decisions import ThrottleDecision, TierLimit
+>>> gate = Admission("chat", tiers=("pro", "free"), clock=lambda: 0.0, wall=lambda: 0.0)
+>>> gate.apply(ThrottleDecision(service="chat", version=7, issued_at=0, valid_until=30_000, level=2,
+...     mode="enforce", tiers={"free": TierLimit(realtime_rps=1, batch_rps=0, burst=1)}, tenants={},
+...     defer_batch=True, breaker="closed", forecast_upper_rps=90, safe_rps=50, reason="r"))
+True
+>>> [gate.admit("acme", "free").action for _ in range(2)]
+['admit', 'reject']
+>>> gate.admit("acme", "free", "batch").action
+'defer'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping
+
+from surgegate.control.config import ServiceConfig
+from surgegate.schemas.decisions import ThrottleDecision
+from surgegate.schemas.telemetry import GateState, RequestEvent, RequestSummary
+from surgegate.windowing import TrafficCell, wire_sketch
+
+ADMIT, DEFER, REJECT = "admit", "defer", "reject"
+#: Without decisions for this long the gate is ``holding`` (two 10 s windows and a half).
+HOLD_AFTER_S = 25.0
+#: Retry-After bounds: a client is never told to come back sooner or later than this.
+MIN_RETRY_S, MAX_RETRY_S = 1.0, 60.0
+#: Retry-After for a class whose admitted rate is zero: the next decision may lift it.
+ZERO_RATE_RETRY_S = 10.0
+
+
+class UnknownTier(ValueError):
+    """A request named a tier the service does not have."""
+
+
+class Bucket:
+    """A token bucket: ``rate`` per second, holding at most ``burst``; starts full."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float, now: float, tokens: float | None = None) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst if tokens is None else min(tokens, burst)
+        self.stamp = now
+
+    def take(self, now: float) -> float:
+        """Take one token: 0.0 if taken, else the seconds until one is there."""
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
+        self.stamp = now
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            return 0.0
+        self.tokens = tokens
+        return (1.0 - tokens) / self.rate if self.rate > 0 else ZERO_RATE_RETRY_S
+
+    def refund(self) -> None:
+        """Give back a token taken by a request that another bucket refused."""
+        self.tokens = min(self.tokens + 1.0, self.burst)
+
+
+class Unlimited(Bucket):
+    """A bucket that never runs dry."""
+
+    __slots__ = ()
+
+    def __init__(self, now: float) -> None:
+        super().__init__(math.inf, math.inf, now)
+
+    def take(self, now: float) -> float:
+        return 0.0
+
+    def refund(self) -> None:
+        pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Fallback:
+    """The static policy once decisions have expired: per-tier limits and a service total.
+
+    A tier without a limit of its own is admitted up to ``total_rps``;
+    ``total_rps=None`` admits everything.
+    """
+
+    total_rps: float | None = None
+    tier_rps: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    burst_s: float = 2.0
+
+    @classmethod
+    def conservative(cls, config: ServiceConfig, share: float = 1.0) -> Fallback:
+        """Provisioned capacity (replicas x replica rps x target utilisation), this edge's share.
+
+        Each tier may use its reserved floor plus the unreserved rest, so a
+        single tier cannot take all of it and the top tiers keep room.
+        """
+        total = config.replicas * config.replica_rps * config.target_utilisation * share
+        free = max(0.0, 1.0 - sum(config.floor_share.values()))
+        return cls(total_rps=total,
+                   tier_rps={t: total * (config.floor_share.get(t, 0.0) + free) for t in config.tiers})
+
+
+class Verdict:
+    """What applies to one request.
+
+    ``action`` is admit, defer or reject; ``would`` what it would have been when
+    only watching (shadow); ``max_tokens`` caps a degraded request's output.
+    """
+
+    __slots__ = ("action", "retry_after_s", "version", "level", "state", "shadow", "would", "max_tokens")
+
+    def __init__(self, action: str, retry_after_s: float, version: int, level: int, state: str,
+                 shadow: bool, would: str, max_tokens: int | None) -> None:
+        self.action = action
+        self.retry_after_s = retry_after_s
+        self.version = version
+        self.level = level
+        self.state = state
+        self.shadow = shadow
+        self.would = would
+        self.max_tokens = max_tokens
+
+    def __repr__(self) -> str:
+        return (f"Verdict({self.action}, would={self.would}, retry_after_s={self.retry_after_s:g}, "
+                f"version={self.version}, level={self.level}, state={self.state}, shadow={self.shadow})")
+
+
+class _TierRules:
+    __slots__ = ("realtime", "batch", "max_tokens")
+
+    def __init__(self, realtime: Bucket, batch: Bucket, max_tokens: int | None) -> None:
+        self.realtime = realtime
+        self.batch = batch
+        self.max_tokens = max_tokens
+
+
+class _Rules:
+    """One decision (or the fallback) turned into buckets."""
+
+    __slots__ = ("version", "level", "valid_until_s", "shadow", "defer_batch", "tiers", "tenants", "total",
+                 "missing", "reason")
+
+    def __init__(self, version: int, level: int, valid_until_s: float, shadow: bool, defer_batch: bool,
+                 tiers: dict[str, _TierRules], tenants: dict[str, Bucket], total: Bucket | None,
+                 missing: Callable[[str], _TierRules], reason: str) -> None:
+        self.version = version
+        self.level = level
+        self.valid_until_s = valid_until_s
+        self.shadow = shadow
+        self.defer_batch = defer_batch
+        self.tiers = tiers
+        self.tenants = tenants
+        self.total = total
+        self.missing = missing
+        self.reason = reason
+
+
+def _carry(old: Bucket | None, rate: float, burst: float, now: float) -> Bucket:
+    # a new decision keeps what the class has already used, so it cannot refill a bucket at once
+    if old is None:
+        return Bucket(rate, burst, now)
+    old_tokens = min(old.tokens + (now - old.stamp) * old.rate, old.burst)
+    return Bucket(rate, burst, now, tokens=old_tokens)
+
+
+class Admission:
+    """Per-service admission state at one edge.
+
+    ``tiers`` are the service's tiers; a request naming another raises
+    :class:`UnknownTier`. ``floor_share`` is the reserved share of safe
+    capacity per tier, used for a tier the newest decision does not list (it
+    had no traffic when the decision was made).
+    """
+
+    def __init__(self, service: str, tiers: tuple[str, ...], *, share: float = 1.0, shadow: bool = False,
+                 fallback: Fallback | None = None, floor_share: Mapping[str, float] | None = None,
+                 hold_after_s: float = HOLD_AFTER_S, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        if not 0 < share <= 1:
+            raise ValueError(f"share={share!r}: must be within (0, 1]")
+        if not tiers:
+            raise ValueError("tiers: name at least one tier")
+        self.service = service
+        self.tiers = frozenset(tiers)
+        self.share = share
+        self.shadow = shadow
+        self.fallback = fallback or Fallback()
+        self.floor_share = dict(floor_share or {})
+        self.hold_after_s = hold_after_s
+        self._clock = clock
+        self._wall = wall
+        self.decision: ThrottleDecision | None = None
+        self.applied_at = -math.inf
+        self.tally = Tally()
+        self.counts = {"applied": 0, "stale_versions": 0, "other_service": 0}
+        self._rules: _Rules | None = None
+        self._fallback_rules = self._build_fallback(clock())
+
+    # ------------------------------------------------------------ decisions
+
+    def apply(self, decision: ThrottleDecision) -> bool:
+        """Use ``decision`` from now on; False (and counted) if it is another service's or not newer."""
+        if decision.service != self.service:
+            self.counts["other_service"] += 1
+            return False
+        if self.decision is not None and decision.version <= self.decision.version:
+            if decision.version < self.decision.version or decision != self.decision:
+                self.counts["stale_versions"] += 1
+            else:
+                self.applied_at = self._clock()  # the same decision again (a restart) still says "alive"
+            return False
+        now = self._clock()
+        self._rules = self._build(decision, now)
+        self.decision = decision
+        self.applied_at = now
+        self.counts["applied"] += 1
+        return True
+
+    def _build(self, d: ThrottleDecision, now: float) -> _Rules:
+        old = self._rules
+        share = self.share
+        tiers = {}
+        for tier, lim in d.tiers.items():
+            rt, batch = lim.realtime_rps * share, lim.batch_rps * share
+            both = rt + batch
+            burst = lim.burst * share
+            # the tier's burst is split by rate, at least one request each
+            rt_burst = max(1.0, burst * rt / both) if both else 1.0
+            batch_burst = max(1.0, burst * batch / both) if both else 1.0
+            prev = old.tiers.get(tier) if old is not None else None
+            tiers[tier] = _TierRules(_carry(prev and prev.realtime, rt, rt_burst, now),
+                                     _carry(prev and prev.batch, batch, batch_burst, now), lim.max_tokens)
+        tenants = {}
+        for tenant, lim in d.tenants.items():
+            prev_bucket = old.tenants.get(tenant) if old is not None else None
+            tenants[tenant] = _carry(prev_bucket, lim.rate_rps * share, max(1.0, lim.burst * share), now)
+        safe = d.safe_rps * share
+        level, defer = d.level, d.defer_batch
+
+        def missing(tier: str) -> _TierRules:
+            # a tier without traffic when the decision was made: all of safe capacity at
+            # level 0, else its reserved floor
+            rate = safe if level == 0 else safe * self.floor_share.get(tier, 0.0)
+            made = _TierRules(Bucket(rate, max(1.0, rate * 2.0), now),
+                              Bucket(0.0 if defer else rate, max(1.0, rate * 2.0), now), None)
+            tiers[tier] = made
+            return made
+
+        valid_until_s = now + (d.valid_until - self._wall() * 1000) / 1000
+        return _Rules(d.version, d.level, valid_until_s, d.mode == "shadow", d.defer_batch, tiers, tenants,
+                      None, missing, d.reason)
+
+    def _build_fallback(self, now: float) -> _Rules:
+        fb = self.fallback
+
+        def bucket(rate: float | None) -> Bucket:
+            return Unlimited(now) if rate is None else Bucket(rate, max(1.0, rate * fb.burst_s), now)
+
+        tiers = {}
+        for tier in self.tiers:
+            rate = fb.tier_rps.get(tier, fb.total_rps)
+            tiers[tier] = _TierRules(bucket(rate), bucket(rate), None)
+        total = (Bucket(fb.total_rps, max(1.0, fb.total_rps * fb.burst_s), now)
+                 if fb.total_rps is not None else None)
+        return _Rules(0, 0, math.inf, False, False, tiers, {}, total, tiers.__getitem__, "fallback")
+
+    # ------------------------------------------------------------ admission
+
+    def state(self) -> GateState:
+        """live, holding or fallback (see the module docstring)."""
+        now = self._clock()
+        rules = self._rules
+        if rules is None or now >= rules.valid_until_s:
+            return "fallback"
+        return "live" if now - self.applied_at < self.hold_after_s else "holding"
+
+    def admit(self, tenant: str, tier: str, request_type: str = "realtime", tokens: int = 0,
+              requeued: bool = False) -> Verdict:
+        """The verdict for one request; never blocks.
+
+        ``tokens`` is the output the request asks for (capped by ``max_tokens``
+        in a degraded tier). A request taken from the deferred queue passes
+        ``requeued=True``, so deferring it again is not counted twice.
+        """
+        if tier not in self.tiers:
+            raise UnknownTier(f"tier={tier!r}: unknown tier of service {self.service!r} "
+                              f"(known: {', '.join(sorted(self.tiers))})")
+        now = self._clock()
+        rules = self._rules
+        if rules is None or now >= rules.valid_until_s:
+            rules = self._fallback_rules
+            state = "fallback"
+        else:
+            state = "live" if now - self.applied_at < self.hold_after_s else "holding"
+        tr = rules.tiers.get(tier) or rules.missing(tier)
+        batch = request_type == "batch"
+        action, wait = ADMIT, 0.0
+        if batch and rules.defer_batch:
+            action = DEFER
+        else:
+            bucket = tr.batch if batch else tr.realtime
+            wait = bucket.take(now)
+            if wait == 0.0:
+                tb = rules.tenants.get(tenant)
+                if tb is not None:
+                    wait = tb.take(now)
+                    if wait:
+                        bucket.refund()
+                if not wait and rules.total is not None:
+                    wait = rules.total.take(now)
+                    if wait:
+                        bucket.refund()
+                        if tb is not None:
+                            tb.refund()
+            if wait:
+                action = DEFER if batch else REJECT
+        cap = tr.max_tokens if tr.max_tokens is not None and tokens > tr.max_tokens else None
+        shadow = self.shadow or rules.shadow
+        would = action
+        if shadow:
+            action = ADMIT
+        if would != ADMIT and not (requeued and would == DEFER):
+            self.tally.count(tenant, tier, request_type, would, shadow)
+        if action == REJECT:
+            wait = MIN_RETRY_S if wait < MIN_RETRY_S else MAX_RETRY_S if wait > MAX_RETRY_S else wait
+        else:
+            wait = 0.0
+        return Verdict(action, wait, rules.version, rules.level, state, shadow, would, cap)
+
+    def status(self) -> dict:
+        """What the gate is doing, for a status endpoint or log."""
+        d = self.decision
+        state = self.state()
+        rules = self._rules
+        return {
+            "service": self.service, "state": state, "shadow": self.shadow or bool(rules and rules.shadow),
+            "share": self.share,
+            "version": d.version if d else None, "level": d.level if d else None,
+            "valid_until": d.valid_until if d else None, "reason": d.reason if d else None,
+            "seconds_since_decision": round(self._clock() - self.applied_at, 3) if d else None,
+            **self.counts, **{f"total_{k}": v for k, v in self.tally.totals.items()},
+        }
+
+
+class Tally:
+    """What an edge saw, turned into RequestSummaries once a second.
+
+    ``count`` records a request that was deferred or rejected (or would have
+    been, in shadow mode); ``served`` records a forwarded request's outcome.
+    """
+
+    def __init__(self) -> None:
+        # (tenant, tier, request_type) -> [throttled, deferred, would_throttle]
+        self._refused: dict[tuple[str, str, str], list[int]] = {}
+        self._cells: dict[tuple[str, str, str], TrafficCell] = {}
+        self.totals = {"rejected": 0, "deferred": 0, "would_reject": 0, "would_defer": 0, "served": 0}
+
+    def count(self, tenant: str, tier: str, request_type: str, action: str, shadow: bool) -> None:
+        """One refusal (or, in shadow mode, one that would have been)."""
+        key = (tenant, tier, request_type)
+        row = self._refused.get(key)
+        if row is None:
+            row = self._refused[key] = [0, 0, 0]
+        if shadow:
+            row[2] += 1
+            self.totals["would_reject" if action == REJECT else "would_defer"] += 1
+        elif action == REJECT:
+            row[0] += 1
+            self.totals["rejected"] += 1
+        else:
+            row[1] += 1
+            self.totals["deferred"] += 1
+
+    def served(self, ev: RequestEvent) -> None:
+        """One forwarded request's outcome."""
+        key = (ev.tenant, ev.tier, ev.request_type)
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = self._cells[key] = TrafficCell()
+        cell.add_event(ev)
+        self.totals["served"] += 1
+
+    def drain(self, ts: int, duration_ms: int, service: str, edge_id: str, gate: GateState,
+              shadow: bool) -> list[RequestSummary]:
+        """One summary per scope seen since the last drain, stamped ``[ts, ts + duration_ms)``."""
+        refused, self._refused = self._refused, {}
+        cells, self._cells = self._cells, {}
+        out = []
+        for key in sorted(set(refused) | set(cells)):
+            tenant, tier, rtype = key
+            throttled, deferred, would = refused.get(key, (0, 0, 0))
+            cell = cells.get(key) or TrafficCell()
+            ok, error, timeout, _, _ = cell.counts
+            out.append(RequestSummary(
+                ts=ts, service=service, tenant=tenant, tier=tier, edge_id=edge_id, request_type=rtype,
+                duration_ms=duration_ms, ok=ok, error=error, timeout=timeout, throttled=throttled,
+                deferred=deferred, input_tokens=cell.input_tokens, output_tokens=cell.output_tokens,
+                cache_hits=cell.cache_hits, over_2s=cell.over_2s, latency=wire_sketch(cell.latency),
+                queue_wait=wire_sketch(cell.queue_wait), gate=gate, shadow=shadow, would_throttle=would,
+            ))
+        return out
