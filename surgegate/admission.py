@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 
@@ -247,16 +248,18 @@ class Admission:
             rt, batch = lim.realtime_rps * share, lim.batch_rps * share
             both = rt + batch
             burst = lim.burst * share
-            # the tier's burst is split by rate, at least one request each
-            rt_burst = max(1.0, burst * rt / both) if both else 1.0
-            batch_burst = max(1.0, burst * batch / both) if both else 1.0
+            # the tier's burst is split by rate, at least one request each; a class
+            # decided to zero admits nothing, not even a first request
+            rt_burst = max(1.0, burst * rt / both) if rt else 0.0
+            batch_burst = max(1.0, burst * batch / both) if batch else 0.0
             prev = old.tiers.get(tier) if old is not None else None
             tiers[tier] = _TierRules(_carry(prev and prev.realtime, rt, rt_burst, now),
                                      _carry(prev and prev.batch, batch, batch_burst, now), lim.max_tokens)
         tenants = {}
         for tenant, lim in d.tenants.items():
             prev_bucket = old.tenants.get(tenant) if old is not None else None
-            tenants[tenant] = _carry(prev_bucket, lim.rate_rps * share, max(1.0, lim.burst * share), now)
+            rate = lim.rate_rps * share
+            tenants[tenant] = _carry(prev_bucket, rate, max(1.0, lim.burst * share) if rate else 0.0, now)
         safe = d.safe_rps * share
         level, defer = d.level, d.defer_batch
 
@@ -350,13 +353,16 @@ class Admission:
             wait = 0.0
         return Verdict(action, wait, rules.version, rules.level, state, shadow, would, cap)
 
+    def shadowing(self) -> bool:
+        """Whether requests are only watched: the gate's own mode or the decision's."""
+        rules = self._rules
+        return self.shadow or bool(rules is not None and rules.shadow and self.state() != "fallback")
+
     def status(self) -> dict:
         """What the gate is doing, for a status endpoint or log."""
         d = self.decision
-        state = self.state()
-        rules = self._rules
         return {
-            "service": self.service, "state": state, "shadow": self.shadow or bool(rules and rules.shadow),
+            "service": self.service, "state": self.state(), "shadow": self.shadowing(),
             "share": self.share,
             "version": d.version if d else None, "level": d.level if d else None,
             "valid_until": d.valid_until if d else None, "reason": d.reason if d else None,
@@ -377,37 +383,54 @@ class Tally:
         self._refused: dict[tuple[str, str, str], list[int]] = {}
         self._cells: dict[tuple[str, str, str], TrafficCell] = {}
         self.totals = {"rejected": 0, "deferred": 0, "would_reject": 0, "would_defer": 0, "served": 0}
+        # requests are counted on the edge's threads while a reporter drains
+        self._lock = threading.Lock()
 
     def count(self, tenant: str, tier: str, request_type: str, action: str, shadow: bool) -> None:
         """One refusal (or, in shadow mode, one that would have been)."""
         key = (tenant, tier, request_type)
-        row = self._refused.get(key)
-        if row is None:
-            row = self._refused[key] = [0, 0, 0]
-        if shadow:
-            row[2] += 1
-            self.totals["would_reject" if action == REJECT else "would_defer"] += 1
-        elif action == REJECT:
-            row[0] += 1
-            self.totals["rejected"] += 1
-        else:
-            row[1] += 1
-            self.totals["deferred"] += 1
+        with self._lock:
+            row = self._refused.get(key)
+            if row is None:
+                row = self._refused[key] = [0, 0, 0]
+            if shadow:
+                row[2] += 1
+                self.totals["would_reject" if action == REJECT else "would_defer"] += 1
+            elif action == REJECT:
+                row[0] += 1
+                self.totals["rejected"] += 1
+            else:
+                row[1] += 1
+                self.totals["deferred"] += 1
+
+    def moved(self, tenant: str, tier: str, request_type: str, was: str, now: str) -> None:
+        """A refusal counted as ``was`` turned out to be ``now`` (a full deferred queue rejects)."""
+        index = {REJECT: 0, DEFER: 1}
+        names = {REJECT: "rejected", DEFER: "deferred"}
+        with self._lock:
+            row = self._refused.setdefault((tenant, tier, request_type), [0, 0, 0])
+            if row[index[was]] > 0:  # else it was reported already: only add the new one
+                row[index[was]] -= 1
+                self.totals[names[was]] -= 1
+            row[index[now]] += 1
+            self.totals[names[now]] += 1
 
     def served(self, ev: RequestEvent) -> None:
         """One forwarded request's outcome."""
         key = (ev.tenant, ev.tier, ev.request_type)
-        cell = self._cells.get(key)
-        if cell is None:
-            cell = self._cells[key] = TrafficCell()
-        cell.add_event(ev)
-        self.totals["served"] += 1
+        with self._lock:
+            cell = self._cells.get(key)
+            if cell is None:
+                cell = self._cells[key] = TrafficCell()
+            cell.add_event(ev)
+            self.totals["served"] += 1
 
     def drain(self, ts: int, duration_ms: int, service: str, edge_id: str, gate: GateState,
               shadow: bool) -> list[RequestSummary]:
         """One summary per scope seen since the last drain, stamped ``[ts, ts + duration_ms)``."""
-        refused, self._refused = self._refused, {}
-        cells, self._cells = self._cells, {}
+        with self._lock:
+            refused, self._refused = self._refused, {}
+            cells, self._cells = self._cells, {}
         out = []
         for key in sorted(set(refused) | set(cells)):
             tenant, tier, rtype = key

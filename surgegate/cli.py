@@ -1,4 +1,4 @@
-"""The `surgegate` command: up, worker, topics, replay, eval-forecast, schemas."""
+"""The `surgegate` command: up, worker, topics, replay, edge, fake-llm, eval-forecast, schemas."""
 
 from __future__ import annotations
 
@@ -144,6 +144,75 @@ def cmd_replay(args: argparse.Namespace) -> None:
           f"{'RequestSummaries' if args.summaries else 'RequestEvents'}", file=sys.stderr)
 
 
+def load_tenants(path: str) -> tuple[dict[str, str], dict]:
+    """Tenant registry and contracts from JSON ``{tenant: tier}`` or
+    ``{tenant: {"tier": ..., "rate_rps": ..., "burst": ...}}`` (rate and burst: a global contract)."""
+    import json
+
+    from surgegate.streams.edge import Contract
+
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SurgegateError(f"--tenants {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SurgegateError(f"--tenants {path}: expected an object of tenant -> tier or settings")
+    tiers, contracts = {}, {}
+    for tenant, entry in raw.items():
+        if isinstance(entry, str):
+            tiers[tenant] = entry
+        elif isinstance(entry, dict) and isinstance(entry.get("tier"), str):
+            tiers[tenant] = entry["tier"]
+            if "rate_rps" in entry:
+                try:
+                    contracts[tenant] = Contract(float(entry["rate_rps"]), float(entry.get("burst", 1.0)))
+                except (TypeError, ValueError) as exc:
+                    raise SurgegateError(f"--tenants {path}: tenant {tenant!r}: {exc}") from None
+        else:
+            raise SurgegateError(f"--tenants {path}: tenant {tenant!r}: expected a tier name or "
+                                 '{"tier": ..., "rate_rps": ..., "burst": ...}')
+    return tiers, contracts
+
+
+def cmd_edge(args: argparse.Namespace) -> None:
+    from aiohttp import web
+
+    from surgegate.streams.edge import EdgeGate, GlobalQuota
+    from surgegate.streams.edge_proxy import create_edge_app
+    from surgegate.streams.store import Keys
+
+    settings = _settings(args)
+    _need_kafka(settings)
+    tenants, contracts = load_tenants(args.tenants) if args.tenants else (None, {})
+    quota = None
+    if contracts:
+        if not settings.redis:
+            raise SurgegateError("tenant contracts need Redis: set SURGEGATE_REDIS or pass --redis")
+        quota = GlobalQuota(settings.redis, contracts, prefix=Keys.for_topic_prefix(settings.topic_prefix).prefix)
+    gate = EdgeGate(settings, args.service, edge_id=args.edge_id, share=args.share, shadow=args.shadow,
+                    report=args.report).start()
+    app = create_edge_app(gate, args.upstream, tenants=tenants, quota=quota,
+                          deferred_capacity=args.deferred_capacity, timeout_s=args.timeout)
+    print(f"surgegate edge {args.edge_id}: service {args.service} on http://{args.host}:{args.port} -> "
+          f"{args.upstream}{' (shadow)' if args.shadow else ''}", flush=True)
+    try:
+        web.run_app(app, host=args.host, port=args.port, print=None)
+    finally:
+        gate.close()
+
+
+def cmd_fake_llm(args: argparse.Namespace) -> None:
+    from aiohttp import web
+
+    from surgegate.streams.fake_llm import LatencyModel, create_fake_llm_app
+
+    model = LatencyModel(median_ms=args.median_ms, p90_ms=args.p90_ms, slow_share=args.slow_share,
+                         slow_ms=(args.slow_min_ms, args.slow_max_ms), error_share=args.error_share)
+    app = create_fake_llm_app(model, time_scale=args.time_scale, concurrency=args.concurrency, seed=args.seed)
+    print(f"fake LLM upstream on http://{args.host}:{args.port}", flush=True)
+    web.run_app(app, host=args.host, port=args.port, print=None)
+
+
 def cmd_eval_forecast(args: argparse.Namespace) -> None:
     from surgegate.forecast.evaluation import evaluate_trace, markdown, plot
 
@@ -210,6 +279,36 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("--start-ms", type=int, default=None, help="event time of the trace start (default: now)")
     rp.set_defaults(func=cmd_replay)
+
+    edge = sub.add_parser("edge", help="run an admitting reverse proxy in front of an LLM service")
+    common(edge)
+    edge.add_argument("--redis", help="Redis URL: decision bootstrap and tenant contracts (default: SURGEGATE_REDIS)")
+    edge.add_argument("--upstream", required=True, help="the service's base URL, e.g. http://127.0.0.1:9000")
+    edge.add_argument("--service", default="chat")
+    edge.add_argument("--edge-id", default="edge-1")
+    edge.add_argument("--host", default="127.0.0.1")
+    edge.add_argument("--port", type=int, default=8080)
+    edge.add_argument("--share", type=float, default=1.0, help="this edge's share of the service's traffic")
+    edge.add_argument("--shadow", action="store_true", help="admit everything; record what would be refused")
+    edge.add_argument("--tenants", help="JSON file: tenant -> tier, or tenant -> {tier, rate_rps, burst}")
+    edge.add_argument("--report", choices=["summaries", "events", "off"], default="summaries")
+    edge.add_argument("--deferred-capacity", type=int, default=1000, help="deferred batch tasks held at most")
+    edge.add_argument("--timeout", type=float, default=60.0, help="upstream timeout in seconds")
+    edge.set_defaults(func=cmd_edge)
+
+    fake = sub.add_parser("fake-llm", help="run a fake LLM upstream with a long latency tail")
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=9000)
+    fake.add_argument("--median-ms", type=float, default=60.0)
+    fake.add_argument("--p90-ms", type=float, default=200.0)
+    fake.add_argument("--slow-share", type=float, default=0.1, help="share of requests in the slow tail")
+    fake.add_argument("--slow-min-ms", type=float, default=2000.0)
+    fake.add_argument("--slow-max-ms", type=float, default=6000.0)
+    fake.add_argument("--error-share", type=float, default=0.0)
+    fake.add_argument("--concurrency", type=int, default=64, help="requests in service at once")
+    fake.add_argument("--time-scale", type=float, default=1.0, help="multiply every service time")
+    fake.add_argument("--seed", type=int, default=None)
+    fake.set_defaults(func=cmd_fake_llm)
 
     ev = sub.add_parser("eval-forecast", help="score the forecasters on traces (MASE, sMAPE, coverage)")
     ev.add_argument("traces", nargs="+", help="trace files (timestamp_s,count[,...], optionally .gz)")

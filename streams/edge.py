@@ -1,0 +1,328 @@
+"""The edge gate that an edge (gateway, LB plugin, LLM API server) embeds.
+
+:class:`EdgeGate` keeps an :class:`~surgegate.admission.Admission` fed with the
+service's throttle decisions and reports what it saw:
+
+- decisions come from the compacted sg.decisions.throttle, read from the
+  beginning by a background thread (partitions assigned, no group to join),
+  and, faster at start-up, from the Redis mirror's latest decision;
+- once a second a reporter thread sends one RequestSummary per scope (or
+  single RequestEvents) through the producer SDK, with the gate's state;
+- :meth:`admit` answers from local buckets only and never waits on the network.
+
+:class:`GlobalQuota` adds optional per-tenant contracts shared by all edges: one
+GCRA Lua script in Redis. When Redis is unreachable it answers ``None`` and the
+edge keeps to its local buckets.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+import redis
+import redis.asyncio as aredis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from surgegate.admission import HOLD_AFTER_S, Admission, Fallback, Verdict
+from surgegate.control.config import DEFAULT_TIERS, ServiceConfig, parse_services
+from surgegate.errors import DeliveryFailed, ProducerBufferFull
+from surgegate.schemas.decisions import ThrottleDecision
+from surgegate.schemas.telemetry import RequestEvent, Status
+from surgegate.settings import Settings
+from surgegate.streams.kafka import consumer_config
+from surgegate.streams.producer import TelemetryProducer
+from surgegate.streams.store import Keys
+from surgegate.streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+REPORT_INTERVAL_MS = 1000
+#: How long the feed thread waits for a record before checking for shutdown.
+POLL_S = 0.1
+REDIS_TIMEOUT_S = 0.5
+#: The broker answers a fetch after at most this long, so a new decision is applied within it.
+FETCH_WAIT_MS = 50
+#: After a Redis failure the global quota is skipped (local buckets only) for this long.
+QUOTA_BACKOFF_S = 1.0
+
+Report = Literal["summaries", "events", "off"]
+
+
+class EdgeGate:
+    """Admission for one service at one edge, fed by decisions, reporting telemetry.
+
+    ``tiers`` default to the service's configured tiers (``SURGEGATE_SERVICES``),
+    and the fallback to :meth:`Fallback.conservative` of that configuration.
+    ``share`` is this edge's part of the service's traffic.
+    """
+
+    def __init__(self, settings: Settings, service: str, *, edge_id: str, share: float = 1.0,
+                 shadow: bool = False, tiers: tuple[str, ...] | None = None, fallback: Fallback | None = None,
+                 report: Report = "summaries", bootstrap_from_redis: bool = True,
+                 hold_after_s: float = HOLD_AFTER_S) -> None:
+        if report not in ("summaries", "events", "off"):
+            raise ValueError(f"report={report!r}: must be summaries, events or off")
+        config = parse_services(settings.services).get(service) or ServiceConfig(service=service)
+        self.settings = settings
+        self.service = service
+        self.edge_id = edge_id
+        self.report = report
+        self.topics = Topics(settings.topic_prefix)
+        self.admission = Admission(
+            service, tiers or config.tiers or DEFAULT_TIERS, share=share, shadow=shadow,
+            fallback=fallback or Fallback.conservative(config, share), floor_share=config.floor_share,
+            hold_after_s=hold_after_s)
+        self.bootstrap_from_redis = bootstrap_from_redis
+        self.feed = {"records": 0, "bad_records": 0, "from_redis": 0, "errors": 0, "last_error": None}
+        self.reported = {"summaries": 0, "events": 0, "send_failures": 0}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._producer: TelemetryProducer | None = None
+        self._decoder = msgspec.json.Decoder(ThrottleDecision)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> EdgeGate:
+        """Bootstrap from Redis (if reachable), then follow the decision topic and report."""
+        if self.bootstrap_from_redis and self.settings.redis:
+            self._bootstrap_from_redis()
+        self._spawn(self._follow_decisions, "decisions")
+        if self.report != "off":
+            self._producer = TelemetryProducer(self.settings, client_id=f"edge-{self.edge_id}")
+            self._spawn(self._report_loop, "report")
+        return self
+
+    def _spawn(self, target, name: str) -> None:
+        t = threading.Thread(target=target, name=f"edge-{self.edge_id}-{name}", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def close(self) -> None:
+        """Stop following decisions, send the last report and flush."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+        if self._producer is not None:
+            self._report_once(int(time.time() * 1000))
+            try:
+                self._producer.flush(timeout=5)
+            except DeliveryFailed as exc:
+                self.reported["send_failures"] += 1
+                log.warning("edge %s: last report not delivered: %s", self.edge_id, exc)
+
+    def __enter__(self) -> EdgeGate:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ the hot path
+
+    def admit(self, tenant: str, tier: str, request_type: str = "realtime", tokens: int = 0,
+              requeued: bool = False) -> Verdict:
+        """admit / defer / reject for one request (see :meth:`Admission.admit`)."""
+        return self.admission.admit(tenant, tier, request_type, tokens, requeued)
+
+    def record(self, tenant: str, tier: str, request_type: str, status: Status, latency_ms: float,
+               queue_ms: float = 0.0, input_tokens: int = 0, output_tokens: int = 0) -> None:
+        """The outcome of a request this edge forwarded."""
+        ev = RequestEvent(ts=int(time.time() * 1000), service=self.service, tenant=tenant, tier=tier,
+                          edge_id=self.edge_id, latency_ms=max(0.0, latency_ms), request_type=request_type,
+                          queue_ms=max(0.0, queue_ms), status=status, input_tokens=input_tokens,
+                          output_tokens=output_tokens)
+        self.admission.tally.served(ev)
+
+    def status(self) -> dict:
+        """The admission status plus the feed's and the reporter's counters."""
+        return {**self.admission.status(), "edge_id": self.edge_id, "feed": dict(self.feed),
+                "reported": dict(self.reported)}
+
+    # ------------------------------------------------------------ decisions
+
+    def offer(self, raw: bytes) -> bool:
+        """Apply one encoded decision; a record that does not decode is counted, not raised."""
+        try:
+            decision = self._decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            self.feed["bad_records"] += 1
+            self.feed["last_error"] = f"bad decision record: {exc}"
+            return False
+        return self.admission.apply(decision)
+
+    def _bootstrap_from_redis(self) -> None:
+        key = Keys.for_topic_prefix(self.settings.topic_prefix).latest_decision(self.service)
+        client = redis.Redis.from_url(self.settings.redis, socket_timeout=REDIS_TIMEOUT_S,
+                                      socket_connect_timeout=REDIS_TIMEOUT_S)
+        try:
+            raw = client.get(key)
+        except redis.RedisError as exc:
+            self.feed["errors"] += 1
+            self.feed["last_error"] = f"redis bootstrap: {exc}"
+            log.info("edge %s: no bootstrap from Redis (%s); waiting for the decision topic", self.edge_id, exc)
+            return
+        finally:
+            client.close()
+        if raw is not None and self.offer(raw):
+            self.feed["from_redis"] += 1
+
+    def _follow_decisions(self) -> None:
+        topic = self.topics.throttle
+        consumer = Consumer(consumer_config(
+            self.settings, group_id=f"edge-{self.edge_id}-{uuid.uuid4().hex[:8]}", client_id=f"edge-{self.edge_id}",
+            error_cb=self._on_kafka_error, **{"fetch.wait.max.ms": FETCH_WAIT_MS, "log_level": 3}))
+        try:
+            partitions = self._partitions(consumer, topic)
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+            while not self._stop.is_set():
+                msg = consumer.poll(POLL_S)
+                if msg is None:
+                    continue
+                if msg.error():
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        self._on_kafka_error(msg.error())
+                    continue
+                self.feed["records"] += 1
+                if msg.value() is not None:  # a tombstone deletes nothing here
+                    self.offer(msg.value())
+        except Exception as exc:  # the gate keeps admitting on what it has; say why the feed stopped
+            self.feed["errors"] += 1
+            self.feed["last_error"] = f"decision feed stopped: {exc}"
+            log.exception("edge %s: decision feed stopped", self.edge_id)
+        finally:
+            consumer.close()
+
+    def _partitions(self, consumer: Consumer, topic: str) -> list[int]:
+        # the topic may not exist yet (a gate started before the control plane): keep asking
+        while not self._stop.is_set():
+            try:
+                meta = consumer.list_topics(topic, timeout=2.0).topics.get(topic)
+            except Exception as exc:  # KafkaException: broker unreachable
+                self._on_kafka_error(exc)
+                meta = None
+            if meta is not None and meta.error is None and meta.partitions:
+                return sorted(meta.partitions)
+            self._stop.wait(1.0)
+        return []
+
+    def _on_kafka_error(self, err: object) -> None:
+        self.feed["errors"] += 1
+        self.feed["last_error"] = str(err)
+
+    # ------------------------------------------------------------ reporting
+
+    def _report_loop(self) -> None:
+        while True:
+            now = time.time() * 1000
+            boundary = (now // REPORT_INTERVAL_MS + 1) * REPORT_INTERVAL_MS
+            if self._stop.wait((boundary - now) / 1000):
+                return
+            self._report_once(int(boundary))
+
+    def _report_once(self, boundary_ms: int) -> None:
+        summaries = self.admission.tally.drain(
+            ts=boundary_ms - REPORT_INTERVAL_MS, duration_ms=REPORT_INTERVAL_MS, service=self.service,
+            edge_id=self.edge_id, gate=self.admission.state(), shadow=self.admission.shadowing())
+        producer = self._producer
+        if producer is None or not summaries:
+            return
+        try:
+            if self.report == "summaries":
+                for s in summaries:
+                    producer.send_summary(s)
+                self.reported["summaries"] += len(summaries)
+            else:
+                for ev in _as_events(summaries):
+                    producer.send_request(ev)
+                    self.reported["events"] += 1
+        except ProducerBufferFull as exc:
+            self.reported["send_failures"] += 1
+            log.warning("edge %s: report dropped: %s", self.edge_id, exc)
+        producer.poll()
+
+
+def _as_events(summaries) -> list[RequestEvent]:
+    """Refusals as single events (served requests were recorded one by one already)."""
+    out = []
+    for s in summaries:
+        base = dict(ts=s.ts, service=s.service, tenant=s.tenant, tier=s.tier, edge_id=s.edge_id,
+                    request_type=s.request_type, latency_ms=0.0)
+        out += [RequestEvent(status="throttled", **base)] * s.throttled
+        out += [RequestEvent(status="deferred", **base)] * s.deferred
+    return out
+
+
+# -------------------------------------------------------------------- global quotas
+
+#: GCRA (the generic cell rate algorithm) over one key: the theoretical arrival
+#: time (TAT) moves by one emission interval per request; a request is allowed
+#: while TAT - now stays within the burst tolerance. Returns {allowed, retry_ms}.
+GCRA_LUA = """
+local emission = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + emission
+local allow_at = new_tat - tolerance
+if allow_at > now then
+  return {0, math.ceil(allow_at - now)}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(new_tat - now) + 1000)
+return {1, 0}
+"""
+
+
+class Contract:
+    """A tenant's contracted rate across all edges, and the burst it may hold."""
+
+    __slots__ = ("rate_rps", "burst")
+
+    def __init__(self, rate_rps: float, burst: float) -> None:
+        if rate_rps <= 0 or burst < 1:
+            raise ValueError(f"contract rate_rps={rate_rps!r} burst={burst!r}: need rate_rps > 0 and burst >= 1")
+        self.rate_rps = rate_rps
+        self.burst = burst
+
+
+class GlobalQuota:
+    """Per-tenant contracts enforced across edges in Redis; local buckets when Redis is down."""
+
+    def __init__(self, url: str, contracts: Mapping[str, Contract], *, prefix: str = "sg:",
+                 timeout_s: float = 0.05) -> None:
+        self.contracts = dict(contracts)
+        self._client = aredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._script = self._client.register_script(GCRA_LUA)
+        self._prefix = f"{prefix}quota:"
+        self._skip_until = 0.0
+        self.counts = {"allowed": 0, "refused": 0, "unavailable": 0}
+
+    async def check(self, tenant: str) -> tuple[bool, float] | None:
+        """``(allowed, retry_after_s)`` for one request of ``tenant``; ``None`` when there is
+        no contract or Redis cannot answer (the caller keeps its local verdict)."""
+        contract = self.contracts.get(tenant)
+        if contract is None:
+            return None
+        if time.monotonic() < self._skip_until:
+            self.counts["unavailable"] += 1
+            return None
+        emission = 1000.0 / contract.rate_rps
+        try:
+            allowed, retry_ms = await self._script(keys=[self._prefix + tenant],
+                                                   args=[emission, emission * contract.burst])
+        except (redis.RedisError, OSError) as exc:
+            self._skip_until = time.monotonic() + QUOTA_BACKOFF_S
+            self.counts["unavailable"] += 1
+            log.info("global quota unavailable (%s); local buckets only for %.0f s", exc, QUOTA_BACKOFF_S)
+            return None
+        self.counts["allowed" if allowed else "refused"] += 1
+        return bool(allowed), retry_ms / 1000
+
+    async def close(self) -> None:
+        await self._client.aclose()
