@@ -41,7 +41,8 @@ class WorkerProcess:
         })
         out = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "surgegate.cli", "worker"], env=env, stdout=out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=self.log_path.parent)  # Faust's data directory lands beside the log
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
