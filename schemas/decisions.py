@@ -81,3 +81,50 @@ class Override(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.Override
     level: int | None = None
     limit_rps: Rate | None = None
     cancel: bool = False
+
+
+class CapacityMix(msgspec.Struct, frozen=True):
+    """How the desired replicas are bought: reserved baseline, on-demand, spot for deferrable work."""
+
+    reserved: Count
+    on_demand: Count
+    spot: Count
+
+
+class Overflow(msgspec.Struct, frozen=True):
+    """Replicas asked of a secondary pool while the primary is at its maximum.
+
+    Overflow serves lower tiers and batch work; top-tier realtime traffic stays
+    on the primary pool's reserved capacity.
+    """
+
+    pool: Name
+    replicas: Count
+
+
+class ScalingDecision(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.ScalingDecision/1"):
+    """How many replicas a GPU pool should run; latest ``version`` wins.
+
+    ``desired_replicas`` lies within [min_replicas, max_replicas]. ``warm_pool``
+    replicas are kept loaded and idle so that the forecast upper bound over the
+    cold-start time is covered without a cold start. ``cost_per_hour`` prices
+    the mix and the overflow.
+    """
+
+    pool: Name
+    version: int
+    issued_at: EpochMs
+    desired_replicas: Count
+    previous_replicas: Count
+    ready_replicas: Count
+    cold_starting: Count
+    warm_pool: Count
+    min_replicas: Count
+    max_replicas: Count
+    lead_time_s: float
+    demand_rps: Rate
+    forecast_upper_rps: Rate
+    mix: CapacityMix
+    cost_per_hour: float
+    reason: str
+    overflow: Overflow | None = None

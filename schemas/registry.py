@@ -14,7 +14,7 @@ import msgspec
 
 from surgegate.schemas.aggregates import Watermark, WindowPartial, WindowStats
 from surgegate.schemas.deadletter import DeadLetter
-from surgegate.schemas.decisions import Override, Threshold, ThrottleDecision
+from surgegate.schemas.decisions import Override, ScalingDecision, Threshold, ThrottleDecision
 from surgegate.schemas.forecasts import Forecast
 from surgegate.schemas.telemetry import MetricEvent, RequestEvent, RequestSummary
 
@@ -30,6 +30,7 @@ WIRE_TYPES: tuple[type[msgspec.Struct], ...] = (
     Threshold,
     ThrottleDecision,
     Override,
+    ScalingDecision,
     DeadLetter,
 )
 

@@ -1,0 +1,263 @@
+"""The scaling policy: every window, how many replicas a GPU pool should run.
+
+Throttling buys time; capacity ends the burst. So the target comes from
+demand *including* what was throttled and the deferred backlog, and from the
+forecast's upper bound at the pool's lead time: a replica started now is ready
+only after the cold start, so it must be started for the load expected then.
+
+- Scale up at once when the target is higher, at most ``max(4, 100%)`` per
+  window (Kubernetes HPA's default scale-up policy).
+- Scale down only to the highest recommendation of the last ``cooldown_s``
+  (HPA's stabilisation window), at most 20% a window. A steady noisy load
+  therefore cannot make the pool flap between two sizes.
+- Within [min_replicas, max_replicas]; zero traffic holds the minimum.
+- Warm pool: loaded, idle replicas that cover the forecast upper bound over
+  the cold-start time beyond the ready ones, so a burst inside the lead time
+  needs no cold start.
+- Capacity mix: reserved replicas for the sustained baseline, spot for the
+  deferrable batch work, on-demand for the rest; overflow replicas on the
+  secondary pool when the primary is at its maximum.
+- The lead time is learned: from each scale-up to the window its replicas were
+  all ready, blended into the configured cold-start time.
+
+>>> cfg = PoolConfig(pool="gpu-a", replica_rps=100.0)
+>>> p = ScalingPolicy(cfg)
+>>> d = p.decide(ScalingInputs(window_start=0, window_ms=10_000, demand_rps=2000.0, ready_replicas=5))
+>>> d.desired_replicas, d.reason
+(10, 'scale 5 -> 10: demand 2,000 rps > 5 x 100 x 0.7; needs 29, +max(4, 100%) a window at most')
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+
+from surgegate.checks import check
+from surgegate.schemas.decisions import CapacityMix, Overflow, ScalingDecision
+
+#: Deferred work is planned to drain within this long.
+BACKLOG_DRAIN_S = 60.0
+#: Scale-up per window: at least this many replicas or 100% of the current size.
+SCALE_UP_MIN_STEP = 4
+#: Scale-down per window: at most this share of the current size (at least one replica).
+SCALE_DOWN_SHARE = 0.2
+#: Scaling down keeps this headroom over the cooldown's highest need, so a load that
+#: wobbles by less than it cannot make the pool flap (HPA's tolerance is 0.1 too).
+TOLERANCE = 0.1
+#: Weight of a newly measured lead time in the learned one.
+LEAD_LEARNING_RATE = 0.3
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolConfig:
+    """What the scaling policy knows about one GPU pool.
+
+    Prices are per replica-hour. ``reserved_replicas`` is what is bought for the
+    baseline (default: ``min_replicas``). ``secondary_pool`` takes up to
+    ``secondary_max`` overflow replicas when this pool is at ``max_replicas``;
+    ``secondary_price`` is their price.
+    """
+
+    pool: str
+    replica_rps: float
+    min_replicas: int = 5
+    max_replicas: int = 50
+    target_utilisation: float = 0.7
+    cooldown_s: float = 300.0
+    cold_start_s: float = 15.0
+    warm_start_s: float = 0.8
+    warm_min: int = 1
+    reserved_replicas: int | None = None
+    price_reserved: float = 2.0
+    price_on_demand: float = 4.0
+    price_spot: float = 1.4
+    secondary_pool: str = ""
+    secondary_max: int = 0
+    secondary_price: float = 5.0
+
+    def __post_init__(self) -> None:
+        name = f"pools.{self.pool}"
+        check(self.replica_rps > 0, f"{name}.replica_rps", self.replica_rps, "must be > 0")
+        check(0 <= self.min_replicas <= self.max_replicas, f"{name}.min_replicas", self.min_replicas,
+              f"must be within [0, max_replicas={self.max_replicas}]")
+        check(self.max_replicas >= 1, f"{name}.max_replicas", self.max_replicas, "must be >= 1")
+        check(0 < self.target_utilisation <= 1, f"{name}.target_utilisation", self.target_utilisation,
+              "must be within (0, 1]")
+        check(self.cooldown_s >= 0, f"{name}.cooldown_s", self.cooldown_s, "must be >= 0")
+        check(self.cold_start_s > 0, f"{name}.cold_start_s", self.cold_start_s, "must be > 0")
+        check(self.warm_min >= 0, f"{name}.warm_min", self.warm_min, "must be >= 0")
+        check(self.secondary_max >= 0, f"{name}.secondary_max", self.secondary_max, "must be >= 0")
+        for field in ("price_reserved", "price_on_demand", "price_spot", "secondary_price"):
+            check(getattr(self, field) >= 0, f"{name}.{field}", getattr(self, field), "must be >= 0")
+
+    @property
+    def reserved(self) -> int:
+        return self.min_replicas if self.reserved_replicas is None else self.reserved_replicas
+
+    @property
+    def replica_capacity(self) -> float:
+        """What one replica should serve: its rate at the target utilisation."""
+        return self.replica_rps * self.target_utilisation
+
+
+@dataclasses.dataclass(frozen=True)
+class ScalingInputs:
+    """One window's view of a pool's service.
+
+    ``demand_rps`` counts every request that arrived, throttled ones included;
+    ``deferred`` is the batch work put on the async queue in the window.
+    ``upper_rps`` is the forecast's upper bound for the next windows.
+    """
+
+    window_start: int
+    window_ms: int
+    demand_rps: float
+    ready_replicas: int
+    cold_starting: int = 0
+    batch_rps: float = 0.0
+    deferred: int = 0
+    upper_rps: tuple[float, ...] = ()
+
+
+class ScalingPolicy:
+    """Per-pool scaling state: current target, recommendations, learned lead time."""
+
+    def __init__(self, config: PoolConfig) -> None:
+        self.config = config
+        self.current: int | None = None
+        self.lead_s = config.cold_start_s
+        self.last_version = -1
+        # (window_start, recommendation) within the cooldown
+        self.recommendations: collections.deque[tuple[int, int]] = collections.deque()
+        # a scale-up waiting to be ready: (window_start it was asked, replicas asked)
+        self.pending: tuple[int, int] | None = None
+
+    # ------------------------------------------------------------ lead time
+
+    def _learn_lead(self, inputs: ScalingInputs) -> None:
+        if self.pending is None:
+            return
+        asked_at, asked = self.pending
+        if inputs.ready_replicas >= asked:
+            # ready by the end of this window at the latest
+            measured = (inputs.window_start + inputs.window_ms - asked_at) / 1000
+            self.lead_s += LEAD_LEARNING_RATE * (measured - self.lead_s)
+            self.pending = None
+
+    def lead_windows(self, window_ms: int) -> int:
+        """Windows from a scale-up until its replicas serve (the cold start, and this decision's window)."""
+        return max(1, math.ceil(self.lead_s * 1000 / window_ms)) + 1
+
+    # ------------------------------------------------------------ decide
+
+    def decide(self, inputs: ScalingInputs) -> ScalingDecision:
+        cfg = self.config
+        self._learn_lead(inputs)
+        per = cfg.replica_capacity
+        current = self.current if self.current is not None else max(cfg.min_replicas, inputs.ready_replicas)
+        lead = self.lead_windows(inputs.window_ms)
+        backlog = inputs.deferred / BACKLOG_DRAIN_S
+        # look as far ahead as the cold start, plus the windows the step limit needs to get there
+        peak = max(max(inputs.upper_rps, default=0.0), inputs.demand_rps) + backlog
+        steps = _up_steps(current, min(cfg.max_replicas, math.ceil(peak / per - 1e-9)))
+        upper = inputs.upper_rps[:lead + max(0, steps - 1)]
+        forecast = max(upper) if upper else 0.0
+        need = max(forecast, inputs.demand_rps) + backlog
+        raw = math.ceil(need / per - 1e-9) if need > 0 else 0
+        overflow = min(max(0, raw - cfg.max_replicas), cfg.secondary_max) if cfg.secondary_pool else 0
+        recommendation = min(cfg.max_replicas, max(cfg.min_replicas, raw))
+        keep = math.ceil(need * (1 + TOLERANCE) / per - 1e-9) if need > 0 else 0
+        self.recommendations.append((inputs.window_start, min(cfg.max_replicas, max(cfg.min_replicas, keep))))
+        horizon = inputs.window_start - cfg.cooldown_s * 1000
+        while self.recommendations and self.recommendations[0][0] <= horizon:
+            self.recommendations.popleft()
+
+        capped = False
+        if recommendation > current:
+            target = min(recommendation, current + max(SCALE_UP_MIN_STEP, current))
+            capped = target < recommendation
+        else:
+            stabilised = max(r for _, r in self.recommendations)
+            floor = current - max(1, math.floor(current * SCALE_DOWN_SHARE))
+            target = min(current, max(stabilised, floor))
+            capped = target > stabilised
+        target = min(cfg.max_replicas, max(cfg.min_replicas, target))
+
+        # warm replicas: what the forecast needs within the lead time beyond the ready ones
+        near = max(inputs.upper_rps[: lead - 1]) if lead > 1 and inputs.upper_rps else need
+        warm = max(cfg.warm_min, math.ceil(near / per - 1e-9) - inputs.ready_replicas) if near > 0 else cfg.warm_min
+        warm = min(warm, max(0, cfg.max_replicas - inputs.ready_replicas)) if warm > cfg.warm_min else warm
+
+        if target > current:
+            self.pending = (inputs.window_start, target)
+        mix = self._mix(target, inputs.batch_rps + backlog)
+        cost = (mix.reserved * cfg.price_reserved + mix.on_demand * cfg.price_on_demand + mix.spot * cfg.price_spot
+                + overflow * cfg.secondary_price)
+        reason = self._reason(current, target, recommendation, inputs, forecast, backlog, lead, capped, overflow)
+        version = inputs.window_start // inputs.window_ms
+        self.current = target
+        self.last_version = version
+        issued = inputs.window_start + inputs.window_ms
+        return ScalingDecision(
+            pool=cfg.pool, version=version, issued_at=issued, desired_replicas=target, previous_replicas=current,
+            ready_replicas=inputs.ready_replicas, cold_starting=inputs.cold_starting, warm_pool=warm,
+            min_replicas=cfg.min_replicas, max_replicas=cfg.max_replicas, lead_time_s=round(self.lead_s, 1),
+            demand_rps=round(inputs.demand_rps, 3), forecast_upper_rps=round(forecast, 3), mix=mix,
+            overflow=Overflow(pool=cfg.secondary_pool, replicas=overflow) if overflow else None,
+            cost_per_hour=round(cost, 2), reason=reason,
+        )
+
+    def _mix(self, target: int, batch_rps: float) -> CapacityMix:
+        cfg = self.config
+        reserved = min(target, cfg.reserved)
+        above = target - reserved
+        spot = min(above, math.ceil(batch_rps / cfg.replica_capacity - 1e-9)) if batch_rps > 0 else 0
+        return CapacityMix(reserved=reserved, on_demand=above - spot, spot=spot)
+
+    def _reason(self, current: int, target: int, recommendation: int, inputs: ScalingInputs, forecast: float,
+                backlog: float, lead: int, capped: bool, overflow: int) -> str:
+        cfg = self.config
+        lead_s = lead * inputs.window_ms / 1000
+        capacity = f"{current} x {_n(cfg.replica_rps)} x {cfg.target_utilisation:g}"
+        if forecast >= inputs.demand_rps and forecast > 0:
+            driver = f"forecast p90 {_n(forecast)} rps in {lead_s:.0f} s"
+        else:
+            driver = f"demand {_n(inputs.demand_rps)} rps"
+        if backlog > 0:
+            driver += f" + deferred backlog {_n(backlog)} rps"
+        if target > current:
+            why = f"scale {current} -> {target}: {driver} > {capacity}"
+            if capped:
+                why += f"; needs {recommendation}, +max({SCALE_UP_MIN_STEP}, 100%) a window at most"
+        elif target < current:
+            why = f"scale {current} -> {target}: {driver} fits {target} x {_n(cfg.replica_rps)} x " \
+                  f"{cfg.target_utilisation:g}; no higher need for {cfg.cooldown_s:.0f} s"
+            if capped:
+                why += f"; -{current - target} a window at most ({SCALE_DOWN_SHARE:.0%})"
+        elif recommendation < current:
+            why = f"hold {current}: {driver} needs {recommendation}, but within the {cfg.cooldown_s:.0f} s " \
+                  f"cooldown a recommendation asked for {target}"
+        else:
+            why = f"hold {current}: {driver} fits {capacity}"
+        if target == cfg.max_replicas and recommendation >= cfg.max_replicas:
+            why += f"; at max {cfg.max_replicas}"
+        if overflow:
+            why += f"; overflow {overflow} on {cfg.secondary_pool}"
+        return why
+
+
+def _up_steps(current: int, target: int) -> int:
+    """Windows the scale-up step limit needs from ``current`` to ``target`` replicas."""
+    steps = 0
+    while current < target:
+        current += max(SCALE_UP_MIN_STEP, current)
+        steps += 1
+    return steps
+
+
+def _n(value: float) -> str:
+    """1234 -> '1,234'; 48000 -> '48k'."""
+    if value >= 10_000:
+        return f"{value / 1000:,.0f}k"
+    return f"{value:,.0f}" if value >= 10 else f"{value:.3g}"
