@@ -39,6 +39,9 @@ class ScopeForecaster:
     negative or absurd values are rejected, counted by reason, and not learned.
     """
 
+    #: a default for checkpoints written before windows replayed were counted apart
+    stale = 0
+
     def __init__(self, scope: str, *, step_ms: int = 10_000, horizon: int = 30, coverage: float = 0.9) -> None:
         check(step_ms > 0, "step_ms", step_ms, "must be > 0")
         self.scope = scope
@@ -53,6 +56,8 @@ class ScopeForecaster:
         self.last_t: int | None = None
         self.gaps = 0
         self.rejected: Counter[str] = Counter()
+        # windows replayed after a restart: expected, not bad values, so not in ``rejected``
+        self.stale = 0
 
     def observe(self, t: int, rate: float, tokens_per_s: float) -> str:
         """Learn the window starting at ``t``; returns ``learned``, ``stale`` or a rejection reason."""
@@ -63,7 +68,7 @@ class ScopeForecaster:
                 return reason
         if self.last_t is not None:
             if t <= self.last_t:
-                self.rejected["stale"] += 1
+                self.stale += 1
                 return "stale"
             if t > self.last_t + self.step_ms:
                 self.gaps += 1
