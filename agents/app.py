@@ -50,7 +50,7 @@ def create_app(settings: Settings, *, mirror: StateMirror | None = None) -> faus
     DecideAgent(
         app, settings, sources=app.topic(topics.windows, topics.forecasts, topics.overrides, **raw),
         inputs=app.topic(topics.control_inputs, **raw), thresholds=app.topic(topics.thresholds, **raw),
-        decisions=app.topic(topics.throttle, **raw), mirror=mirror,
+        decisions=app.topic(topics.throttle, **raw), scaling=app.topic(topics.scaling, **raw), mirror=mirror,
     ).register()
     if mirror is not None:
         MirrorAgent(app, mirror, windows=windows).register()

@@ -23,6 +23,7 @@ from faust.types import TP
 from surgegate.agents.checkpoint import checkpoint, restore
 from surgegate.agents.counters import AgentCounters, decode_or_count
 from surgegate.control.config import ServiceConfig
+from surgegate.control.scaling import ScalingInputs, ScalingPolicy
 from surgegate.control.throttle import DecisionInputs, ThrottlePolicy
 from surgegate.schemas.aggregates import PoolStats, TrafficStats, WindowStats
 from surgegate.schemas.decisions import Override
@@ -45,6 +46,7 @@ class ServiceView:
     """Recent inputs of one service by window start, and its policy."""
 
     policy: ThrottlePolicy
+    scaling: ScalingPolicy
     service: dict[int, TrafficStats] = dataclasses.field(default_factory=dict)
     forecasts: dict[int, Forecast] = dataclasses.field(default_factory=dict)
     tiers: dict[int, dict[str, TrafficStats]] = dataclasses.field(default_factory=dict)
@@ -75,13 +77,15 @@ class DecideAgent:
     """
 
     def __init__(self, app: faust.App, settings: Settings, *, sources: faust.TopicT, inputs: faust.TopicT,
-                 thresholds: faust.TopicT, decisions: faust.TopicT, mirror: StateMirror | None = None) -> None:
+                 thresholds: faust.TopicT, decisions: faust.TopicT, scaling: faust.TopicT,
+                 mirror: StateMirror | None = None) -> None:
         self.app = app
         self.settings = settings
         self.sources = sources
         self.inputs = inputs
         self.thresholds = thresholds
         self.decisions = decisions
+        self.scaling = scaling
         self.mirror = mirror
         self.configs = settings.service_configs()
         self.pool_services = {c.pool: name for name, c in self.configs.items()}
@@ -127,8 +131,10 @@ class DecideAgent:
     def _view(self, service: str) -> ServiceView:
         view = self.views.get(service)
         if view is None:
-            policy = restore(self.table, service) or ThrottlePolicy(self.config(service))
-            view = self.views[service] = ServiceView(policy=policy)
+            config = self.config(service)
+            policy = restore(self.table, service) or ThrottlePolicy(config)
+            scaling = restore(self.table, _scaling_key(config.pool)) or ScalingPolicy(config.pool_config())
+            view = self.views[service] = ServiceView(policy=policy, scaling=scaling)
         return view
 
     async def _decide(self, stream: faust.StreamT) -> None:
@@ -176,8 +182,32 @@ class DecideAgent:
         await self.decisions.send(key=service.encode(), value=d_bytes)
         checkpoint(self.table, service, view.policy)
         self.counters["decisions.published"] += 1
+        await self._scale(view, inputs)
         await self.counters.report()
         view.service.pop(start, None)
         view.prune(start)
         if self.mirror is not None:
             await self.mirror.put_decision(service, t_bytes, d_bytes)
+
+    async def _scale(self, view: ServiceView, inputs: DecisionInputs) -> None:
+        """The pool's scaling decision for the same window, from demand throttling did not hide."""
+        policy = view.scaling
+        traffic, pool, seconds = inputs.service, inputs.pool, inputs.window_ms / 1000
+        if pool is not None and pool.workers:
+            ready, starting = pool.ready_replicas, pool.cold_starting_replicas
+        else:  # no worker reports: assume the last decision was carried out
+            ready, starting = policy.current or view.policy.config.replicas, 0
+        forecast = inputs.forecast
+        decision = policy.decide(ScalingInputs(
+            window_start=inputs.window_start, window_ms=inputs.window_ms,
+            demand_rps=traffic.rate_rps,  # throttled requests included: throttling never hides a burst
+            batch_rps=traffic.batch / seconds, deferred=traffic.deferred, ready_replicas=ready,
+            cold_starting=starting, upper_rps=tuple(forecast.rate_rps.upper) if forecast is not None else ()))
+        pool_name = policy.config.pool
+        await self.scaling.send(key=pool_name.encode(), value=msgspec.json.encode(decision))
+        checkpoint(self.table, _scaling_key(pool_name), policy)
+        self.counters["scaling.published"] += 1
+
+
+def _scaling_key(pool: str) -> str:
+    return f"scaling:{pool}"

@@ -83,6 +83,10 @@ class Topics:
         return self.name("decisions.throttle")
 
     @property
+    def scaling(self) -> str:
+        return self.name("decisions.scaling")
+
+    @property
     def overrides(self) -> str:
         return self.name("overrides")
 

@@ -1,4 +1,4 @@
-"""The `surgegate` command: up, worker, topics, replay, edge, fake-llm, eval-forecast, schemas."""
+"""The `surgegate` command: up, worker, topics, replay, edge, scaler, fake-llm, eval-forecast, schemas."""
 
 from __future__ import annotations
 
@@ -201,6 +201,31 @@ def cmd_edge(args: argparse.Namespace) -> None:
         gate.close()
 
 
+def cmd_scaler(args: argparse.Namespace) -> None:
+    import shlex
+
+    from surgegate.streams.scaler import CommandScaler, KubernetesScaler, LogScaler, ScalingSubscriber
+
+    settings = _settings(args)
+    _need_kafka(settings)
+    if args.command and args.deployment:
+        raise SurgegateError("give --command or --deployment, not both")
+    if args.command:
+        scaler = CommandScaler(shlex.split(args.command))
+    elif args.deployment:
+        scaler = KubernetesScaler(args.deployment, args.namespace)
+    else:
+        scaler = LogScaler()
+    print(f"surgegate scaler: pool {args.pool} -> {type(scaler).__name__}", flush=True)
+    with ScalingSubscriber(settings, args.pool, scaler) as subscriber:
+        try:
+            while True:
+                time.sleep(60)
+                log.info("pool %s: %s", args.pool, subscriber.counts)
+        except KeyboardInterrupt:
+            pass
+
+
 def cmd_fake_llm(args: argparse.Namespace) -> None:
     from aiohttp import web
 
@@ -295,6 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--deferred-capacity", type=int, default=1000, help="deferred batch tasks held at most")
     edge.add_argument("--timeout", type=float, default=60.0, help="upstream timeout in seconds")
     edge.set_defaults(func=cmd_edge)
+
+    sc_ = sub.add_parser("scaler", help="follow a GPU pool's scaling decisions and carry them out")
+    common(sc_)
+    sc_.add_argument("--pool", required=True)
+    sc_.add_argument("--command", help="run this with SG_DESIRED_REPLICAS, SG_WARM_POOL, ... in its environment")
+    sc_.add_argument("--deployment", help="patch this Kubernetes Deployment's replicas (needs `kubernetes`)")
+    sc_.add_argument("--namespace", default="default")
+    sc_.set_defaults(func=cmd_scaler)
 
     fake = sub.add_parser("fake-llm", help="run a fake LLM upstream with a long latency tail")
     fake.add_argument("--host", default="127.0.0.1")

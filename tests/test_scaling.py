@@ -136,3 +136,31 @@ def test_at_max_the_rest_overflows_to_the_secondary_pool_and_the_cost_is_stated(
 def test_a_bad_pool_setting_is_refused_by_name():
     with pytest.raises(ValueError, match="pools.gpu-a.min_replicas"):
         PoolConfig(pool="gpu-a", replica_rps=10.0, min_replicas=60, max_replicas=50)
+
+
+def _decision(version: int, replicas: int, pool: str = "gpu-a") -> ScalingDecision:
+    policy = ScalingPolicy(PoolConfig(pool=pool, replica_rps=100.0, min_replicas=replicas, max_replicas=replicas))
+    d = policy.decide(ScalingInputs(window_start=version * W, window_ms=W, demand_rps=0.0, ready_replicas=1))
+    return d
+
+
+def test_the_subscriber_keeps_its_pools_newest_version_and_calls_the_scaler_on_changes(tmp_path):
+    from surgegate.settings import Settings
+    from surgegate.streams.scaler import CommandScaler, ScalingSubscriber
+
+    out = tmp_path / "scaled"
+    scaler = CommandScaler(["sh", "-c", f'echo "$SG_POOL $SG_DESIRED_REPLICAS $SG_VERSION" >> {out}'])
+    sub = ScalingSubscriber(Settings(kafka="127.0.0.1:1"), "gpu-a", scaler)
+    enc = msgspec.json.encode
+    assert sub.offer(enc(_decision(3, 7)))
+    assert not sub.offer(enc(_decision(2, 9))), "an older version is ignored"
+    assert not sub.offer(enc(_decision(4, 7))), "same size: nothing to do"
+    assert not sub.offer(enc(_decision(5, 9, pool="gpu-b")))
+    assert not sub.offer(b'{"schema": "sg.ScalingDecision/1", "pool": 3}')
+    assert sub.offer(enc(_decision(6, 12)))
+    assert out.read_text().splitlines() == ["gpu-a 7 3", "gpu-a 12 6"]
+    assert sub.counts == {"records": 6, "applied": 2, "stale_versions": 1, "other_pools": 1, "bad_records": 1,
+                          "scaler_errors": 0}
+    failing = ScalingSubscriber(Settings(kafka="127.0.0.1:1"), "gpu-a", CommandScaler(["sh", "-c", "exit 3"]))
+    assert not failing.offer(enc(_decision(1, 5)))
+    assert failing.counts["scaler_errors"] == 1 and "exited 3" in failing.last_error

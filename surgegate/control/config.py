@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from surgegate.checks import check
+from surgegate.control.scaling import PoolConfig
 
 DEFAULT_TIERS = ("enterprise", "pro", "free")
 
@@ -49,6 +50,7 @@ class ServiceConfig:
     hysteresis_windows: int = 6
     lease_windows: int = 3
     mode: str = "enforce"
+    scaling: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         name = f"services.{self.service}"
@@ -72,6 +74,15 @@ class ServiceConfig:
         check(self.mode in ("enforce", "shadow"), f"{name}.mode", self.mode, "must be enforce or shadow")
         if not self.pool:
             object.__setattr__(self, "pool", self.service)
+        self.pool_config()  # a bad scaling setting stops start-up, by name
+
+    def pool_config(self) -> PoolConfig:
+        """The scaling settings of this service's GPU pool (``scaling`` holds the overrides)."""
+        known = {f.name for f in dataclasses.fields(PoolConfig)} - {"pool", "replica_rps"}
+        unknown = set(self.scaling) - known
+        check(not unknown, f"services.{self.service}.scaling", sorted(unknown),
+              f"unknown settings (known: {', '.join(sorted(known))})")
+        return PoolConfig(pool=self.pool, replica_rps=self.replica_rps, **self.scaling)
 
     def tier_rank(self, tier: str) -> int:
         """0 for the highest tier; unknown tiers rank last."""

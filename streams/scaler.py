@@ -1,0 +1,223 @@
+"""The GPU-worker side of scaling: follow a pool's ScalingDecisions and carry them out.
+
+:class:`ScalingSubscriber` reads the compacted sg.decisions.scaling from the
+beginning (partitions assigned, no group to join), keeps only its pool's newest
+version and calls a pluggable :class:`Scaler` whenever the desired replica
+count or warm pool changes:
+
+- :class:`LogScaler` (the default) only logs;
+- :class:`CommandScaler` runs a command with the decision in its environment
+  (``SG_POOL``, ``SG_DESIRED_REPLICAS``, ``SG_WARM_POOL``, ``SG_VERSION``, ``SG_REASON``);
+- :class:`KubernetesScaler` patches a Deployment's replica count through the
+  ``kubernetes`` client, when it is installed.
+
+:class:`WorkerReporter` is what a GPU worker runs beside its model server: a
+MetricEvent per interval with its state (cold-starting, ready, draining),
+utilisation, queue depth and running requests. The scaling policy learns the
+pool's lead time from these reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import msgspec
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from surgegate.errors import SurgegateError
+from surgegate.schemas.decisions import ScalingDecision
+from surgegate.schemas.telemetry import MetricEvent, WorkerState
+from surgegate.settings import Settings
+from surgegate.streams.kafka import consumer_config
+from surgegate.streams.producer import TelemetryProducer
+from surgegate.streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.1
+
+
+class Scaler(Protocol):
+    """Carries out one pool's decision; may raise, which is counted and retried on the next change."""
+
+    def scale(self, decision: ScalingDecision) -> None: ...
+
+
+class LogScaler:
+    """Logs each decision; the default, and what shadow mode uses."""
+
+    def scale(self, decision: ScalingDecision) -> None:
+        log.info("pool %s: %d replicas, %d warm (v%d): %s", decision.pool, decision.desired_replicas,
+                 decision.warm_pool, decision.version, decision.reason)
+
+
+class CommandScaler:
+    """Runs ``command`` with the decision in its environment; a non-zero exit raises."""
+
+    def __init__(self, command: Sequence[str], timeout_s: float = 30.0) -> None:
+        if not command:
+            raise ValueError("command: give the program to run")
+        self.command = list(command)
+        self.timeout_s = timeout_s
+
+    def scale(self, decision: ScalingDecision) -> None:
+        env = {**os.environ, "SG_POOL": decision.pool, "SG_DESIRED_REPLICAS": str(decision.desired_replicas),
+               "SG_WARM_POOL": str(decision.warm_pool), "SG_VERSION": str(decision.version),
+               "SG_REASON": decision.reason}
+        done = subprocess.run(self.command, env=env, timeout=self.timeout_s, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SurgegateError(f"scale command {self.command[0]} exited {done.returncode}: {done.stderr.strip()}")
+
+
+class KubernetesScaler:
+    """Patches ``deployment``'s replica count in ``namespace`` (in-cluster or kubeconfig credentials)."""
+
+    def __init__(self, deployment: str, namespace: str = "default") -> None:
+        try:
+            from kubernetes import client, config
+        except ImportError:
+            raise SurgegateError("KubernetesScaler needs the kubernetes client: pip install kubernetes") from None
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        self._apps = client.AppsV1Api()
+        self.deployment = deployment
+        self.namespace = namespace
+
+    def scale(self, decision: ScalingDecision) -> None:
+        self._apps.patch_namespaced_deployment_scale(
+            self.deployment, self.namespace, {"spec": {"replicas": decision.desired_replicas}})
+
+
+class ScalingSubscriber:
+    """Follows one pool's decisions and hands each change to ``scaler``."""
+
+    def __init__(self, settings: Settings, pool: str, scaler: Scaler | None = None) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.scaler = scaler or LogScaler()
+        self.decision: ScalingDecision | None = None
+        self.counts = {"records": 0, "applied": 0, "stale_versions": 0, "other_pools": 0, "bad_records": 0,
+                       "scaler_errors": 0}
+        self.last_error: str | None = None
+        self._applied: tuple[int, int] | None = None
+        self._decoder = msgspec.json.Decoder(ScalingDecision)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def offer(self, raw: bytes) -> bool:
+        """Take one encoded decision; True if the scaler was called."""
+        self.counts["records"] += 1
+        try:
+            d = self._decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            self.counts["bad_records"] += 1
+            self.last_error = f"bad scaling record: {exc}"
+            return False
+        if d.pool != self.pool:
+            self.counts["other_pools"] += 1
+            return False
+        if self.decision is not None and d.version <= self.decision.version:
+            self.counts["stale_versions"] += d.version < self.decision.version
+            return False
+        self.decision = d
+        if self._applied == (d.desired_replicas, d.warm_pool):
+            return False
+        try:
+            self.scaler.scale(d)
+        except Exception as exc:  # the next change retries; say why this one failed
+            self.counts["scaler_errors"] += 1
+            self.last_error = f"scaler: {exc}"
+            log.warning("pool %s: scaler failed on v%d: %s", self.pool, d.version, exc)
+            return False
+        self._applied = (d.desired_replicas, d.warm_pool)
+        self.counts["applied"] += 1
+        return True
+
+    def start(self) -> ScalingSubscriber:
+        self._thread = threading.Thread(target=self._follow, name=f"scaling-{self.pool}", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> ScalingSubscriber:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _follow(self) -> None:
+        topic = Topics(self.settings.topic_prefix).scaling
+        consumer = Consumer(consumer_config(self.settings, group_id=f"scaler-{uuid.uuid4().hex[:8]}",
+                                            client_id=f"scaler-{self.pool}",
+                                            **{"fetch.wait.max.ms": 100, "log_level": 3}))
+        try:
+            while not self._stop.is_set():
+                meta = consumer.list_topics(topic, timeout=2.0).topics.get(topic)
+                if meta is not None and meta.error is None and meta.partitions:
+                    break
+                self._stop.wait(1.0)
+            else:
+                return
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(meta.partitions)])
+            while not self._stop.is_set():
+                msg = consumer.poll(POLL_S)
+                if msg is None or (msg.error() and msg.error().code() == KafkaError._PARTITION_EOF):
+                    continue
+                if msg.error():
+                    self.last_error = str(msg.error())
+                    continue
+                if msg.value() is not None:
+                    self.offer(msg.value())
+        except Exception as exc:
+            self.last_error = f"scaling feed stopped: {exc}"
+            log.exception("pool %s: scaling feed stopped", self.pool)
+        finally:
+            consumer.close()
+
+
+class WorkerReporter:
+    """Sends a GPU worker's MetricEvent every ``interval_s``; ``probe`` reads its current state."""
+
+    def __init__(self, producer: TelemetryProducer, pool: str, worker_id: str,
+                 probe: Callable[[], dict], interval_s: float = 1.0) -> None:
+        self.producer = producer
+        self.pool = pool
+        self.worker_id = worker_id
+        self.probe = probe
+        self.interval_s = interval_s
+        self.sent = 0
+        self._stop = threading.Event()
+
+    def report(self, state: WorkerState | None = None) -> MetricEvent:
+        """One report now: ``probe()`` gives utilisation, queue_depth, running_requests, state, ..."""
+        fields = dict(self.probe())
+        if state is not None:
+            fields["state"] = state
+        event = self.producer.send_metric({"ts": int(time.time() * 1000), "pool": self.pool,
+                                           "worker_id": self.worker_id, "kind": "gpu_worker", **fields})
+        self.sent += 1
+        return event
+
+    def run(self) -> None:
+        """Report until :meth:`stop`, then a last ``draining`` report."""
+        while not self._stop.wait(self.interval_s):
+            self.report()
+            self.producer.poll()
+        self.report(state="draining")
+        self.producer.flush()
+
+    def stop(self) -> None:
+        self._stop.set()

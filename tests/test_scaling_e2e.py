@@ -1,0 +1,59 @@
+"""On the real broker: a burst makes the pool's scaler get more replicas, and fewer only after the cooldown."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from support import T0, W, WorkerProcess, eventually
+from test_decide_e2e import load
+from test_pipeline_e2e import send
+
+from surgegate.schemas.decisions import ScalingDecision
+from surgegate.streams.scaler import ScalingSubscriber
+
+pytestmark = pytest.mark.e2e
+
+COOLDOWN_WINDOWS = 3
+SERVICES = json.dumps({"chat": {"pool": "gpu-a", "replica_rps": 10, "replicas": 2, "slo_p99_ms": 2000, "scaling": {
+    "min_replicas": 2, "max_replicas": 20, "cooldown_s": COOLDOWN_WINDOWS * W / 1000, "target_utilisation": 0.7}}})
+
+
+class RecordingScaler:
+    """The scaler plug-in point: keeps what it was asked to do."""
+
+    def __init__(self) -> None:
+        self.calls: list[ScalingDecision] = []
+
+    def scale(self, decision: ScalingDecision) -> None:
+        self.calls.append(decision)
+
+
+def test_a_burst_scales_the_pool_up_then_down_only_after_the_cooldown(settings, tmp_path):
+    settings = settings.replace(services=SERVICES)
+    burst = range(4, 8)
+    worker = WorkerProcess(settings, tmp_path / "w.log").start()
+    scaler = RecordingScaler()
+    try:
+        with ScalingSubscriber(settings, "gpu-a", scaler) as subscriber:
+            send(settings, load(range(0, 4), 5, 1) + load(burst, 60, 2) + load(range(8, 24), 5, 3))
+            first = T0 // W
+
+            def scaled_down() -> bool:
+                sizes = [d.desired_replicas for d in scaler.calls]
+                return len(sizes) >= 2 and sizes[-1] < max(sizes)
+
+            eventually(scaled_down, 180, "a scale-up and a later scale-down")
+            sizes = [(d.version - first, d.desired_replicas) for d in scaler.calls]
+            assert sizes[0][1] == 2, sizes  # 5 rps: the minimum
+            peak_at, peak = max(sizes, key=lambda s: s[1])
+            assert peak >= 9, sizes  # 60 rps at 7 rps a replica
+            assert peak_at <= burst.start + 1, f"scaled up within a window of the burst: {sizes}"
+            down_at = next(w for w, n in sizes if w > peak_at and n < peak)
+            assert down_at >= burst.stop + COOLDOWN_WINDOWS - 1, f"scale-down before the cooldown: {sizes}"
+            d = next(d for d in scaler.calls if d.desired_replicas == peak)
+            assert d.reason.startswith(f"scale {d.previous_replicas} -> {peak}:") and "x 10 x 0.7" in d.reason
+            assert subscriber.counts["applied"] == len(scaler.calls)
+            assert subscriber.counts["other_pools"] == 0 and subscriber.counts["bad_records"] == 0
+    finally:
+        worker.stop()
