@@ -20,14 +20,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Literal
 
 import msgspec
 import redis
 import redis.asyncio as aredis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from surgegate.admission import HOLD_AFTER_S, Admission, Fallback, Verdict
 from surgegate.control.config import DEFAULT_TIERS, ServiceConfig, parse_services
@@ -35,7 +33,7 @@ from surgegate.errors import DeliveryFailed, ProducerBufferFull
 from surgegate.schemas.decisions import ThrottleDecision
 from surgegate.schemas.telemetry import RequestEvent, Status
 from surgegate.settings import Settings
-from surgegate.streams.kafka import consumer_config
+from surgegate.streams.kafka import follow_from_start
 from surgegate.streams.producer import TelemetryProducer
 from surgegate.streams.store import Keys
 from surgegate.streams.topics import Topics
@@ -43,8 +41,6 @@ from surgegate.streams.topics import Topics
 log = logging.getLogger(__name__)
 
 REPORT_INTERVAL_MS = 1000
-#: How long the feed thread waits for a record before checking for shutdown.
-POLL_S = 0.1
 REDIS_TIMEOUT_S = 0.5
 #: The broker answers a fetch after at most this long, so a new decision is applied within it.
 FETCH_WAIT_MS = 50
@@ -172,43 +168,17 @@ class EdgeGate:
             self.feed["from_redis"] += 1
 
     def _follow_decisions(self) -> None:
-        topic = self.topics.throttle
-        consumer = Consumer(consumer_config(
-            self.settings, group_id=f"edge-{self.edge_id}-{uuid.uuid4().hex[:8]}", client_id=f"edge-{self.edge_id}",
-            error_cb=self._on_kafka_error, **{"fetch.wait.max.ms": FETCH_WAIT_MS, "log_level": 3}))
         try:
-            partitions = self._partitions(consumer, topic)
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-            while not self._stop.is_set():
-                msg = consumer.poll(POLL_S)
-                if msg is None:
-                    continue
-                if msg.error():
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        self._on_kafka_error(msg.error())
-                    continue
-                self.feed["records"] += 1
-                if msg.value() is not None:  # a tombstone deletes nothing here
-                    self.offer(msg.value())
+            follow_from_start(self.settings, self.topics.throttle, f"edge-{self.edge_id}", self._stop,
+                              self._on_record, self._on_kafka_error, fetch_wait_ms=FETCH_WAIT_MS)
         except Exception as exc:  # the gate keeps admitting on what it has; say why the feed stopped
             self.feed["errors"] += 1
             self.feed["last_error"] = f"decision feed stopped: {exc}"
             log.exception("edge %s: decision feed stopped", self.edge_id)
-        finally:
-            consumer.close()
 
-    def _partitions(self, consumer: Consumer, topic: str) -> list[int]:
-        # the topic may not exist yet (a gate started before the control plane): keep asking
-        while not self._stop.is_set():
-            try:
-                meta = consumer.list_topics(topic, timeout=2.0).topics.get(topic)
-            except Exception as exc:  # KafkaException: broker unreachable
-                self._on_kafka_error(exc)
-                meta = None
-            if meta is not None and meta.error is None and meta.partitions:
-                return sorted(meta.partitions)
-            self._stop.wait(1.0)
-        return []
+    def _on_record(self, raw: bytes) -> None:
+        self.feed["records"] += 1
+        self.offer(raw)
 
     def _on_kafka_error(self, err: object) -> None:
         self.feed["errors"] += 1

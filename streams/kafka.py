@@ -7,6 +7,9 @@ timeouts (a join waits for the rebalance timeout), producers that batch
 
 from __future__ import annotations
 
+import threading
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 from surgegate.settings import Settings
@@ -47,3 +50,44 @@ def consumer_config(settings: Settings, group_id: str, client_id: str, **extra: 
         "heartbeat.interval.ms": 1000,
         **extra,
     }
+
+
+def follow_from_start(settings: Settings, topic: str, client_id: str, stop: threading.Event,
+                      on_value: Callable[[bytes], object], on_error: Callable[[object], None],
+                      fetch_wait_ms: int = 50) -> None:
+    """Read a (compacted) topic from the beginning, then follow it until ``stop`` is set.
+
+    Subscribers of decisions use this: every partition is assigned, so no
+    consumer group is joined and nothing waits for a rebalance. A topic that
+    does not exist yet is asked for again every second. Broker errors go to
+    ``on_error``; tombstones are skipped.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer(consumer_config(settings, group_id=f"{client_id}-{uuid.uuid4().hex[:8]}", client_id=client_id,
+                                        error_cb=on_error, **{"fetch.wait.max.ms": fetch_wait_ms, "log_level": 3}))
+    try:
+        partitions: list[int] = []
+        while not partitions and not stop.is_set():
+            try:
+                meta = consumer.list_topics(topic, timeout=2.0).topics.get(topic)
+            except Exception as exc:  # KafkaException: broker unreachable
+                on_error(exc)
+                meta = None
+            if meta is not None and meta.error is None and meta.partitions:
+                partitions = sorted(meta.partitions)
+            else:
+                stop.wait(1.0)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        while not stop.is_set():
+            msg = consumer.poll(0.1)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    on_error(msg.error())
+                continue
+            if msg.value() is not None:
+                on_value(msg.value())
+    finally:
+        consumer.close()

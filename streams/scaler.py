@@ -24,24 +24,20 @@ import os
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import msgspec
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from surgegate.errors import SurgegateError
 from surgegate.schemas.decisions import ScalingDecision
 from surgegate.schemas.telemetry import MetricEvent, WorkerState
 from surgegate.settings import Settings
-from surgegate.streams.kafka import consumer_config
+from surgegate.streams.kafka import follow_from_start
 from surgegate.streams.producer import TelemetryProducer
 from surgegate.streams.topics import Topics
 
 log = logging.getLogger(__name__)
-
-POLL_S = 0.1
 
 
 class Scaler(Protocol):
@@ -159,33 +155,15 @@ class ScalingSubscriber:
         self.close()
 
     def _follow(self) -> None:
-        topic = Topics(self.settings.topic_prefix).scaling
-        consumer = Consumer(consumer_config(self.settings, group_id=f"scaler-{uuid.uuid4().hex[:8]}",
-                                            client_id=f"scaler-{self.pool}",
-                                            **{"fetch.wait.max.ms": 100, "log_level": 3}))
         try:
-            while not self._stop.is_set():
-                meta = consumer.list_topics(topic, timeout=2.0).topics.get(topic)
-                if meta is not None and meta.error is None and meta.partitions:
-                    break
-                self._stop.wait(1.0)
-            else:
-                return
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(meta.partitions)])
-            while not self._stop.is_set():
-                msg = consumer.poll(POLL_S)
-                if msg is None or (msg.error() and msg.error().code() == KafkaError._PARTITION_EOF):
-                    continue
-                if msg.error():
-                    self.last_error = str(msg.error())
-                    continue
-                if msg.value() is not None:
-                    self.offer(msg.value())
+            follow_from_start(self.settings, Topics(self.settings.topic_prefix).scaling, f"scaler-{self.pool}",
+                              self._stop, self.offer, self._on_error, fetch_wait_ms=100)
         except Exception as exc:
             self.last_error = f"scaling feed stopped: {exc}"
             log.exception("pool %s: scaling feed stopped", self.pool)
-        finally:
-            consumer.close()
+
+    def _on_error(self, err: object) -> None:
+        self.last_error = str(err)
 
 
 class WorkerReporter:
