@@ -171,11 +171,13 @@ class DecideAgent:
             return  # decided already (or a replayed window)
         now = start + window_ms
         view.overrides = {k: o for k, o in view.overrides.items() if o.expires_at > now and not o.cancel}
+        pool = view.newest(view.pools, start)
         inputs = DecisionInputs(window_start=start, window_ms=window_ms, service=view.service[start],
                                 tiers=dict(view.newest(view.tiers, start) or {}),
                                 tenants=dict(view.newest(view.tenants, start) or {}),
-                                forecast=view.newest(view.forecasts, start), pool=view.newest(view.pools, start),
-                                overrides=tuple(view.overrides.values()))
+                                forecast=view.newest(view.forecasts, start), pool=pool,
+                                overrides=tuple(view.overrides.values()),
+                                starting=view.scaling.starting(_ready(pool, view)))
         threshold, decision = view.policy.decide(inputs)
         t_bytes, d_bytes = msgspec.json.encode(threshold), msgspec.json.encode(decision)
         await self.thresholds.send(key=service.encode(), value=t_bytes)
@@ -193,10 +195,8 @@ class DecideAgent:
         """The pool's scaling decision for the same window, from demand throttling did not hide."""
         policy = view.scaling
         traffic, pool, seconds = inputs.service, inputs.pool, inputs.window_ms / 1000
-        if pool is not None and pool.workers:
-            ready, starting = pool.ready_replicas, pool.cold_starting_replicas
-        else:  # no worker reports: assume the last decision was carried out
-            ready, starting = policy.current or view.policy.config.replicas, 0
+        ready = _ready(pool, view)
+        starting = pool.cold_starting_replicas if pool is not None and pool.workers else 0
         forecast = inputs.forecast
         decision = policy.decide(ScalingInputs(
             window_start=inputs.window_start, window_ms=inputs.window_ms,
@@ -211,3 +211,10 @@ class DecideAgent:
 
 def _scaling_key(pool: str) -> str:
     return f"scaling:{pool}"
+
+
+def _ready(pool: PoolStats | None, view: ServiceView) -> int:
+    """Ready replicas by the pool's reports; without any, the last scaling decision is assumed carried out."""
+    if pool is not None and pool.workers:
+        return pool.ready_replicas
+    return view.scaling.current or view.policy.config.replicas

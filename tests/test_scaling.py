@@ -164,3 +164,10 @@ def test_the_subscriber_keeps_its_pools_newest_version_and_calls_the_scaler_on_c
     failing = ScalingSubscriber(Settings(kafka="127.0.0.1:1"), "gpu-a", CommandScaler(["sh", "-c", "exit 3"]))
     assert not failing.offer(enc(_decision(1, 5)))
     assert failing.counts["scaler_errors"] == 1 and "exited 3" in failing.last_error
+
+
+def test_the_policy_reports_replicas_it_started_until_they_are_ready():
+    policy = ScalingPolicy(CFG)
+    policy.decide(ScalingInputs(window_start=0, window_ms=W, demand_rps=1400.0, ready_replicas=5))
+    assert policy.starting(ready_replicas=5) == ((15_000, 5),)  # asked at 0, cold start 15 s
+    assert policy.starting(ready_replicas=10) == ()

@@ -182,3 +182,22 @@ def test_a_window_without_tier_data_keeps_the_last_tier_mix():
                                         tenants={}))
     assert set(d.tiers) == set(TIERS)
     assert d.tiers["free"].realtime_rps < d.tiers["enterprise"].realtime_rps + d.tiers["pro"].realtime_rps
+
+
+def test_replicas_starting_within_the_lookahead_count_against_a_forecast_rise():
+    import dataclasses
+
+    rise = inputs(0, even(5_000), upper=14_000)  # 14,000 rps ahead vs 8,500 safe with 10 replicas
+    _, alone = ThrottlePolicy(CONFIG).decide(rise)
+    assert alone.level >= 1
+    # the scaling policy has 10 more replicas starting, ready within the lookahead
+    coming = dataclasses.replace(rise, starting=((2 * W, 10),))
+    _, helped = ThrottlePolicy(CONFIG).decide(coming)
+    assert helped.level == 0, helped.reason
+    assert "10 replicas starting, ready in 10 s" in helped.reason
+    # replicas that come after the lookahead do not help the decision now
+    late = dataclasses.replace(rise, starting=((40 * W, 10),))
+    assert ThrottlePolicy(CONFIG).decide(late)[1].level == alone.level
+    # and what is already here is never discounted: observed load meets today's capacity
+    now = dataclasses.replace(inputs(0, even(14_000), upper=14_000), starting=((2 * W, 10),))
+    assert ThrottlePolicy(CONFIG).decide(now)[1].level >= 1

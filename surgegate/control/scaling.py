@@ -149,6 +149,13 @@ class ScalingPolicy:
         """Windows from a scale-up until its replicas serve (the cold start, and this decision's window)."""
         return max(1, math.ceil(self.lead_s * 1000 / window_ms)) + 1
 
+    def starting(self, ready_replicas: int) -> tuple[tuple[int, int], ...]:
+        """Replicas asked for and not ready yet, with when they should be: ``((ready_at_ms, n),)``."""
+        if self.pending is None or self.current is None or self.current <= ready_replicas:
+            return ()
+        asked_at, _ = self.pending
+        return ((int(asked_at + self.lead_s * 1000), self.current - ready_replicas),)
+
     # ------------------------------------------------------------ decide
 
     def decide(self, inputs: ScalingInputs) -> ScalingDecision:

@@ -50,6 +50,8 @@ class DecisionInputs:
     forecast: Forecast | None = None
     pool: PoolStats | None = None
     overrides: tuple[Override, ...] = ()
+    #: replicas the scaling policy has started: (epoch ms they should be ready, how many)
+    starting: tuple[tuple[int, int], ...] = ()
 
 
 class ThrottlePolicy:
@@ -93,12 +95,22 @@ class ThrottlePolicy:
             first = max(0, (inputs.window_start - f.origin) // f.step_ms)
             ahead = f.rate_rps.upper[first: first + cfg.lookahead_windows]
             upper = max([observed, *ahead])
+            # load expected ahead meets the capacity ready by then: replicas that are
+            # starting count in proportion, so a scale-up in flight is not throttled for
+            upper_ahead = max(ahead, default=0.0)
+            incoming = self._incoming(inputs, ready)
+            if incoming and upper_ahead > observed:
+                upper = max(observed, upper_ahead * ready / (ready + incoming))
         demands = self._class_demands(inputs, upper, seconds, capacity)
         failures = (s.error + s.timeout) / max(1, s.ok + s.error + s.timeout)
         breached = s.latency_p99_ms > cfg.slo_p99_ms or failures > cfg.error_budget
         breaker = self.breaker.step(failures, s.requests)
 
         target, why = self._target(demands, capacity, upper)
+        if inputs.starting:
+            n = sum(count for _, count in inputs.starting)
+            eta = max(0, max(at for at, _ in inputs.starting) - (inputs.window_start + inputs.window_ms)) / 1000
+            why += f"; {n} replicas starting, ready in {eta:.0f} s"
         calm_target, _ = self._target(demands, capacity * CALM_BAND, upper)
         if breached:
             target = calm_target = max(target, self.levels.level + 1, 1)
@@ -117,6 +129,11 @@ class ThrottlePolicy:
         return threshold, decision
 
     # ---------------------------------------------------------------- helpers
+
+    def _incoming(self, inputs: DecisionInputs, ready: int) -> int:
+        """Replicas that will be ready within the lookahead."""
+        horizon = inputs.window_start + inputs.window_ms * (1 + self.config.lookahead_windows)
+        return sum(count for at, count in inputs.starting if at <= horizon) if ready > 0 else 0
 
     def _override(self, inputs: DecisionInputs) -> Override | None:
         now = inputs.window_start + inputs.window_ms
