@@ -41,7 +41,12 @@ log = logging.getLogger(__name__)
 
 
 class Scaler(Protocol):
-    """Carries out one pool's decision; may raise, which is counted and retried on the next change."""
+    """Carries out one pool's decision; may raise, which is counted and retried on the next change.
+
+    A scaler may also have ``keep_warm(decision)``: called every keep-warm
+    interval with the newest decision, to keep ``warm_pool`` idle replicas
+    loaded (a tiny request each, or the platform's own signal).
+    """
 
     def scale(self, decision: ScalingDecision) -> None: ...
 
@@ -53,23 +58,35 @@ class LogScaler:
         log.info("pool %s: %d replicas, %d warm (v%d): %s", decision.pool, decision.desired_replicas,
                  decision.warm_pool, decision.version, decision.reason)
 
+    def keep_warm(self, decision: ScalingDecision) -> None:
+        log.debug("pool %s: keep %d replicas warm", decision.pool, decision.warm_pool)
+
 
 class CommandScaler:
     """Runs ``command`` with the decision in its environment; a non-zero exit raises."""
 
-    def __init__(self, command: Sequence[str], timeout_s: float = 30.0) -> None:
+    def __init__(self, command: Sequence[str], timeout_s: float = 30.0,
+                 keep_warm_command: Sequence[str] | None = None) -> None:
         if not command:
             raise ValueError("command: give the program to run")
         self.command = list(command)
+        self.keep_warm_command = list(keep_warm_command) if keep_warm_command else None
         self.timeout_s = timeout_s
 
     def scale(self, decision: ScalingDecision) -> None:
+        self._run(self.command, decision)
+
+    def keep_warm(self, decision: ScalingDecision) -> None:
+        if self.keep_warm_command is not None:
+            self._run(self.keep_warm_command, decision)
+
+    def _run(self, command: list[str], decision: ScalingDecision) -> None:
         env = {**os.environ, "SG_POOL": decision.pool, "SG_DESIRED_REPLICAS": str(decision.desired_replicas),
                "SG_WARM_POOL": str(decision.warm_pool), "SG_VERSION": str(decision.version),
                "SG_REASON": decision.reason}
-        done = subprocess.run(self.command, env=env, timeout=self.timeout_s, capture_output=True, text=True)
+        done = subprocess.run(command, env=env, timeout=self.timeout_s, capture_output=True, text=True)
         if done.returncode != 0:
-            raise SurgegateError(f"scale command {self.command[0]} exited {done.returncode}: {done.stderr.strip()}")
+            raise SurgegateError(f"command {command[0]} exited {done.returncode}: {done.stderr.strip()}")
 
 
 class KubernetesScaler:
@@ -96,18 +113,20 @@ class KubernetesScaler:
 class ScalingSubscriber:
     """Follows one pool's decisions and hands each change to ``scaler``."""
 
-    def __init__(self, settings: Settings, pool: str, scaler: Scaler | None = None) -> None:
+    def __init__(self, settings: Settings, pool: str, scaler: Scaler | None = None,
+                 keep_warm_interval_s: float = 10.0) -> None:
         self.settings = settings
         self.pool = pool
         self.scaler = scaler or LogScaler()
+        self.keep_warm_interval_s = keep_warm_interval_s
         self.decision: ScalingDecision | None = None
         self.counts = {"records": 0, "applied": 0, "stale_versions": 0, "other_pools": 0, "bad_records": 0,
-                       "scaler_errors": 0}
+                       "scaler_errors": 0, "keep_warm": 0}
         self.last_error: str | None = None
         self._applied: tuple[int, int] | None = None
         self._decoder = msgspec.json.Decoder(ScalingDecision)
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def offer(self, raw: bytes) -> bool:
         """Take one encoded decision; True if the scaler was called."""
@@ -138,15 +157,36 @@ class ScalingSubscriber:
         self.counts["applied"] += 1
         return True
 
+    def keep_warm(self) -> bool:
+        """Send the keep-warm signal for the newest decision, if the scaler has one."""
+        signal = getattr(self.scaler, "keep_warm", None)
+        decision = self.decision
+        if signal is None or decision is None or decision.warm_pool == 0:
+            return False
+        try:
+            signal(decision)
+        except Exception as exc:
+            self.counts["scaler_errors"] += 1
+            self.last_error = f"keep-warm: {exc}"
+            return False
+        self.counts["keep_warm"] += 1
+        return True
+
     def start(self) -> ScalingSubscriber:
-        self._thread = threading.Thread(target=self._follow, name=f"scaling-{self.pool}", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._follow, name=f"scaling-{self.pool}", daemon=True),
+                         threading.Thread(target=self._keep_warm_loop, name=f"warm-{self.pool}", daemon=True)]
+        for t in self._threads:
+            t.start()
         return self
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        for t in self._threads:
+            t.join(timeout=10)
+
+    def _keep_warm_loop(self) -> None:
+        while not self._stop.wait(self.keep_warm_interval_s):
+            self.keep_warm()
 
     def __enter__(self) -> ScalingSubscriber:
         return self.start()

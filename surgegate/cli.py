@@ -211,7 +211,8 @@ def cmd_scaler(args: argparse.Namespace) -> None:
     if args.command and args.deployment:
         raise SurgegateError("give --command or --deployment, not both")
     if args.command:
-        scaler = CommandScaler(shlex.split(args.command))
+        scaler = CommandScaler(shlex.split(args.command),
+                               keep_warm_command=shlex.split(args.keep_warm_command) if args.keep_warm_command else None)
     elif args.deployment:
         scaler = KubernetesScaler(args.deployment, args.namespace)
     else:
@@ -325,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sc_)
     sc_.add_argument("--pool", required=True)
     sc_.add_argument("--command", help="run this with SG_DESIRED_REPLICAS, SG_WARM_POOL, ... in its environment")
+    sc_.add_argument("--keep-warm-command", help="with --command: run this every window to keep idle replicas warm")
     sc_.add_argument("--deployment", help="patch this Kubernetes Deployment's replicas (needs `kubernetes`)")
     sc_.add_argument("--namespace", default="default")
     sc_.set_defaults(func=cmd_scaler)

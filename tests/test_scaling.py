@@ -149,7 +149,8 @@ def test_the_subscriber_keeps_its_pools_newest_version_and_calls_the_scaler_on_c
     from surgegate.streams.scaler import CommandScaler, ScalingSubscriber
 
     out = tmp_path / "scaled"
-    scaler = CommandScaler(["sh", "-c", f'echo "$SG_POOL $SG_DESIRED_REPLICAS $SG_VERSION" >> {out}'])
+    scaler = CommandScaler(["sh", "-c", f'echo "$SG_POOL $SG_DESIRED_REPLICAS $SG_VERSION" >> {out}'],
+                           keep_warm_command=["sh", "-c", f'echo "warm $SG_WARM_POOL" >> {out}'])
     sub = ScalingSubscriber(Settings(kafka="127.0.0.1:1"), "gpu-a", scaler)
     enc = msgspec.json.encode
     assert sub.offer(enc(_decision(3, 7)))
@@ -158,9 +159,10 @@ def test_the_subscriber_keeps_its_pools_newest_version_and_calls_the_scaler_on_c
     assert not sub.offer(enc(_decision(5, 9, pool="gpu-b")))
     assert not sub.offer(b'{"schema": "sg.ScalingDecision/1", "pool": 3}')
     assert sub.offer(enc(_decision(6, 12)))
-    assert out.read_text().splitlines() == ["gpu-a 7 3", "gpu-a 12 6"]
+    assert sub.keep_warm()
+    assert out.read_text().splitlines() == ["gpu-a 7 3", "gpu-a 12 6", f"warm {sub.decision.warm_pool}"]
     assert sub.counts == {"records": 6, "applied": 2, "stale_versions": 1, "other_pools": 1, "bad_records": 1,
-                          "scaler_errors": 0}
+                          "scaler_errors": 0, "keep_warm": 1}
     failing = ScalingSubscriber(Settings(kafka="127.0.0.1:1"), "gpu-a", CommandScaler(["sh", "-c", "exit 3"]))
     assert not failing.offer(enc(_decision(1, 5)))
     assert failing.counts["scaler_errors"] == 1 and "exited 3" in failing.last_error

@@ -57,3 +57,29 @@ def test_a_burst_scales_the_pool_up_then_down_only_after_the_cooldown(settings, 
             assert subscriber.counts["other_pools"] == 0 and subscriber.counts["bad_records"] == 0
     finally:
         worker.stop()
+
+
+def test_a_gpu_worker_reports_its_state_as_metric_events(settings):
+    from support import TopicReader
+
+    from surgegate.schemas.telemetry import MetricEvent
+    from surgegate.streams.producer import TelemetryProducer
+    from surgegate.streams.scaler import WorkerReporter
+    from surgegate.streams.topics import Topics
+
+    state = {"state": "cold_starting", "utilisation": 0.0}
+    with TelemetryProducer(settings) as producer:
+        reporter = WorkerReporter(producer, "gpu-a", "w-7", probe=lambda: dict(state), interval_s=0.05)
+        reporter.report()
+        state.update(state="ready", utilisation=0.42, queue_depth=3, running_requests=5)
+        reporter.report()
+        reporter.stop()
+        reporter.run()  # stopped at once: only the last report, draining
+        with pytest.raises(Exception, match="utilisation"):
+            state["utilisation"] = 1.5
+            reporter.report()
+    reader = TopicReader(settings, Topics(settings.topic_prefix).metrics)
+    reader.poll_until(lambda m: len(m) >= 3, 20, "three worker reports")
+    events = sorted(reader.decoded(MetricEvent), key=lambda e: e.ts)
+    assert [e.state for e in events] == ["cold_starting", "ready", "draining"]
+    assert events[1].utilisation == 0.42 and events[1].queue_depth == 3 and events[1].worker_id == "w-7"
