@@ -7,7 +7,8 @@ each (10 scopes per service). After each window closes, services are decided
 in the order the merge stage publishes their windows (sorted by scope), each
 with the forecast issued after the previous window, as the decide agent does;
 then every scope's forecast is stepped for the next window, as the forecast
-agent does. Prints the per-decision cost, the close-to-decision latency (p50,
+agent does. Each service's pool is scaled right after its throttle decision, as
+the decide agent does. Prints the per-decision costs (throttle, scale), the close-to-decision latency (p50,
 p99) of the last window, and how long the forecast step of all scopes takes
 (the forecast agent's load per window). Kafka and Faust hops are not included,
 and the forecast agent is assumed not to share the decide agent's core.
@@ -22,6 +23,7 @@ import statistics
 import time
 
 from surgegate.control.config import ServiceConfig
+from surgegate.control.scaling import ScalingInputs, ScalingPolicy
 from surgegate.control.throttle import DecisionInputs, ThrottlePolicy
 from surgegate.forecast.scope import ScopeForecaster
 from surgegate.schemas.aggregates import TrafficStats
@@ -50,9 +52,11 @@ def run(scopes: int, windows: int) -> None:
     forecasters = {scope: ScopeForecaster(scope) for scope, _, _ in names}
     policies = {f"svc{s:05d}": ThrottlePolicy(ServiceConfig(service=f"svc{s:05d}", replica_rps=100.0))
                 for s in range(services)}
+    scalers = {svc: ScalingPolicy(p.config.pool_config()) for svc, p in policies.items()}
     level = {scope: rng.uniform(10, 1000) for scope, _, _ in names}
     latencies: list[float] = []
     costs: list[float] = []
+    scale_costs: list[float] = []
     previous: dict[str, object] = {}
     forecast_s = 0.0
     for w in range(windows):
@@ -63,10 +67,18 @@ def run(scopes: int, windows: int) -> None:
         for scope, svc, _tier in names:
             if scope == f"service={svc}":
                 started = time.perf_counter()
-                policies[svc].decide(DecisionInputs(window_start=t, window_ms=W, service=traffic(rates[scope]),
-                                                    tiers={}, tenants={}, forecast=previous.get(scope)))
+                stats = traffic(rates[scope])
+                forecast = previous.get(scope)
+                scaler = scalers[svc]
+                policies[svc].decide(DecisionInputs(window_start=t, window_ms=W, service=stats, tiers={}, tenants={},
+                                                    forecast=forecast, starting=scaler.starting(5)))
+                decided = time.perf_counter()
+                scaler.decide(ScalingInputs(window_start=t, window_ms=W, demand_rps=stats.rate_rps, ready_replicas=5,
+                                            batch_rps=stats.batch / 10, deferred=stats.deferred,
+                                            upper_rps=tuple(forecast.rate_rps.upper) if forecast else ()))
                 done = time.perf_counter()
-                costs.append((done - started) * 1e6)
+                costs.append((decided - started) * 1e6)
+                scale_costs.append((done - decided) * 1e6)
                 latencies.append((done - closed) * 1000)
         started = time.perf_counter()
         for scope, _, _ in names:
@@ -75,7 +87,8 @@ def run(scopes: int, windows: int) -> None:
             previous[scope] = fc.forecast()
         forecast_s = time.perf_counter() - started
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
-    print(f"{scopes:>6} scopes, {services} services: decide {statistics.median(costs):.0f} us per decision; "
+    print(f"{scopes:>6} scopes, {services} services: decide {statistics.median(costs):.0f} us per decision, "
+          f"scale {statistics.median(scale_costs):.0f} us; "
           f"close-to-decision p50 {statistics.median(latencies):,.0f} ms, p99 {q[98]:,.0f} ms "
           f"(target p99 250 ms); forecast step of all scopes {forecast_s:,.1f} s per window")
 
