@@ -66,7 +66,6 @@ class PoolConfig:
     target_utilisation: float = 0.7
     cooldown_s: float = 300.0
     cold_start_s: float = 15.0
-    warm_start_s: float = 0.8
     warm_min: int = 1
     reserved_replicas: int | None = None
     price_reserved: float = 2.0
