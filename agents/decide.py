@@ -200,7 +200,7 @@ class DecideAgent:
         forecast = inputs.forecast
         decision = policy.decide(ScalingInputs(
             window_start=inputs.window_start, window_ms=inputs.window_ms,
-            demand_rps=traffic.rate_rps,  # throttled requests included: throttling never hides a burst
+            demand_rps=traffic.demand,  # throttled requests included: throttling never hides a burst
             batch_rps=traffic.batch / seconds, deferred=traffic.deferred, ready_replicas=ready,
             cold_starting=starting, upper_rps=tuple(forecast.rate_rps.upper) if forecast is not None else ()))
         pool_name = policy.config.pool

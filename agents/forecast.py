@@ -78,7 +78,7 @@ class ForecastAgent:
             if window.traffic is None:
                 continue  # GPU-pool windows feed the scaling agent, not the load forecast
             fc = self._forecaster(window.scope)
-            outcome = fc.observe(window.window_start, window.traffic.rate_rps, window.traffic.tokens_per_s)
+            outcome = fc.observe(window.window_start, window.traffic.demand, window.traffic.tokens_per_s)
             if outcome != "learned":
                 self.counters[f"forecasts.{'stale' if outcome == 'stale' else 'rejected.' + outcome}"] += 1
                 await self.counters.report()

@@ -26,6 +26,7 @@ class TrafficAggregate(msgspec.Struct, frozen=True):
     latency: Sketch = msgspec.field(default_factory=Sketch)
     queue_wait: Sketch = msgspec.field(default_factory=Sketch)
     deferred: Count = 0
+    replayed: Count = 0
 
 
 class WorkerSample(msgspec.Struct, frozen=True, array_like=True):
@@ -107,6 +108,15 @@ class TrafficStats(msgspec.Struct, frozen=True):
     over_2s_share: Fraction
     cache_hits: Count
     deferred: Count = 0
+    replayed: Count = 0
+    #: new demand per second: every request that arrived (throttled and deferred ones
+    #: included), not the deferred ones replayed from the async queue
+    demand_rps: Rate | None = None
+
+    @property
+    def demand(self) -> float:
+        """``demand_rps``; the rate itself for a window that does not give it."""
+        return self.rate_rps if self.demand_rps is None else self.demand_rps
 
 
 class PoolStats(msgspec.Struct, frozen=True):

@@ -27,7 +27,8 @@ class RequestEvent(msgspec.Struct, frozen=True, gc=False, tag_field="schema", ta
     waiting for a worker. Throttled requests were not served: they count as
     demand but not in latency statistics. A deferred request was put on the
     async queue; it is reported again with its outcome when it runs, so it
-    counts as backlog, not as demand of this window.
+    counts as backlog, not as demand of this window. That second report is
+    marked ``replayed``: it is load, but not new demand.
     """
 
     ts: EpochMs
@@ -42,6 +43,7 @@ class RequestEvent(msgspec.Struct, frozen=True, gc=False, tag_field="schema", ta
     input_tokens: Count = 0
     output_tokens: Count = 0
     cache_hit: bool = False
+    replayed: bool = False
 
 
 class Sketch(msgspec.Struct, frozen=True, gc=False):
@@ -68,7 +70,7 @@ class RequestSummary(msgspec.Struct, frozen=True, gc=False, tag_field="schema", 
     their count must equal ``ok + error + timeout``. ``over_2s`` counts served
     requests slower than 2 s. The covered interval must lie in one window.
     ``deferred`` counts requests put on the async queue (not in ``requests``:
-    they are reported again when they run). An edge gate also says how it was
+    they are reported again when they run, counted in ``replayed``). An edge gate also says how it was
     deciding (``gate``), whether it only watched (``shadow``) and how many
     requests it would have throttled had it enforced (``would_throttle``).
     """
@@ -91,6 +93,7 @@ class RequestSummary(msgspec.Struct, frozen=True, gc=False, tag_field="schema", 
     latency: Sketch = msgspec.field(default_factory=Sketch)
     queue_wait: Sketch = msgspec.field(default_factory=Sketch)
     deferred: Count = 0
+    replayed: Count = 0
     gate: GateState | None = None
     shadow: bool = False
     would_throttle: Count = 0

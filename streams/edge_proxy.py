@@ -203,7 +203,8 @@ class EdgeProxy:
              "level": verdict.level}, status=429, headers={"Retry-After": str(retry), **_verdict_headers(verdict)})
 
     async def _forward(self, tenant: str, tier: str, rtype: str, tokens: int, verdict: Verdict, method: str,
-                       path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, dict, bytes]:
+                       path: str, headers: Mapping[str, str], body: bytes,
+                       replayed: bool = False) -> tuple[int, dict, bytes]:
         out = {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
         if verdict.max_tokens is not None:
             out["X-Max-Tokens"] = str(verdict.max_tokens)
@@ -220,7 +221,7 @@ class EdgeProxy:
         except aiohttp.ClientError as exc:
             status, reply, payload, outcome, produced = 502, {}, f'{{"error": "upstream: {type(exc).__name__}"}}'.encode(), "error", 0
         latency_ms = (time.perf_counter() - started) * 1000
-        self.gate.record(tenant, tier, rtype, outcome, latency_ms, output_tokens=produced)
+        self.gate.record(tenant, tier, rtype, outcome, latency_ms, output_tokens=produced, replayed=replayed)
         self.counts[f"upstream_{outcome}"] += 1
         return status, reply, payload
 
@@ -247,7 +248,8 @@ class EdgeProxy:
         try:
             task.state = "running"
             status, _, payload = await self._forward(task.tenant, task.tier, "batch", task.tokens, verdict,
-                                                     task.method, task.path, task.headers, task.body)
+                                                     task.method, task.path, task.headers, task.body,
+                                                     replayed=True)
             task.status, task.result = status, payload.decode("utf-8", "replace")
             task.state = "done"
             self.counts["deferred_done"] += 1

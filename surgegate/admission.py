@@ -441,7 +441,8 @@ class Tally:
                 ts=ts, service=service, tenant=tenant, tier=tier, edge_id=edge_id, request_type=rtype,
                 duration_ms=duration_ms, ok=ok, error=error, timeout=timeout, throttled=throttled,
                 deferred=deferred, input_tokens=cell.input_tokens, output_tokens=cell.output_tokens,
-                cache_hits=cell.cache_hits, over_2s=cell.over_2s, latency=wire_sketch(cell.latency),
+                cache_hits=cell.cache_hits, over_2s=cell.over_2s, replayed=cell.replayed,
+                latency=wire_sketch(cell.latency),
                 queue_wait=wire_sketch(cell.queue_wait), gate=gate, shadow=shadow, would_throttle=would,
             ))
         return out

@@ -49,7 +49,7 @@ class SummaryBuilder:
             out.append(RequestSummary(
                 ts=start, service=service, tenant=tenant, tier=tier, request_type=rtype, edge_id=edge,
                 duration_ms=self.interval_ms, ok=ok, error=error, timeout=timeout, throttled=throttled,
-                deferred=deferred,
+                deferred=deferred, replayed=cell.replayed,
                 input_tokens=cell.input_tokens, output_tokens=cell.output_tokens, cache_hits=cell.cache_hits,
                 over_2s=cell.over_2s, latency=wire_sketch(cell.latency), queue_wait=wire_sketch(cell.queue_wait),
             ))

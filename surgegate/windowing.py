@@ -52,7 +52,7 @@ def window_start(ts_ms: int, window_ms: int) -> int:
 class TrafficCell:
     """Mutable request accumulator for one (service, tier, tenant, window)."""
 
-    __slots__ = ("counts", "input_tokens", "output_tokens", "cache_hits", "over_2s",
+    __slots__ = ("counts", "input_tokens", "output_tokens", "cache_hits", "over_2s", "replayed",
                  "realtime", "batch", "latency", "queue_wait")
 
     def __init__(self) -> None:
@@ -61,6 +61,7 @@ class TrafficCell:
         self.input_tokens = 0
         self.output_tokens = 0
         self.cache_hits = 0
+        self.replayed = 0
         self.over_2s = 0
         self.realtime = 0
         self.batch = 0
@@ -108,6 +109,8 @@ class TrafficCell:
         self.output_tokens += ev.output_tokens
         if ev.cache_hit:
             self.cache_hits += 1
+        if ev.replayed:
+            self.replayed += 1
 
     def add_summary(self, s: RequestSummary) -> None:
         """Fold one RequestSummary in; gives the same result as its events."""
@@ -125,6 +128,7 @@ class TrafficCell:
         self.input_tokens += s.input_tokens
         self.output_tokens += s.output_tokens
         self.cache_hits += s.cache_hits
+        self.replayed += s.replayed
         self.over_2s += s.over_2s
         self.latency.merge_parts(s.latency.bins, s.latency.zeros, s.latency.max)
         self.queue_wait.merge_parts(s.queue_wait.bins, s.queue_wait.zeros, s.queue_wait.max)
@@ -136,6 +140,7 @@ class TrafficCell:
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         self.cache_hits += other.cache_hits
+        self.replayed += other.replayed
         self.over_2s += other.over_2s
         self.realtime += other.realtime
         self.batch += other.batch
@@ -154,7 +159,7 @@ class TrafficCell:
             ok=ok, error=error, timeout=timeout, throttled=throttled, deferred=deferred,
             realtime=self.realtime, batch=self.batch,
             input_tokens=self.input_tokens, output_tokens=self.output_tokens,
-            cache_hits=self.cache_hits, over_2s=self.over_2s,
+            cache_hits=self.cache_hits, over_2s=self.over_2s, replayed=self.replayed,
             latency=wire_sketch(self.latency), queue_wait=wire_sketch(self.queue_wait),
         )
 
@@ -287,6 +292,7 @@ def merge_traffic(a: TrafficAggregate, b: TrafficAggregate) -> TrafficAggregate:
         throttled=a.throttled + b.throttled, deferred=a.deferred + b.deferred, realtime=a.realtime + b.realtime, batch=a.batch + b.batch,
         input_tokens=a.input_tokens + b.input_tokens, output_tokens=a.output_tokens + b.output_tokens,
         cache_hits=a.cache_hits + b.cache_hits, over_2s=a.over_2s + b.over_2s,
+        replayed=a.replayed + b.replayed,
         latency=_merge_sketch(a.latency, b.latency), queue_wait=_merge_sketch(a.queue_wait, b.queue_wait),
     )
 
@@ -332,7 +338,8 @@ def traffic_stats(agg: TrafficAggregate, window_ms: int) -> TrafficStats:
         input_tokens=agg.input_tokens, output_tokens=agg.output_tokens,
         tokens_per_s=round((agg.input_tokens + agg.output_tokens) / seconds, 3),
         over_2s_share=round(agg.over_2s / served, 6) if served else 0.0,
-        cache_hits=agg.cache_hits, deferred=agg.deferred,
+        cache_hits=agg.cache_hits, deferred=agg.deferred, replayed=agg.replayed,
+        demand_rps=round(max(0, requests - agg.replayed + agg.deferred) / seconds, 3),
     )
 
 

@@ -168,6 +168,9 @@ def test_the_proxy_forwards_admits_rejects_and_defers(settings):
             status = await (await client.get("/_surgegate/status")).json()
             assert status["proxy"]["rejected"] == 1 and status["proxy"]["deferred_done"] == 1
             assert gate.admission.tally.totals["deferred"] == 1  # the retries were not counted again
+            reported = gate.admission.tally.drain(ts=0, duration_ms=1000, service="chat", edge_id="px",
+                                                  gate="live", shadow=False)
+            assert sum(s.replayed for s in reported) == 1, "the task ran as a replay, not as new demand"
         finally:
             await client.close()
             await upstream.close()

@@ -29,7 +29,7 @@ def make_events(n: int, seed: int = 1, windows: int = 3) -> list[RequestEvent]:
             edge_id="edge-1", latency_ms=rng.uniform(2000, 9000) if slow else rng.uniform(5, 200),
             queue_ms=rng.uniform(0, 50), status=rng.choice(["ok"] * 8 + ["error", "throttled", "deferred"]),
             request_type=rng.choice(["realtime", "batch"]), input_tokens=rng.randrange(500),
-            output_tokens=rng.randrange(300), cache_hit=rng.random() < 0.2,
+            output_tokens=rng.randrange(300), cache_hit=rng.random() < 0.2, replayed=rng.random() < 0.05,
         ))
     return out
 
@@ -72,6 +72,18 @@ def test_counts_and_percentiles_match_the_raw_events():
             assert abs(got - exact) <= RELATIVE_ACCURACY * exact + 1e-3
         assert s.latency_max_ms == pytest.approx(max(served), abs=1e-3)
         assert s.over_2s_share == pytest.approx(sum(v > 2000 for v in served) / len(served), abs=1e-6)
+
+
+def test_demand_counts_new_arrivals_not_deferred_work_run_later():
+    def ev(status="ok", replayed=False):
+        return RequestEvent(ts=T0 + 1, service="chat", tenant="a", tier="free", edge_id="e", latency_ms=5.0,
+                            status=status, replayed=replayed)
+
+    events = [ev() for _ in range(7)] + [ev(replayed=True) for _ in range(3)] + [ev("deferred")] * 2 + [ev("throttled")]
+    s = by_identity(run_pipeline(events, cuts=1))[("service=chat", T0)].traffic
+    assert (s.requests, s.replayed, s.deferred) == (11, 3, 2)
+    assert s.rate_rps == pytest.approx(1.1)  # load: what ran or was refused
+    assert s.demand == s.demand_rps == pytest.approx((11 - 3 + 2) / 10)  # demand: what arrived
 
 
 def test_scopes_per_service_tier_and_tenant_add_up():

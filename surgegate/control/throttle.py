@@ -86,7 +86,7 @@ class ThrottlePolicy:
         if override is not None and override.limit_rps is not None:
             capacity = min(capacity, override.limit_rps)
 
-        observed = s.rate_rps
+        observed = s.demand
         upper = observed
         if inputs.forecast is not None:
             # the next windows after this one, in the newest forecast at hand (it may
