@@ -53,6 +53,8 @@ class ServiceView:
     tenants: dict[int, dict[str, TrafficStats]] = dataclasses.field(default_factory=dict)
     pools: dict[int, PoolStats] = dataclasses.field(default_factory=dict)
     overrides: dict[str, Override] = dataclasses.field(default_factory=dict)
+    #: the per-replica rate the throttle policy's safe capacity has learned
+    replica_rps: float | None = None
 
     def newest(self, by_window: dict, start: int):
         """The entry for ``start``, else the newest one before it."""
@@ -179,6 +181,7 @@ class DecideAgent:
                                 overrides=tuple(view.overrides.values()),
                                 starting=view.scaling.starting(_ready(pool, view)))
         threshold, decision = view.policy.decide(inputs)
+        view.replica_rps = threshold.replica_rps
         t_bytes, d_bytes = msgspec.json.encode(threshold), msgspec.json.encode(decision)
         await self.thresholds.send(key=service.encode(), value=t_bytes)
         await self.decisions.send(key=service.encode(), value=d_bytes)
@@ -202,7 +205,8 @@ class DecideAgent:
             window_start=inputs.window_start, window_ms=inputs.window_ms,
             demand_rps=traffic.demand,  # throttled requests included: throttling never hides a burst
             batch_rps=traffic.batch / seconds, deferred=traffic.deferred, ready_replicas=ready,
-            cold_starting=starting, upper_rps=tuple(forecast.rate_rps.upper) if forecast is not None else ()))
+            cold_starting=starting, upper_rps=tuple(forecast.rate_rps.upper) if forecast is not None else (),
+            replica_rps=view.replica_rps))
         pool_name = policy.config.pool
         await self.scaling.send(key=pool_name.encode(), value=msgspec.json.encode(decision))
         checkpoint(self.table, _scaling_key(pool_name), policy)

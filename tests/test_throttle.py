@@ -17,14 +17,15 @@ TIERS = ("enterprise", "pro", "free")
 CONFIG = ServiceConfig(service="chat", replica_rps=1000.0, replicas=10, hysteresis_windows=6, slo_p99_ms=2000.0)
 
 
-def stats(rt: float, batch: float = 0.0, p99: float = 300.0, failures: float = 0.0) -> TrafficStats:
-    """A window at ``rt`` realtime and ``batch`` batch rps."""
+def stats(rt: float, batch: float = 0.0, p99: float = 300.0, failures: float = 0.0,
+          queue_wait: float | None = None) -> TrafficStats:
+    """A window at ``rt`` realtime and ``batch`` batch rps; queueing is 90% of its p99 unless given."""
     n_rt, n_b = int(rt * 10), int(batch * 10)
     n = n_rt + n_b
     bad = int(n * failures)
     return TrafficStats(requests=n, rate_rps=n / 10, ok=n - bad, error=bad, timeout=0, throttled=0, realtime=n_rt,
                         batch=n_b, latency_p50_ms=p99 / 4, latency_p90_ms=p99 / 2, latency_p99_ms=p99,
-                        latency_max_ms=p99 * 2, queue_wait_p99_ms=5.0, input_tokens=n * 300, output_tokens=n * 100,
+                        latency_max_ms=p99 * 2, queue_wait_p99_ms=p99 * 0.9 if queue_wait is None else queue_wait, input_tokens=n * 300, output_tokens=n * 100,
                         tokens_per_s=n * 40.0, over_2s_share=0.0, cache_hits=0)
 
 
@@ -201,3 +202,25 @@ def test_replicas_starting_within_the_lookahead_count_against_a_forecast_rise():
     # and what is already here is never discounted: observed load meets today's capacity
     now = dataclasses.replace(inputs(0, even(14_000), upper=14_000), starting=((2 * W, 10),))
     assert ThrottlePolicy(CONFIG).decide(now)[1].level >= 1
+
+
+def test_a_breach_that_load_does_not_explain_is_not_throttled_for():
+    import dataclasses
+
+    from surgegate.schemas.aggregates import PoolStats
+
+    # p99 12 s against a 2 s SLO, but only 20 ms of it is queueing: the requests themselves got slower
+    slow = dataclasses.replace(inputs(0, even(5_000)), service=stats(4_000, 1_000, p99=12_000.0, queue_wait=20.0))
+    policy = ThrottlePolicy(CONFIG)
+    threshold, d = policy.decide(slow)
+    assert d.level == 0 and threshold.gradient == 1.0 and "service time, not load" in threshold.reason
+    # the same p99 with a busy queue is a load problem
+    _, loaded = ThrottlePolicy(CONFIG).decide(
+        dataclasses.replace(slow, service=stats(4_000, 1_000, p99=12_000.0, queue_wait=11_000.0)))
+    assert loaded.level >= 1 and "breaches the SLO" in loaded.reason
+    # without queue waits, the fleet's utilisation tells: well below target, it is not load
+    pool = PoolStats(samples=10, utilisation_mean=0.4, utilisation_max=0.5, kv_cache_mean=0, kv_cache_max=0,
+                     queue_depth=0, queue_depth_max=0, running_requests=0, tokens_per_s=0, workers=10,
+                     ready_replicas=10, cold_starting_replicas=0)
+    quiet = dataclasses.replace(slow, service=stats(4_000, 1_000, p99=12_000.0, queue_wait=0.0), pool=pool)
+    assert ThrottlePolicy(CONFIG).decide(quiet)[1].level == 0

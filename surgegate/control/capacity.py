@@ -9,6 +9,12 @@ compares the p99 latency to its no-load baseline: while p99 stays within a
 tolerance of the baseline it is 1; beyond, capacity falls in proportion; above
 the SLO it is at most SLO / p99.
 
+Latency that load does not explain is not cured by admitting less: when p99
+breaches the SLO while the fleet runs below its target utilisation, or would
+breach it even without the reported queue wait (a longer tail of service
+times, say), capacity is not cut for it and the per-replica rate is still
+learned, so the fleet is sized for the slower requests.
+
 >>> cap = SafeCapacity(slo_p99_ms=1000, replica_rps=50, target_utilisation=0.8)
 >>> t = cap.update(window_start=0, served_rps=100, p99_ms=200, ready_replicas=4, utilisation=0.5)
 >>> round(t.safe_rps)
@@ -47,14 +53,27 @@ class SafeCapacity:
         self.target = target_utilisation
         self.baseline: float | None = None
         self.tokens_per_request = 0.0
+        self.last_service_bound = False
+
+    def service_bound(self, p99_ms: float, queue_wait_ms: float, utilisation: float | None) -> bool:
+        """p99 breaches the SLO, but not because of load: the fleet runs below its target
+        utilisation, or p99 breaches even without the reported (> 0) queue wait."""
+        if p99_ms <= self.slo:
+            return False
+        return (utilisation is not None and utilisation < self.target) or \
+            (queue_wait_ms > 0 and p99_ms - queue_wait_ms > self.slo)
 
     def update(self, *, window_start: int, served_rps: float, p99_ms: float, ready_replicas: int,
-               utilisation: float | None, tokens_per_s: float = 0.0) -> Threshold:
-        """Learn one window and return the safe capacity that follows."""
+               utilisation: float | None, tokens_per_s: float = 0.0, queue_wait_ms: float = 0.0) -> Threshold:
+        """Learn one window and return the safe capacity that follows.
+
+        ``queue_wait_ms`` is the window's p99 wait for a worker (0: not reported).
+        """
+        service_bound = self.service_bound(p99_ms, queue_wait_ms, utilisation)
         if p99_ms > 0:
             # the baseline follows the lowest p99 seen, rising only slowly
             self.baseline = p99_ms if self.baseline is None else min(p99_ms, self.baseline * (1 + BASELINE_RISE))
-        healthy = 0 < p99_ms <= self.slo
+        healthy = 0 < p99_ms <= self.slo or service_bound
         if healthy and utilisation is not None and utilisation >= LEARN_MIN_UTILISATION and ready_replicas > 0:
             sample = served_rps / (ready_replicas * utilisation)
             self.replica_rps += LEARN_RATE * (sample - self.replica_rps)
@@ -64,13 +83,17 @@ class SafeCapacity:
                 self.tokens_per_request + LEARN_RATE * (tpr - self.tokens_per_request)
         gradient = 1.0
         reason = "p99 within tolerance of its baseline"
-        if self.baseline and p99_ms > LATENCY_TOLERANCE * self.baseline:
+        if service_bound:
+            reason = (f"p99 {p99_ms:.0f} ms breaches the SLO at utilisation {utilisation or 0:.0%} and queue wait "
+                      f"{queue_wait_ms:.0f} ms: service time, not load; no cut")
+        elif self.baseline and p99_ms > LATENCY_TOLERANCE * self.baseline:
             gradient = LATENCY_TOLERANCE * self.baseline / p99_ms
             reason = f"p99 {p99_ms:.0f} ms > {LATENCY_TOLERANCE:g} x baseline {self.baseline:.0f} ms"
-        if p99_ms > self.slo:
+        if p99_ms > self.slo and not service_bound:
             gradient = min(gradient, self.slo / p99_ms)
             reason = f"p99 {p99_ms:.0f} ms breaches the {self.slo:.0f} ms SLO"
         gradient = max(MIN_GRADIENT, min(1.0, gradient))
+        self.last_service_bound = service_bound
         safe = self.replica_rps * max(ready_replicas, 0) * self.target * gradient
         return Threshold(
             service=self.service, window_start=window_start, safe_rps=round(safe, 3),

@@ -80,7 +80,7 @@ class ThrottlePolicy:
         served_rps = (s.ok + s.error + s.timeout) / seconds
         threshold = self.capacity.update(window_start=inputs.window_start, served_rps=served_rps,
                                          p99_ms=s.latency_p99_ms, ready_replicas=ready, utilisation=util,
-                                         tokens_per_s=s.tokens_per_s)
+                                         tokens_per_s=s.tokens_per_s, queue_wait_ms=s.queue_wait_p99_ms)
         capacity = threshold.safe_rps
         override = self._override(inputs)
         if override is not None and override.limit_rps is not None:
@@ -103,7 +103,9 @@ class ThrottlePolicy:
                 upper = max(observed, upper_ahead * ready / (ready + incoming))
         demands = self._class_demands(inputs, upper, seconds, capacity)
         failures = (s.error + s.timeout) / max(1, s.ok + s.error + s.timeout)
-        breached = s.latency_p99_ms > cfg.slo_p99_ms or failures > cfg.error_budget
+        # a breach that queueing does not explain is not cured by admitting less
+        slow = s.latency_p99_ms > cfg.slo_p99_ms and not self.capacity.last_service_bound
+        breached = slow or failures > cfg.error_budget
         breaker = self.breaker.step(failures, s.requests)
 
         target, why = self._target(demands, capacity, upper)
