@@ -1,4 +1,4 @@
-"""The `surgegate` command: up, worker, topics, replay, edge, scaler, fake-llm, eval-forecast, schemas."""
+"""The `surgegate` command: up, worker, topics, replay, edge, scaler, fake-llm, simulate, eval-forecast, schemas."""
 
 from __future__ import annotations
 
@@ -239,6 +239,52 @@ def cmd_fake_llm(args: argparse.Namespace) -> None:
     web.run_app(app, host=args.host, port=args.port, print=None)
 
 
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from surgegate.sim.policies import FleetBounds
+    from surgegate.sim.report import POLICIES, plot, run_all, table
+    from surgegate.sim.service import ServiceModel
+    from surgegate.sim.workload import SCENARIOS, from_trace
+
+    model = ServiceModel(cold_start_s=args.cold_start, slo_p99_ms=args.slo_ms, slow_share=args.slow_share)
+    bounds = FleetBounds(replica_rps=model.replica_rps(), min_replicas=args.min_replicas,
+                         max_replicas=args.max_replicas, cold_start_s=args.cold_start)
+    workloads = [SCENARIOS[name](args.peak, args.seed) for name in args.scenario or ()]
+    workloads += [from_trace(Path(t), args.peak, hours=args.hours) for t in args.trace or ()]
+    if not workloads:
+        workloads = [SCENARIOS["burst"](args.peak, args.seed)]
+    policies = POLICIES if args.compare else ("surgegate",)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def progress(what: str, done: int, total: int) -> None:
+        print(f"\rsimulating {what}: {100 * done / total:5.1f}%", end="", file=sys.stderr, flush=True)
+
+    sections = []
+    for w in workloads:
+        started = time.perf_counter()
+        results = run_all(w, policies, model=model, bounds=bounds, seed=args.seed, progress=progress)
+        took = time.perf_counter() - started
+        print(f"\r{w.name}: {len(policies)} policies, {w.seconds / 3600:.1f} simulated hours in {took:.1f} s",
+              file=sys.stderr, flush=True)
+        section = table(w, results)
+        if args.compare:
+            png = plot(w, results, out / f"sim-{w.name}.png")
+            section += f"\n![{w.name}]({png.name})\n"
+        sections.append(section)
+        print(section, flush=True)
+    if args.compare:
+        header = (f"# Policies compared on the simulated service\n\n"
+                  f"`surgegate simulate --compare` (seed {args.seed}): replicas of {model.concurrency} concurrent "
+                  f"requests ({model.replica_rps():,.0f} rps each at full use), service time 90% log-normal "
+                  f"(median {model.fast_median_ms:.0f} ms, p90 {model.fast_p90_ms:.0f} ms) and "
+                  f"{100 * model.slow_share:.0f}% in {model.slow_ms[0] / 1000:.0f}-{model.slow_ms[1] / 1000:.0f} s; "
+                  f"cold start {model.cold_start_s:.0f} s ({model.warm_start_s:.1f} s from the warm pool); "
+                  f"SLO p99 {model.slo_p99_ms / 1000:.0f} s; replicas {bounds.min_replicas}-{bounds.max_replicas}."
+                  f"\n\n")
+        (out / "simulation.md").write_text(header + "\n".join(sections))
+        print(f"report: {out / 'simulation.md'}", file=sys.stderr)
+
+
 def cmd_eval_forecast(args: argparse.Namespace) -> None:
     from surgegate.forecast.evaluation import evaluate_trace, markdown, plot
 
@@ -344,6 +390,23 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--time-scale", type=float, default=1.0, help="multiply every service time")
     fake.add_argument("--seed", type=int, default=None)
     fake.set_defaults(func=cmd_fake_llm)
+
+    sim = sub.add_parser("simulate", help="run policies against a simulated service (--compare: all, a report)")
+    sim.add_argument("--scenario", action="append",
+                     choices=["burst", "daily", "flash_crowd", "long_tail_shift", "replica_failures"],
+                     help="a synthetic workload (repeatable; default: burst)")
+    sim.add_argument("--trace", action="append", help="a trace file, scaled to --peak (repeatable)")
+    sim.add_argument("--compare", action="store_true", help="surgegate, HPA, KPA and a static fleet; writes --out")
+    sim.add_argument("--peak", type=float, default=120_000.0, help="rps of the busiest 10 s window")
+    sim.add_argument("--hours", type=float, default=24.0, help="simulate at most this much of a trace")
+    sim.add_argument("--cold-start", type=float, default=15.0)
+    sim.add_argument("--slow-share", type=float, default=0.1, help="share of requests in the 2-6 s tail")
+    sim.add_argument("--slo-ms", type=float, default=10_000.0)
+    sim.add_argument("--min-replicas", type=int, default=5)
+    sim.add_argument("--max-replicas", type=int, default=50)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--out", default="simulation", help="directory for the markdown report and PNGs")
+    sim.set_defaults(func=cmd_simulate)
 
     ev = sub.add_parser("eval-forecast", help="score the forecasters on traces (MASE, sMAPE, coverage)")
     ev.add_argument("traces", nargs="+", help="trace files (timestamp_s,count[,...], optionally .gz)")
