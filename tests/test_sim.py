@@ -62,6 +62,11 @@ def test_a_static_limit_sheds_above_it():
     # realtime above the limit is rejected, batch deferred (and offered again as the limit allows)
     assert r.share("rejected") + r.share("deferred") == pytest.approx(0.55, abs=0.05)
     assert r.share("timed_out") == 0
+    # per tier: the shares weighted by each tier's demand add up to the overall share
+    demand = {t: sum(row.all_by_tier[t] for row in r.rows) for t in ("enterprise", "pro", "free")}
+    for what in ("rejected", "deferred"):
+        weighted = sum(r.tier_share(what, t) * n for t, n in demand.items()) / sum(demand.values())
+        assert weighted == pytest.approx(r.share(what), rel=1e-9)
 
 
 def test_cold_starts_delay_capacity_by_the_configured_time_and_the_warm_pool_by_less():

@@ -57,16 +57,20 @@ def table(workload: Workload, results: list[Result]) -> str:
     lines = [
         f"### {workload.name} ({kind}; {workload.seconds / 3600:.1f} h, busiest 10 s at "
         f"{workload.peak_10s():,.0f} rps)", "",
-        "| policy | realtime SLO attainment enterprise / pro / free | goodput rps | rejected | deferred | "
-        "timed out | mean util | steady util | replica-hours | cost $ | first reaction | SLO recovered |",
+        "| policy | realtime SLO attainment enterprise / pro / free | goodput rps | rejected (e / p / f) | "
+        "deferred (e / p / f) | timed out | mean util | steady util | replica-hours | cost $ | first reaction | "
+        "SLO recovered |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         first, recovered = r.onset_response()
         att = " / ".join(_pct(r.slo_attainment(t), 2) for t in TIER_ORDER)
+        shed = {what: " / ".join(_pct(r.tier_share(what, t), 1) for t in TIER_ORDER)
+                for what in ("rejected", "deferred")}
         lines.append(
-            f"| {r.policy} | {att} | {r.goodput_rps:,.0f} | {_pct(r.share('rejected'), 2)} | "
-            f"{_pct(r.share('deferred'), 2)} | {_pct(r.share('timed_out'), 2)} | {_pct(r.mean_utilisation)} | "
+            f"| {r.policy} | {att} | {r.goodput_rps:,.0f} | {_pct(r.share('rejected'), 2)} ({shed['rejected']}) | "
+            f"{_pct(r.share('deferred'), 2)} ({shed['deferred']}) | {_pct(r.share('timed_out'), 2)} | "
+            f"{_pct(r.mean_utilisation)} | "
             f"{_pct(r.steady_utilisation())} | {r.replica_hours:,.1f} | {r.cost():,.0f} | "
             f"{_s(first) if r.onset_s is not None else 'n/a'} | {_s(recovered) if r.onset_s is not None else 'n/a'} |")
     lines += ["", *verdicts(results), ""]

@@ -38,6 +38,7 @@ class WindowRow:
     served: float
     rejected: dict[str, float]
     deferred: float
+    deferred_by_tier: dict[str, float]
     timed_out: float
     p99_ms: dict[str, float | None]
     ready: int
@@ -48,6 +49,7 @@ class WindowRow:
     utilisation: float
     capacity_rps: float
     demand_by_tier: dict[str, float]
+    all_by_tier: dict[str, float]
 
 
 @dataclasses.dataclass
@@ -101,9 +103,11 @@ class Result:
             return sum(r.timed_out for r in self.rows) / demand
         raise ValueError(what)
 
-    def rejected_share(self, tier: str) -> float:
-        demand = sum(r.demand_by_tier.get(tier, 0) for r in self.rows) or 1.0
-        return sum(r.rejected.get(tier, 0) for r in self.rows) / demand
+    def tier_share(self, what: str, tier: str) -> float:
+        """Share of ``tier``'s requests (realtime and batch) that were rejected or deferred."""
+        demand = sum(r.all_by_tier.get(tier, 0) for r in self.rows) or 1.0
+        by = {"rejected": lambda r: r.rejected.get(tier, 0), "deferred": lambda r: r.deferred_by_tier.get(tier, 0)}
+        return sum(by[what](r) for r in self.rows) / demand
 
     @property
     def goodput_rps(self) -> float:
@@ -299,8 +303,10 @@ class _Window:
             admitted=sum(self.demand[c] - self.rejected[c] for c in self.demand) / WINDOW_S,
             served=sum(self.served.values()) / WINDOW_S,
             rejected={t: (self.rejected[(t, "realtime")] + self.rejected[(t, "batch")]) for t in self.tiers},
-            deferred=sum(self.deferred.values()), timed_out=sum(self.lost.values()), p99_ms=dict(self.p99),
+            deferred=sum(self.deferred.values()), deferred_by_tier=dict(self.deferred),
+            timed_out=sum(self.lost.values()), p99_ms=dict(self.p99),
             ready=fleet.ready, paid=fleet.paid, desired=plan.replicas, warm=fleet.warm, level=plan.level,
             utilisation=sum(self.util) / len(self.util), capacity_rps=self.capacity,
             demand_by_tier={t: self.demand[(t, "realtime")] for t in self.tiers},
+            all_by_tier={t: self.demand[(t, "realtime")] + self.demand[(t, "batch")] for t in self.tiers},
         )
