@@ -205,7 +205,8 @@ class DecideAgent:
             window_start=inputs.window_start, window_ms=inputs.window_ms,
             demand_rps=traffic.demand,  # throttled requests included: throttling never hides a burst
             batch_rps=traffic.batch / seconds, deferred=traffic.deferred, ready_replicas=ready,
-            cold_starting=starting, upper_rps=tuple(forecast.rate_rps.upper) if forecast is not None else (),
+            cold_starting=starting,
+            upper_rps=tuple(forecast.upper_after(inputs.window_start)) if forecast is not None else (),
             replica_rps=view.replica_rps))
         pool_name = policy.config.pool
         await self.scaling.send(key=pool_name.encode(), value=msgspec.json.encode(decision))

@@ -75,7 +75,7 @@ def run(scopes: int, windows: int) -> None:
                 decided = time.perf_counter()
                 scaler.decide(ScalingInputs(window_start=t, window_ms=W, demand_rps=stats.rate_rps, ready_replicas=5,
                                             batch_rps=stats.batch / 10, deferred=stats.deferred,
-                                            upper_rps=tuple(forecast.rate_rps.upper) if forecast else ()))
+                                            upper_rps=tuple(forecast.upper_after(t)) if forecast else ()))
                 done = time.perf_counter()
                 costs.append((decided - started) * 1e6)
                 scale_costs.append((done - decided) * 1e6)

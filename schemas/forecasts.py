@@ -39,3 +39,11 @@ class Forecast(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.Forecast
     gaps: Count = 0
     rejected: Count = 0
     reason: str = ""
+
+    def upper_after(self, window_start: int) -> list[float]:
+        """Upper bounds (rps) for the windows after the one starting at ``window_start``.
+
+        A forecast at hand may have been issued a window or more before it.
+        """
+        first = max(0, (window_start - self.origin) // self.step_ms)
+        return self.rate_rps.upper[first:]

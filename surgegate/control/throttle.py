@@ -91,9 +91,7 @@ class ThrottlePolicy:
         if inputs.forecast is not None:
             # the next windows after this one, in the newest forecast at hand (it may
             # have been issued a window or more ago)
-            f = inputs.forecast
-            first = max(0, (inputs.window_start - f.origin) // f.step_ms)
-            ahead = f.rate_rps.upper[first: first + cfg.lookahead_windows]
+            ahead = inputs.forecast.upper_after(inputs.window_start)[:cfg.lookahead_windows]
             upper = max([observed, *ahead])
             # load expected ahead meets the capacity ready by then: replicas that are
             # starting count in proportion, so a scale-up in flight is not throttled for

@@ -121,7 +121,7 @@ class SurgegatePolicy:
             window_start=obs.window_start_ms, window_ms=obs.window_ms, demand_rps=s.demand,
             batch_rps=s.batch / (obs.window_ms / 1000), deferred=s.deferred, ready_replicas=obs.pool.ready_replicas,
             cold_starting=obs.pool.cold_starting_replicas,
-            upper_rps=tuple(self.forecast.rate_rps.upper) if self.forecast is not None else (),
+            upper_rps=tuple(self.forecast.upper_after(obs.window_start_ms)) if self.forecast is not None else (),
             replica_rps=threshold.replica_rps))
         # as the forecast agent: learn this window, forecast the next ones
         self.forecaster.observe(obs.window_start_ms, s.demand, s.tokens_per_s)
