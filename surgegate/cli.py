@@ -245,6 +245,9 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     from surgegate.sim.service import ServiceModel
     from surgegate.sim.workload import SCENARIOS, from_trace
 
+    for option, value in (("--peak", args.peak), ("--hours", args.hours)):
+        if not value > 0:
+            raise SurgegateError(f"{option}={value!r}: must be > 0")
     model = ServiceModel(cold_start_s=args.cold_start, slo_p99_ms=args.slo_ms, slow_share=args.slow_share)
     bounds = FleetBounds(replica_rps=model.replica_rps(), min_replicas=args.min_replicas,
                          max_replicas=args.max_replicas, cold_start_s=args.cold_start)

@@ -179,3 +179,20 @@ def test_the_report_says_which_targets_are_met_and_missed():
     assert "| surgegate |" in text and "| hpa |" in text
     assert "Top-tier realtime SLO attainment" in text and "of HPA's" in text
     assert ("met" in text) and ("missed" in text or "met." in text)
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda: SCENARIOS["burst"](-5.0, 0), "base_rps"),
+    (lambda: steady_scaled(-1.0), "peak_rps=-1.0"),
+    (lambda: FleetBounds(replica_rps=100.0, min_replicas=9, max_replicas=3), "min_replicas=9"),
+    (lambda: ServiceModel(slo_p99_ms=0), "slo_p99_ms > 0"),
+])
+def test_bad_simulation_settings_are_refused_by_name(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def steady_scaled(peak: float) -> Workload:
+    from surgegate.sim.workload import scaled
+
+    return scaled("s", [1.0] * 20, peak, synthetic=True)

@@ -26,6 +26,7 @@ import dataclasses
 import math
 from typing import Protocol
 
+from surgegate.checks import check
 from surgegate.control.config import ServiceConfig
 from surgegate.control.scaling import ScalingInputs, ScalingPolicy
 from surgegate.control.throttle import DecisionInputs, ThrottlePolicy
@@ -87,6 +88,14 @@ class FleetBounds:
     max_replicas: int = 50
     target_utilisation: float = 0.7
     cold_start_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        check(self.replica_rps > 0, "replica_rps", self.replica_rps, "must be > 0")
+        check(1 <= self.max_replicas, "max_replicas", self.max_replicas, "must be >= 1")
+        check(0 <= self.min_replicas <= self.max_replicas, "min_replicas", self.min_replicas,
+              f"must be within [0, max_replicas={self.max_replicas}]")
+        check(0 < self.target_utilisation <= 1, "target_utilisation", self.target_utilisation,
+              "must be within (0, 1]")
 
 
 class SurgegatePolicy:

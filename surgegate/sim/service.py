@@ -43,9 +43,10 @@ class ServiceModel:
     slo_p99_ms: float = 10_000.0
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1 or not 0 <= self.slow_share < 1 or self.cold_start_s < 0 or self.timeout_s <= 0:
+        if self.concurrency < 1 or not 0 <= self.slow_share < 1 or self.cold_start_s < 0 or self.timeout_s <= 0 \
+                or self.slo_p99_ms <= 0:
             raise ValueError("service model: need concurrency >= 1, slow_share in [0, 1), cold_start_s >= 0, "
-                             "timeout_s > 0")
+                             "timeout_s > 0 and slo_p99_ms > 0")
 
     def mean_service_s(self, slow_factor: float = 1.0) -> float:
         """E[S]: the log-normal body's mean and the slow tail's mean, weighted."""

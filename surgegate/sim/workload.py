@@ -50,6 +50,8 @@ class Workload:
 
 def scaled(name: str, rate: list[float], peak_rps: float, *, synthetic: bool, **kw) -> Workload:
     """``rate`` multiplied so its busiest 10 s window is ``peak_rps``."""
+    if not peak_rps > 0:
+        raise ValueError(f"peak_rps={peak_rps!r}: must be > 0")
     w = Workload(name, rate, synthetic, **kw)
     top = w.peak_10s()
     if top <= 0:
@@ -63,6 +65,8 @@ def from_trace(path: Path, peak_rps: float = 120_000.0, hours: float | None = No
 
     ``hours`` keeps only the start of a long trace.
     """
+    if hours is not None and not hours > 0:
+        raise ValueError(f"hours={hours!r}: must be > 0")
     bins = read_trace(path)
     rate, _ = to_windows(bins, 1000)
     if hours is not None:
@@ -77,6 +81,8 @@ def burst(peak_rps: float = 120_000.0, base_rps: float = 5_000.0, *, hold_s: int
 
     Poisson-like noise of 2% on top; ``hold_s`` is the plateau (three hours by default).
     """
+    if not 0 < base_rps <= peak_rps:
+        raise ValueError(f"burst: need 0 < base_rps ({base_rps!r}) <= peak_rps ({peak_rps!r})")
     rng = random.Random(seed)
     rate = []
     for t in range(before_s + ramp_s + hold_s + after_s):
