@@ -196,3 +196,14 @@ def steady_scaled(peak: float) -> Workload:
     from surgegate.sim.workload import scaled
 
     return scaled("s", [1.0] * 20, peak, synthetic=True)
+
+
+def test_scaling_in_cancels_the_latest_starts_first_then_stops_ready_replicas():
+    model = ServiceModel(cold_start_s=15.0)
+    fleet = Fleet(ready=5)
+    fleet.reconcile(8, 0, now=0.0, model=model)   # 3 ready at 15
+    fleet.reconcile(10, 0, now=5.0, model=model)  # 2 more ready at 20
+    fleet.reconcile(7, 0, now=6.0, model=model)   # 3 fewer: the 2 of t=20 and 1 of t=15
+    assert (fleet.ready, fleet.starting) == (5, [(15.0, 2)])
+    fleet.reconcile(3, 0, now=7.0, model=model)   # the last start and 2 ready replicas go
+    assert (fleet.ready, fleet.starting) == (3, [])

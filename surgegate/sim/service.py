@@ -108,36 +108,34 @@ class Fleet:
             if need > from_warm:
                 self.starting.append((now + model.cold_start_s, need - from_warm))
         elif target < have:
-            extra = have - target
             # cancel the starts furthest from ready first, then stop ready replicas
-            self.starting.sort()
-            while extra and self.starting:
-                at, n = self.starting.pop()
-                keep = max(0, n - extra)
-                extra -= n - keep
-                if keep:
-                    self.starting.append((at, keep))
+            extra = _cancel_latest(self.starting, have - target)
             self.ready -= min(extra, self.ready)
         warm_have = self.warm + sum(n for _, n in self.warming)
         if warm_target > warm_have:
             self.warming.append((now + model.cold_start_s, warm_target - warm_have))
         elif warm_target < warm_have:
-            extra = warm_have - warm_target
-            drop = min(extra, self.warm)
+            drop = min(warm_have - warm_target, self.warm)
             self.warm -= drop
-            extra -= drop
-            while extra and self.warming:
-                at, n = self.warming.pop()
-                keep = max(0, n - extra)
-                extra -= n - keep
-                if keep:
-                    self.warming.append((at, keep))
+            _cancel_latest(self.warming, warm_have - warm_target - drop)
 
     def fail(self, share: float) -> int:
         """A share of the ready replicas fails; returns how many."""
         lost = int(round(self.ready * share))
         self.ready -= lost
         return lost
+
+
+def _cancel_latest(pending: list[tuple[float, int]], extra: int) -> int:
+    """Cancel up to ``extra`` of the ``(ready_at, n)`` pending replicas, latest first; what is left to cancel."""
+    pending.sort()
+    while extra and pending:
+        at, n = pending.pop()
+        keep = max(0, n - extra)
+        extra -= n - keep
+        if keep:
+            pending.append((at, keep))
+    return extra
 
 
 class Queues:
