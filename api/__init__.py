@@ -1,5 +1,2 @@
-"""Reserved for the aiohttp status API; nothing is served from here yet.
-
-The latest windows are already mirrored to Redis (see
-:mod:`surgegate.streams.store`) for the API to read.
-"""
+"""The status API (aiohttp): health, windows, forecasts, thresholds, decisions and their stream,
+operator overrides, Prometheus metrics and the OpenAPI document. See :mod:`surgegate.api.app`."""

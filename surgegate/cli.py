@@ -1,4 +1,5 @@
-"""The `surgegate` command: up, worker, topics, replay, edge, scaler, fake-llm, simulate, eval-forecast, schemas."""
+"""The `surgegate` command: up, worker, api, topics, replay, edge, scaler, fake-llm, simulate, eval-forecast,
+schemas."""
 
 from __future__ import annotations
 
@@ -85,6 +86,9 @@ def cmd_up(args: argparse.Namespace) -> None:
         create_topics(settings)
         print(f"surgegate up: broker {settings.kafka}  redis {settings.redis}  "
               f"topics {settings.topic_prefix}*  window {settings.window_s:.0f} s", flush=True)
+        if args.api_port:
+            serve_api_in_thread(settings, "127.0.0.1", args.api_port)
+            print(f"surgegate up: status API on http://127.0.0.1:{args.api_port}", flush=True)
         stop_demo = threading.Event()
         if args.demo:
             threading.Thread(target=_demo, args=(settings, stop_demo), name="demo", daemon=True).start()
@@ -288,6 +292,40 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         print(f"report: {out / 'simulation.md'}", file=sys.stderr)
 
 
+def cmd_api(args: argparse.Namespace) -> None:
+    from aiohttp import web
+
+    from surgegate.api.app import create_api
+
+    settings = _settings(args)
+    _need_kafka(settings)
+    if not settings.redis:
+        raise SurgegateError("the API reads the Redis mirror: set SURGEGATE_REDIS or pass --redis")
+    print(f"surgegate api on http://{args.host}:{args.port}", flush=True)
+    web.run_app(create_api(settings), host=args.host, port=args.port, print=None)
+
+
+def serve_api_in_thread(settings: Settings, host: str, port: int) -> threading.Thread:
+    """Run the status API on its own event loop in a daemon thread (for `surgegate up`)."""
+    import asyncio
+
+    from aiohttp import web
+
+    from surgegate.api.app import create_api
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        runner = web.AppRunner(create_api(settings))
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, host, port).start())
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="api", daemon=True)
+    thread.start()
+    return thread
+
+
 def cmd_eval_forecast(args: argparse.Namespace) -> None:
     from surgegate.forecast.evaluation import evaluate_trace, markdown, plot
 
@@ -329,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--demo", action="store_true", help="also send synthetic traffic")
     up.add_argument("--broker-port", type=int, default=None)
     up.add_argument("--redis-port", type=int, default=None)
+    up.add_argument("--api-port", type=int, default=8000, help="status API port on 127.0.0.1 (0: no API)")
     up.set_defaults(func=cmd_up)
 
     worker = sub.add_parser("worker", help="run the ingest consumer and the Faust agents")
@@ -393,6 +432,13 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--time-scale", type=float, default=1.0, help="multiply every service time")
     fake.add_argument("--seed", type=int, default=None)
     fake.set_defaults(func=cmd_fake_llm)
+
+    api = sub.add_parser("api", help="serve the status API (Redis mirror, decision stream, overrides)")
+    common(api)
+    api.add_argument("--redis", help="Redis URL (default: SURGEGATE_REDIS)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.set_defaults(func=cmd_api)
 
     sim = sub.add_parser("simulate", help="run policies against a simulated service (--compare: all, a report)")
     sim.add_argument("--scenario", action="append",

@@ -49,6 +49,8 @@ class Settings:
     services: str = ""
     worker_id: str = "worker-1"
     log_level: str = "info"
+    #: bearer token for the API's write endpoints (overrides); empty: writes are refused
+    api_token: str = dataclasses.field(default="", repr=False)
 
     def __post_init__(self) -> None:
         _check(self.partitions >= 1, "PARTITIONS", self.partitions, "must be >= 1")

@@ -1,0 +1,461 @@
+"""The status API: what surgegate sees, predicts and decides, and operator overrides.
+
+Stateless: everything is read from the Redis mirror, and the decision stream
+from the decision topics, so several instances can run behind a load balancer.
+Built by :func:`create_api`; run by ``surgegate api``.
+
+Errors are JSON: an unknown scope is a 404, a malformed parameter a 400 that
+names it, a missing or wrong bearer token a 401 without detail, and Redis down
+makes ``/readyz`` a 503 while the process stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+
+import msgspec
+import redis
+import redis.asyncio as aredis
+from aiohttp import web
+from confluent_kafka.admin import AdminClient
+
+from surgegate.api.openapi import openapi_document
+from surgegate.schemas.decisions import Override, ThrottleDecision
+from surgegate.scopes import NAME_PATTERN, parse_scope
+from surgegate.settings import Settings
+from surgegate.streams.kafka import follow_from_start
+from surgegate.streams.producer import KafkaSender
+from surgegate.streams.store import Keys
+from surgegate.streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+REDIS_TIMEOUT_S = 0.5
+#: A worker whose newest mirrored window is older than this many windows is not fresh.
+FRESH_WINDOWS = 6
+MAX_LAST = 360
+#: Overrides last at most a day.
+MAX_OVERRIDE_S = 86_400
+SSE_KEEPALIVE_S = 15.0
+
+
+_ERRORS = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 404: web.HTTPNotFound,
+           503: web.HTTPServiceUnavailable}
+
+
+def ApiError(status: int, message: str, parameter: str | None = None, **headers: str) -> web.HTTPException:  # noqa: N802
+    """An error answered as JSON: ``{"error": ..., "parameter": ...}``, ready to raise."""
+    body = {"error": message}
+    if parameter is not None:
+        body["parameter"] = parameter
+    return _ERRORS[status](text=json.dumps(body), content_type="application/json", headers=headers or None)
+
+
+class DecisionStream:
+    """Follows the decision topics in threads and fans each new record out to SSE clients."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self._stop = threading.Event()
+        self._clients: set[asyncio.Queue] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.records = 0
+        self.last_error: str | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        for topic, kind in ((self.topics.throttle, "throttle"), (self.topics.scaling, "scaling")):
+            threading.Thread(target=self._follow, args=(topic, kind), name=f"api-{kind}", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _follow(self, topic: str, kind: str) -> None:
+        try:
+            follow_from_start(self.settings, topic, f"api-{kind}-{uuid.uuid4().hex[:6]}", self._stop,
+                              lambda raw: self._publish(kind, raw), self._on_error, fetch_wait_ms=100)
+        except Exception as exc:  # the API keeps serving; /readyz and /metrics say the stream stopped
+            self.last_error = f"{kind} stream stopped: {exc}"
+            log.exception("decision stream %s stopped", kind)
+
+    def _on_error(self, err: object) -> None:
+        self.last_error = str(err)
+
+    def _publish(self, kind: str, raw: bytes) -> None:
+        self.records += 1
+        loop = self._loop
+        if loop is None:
+            return
+        for queue in list(self._clients):
+            loop.call_soon_threadsafe(_offer, queue, (kind, raw))
+
+    def subscribe(self) -> asyncio.Queue:
+        queue: asyncio.Queue = asyncio.Queue(maxsize=1000)
+        self._clients.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue) -> None:
+        self._clients.discard(queue)
+
+
+def _offer(queue: asyncio.Queue, item: tuple[str, bytes]) -> None:
+    with contextlib.suppress(asyncio.QueueFull):  # a client too slow to read drops records, not the API
+        queue.put_nowait(item)
+
+
+class Api:
+    """Handlers over the Redis mirror, the decision stream and the overrides topic."""
+
+    def __init__(self, settings: Settings, *, stream: bool = True) -> None:
+        self.settings = settings
+        self.keys = Keys.for_topic_prefix(settings.topic_prefix)
+        self.topics = Topics(settings.topic_prefix)
+        self.redis = aredis.Redis.from_url(settings.redis, socket_timeout=REDIS_TIMEOUT_S,
+                                           socket_connect_timeout=REDIS_TIMEOUT_S)
+        self.stream = DecisionStream(settings) if stream else None
+        self.sender = KafkaSender(settings, "surgegate-api")
+        self.started = time.time()
+        self.requests: dict[str, int] = {}
+
+    async def start(self) -> None:
+        if self.stream is not None:
+            self.stream.start(asyncio.get_running_loop())
+
+    async def close(self) -> None:
+        if self.stream is not None:
+            self.stream.stop()
+        await self.redis.aclose()
+        await asyncio.get_running_loop().run_in_executor(None, self.sender.flush, 5.0)
+
+    # ------------------------------------------------------------ helpers
+
+    async def _get(self, key: str) -> bytes | None:
+        try:
+            return await self.redis.get(key)
+        except (redis.RedisError, OSError):
+            raise ApiError(503, "the state store (Redis) is unreachable") from None
+
+    def _scope(self, request: web.Request) -> tuple[str, dict[str, str]]:
+        scope = request.match_info["scope"]
+        try:
+            return scope, parse_scope(scope)
+        except ValueError as exc:
+            raise ApiError(400, f"scope: {exc}", "scope") from None
+
+    async def _known(self, scope: str) -> None:
+        try:
+            known = await self.redis.sismember(self.keys.scopes, scope)
+        except (redis.RedisError, OSError):
+            raise ApiError(503, "the state store (Redis) is unreachable") from None
+        if not known:
+            raise ApiError(404, f"unknown scope {scope!r}", "scope")
+
+    def _service(self, labels: dict[str, str], scope: str) -> str:
+        if set(labels) != {"service"}:
+            raise ApiError(400, f"scope {scope!r}: thresholds and decisions are per service (service=NAME)",
+                           "scope")
+        return labels["service"]
+
+    @staticmethod
+    def _raw(payload: bytes) -> web.Response:
+        return web.Response(body=payload, content_type="application/json")
+
+    # ------------------------------------------------------------ health
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive", "uptime_s": round(time.time() - self.started, 1)})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        checks = {"redis": await self._check_redis(), "kafka": await self._check_kafka()}
+        checks["worker"] = await self._check_worker() if checks["redis"]["ok"] else \
+            {"ok": False, "detail": "unknown while Redis is unreachable"}
+        ready = all(c["ok"] for c in checks.values())
+        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+    async def _check_redis(self) -> dict:
+        try:
+            await self.redis.ping()
+            return {"ok": True}
+        except (redis.RedisError, OSError) as exc:
+            return {"ok": False, "detail": f"unreachable: {type(exc).__name__}"}
+
+    async def _check_kafka(self) -> dict:
+        def probe() -> dict:
+            admin = AdminClient({"bootstrap.servers": self.settings.kafka, "log_level": 0})
+            meta = admin.list_topics(timeout=2.0)
+            return {"ok": self.topics.throttle in meta.topics, "brokers": len(meta.brokers)}
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, probe)
+        except Exception as exc:  # KafkaException: unreachable
+            return {"ok": False, "detail": f"unreachable: {type(exc).__name__}"}
+
+    async def _check_worker(self) -> dict:
+        try:
+            scopes = await self.redis.smembers(self.keys.scopes)
+            newest = 0
+            for scope in list(scopes)[:1000]:
+                top = await self.redis.zrevrange(self.keys.window_history(scope.decode()), 0, 0, withscores=True)
+                if top:
+                    newest = max(newest, int(top[0][1]))
+        except (redis.RedisError, OSError) as exc:
+            return {"ok": False, "detail": f"unreachable: {type(exc).__name__}"}
+        if not newest:
+            return {"ok": False, "detail": "no window mirrored yet"}
+        age_s = time.time() - (newest + self.settings.window_ms) / 1000
+        fresh = age_s <= FRESH_WINDOWS * self.settings.window_s + self.settings.lateness_s
+        return {"ok": fresh, "newest_window_age_s": round(age_s, 1)}
+
+    # ------------------------------------------------------------ reads
+
+    async def scopes(self, request: web.Request) -> web.Response:
+        try:
+            scopes = sorted(s.decode() for s in await self.redis.smembers(self.keys.scopes))
+        except (redis.RedisError, OSError):
+            raise ApiError(503, "the state store (Redis) is unreachable") from None
+        return web.json_response({"scopes": scopes})
+
+    async def windows(self, request: web.Request) -> web.Response:
+        scope, _ = self._scope(request)
+        raw = request.query.get("last", "30")
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LAST:
+            raise ApiError(400, f"last must be an integer within [1, {MAX_LAST}]", "last")
+        await self._known(scope)
+        try:
+            rows = await self.redis.zrange(self.keys.window_history(scope), -int(raw), -1)
+        except (redis.RedisError, OSError):
+            raise ApiError(503, "the state store (Redis) is unreachable") from None
+        return self._raw(b'{"scope":' + json.dumps(scope).encode() + b',"windows":[' + b",".join(rows) + b"]}")
+
+    async def forecast(self, request: web.Request) -> web.Response:
+        scope, _ = self._scope(request)
+        await self._known(scope)
+        payload = await self._get(self.keys.latest_forecast(scope))
+        if payload is None:
+            raise ApiError(404, f"no forecast for scope {scope!r} yet", "scope")
+        return self._raw(payload)
+
+    async def threshold(self, request: web.Request) -> web.Response:
+        scope, labels = self._scope(request)
+        service = self._service(labels, scope)
+        payload = await self._get(self.keys.latest_threshold(service))
+        if payload is None:
+            raise ApiError(404, f"unknown scope {scope!r}: no threshold", "scope")
+        return self._raw(payload)
+
+    async def decision(self, request: web.Request) -> web.Response:
+        scope, labels = self._scope(request)
+        service = self._service(labels, scope)
+        payload = await self._get(self.keys.latest_decision(service))
+        if payload is None:
+            raise ApiError(404, f"unknown scope {scope!r}: no decision", "scope")
+        return self._raw(payload)
+
+    async def decisions(self, request: web.Request) -> web.Response:
+        out = []
+        try:
+            async for key in self.redis.scan_iter(match=self.keys.latest_decision("*"), count=500):
+                payload = await self.redis.get(key)
+                if payload is not None:
+                    out.append(payload)
+        except (redis.RedisError, OSError):
+            raise ApiError(503, "the state store (Redis) is unreachable") from None
+        return self._raw(b'{"decisions":[' + b",".join(sorted(out)) + b"]}")
+
+    async def decision_stream(self, request: web.Request) -> web.StreamResponse:
+        if self.stream is None:
+            raise ApiError(503, "the decision stream is off in this instance")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        queue = self.stream.subscribe()
+        try:
+            await response.write(b": connected\n\n")
+            while True:
+                try:
+                    kind, raw = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
+                except asyncio.TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                await response.write(b"event: " + kind.encode() + b"\ndata: " + raw + b"\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.stream.unsubscribe(queue)
+        return response
+
+    # ------------------------------------------------------------ overrides
+
+    def _authorised(self, request: web.Request) -> str:
+        token = self.settings.api_token
+        given = request.headers.get("Authorization", "")
+        if not token or not given.startswith("Bearer ") or \
+                not hmac.compare_digest(given[len("Bearer "):].encode(), token.encode()):
+            raise ApiError(401, "unauthorised", **{"WWW-Authenticate": "Bearer"})
+        return "operator"
+
+    async def create_override(self, request: web.Request) -> web.Response:
+        author = self._authorised(request)
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError(400, "the body must be a JSON object", "body") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body must be a JSON object", "body")
+        unknown = set(body) - {"service", "level", "limit_rps", "expires_in_s", "reason", "author"}
+        if unknown:
+            raise ApiError(400, f"unknown fields {sorted(unknown)}", sorted(unknown)[0])
+        service = body.get("service")
+        if not isinstance(service, str) or not _NAME.match(service):
+            raise ApiError(400, "service must be a service name", "service")
+        level, limit = body.get("level"), body.get("limit_rps")
+        if level is None and limit is None:
+            raise ApiError(400, "give level (0-4) and/or limit_rps", "level")
+        if level is not None and (not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= 4):
+            raise ApiError(400, "level must be an integer within [0, 4]", "level")
+        if limit is not None and (not isinstance(limit, (int, float)) or isinstance(limit, bool) or limit < 0):
+            raise ApiError(400, "limit_rps must be a number >= 0", "limit_rps")
+        expires_in = body.get("expires_in_s", 900)
+        if not isinstance(expires_in, (int, float)) or isinstance(expires_in, bool) or \
+                not 1 <= expires_in <= MAX_OVERRIDE_S:
+            raise ApiError(400, f"expires_in_s must be within [1, {MAX_OVERRIDE_S}]", "expires_in_s")
+        reason = body.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            raise ApiError(400, "reason is required: say why, it is audited", "reason")
+        who = body.get("author", author)
+        if not isinstance(who, str) or not who.strip():
+            raise ApiError(400, "author must be a non-empty string", "author")
+        now = int(time.time() * 1000)
+        override = Override(id=uuid.uuid4().hex[:16], service=service, created_at=now,
+                            expires_at=now + int(expires_in * 1000), author=who[:200], reason=reason[:1000],
+                            level=level, limit_rps=float(limit) if limit is not None else None)
+        await self._publish_override(override)
+        return web.json_response(msgspec.to_builtins(override), status=201)
+
+    async def cancel_override(self, request: web.Request) -> web.Response:
+        author = self._authorised(request)
+        oid = request.match_info["override_id"]
+        if not _NAME.match(oid):
+            raise ApiError(400, "override id is malformed", "override_id")
+        try:
+            saved = await self.redis.hget(self.keys.prefix + "overrides", oid)
+        except (redis.RedisError, OSError):
+            raise ApiError(503, "the state store (Redis) is unreachable") from None
+        if saved is None:
+            raise ApiError(404, f"no override {oid!r}", "override_id")
+        original = msgspec.json.decode(saved, type=Override)
+        now = int(time.time() * 1000)
+        cancel = Override(id=oid, service=original.service, created_at=now, expires_at=max(now, original.expires_at),
+                          author=author, reason=f"released through the API (was: {original.reason})"[:1000],
+                          cancel=True)
+        await self._publish_override(cancel)
+        return web.json_response(msgspec.to_builtins(cancel))
+
+    async def _publish_override(self, override: Override) -> None:
+        payload = msgspec.json.encode(override)
+        loop = asyncio.get_running_loop()
+
+        def send() -> None:
+            self.sender.send(self.topics.overrides, payload, key=override.service.encode())
+            self.sender.flush(10.0)
+
+        try:
+            await loop.run_in_executor(None, send)
+        except Exception as exc:  # DeliveryFailed, ProducerBufferFull: the pin did not reach the log
+            raise ApiError(503, f"the override could not be written to the audit log: {type(exc).__name__}") \
+                from None
+        with contextlib.suppress(redis.RedisError, OSError):  # the topic is the record; Redis is a lookup
+            if override.cancel:
+                await self.redis.hdel(self.keys.prefix + "overrides", override.id)
+            else:
+                await self.redis.hset(self.keys.prefix + "overrides", override.id, payload)
+
+    # ------------------------------------------------------------ metrics and docs
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        lines = ["# HELP surgegate_up The API is serving.", "# TYPE surgegate_up gauge", "surgegate_up 1"]
+        try:
+            counters = await self.redis.hgetall(self.keys.counters)
+            scopes = await self.redis.scard(self.keys.scopes)
+            levels = {}
+            async for key in self.redis.scan_iter(match=self.keys.latest_decision("*"), count=500):
+                payload = await self.redis.get(key)
+                if payload is not None:
+                    d = msgspec.json.decode(payload, type=ThrottleDecision)
+                    levels[d.service] = d
+        except (redis.RedisError, OSError):
+            lines += ["# HELP surgegate_state_store_up Redis answers.", "# TYPE surgegate_state_store_up gauge",
+                      "surgegate_state_store_up 0"]
+            return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+        lines += ["# HELP surgegate_state_store_up Redis answers.", "# TYPE surgegate_state_store_up gauge",
+                  "surgegate_state_store_up 1",
+                  "# HELP surgegate_scopes Scopes with mirrored windows.", "# TYPE surgegate_scopes gauge",
+                  f"surgegate_scopes {scopes}",
+                  "# HELP surgegate_events_total Pipeline counters (windows, decisions, dead letters, ...).",
+                  "# TYPE surgegate_events_total counter"]
+        for name, value in sorted(counters.items()):
+            lines.append(f'surgegate_events_total{{name="{_label(name.decode())}"}} {int(value)}')
+        lines += ["# HELP surgegate_level Degradation level of the newest decision per service.",
+                  "# TYPE surgegate_level gauge"]
+        lines += [f'surgegate_level{{service="{_label(s)}"}} {d.level}' for s, d in sorted(levels.items())]
+        lines += ["# HELP surgegate_decision_age_seconds Seconds since the newest decision per service.",
+                  "# TYPE surgegate_decision_age_seconds gauge"]
+        now = time.time()
+        lines += [f'surgegate_decision_age_seconds{{service="{_label(s)}"}} {now - d.issued_at / 1000:.1f}'
+                  for s, d in sorted(levels.items())]
+        if self.stream is not None:
+            lines += ["# HELP surgegate_stream_records_total Decision records the API has streamed.",
+                      "# TYPE surgegate_stream_records_total counter",
+                      f"surgegate_stream_records_total {self.stream.records}"]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi_document())
+
+
+_NAME = re.compile(NAME_PATTERN)
+API = web.AppKey("api", Api)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+
+
+def create_api(settings: Settings, *, stream: bool = True) -> web.Application:
+    """The API application for ``settings`` (Redis URL required; the broker for the stream and overrides)."""
+    if not settings.redis:
+        raise ValueError("the API reads the Redis mirror: set SURGEGATE_REDIS")
+    api = Api(settings, stream=stream)
+    app = web.Application()
+    app[API] = api
+
+    async def lifecycle(app: web.Application):
+        await api.start()
+        yield
+        await api.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    r = app.router
+    r.add_get("/healthz", api.healthz)
+    r.add_get("/readyz", api.readyz)
+    r.add_get("/v1/scopes", api.scopes)
+    r.add_get("/v1/windows/{scope}", api.windows)
+    r.add_get("/v1/forecasts/{scope}", api.forecast)
+    r.add_get("/v1/thresholds/{scope}", api.threshold)
+    r.add_get("/v1/decisions", api.decisions)
+    r.add_get("/v1/decisions/stream", api.decision_stream)
+    r.add_get("/v1/decisions/{scope}", api.decision)
+    r.add_post("/v1/overrides", api.create_override)
+    r.add_delete("/v1/overrides/{override_id}", api.cancel_override)
+    r.add_get("/metrics", api.metrics)
+    r.add_get("/openapi.json", api.openapi)
+    return app
+

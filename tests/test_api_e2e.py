@@ -1,0 +1,215 @@
+"""The status API through aiohttp's test client, on the real Redis and the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import msgspec
+import pytest
+import redis
+from aiohttp.test_utils import TestClient, TestServer
+from confluent_kafka import Producer
+from openapi_spec_validator import validate
+from support import TopicReader
+
+from surgegate.api.app import create_api
+from surgegate.api.openapi import openapi_document
+from surgegate.schemas.decisions import Override, ThrottleDecision, TierLimit
+from surgegate.settings import Settings
+from surgegate.streams.embedded import EmbeddedRedis
+from surgegate.streams.store import Keys
+from surgegate.streams.topics import Topics
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "s3cret-token"
+
+
+def decision(version: int, level: int = 0) -> ThrottleDecision:
+    now = int(time.time() * 1000)
+    return ThrottleDecision(service="chat", version=version, issued_at=now, valid_until=now + 30_000, level=level,
+                            mode="enforce", tiers={"pro": TierLimit(realtime_rps=10, batch_rps=2, burst=24)},
+                            tenants={}, defer_batch=level >= 1, breaker="closed", forecast_upper_rps=12.0,
+                            safe_rps=20.0, reason=f"level {level}: forecast 12 rps vs safe 20 rps: demand fits")
+
+
+def seed(settings: Settings) -> None:
+    """What the agents would have mirrored: a window history, a forecast, a threshold, a decision."""
+    r = redis.Redis.from_url(settings.redis)
+    k = Keys.for_topic_prefix(settings.topic_prefix)
+    now = int(time.time() * 1000)
+    start = now - now % 10_000 - 10_000
+    r.sadd(k.scopes, "service=chat")
+    for i in range(5):
+        w = json.dumps({"schema": "sg.WindowStats/1", "scope": "service=chat", "window_start": start - i * 10_000})
+        r.zadd(k.window_history("service=chat"), {w: start - i * 10_000})
+    r.set(k.latest_forecast("service=chat"), b'{"schema":"sg.Forecast/1","scope":"service=chat"}')
+    r.set(k.latest_threshold("chat"), b'{"schema":"sg.Threshold/1","service":"chat","safe_rps":20.0}')
+    r.set(k.latest_decision("chat"), msgspec.json.encode(decision(1)))
+    r.hset(k.counters, mapping={"windows.published": 42, "deadletter.invalid_field": 3})
+
+
+async def client_for(settings: Settings, stream: bool = False) -> TestClient:
+    client = TestClient(TestServer(create_api(settings, stream=stream)))
+    await client.start_server()
+    return client
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def api_settings(settings):
+    s = settings.replace(api_token=TOKEN)
+    seed(s)
+    return s
+
+
+def test_health_readiness_and_reads(api_settings):
+    async def go():
+        c = await client_for(api_settings)
+        try:
+            assert (await c.get("/healthz")).status == 200
+            ready = await c.get("/readyz")
+            body = await ready.json()
+            assert body["checks"]["redis"]["ok"] and body["checks"]["kafka"]["ok"]
+            assert body["checks"]["worker"]["ok"] and ready.status == 200
+            assert (await (await c.get("/v1/scopes")).json()) == {"scopes": ["service=chat"]}
+            windows = await (await c.get("/v1/windows/service=chat?last=3")).json()
+            assert len(windows["windows"]) == 3
+            starts = [w["window_start"] for w in windows["windows"]]
+            assert starts == sorted(starts), "oldest first, the newest last"
+            assert (await (await c.get("/v1/forecasts/service=chat")).json())["scope"] == "service=chat"
+            assert (await (await c.get("/v1/thresholds/service=chat")).json())["safe_rps"] == 20.0
+            d = await (await c.get("/v1/decisions/service=chat")).json()
+            assert d["version"] == 1 and d["reason"].startswith("level 0")
+            assert [x["service"] for x in (await (await c.get("/v1/decisions")).json())["decisions"]] == ["chat"]
+            metrics = await (await c.get("/metrics")).text()
+            assert 'surgegate_events_total{name="windows.published"} 42' in metrics
+            assert 'surgegate_level{service="chat"} 0' in metrics
+        finally:
+            await c.close()
+
+    run(go())
+
+
+@pytest.mark.parametrize(("path", "status", "parameter"), [
+    ("/v1/windows/service=nope", 404, "scope"),
+    ("/v1/forecasts/service=nope", 404, "scope"),
+    ("/v1/decisions/service=nope", 404, "scope"),
+    ("/v1/thresholds/service=nope", 404, "scope"),
+    ("/v1/windows/service=chat?last=zero", 400, "last"),
+    ("/v1/windows/service=chat?last=100000", 400, "last"),
+    ("/v1/windows/bogus", 400, "scope"),
+    ("/v1/decisions/service=chat,tier=pro", 400, "scope"),
+])
+def test_unknown_scopes_are_404_and_malformed_parameters_400_naming_them(api_settings, path, status, parameter):
+    async def go():
+        c = await client_for(api_settings)
+        try:
+            resp = await c.get(path)
+            body = await resp.json()
+            assert resp.status == status and body["parameter"] == parameter and body["error"]
+        finally:
+            await c.close()
+
+    run(go())
+
+
+def test_overrides_need_the_token_are_validated_and_audited_on_the_topic(api_settings):
+    async def go():
+        c = await client_for(api_settings)
+        try:
+            good = {"service": "chat", "level": 2, "expires_in_s": 60, "reason": "incident 42", "author": "sre-1"}
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+                resp = await c.post("/v1/overrides", json=good, headers=headers)
+                assert resp.status == 401 and (await resp.json()) == {"error": "unauthorised"}
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            for bad, field in (({**good, "level": 9}, "level"), ({**good, "reason": ""}, "reason"),
+                               ({**good, "expires_in_s": 0}, "expires_in_s"), ({**good, "service": "a b"}, "service"),
+                               ({"service": "chat", "reason": "x"}, "level"), ({**good, "colour": 1}, "colour")):
+                resp = await c.post("/v1/overrides", json=bad, headers=auth)
+                assert resp.status == 400 and (await resp.json())["parameter"] == field
+            resp = await c.post("/v1/overrides", data=b"{not json", headers=auth)
+            assert resp.status == 400 and (await resp.json())["parameter"] == "body"
+            created = await c.post("/v1/overrides", json=good, headers=auth)
+            assert created.status == 201
+            pin = await created.json()
+            assert pin["level"] == 2 and pin["author"] == "sre-1"
+            assert (await c.delete("/v1/overrides/nope", headers=auth)).status == 404
+            assert (await c.delete(f"/v1/overrides/{pin['id']}")).status == 401
+            released = await c.delete(f"/v1/overrides/{pin['id']}", headers=auth)
+            assert released.status == 200 and (await released.json())["cancel"] is True
+            return pin["id"]
+        finally:
+            await c.close()
+
+    oid = run(go())
+    audit = TopicReader(api_settings, Topics(api_settings.topic_prefix).overrides)
+    audit.poll_until(lambda m: len(m) >= 2, 20, "the pin and its release on sg.overrides")
+    records = audit.decoded(Override)
+    assert [(o.id, o.cancel) for o in records] == [(oid, False), (oid, True)]
+    assert records[0].reason == "incident 42" and records[0].level == 2
+
+
+def test_the_sse_stream_delivers_a_decision_published_on_the_broker(api_settings):
+    async def go():
+        c = await client_for(api_settings, stream=True)
+        try:
+            resp = await c.get("/v1/decisions/stream")
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            assert await resp.content.readline() == b": connected\n"
+            await asyncio.sleep(1.5)  # the stream's consumer is assigned and at the topic's end
+            producer = Producer({"bootstrap.servers": api_settings.kafka, "log_level": 0})
+            producer.produce(Topics(api_settings.topic_prefix).throttle, msgspec.json.encode(decision(7, level=2)),
+                             key=b"chat")
+            producer.flush(10)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                line = await asyncio.wait_for(resp.content.readline(), 20)
+                if line.startswith(b"data: "):
+                    got = msgspec.json.decode(line[len(b"data: "):].strip(), type=ThrottleDecision)
+                    if got.version == 7:
+                        return got
+            raise AssertionError("no decision on the stream")
+        finally:
+            await c.close()
+
+    got = run(go())
+    assert got.level == 2 and got.service == "chat"
+
+
+def test_redis_down_is_a_503_from_readyz_and_the_process_stays_up(settings):
+    own = EmbeddedRedis().start()
+    s = settings.replace(redis=own.url)
+
+    async def go():
+        c = await client_for(s)
+        try:
+            own.stop()
+            ready = await c.get("/readyz")
+            body = await ready.json()
+            assert ready.status == 503 and body["checks"]["redis"]["ok"] is False
+            assert (await c.get("/healthz")).status == 200, "still alive"
+            assert (await c.get("/v1/scopes")).status == 503
+            metrics = await (await c.get("/metrics")).text()
+            assert "surgegate_state_store_up 0" in metrics
+        finally:
+            await c.close()
+
+    try:
+        run(go())
+    finally:
+        own.stop()
+
+
+def test_the_openapi_document_validates_and_lists_every_route(api_settings):
+    doc = openapi_document()
+    validate(doc)
+    app = create_api(api_settings, stream=False)
+    routes = {(r.method.lower(), r.resource.canonical) for r in app.router.routes() if r.method != "HEAD"}
+    documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+    assert routes == documented
