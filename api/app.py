@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import importlib.resources
 import json
 import logging
 import re
@@ -420,6 +421,16 @@ class Api:
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document())
 
+    async def dashboard(self, request: web.Request) -> web.Response:
+        page = importlib.resources.files("surgegate.api").joinpath("dashboard.html").read_bytes()
+        return web.Response(body=page, content_type="text/html")
+
+    async def plotly_js(self, request: web.Request) -> web.FileResponse:
+        # the charting library comes from the plotly wheel (pip), not from a copy in this repository
+        path = importlib.resources.files("plotly").joinpath("package_data", "plotly.min.js")
+        return web.FileResponse(str(path), headers={"Content-Type": "application/javascript",
+                                                    "Cache-Control": "max-age=86400"})
+
 
 _NAME = re.compile(NAME_PATTERN)
 API = web.AppKey("api", Api)
@@ -457,5 +468,7 @@ def create_api(settings: Settings, *, stream: bool = True) -> web.Application:
     r.add_delete("/v1/overrides/{override_id}", api.cancel_override)
     r.add_get("/metrics", api.metrics)
     r.add_get("/openapi.json", api.openapi)
+    r.add_get("/", api.dashboard)
+    r.add_get("/static/plotly.min.js", api.plotly_js)
     return app
 
