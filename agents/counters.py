@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -34,6 +36,16 @@ class AgentCounters(Counter):
         if delta and self.mirror is not None:
             await self.mirror.incr(delta)
         self._reported = Counter(self)
+
+    @contextlib.contextmanager
+    def timed(self, agent: str) -> Iterator[None]:
+        """Count one run of ``agent`` and the microseconds it took (``timing.<agent>.us`` / ``.runs``)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[f"timing.{agent}.us"] += int((time.perf_counter() - started) * 1e6)
+            self[f"timing.{agent}.runs"] += 1
 
 
 async def decode_or_count(decoder: msgspec.json.Decoder, raw: bytes, counters: AgentCounters, counter: str,

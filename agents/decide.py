@@ -180,7 +180,8 @@ class DecideAgent:
                                 forecast=view.newest(view.forecasts, start), pool=pool,
                                 overrides=tuple(view.overrides.values()),
                                 starting=view.scaling.starting(_ready(pool, view)))
-        threshold, decision = view.policy.decide(inputs)
+        with self.counters.timed("decide"):
+            threshold, decision = view.policy.decide(inputs)
         view.replica_rps = threshold.replica_rps
         t_bytes, d_bytes = msgspec.json.encode(threshold), msgspec.json.encode(decision)
         await self.thresholds.send(key=service.encode(), value=t_bytes)
@@ -201,13 +202,14 @@ class DecideAgent:
         ready = _ready(pool, view)
         starting = pool.cold_starting_replicas if pool is not None and pool.workers else 0
         forecast = inputs.forecast
-        decision = policy.decide(ScalingInputs(
-            window_start=inputs.window_start, window_ms=inputs.window_ms,
-            demand_rps=traffic.demand,  # throttled requests included: throttling never hides a burst
-            batch_rps=traffic.batch / seconds, deferred=traffic.deferred, ready_replicas=ready,
-            cold_starting=starting,
-            upper_rps=tuple(forecast.upper_after(inputs.window_start)) if forecast is not None else (),
-            replica_rps=view.replica_rps))
+        with self.counters.timed("scale"):
+            decision = policy.decide(ScalingInputs(
+                window_start=inputs.window_start, window_ms=inputs.window_ms,
+                demand_rps=traffic.demand,  # throttled requests included: throttling never hides a burst
+                batch_rps=traffic.batch / seconds, deferred=traffic.deferred, ready_replicas=ready,
+                cold_starting=starting,
+                upper_rps=tuple(forecast.upper_after(inputs.window_start)) if forecast is not None else (),
+                replica_rps=view.replica_rps))
         pool_name = policy.config.pool
         await self.scaling.send(key=pool_name.encode(), value=msgspec.json.encode(decision))
         checkpoint(self.table, _scaling_key(pool_name), policy)

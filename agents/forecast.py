@@ -77,13 +77,14 @@ class ForecastAgent:
                 continue
             if window.traffic is None:
                 continue  # GPU-pool windows feed the scaling agent, not the load forecast
-            fc = self._forecaster(window.scope)
-            outcome = fc.observe(window.window_start, window.traffic.demand, window.traffic.tokens_per_s)
+            with self.counters.timed("forecast"):
+                fc = self._forecaster(window.scope)
+                outcome = fc.observe(window.window_start, window.traffic.demand, window.traffic.tokens_per_s)
+                payload = msgspec.json.encode(fc.forecast()) if outcome == "learned" else b""
             if outcome != "learned":
                 self.counters[f"forecasts.{'stale' if outcome == 'stale' else 'rejected.' + outcome}"] += 1
                 await self.counters.report()
                 continue
-            payload = msgspec.json.encode(fc.forecast())
             await self.sink.send(key=window.scope.encode(), value=payload)
             self._unsaved[window.scope] += 1
             if self._unsaved[window.scope] >= self.settings.forecast_checkpoint_windows:

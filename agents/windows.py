@@ -87,7 +87,8 @@ class WindowMergeAgent:
             if type(record) is Watermark:
                 await self._advance(partition, record.watermark)
             else:
-                self._merge(partition, record)
+                with self.counters.timed("merge"):
+                    self._merge(partition, record)
 
     def _merge(self, partition: int, partial: WindowPartial) -> None:
         scopes = self._scopes(partition)

@@ -402,8 +402,27 @@ class Api:
                   f"surgegate_scopes {scopes}",
                   "# HELP surgegate_events_total Pipeline counters (windows, decisions, dead letters, ...).",
                   "# TYPE surgegate_events_total counter"]
-        for name, value in sorted(counters.items()):
-            lines.append(f'surgegate_events_total{{name="{_label(name.decode())}"}} {int(value)}')
+        timings: dict[str, dict[str, int]] = {}
+        for raw_name, value in sorted(counters.items()):
+            name = raw_name.decode()
+            if name.startswith("timing.") and name.count(".") == 2:
+                _, agent, unit = name.split(".")
+                timings.setdefault(agent, {})[unit] = int(value)
+                continue
+            lines.append(f'surgegate_events_total{{name="{_label(name)}"}} {int(value)}')
+        lines += ["# HELP surgegate_agent_seconds_total Time each agent spent on its work.",
+                  "# TYPE surgegate_agent_seconds_total counter"]
+        lines += [f'surgegate_agent_seconds_total{{agent="{_label(a)}"}} {t.get("us", 0) / 1e6:.6f}'
+                  for a, t in sorted(timings.items())]
+        lines += ["# HELP surgegate_agent_runs_total Units of work each agent did (windows, partials, decisions).",
+                  "# TYPE surgegate_agent_runs_total counter"]
+        lines += [f'surgegate_agent_runs_total{{agent="{_label(a)}"}} {t.get("runs", 0)}'
+                  for a, t in sorted(timings.items())]
+        worker = await self._check_worker()
+        if "newest_window_age_s" in worker:
+            lines += ["# HELP surgegate_window_lag_seconds Age of the newest closed window: the pipeline's lag "
+                      "behind the wall clock.", "# TYPE surgegate_window_lag_seconds gauge",
+                      f"surgegate_window_lag_seconds {worker['newest_window_age_s']}"]
         lines += ["# HELP surgegate_level Degradation level of the newest decision per service.",
                   "# TYPE surgegate_level gauge"]
         lines += [f'surgegate_level{{service="{_label(s)}"}} {d.level}' for s, d in sorted(levels.items())]

@@ -48,7 +48,8 @@ def seed(settings: Settings) -> None:
     r.set(k.latest_forecast("service=chat"), b'{"schema":"sg.Forecast/1","scope":"service=chat"}')
     r.set(k.latest_threshold("chat"), b'{"schema":"sg.Threshold/1","service":"chat","safe_rps":20.0}')
     r.set(k.latest_decision("chat"), msgspec.json.encode(decision(1)))
-    r.hset(k.counters, mapping={"windows.published": 42, "deadletter.invalid_field": 3})
+    r.hset(k.counters, mapping={"windows.published": 42, "deadletter.invalid_field": 3,
+                                "timing.decide.us": 5000, "timing.decide.runs": 10})
 
 
 async def client_for(settings: Settings, stream: bool = False) -> TestClient:
@@ -90,6 +91,13 @@ def test_health_readiness_and_reads(api_settings):
             metrics = await (await c.get("/metrics")).text()
             assert 'surgegate_events_total{name="windows.published"} 42' in metrics
             assert 'surgegate_level{service="chat"} 0' in metrics
+            assert 'surgegate_agent_seconds_total{agent="decide"} 0.005000' in metrics
+            assert 'surgegate_agent_runs_total{agent="decide"} 10' in metrics
+            assert "surgegate_window_lag_seconds " in metrics
+            page = await c.get("/")
+            assert page.status == 200 and "/static/plotly.min.js" in await page.text()
+            js = await c.get("/static/plotly.min.js")
+            assert js.status == 200 and len(await js.read()) > 1_000_000
         finally:
             await c.close()
 
