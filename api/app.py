@@ -21,6 +21,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import msgspec
 import redis
@@ -143,7 +144,7 @@ class Api:
         try:
             return await self.redis.get(key)
         except (redis.RedisError, OSError):
-            raise ApiError(503, "the state store (Redis) is unreachable") from None
+            raise _redis_down() from None
 
     def _scope(self, request: web.Request) -> tuple[str, dict[str, str]]:
         scope = request.match_info["scope"]
@@ -156,7 +157,7 @@ class Api:
         try:
             known = await self.redis.sismember(self.keys.scopes, scope)
         except (redis.RedisError, OSError):
-            raise ApiError(503, "the state store (Redis) is unreachable") from None
+            raise _redis_down() from None
         if not known:
             raise ApiError(404, f"unknown scope {scope!r}", "scope")
 
@@ -222,7 +223,7 @@ class Api:
         try:
             scopes = sorted(s.decode() for s in await self.redis.smembers(self.keys.scopes))
         except (redis.RedisError, OSError):
-            raise ApiError(503, "the state store (Redis) is unreachable") from None
+            raise _redis_down() from None
         return web.json_response({"scopes": scopes})
 
     async def windows(self, request: web.Request) -> web.Response:
@@ -234,7 +235,7 @@ class Api:
         try:
             rows = await self.redis.zrange(self.keys.window_history(scope), -int(raw), -1)
         except (redis.RedisError, OSError):
-            raise ApiError(503, "the state store (Redis) is unreachable") from None
+            raise _redis_down() from None
         return self._raw(b'{"scope":' + json.dumps(scope).encode() + b',"windows":[' + b",".join(rows) + b"]}")
 
     async def forecast(self, request: web.Request) -> web.Response:
@@ -246,19 +247,17 @@ class Api:
         return self._raw(payload)
 
     async def threshold(self, request: web.Request) -> web.Response:
-        scope, labels = self._scope(request)
-        service = self._service(labels, scope)
-        payload = await self._get(self.keys.latest_threshold(service))
-        if payload is None:
-            raise ApiError(404, f"unknown scope {scope!r}: no threshold", "scope")
-        return self._raw(payload)
+        return await self._per_service(request, self.keys.latest_threshold, "threshold")
 
     async def decision(self, request: web.Request) -> web.Response:
+        return await self._per_service(request, self.keys.latest_decision, "decision")
+
+    async def _per_service(self, request: web.Request, key: Callable[[str], str], what: str) -> web.Response:
+        """A service's newest record of one kind, for a ``service=NAME`` scope."""
         scope, labels = self._scope(request)
-        service = self._service(labels, scope)
-        payload = await self._get(self.keys.latest_decision(service))
+        payload = await self._get(key(self._service(labels, scope)))
         if payload is None:
-            raise ApiError(404, f"unknown scope {scope!r}: no decision", "scope")
+            raise ApiError(404, f"unknown scope {scope!r}: no {what}", "scope")
         return self._raw(payload)
 
     async def decisions(self, request: web.Request) -> web.Response:
@@ -269,7 +268,7 @@ class Api:
                 if payload is not None:
                     out.append(payload)
         except (redis.RedisError, OSError):
-            raise ApiError(503, "the state store (Redis) is unreachable") from None
+            raise _redis_down() from None
         return self._raw(b'{"decisions":[' + b",".join(sorted(out)) + b"]}")
 
     async def decision_stream(self, request: web.Request) -> web.StreamResponse:
@@ -349,7 +348,7 @@ class Api:
         try:
             saved = await self.redis.hget(self.keys.prefix + "overrides", oid)
         except (redis.RedisError, OSError):
-            raise ApiError(503, "the state store (Redis) is unreachable") from None
+            raise _redis_down() from None
         if saved is None:
             raise ApiError(404, f"no override {oid!r}", "override_id")
         original = msgspec.json.decode(saved, type=Override)
@@ -453,6 +452,10 @@ class Api:
 
 _NAME = re.compile(NAME_PATTERN)
 API = web.AppKey("api", Api)
+
+
+def _redis_down() -> web.HTTPException:
+    return ApiError(503, "the state store (Redis) is unreachable")
 
 
 def _label(value: str) -> str:
