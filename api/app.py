@@ -204,11 +204,10 @@ class Api:
     async def _check_worker(self) -> dict:
         try:
             scopes = await self.redis.smembers(self.keys.scopes)
-            newest = 0
+            pipe = self.redis.pipeline(transaction=False)
             for scope in list(scopes)[:1000]:
-                top = await self.redis.zrevrange(self.keys.window_history(scope.decode()), 0, 0, withscores=True)
-                if top:
-                    newest = max(newest, int(top[0][1]))
+                pipe.zrevrange(self.keys.window_history(scope.decode()), 0, 0, withscores=True)
+            newest = max((int(top[0][1]) for top in await pipe.execute() if top), default=0)
         except (redis.RedisError, OSError) as exc:
             return {"ok": False, "detail": f"unreachable: {type(exc).__name__}"}
         if not newest:
@@ -261,15 +260,16 @@ class Api:
         return self._raw(payload)
 
     async def decisions(self, request: web.Request) -> web.Response:
-        out = []
         try:
-            async for key in self.redis.scan_iter(match=self.keys.latest_decision("*"), count=500):
-                payload = await self.redis.get(key)
-                if payload is not None:
-                    out.append(payload)
+            out = await self._latest_decisions()
         except (redis.RedisError, OSError):
             raise _redis_down() from None
         return self._raw(b'{"decisions":[' + b",".join(sorted(out)) + b"]}")
+
+    async def _latest_decisions(self) -> list[bytes]:
+        """Every service's newest throttle decision, as mirrored (Redis errors propagate)."""
+        keys = [key async for key in self.redis.scan_iter(match=self.keys.latest_decision("*"), count=500)]
+        return [p for p in (await self.redis.mget(keys) if keys else []) if p is not None]
 
     async def decision_stream(self, request: web.Request) -> web.StreamResponse:
         if self.stream is None:
@@ -385,12 +385,8 @@ class Api:
         try:
             counters = await self.redis.hgetall(self.keys.counters)
             scopes = await self.redis.scard(self.keys.scopes)
-            levels = {}
-            async for key in self.redis.scan_iter(match=self.keys.latest_decision("*"), count=500):
-                payload = await self.redis.get(key)
-                if payload is not None:
-                    d = msgspec.json.decode(payload, type=ThrottleDecision)
-                    levels[d.service] = d
+            levels = {d.service: d for d in (msgspec.json.decode(p, type=ThrottleDecision)
+                                             for p in await self._latest_decisions())}
         except (redis.RedisError, OSError):
             lines += ["# HELP surgegate_state_store_up Redis answers.", "# TYPE surgegate_state_store_up gauge",
                       "surgegate_state_store_up 0"]

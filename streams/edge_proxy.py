@@ -283,7 +283,7 @@ def _verdict_headers(v: Verdict) -> dict[str, str]:
 
 
 def create_edge_app(gate: EdgeGate, upstream: str, **options) -> web.Application:
-    """The proxy application; the gate must be started (and is closed with the app)."""
+    """The proxy application; the gate must be started, and its owner closes it after the app."""
     app = web.Application()
     proxy = EdgeProxy(gate, upstream, **options)
     app[GATE] = gate

@@ -98,11 +98,6 @@ class PoolConfig:
     def reserved(self) -> int:
         return self.min_replicas if self.reserved_replicas is None else self.reserved_replicas
 
-    @property
-    def replica_capacity(self) -> float:
-        """What one replica should serve: its rate at the target utilisation."""
-        return self.replica_rps * self.target_utilisation
-
 
 @dataclasses.dataclass(frozen=True)
 class ScalingInputs:
