@@ -334,7 +334,8 @@ def cmd_eval_forecast(args: argparse.Namespace) -> None:
     sections = []
     for trace in args.traces:
         print(f"evaluating {trace} ...", file=sys.stderr, flush=True)
-        report = evaluate_trace(Path(trace), horizon=args.horizon, coverage=args.coverage)
+        report = evaluate_trace(Path(trace), horizon=args.horizon, coverage=args.coverage,
+                                gaps_as_zeros=args.gaps_as_zeros)
         section = markdown(report)
         png = plot(report, out / f"forecast-{report.name}.png")
         sections.append(section + f"\n![{report.name}]({png.name})\n")
@@ -462,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--horizon", type=int, default=30)
     ev.add_argument("--coverage", type=float, default=0.9)
     ev.add_argument("--out", default="forecast-eval", help="directory for the markdown report and PNG plots")
+    ev.add_argument("--gaps-as-zeros", action="store_true",
+                    help="learn and score a rate trace's collection gaps as the zeros the file holds")
     ev.set_defaults(func=cmd_eval_forecast)
 
     sc = sub.add_parser("schemas", help="write the JSON Schema files into schemas/")

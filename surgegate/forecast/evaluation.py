@@ -6,6 +6,10 @@ t+1..t+H; each forecast is scored when its window arrives. Reported per
 horizon: MASE (mean absolute error over the mean absolute one-step change of
 the series), sMAPE, and for the selector the share of actual values inside its
 bounds, plus microseconds per update+forecast.
+
+A window whose data is missing (``None``, a collection gap) is neither learned
+nor scored, as the forecast agent treats a missing window; the series' scale
+is its mean one-step change between windows that both have data.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 from surgegate.forecast.daily import DailyProfile
 from surgegate.forecast.scope import rate_models
 from surgegate.forecast.selector import OnlineSelector
-from surgegate.traces import read_trace, to_windows
+from surgegate.traces import missing_windows, read_trace, to_windows
 
 HORIZONS = (1, 6, 30)
 #: Windows learned before scoring starts.
@@ -37,13 +41,14 @@ class TraceReport:
     coverage: dict[int, float]
     us_per_update: float
     burst_windows: int
-    actual: list[float]
+    gaps: int
+    actual: list[float | None]
     selector_h: dict[int, list[float | None]]
     lower_h: dict[int, list[float | None]]
     upper_h: dict[int, list[float | None]]
 
 
-def evaluate_series(name: str, series: list[float], step_ms: int, *, horizon: int = 30,
+def evaluate_series(name: str, series: list[float | None], step_ms: int, *, horizon: int = 30,
                     coverage: float = 0.9, t0: int = 0) -> TraceReport:
     """Run the selector and its models over ``series`` and score them."""
     profile = DailyProfile()
@@ -55,7 +60,12 @@ def evaluate_series(name: str, series: list[float], step_ms: int, *, horizon: in
     upper = {h: [None] * n for h in horizons}
     burst = 0
     spent = 0.0
+    learned = 0
     for i, y in enumerate(series):
+        if y is None:
+            selector.forget_pending()
+            continue
+        learned += 1
         t = t0 + i * step_ms
         started = time.perf_counter()
         selector.learn_one(y, t)
@@ -72,30 +82,41 @@ def evaluate_series(name: str, series: list[float], step_ms: int, *, horizon: in
             preds["selector"][h][j] = current.point[h - 1]
             lower[h][j] = current.lower[h - 1]
             upper[h][j] = current.upper[h - 1]
-    scale = sum(abs(series[i] - series[i - 1]) for i in range(1, n)) / max(1, n - 1) or 1.0
+    changes = [abs(b - a) for a, b in zip(series, series[1:]) if a is not None and b is not None]
+    scale = sum(changes) / max(1, len(changes)) or 1.0
     mase: dict[str, dict[int, float]] = {}
     smape: dict[str, dict[int, float]] = {}
     for model, by_h in preds.items():
         mase[model], smape[model] = {}, {}
         for h, values in by_h.items():
-            pairs = [(v, series[j]) for j, v in enumerate(values) if v is not None and j >= WARMUP]
+            pairs = [(v, series[j]) for j, v in enumerate(values)
+                     if v is not None and series[j] is not None and j >= WARMUP]
             mase[model][h] = sum(abs(v - y) for v, y in pairs) / len(pairs) / scale
             terms = [2 * abs(v - y) / (abs(v) + abs(y)) for v, y in pairs if abs(v) + abs(y) > 0]
             smape[model][h] = 100 * sum(terms) / len(terms) if terms else 0.0
     cover = {}
     for h in horizons:
-        inside = [lower[h][j] <= series[j] <= upper[h][j] for j in range(WARMUP, n) if lower[h][j] is not None]
+        inside = [lower[h][j] <= series[j] <= upper[h][j] for j in range(WARMUP, n)
+                  if lower[h][j] is not None and series[j] is not None]
         cover[h] = sum(inside) / len(inside)
-    return TraceReport(name, step_ms, n, mase, smape, cover, spent / n * 1e6, burst, series,
+    return TraceReport(name, step_ms, n, mase, smape, cover, spent / max(1, learned) * 1e6, burst, n - learned, series,
                        {h: preds["selector"][h] for h in horizons}, lower, upper)
 
 
-def evaluate_trace(path: Path, *, horizon: int = 30, coverage: float = 0.9) -> TraceReport:
-    """Evaluate on a trace file at 10 s windows, or at its own bin where coarser."""
+def evaluate_trace(path: Path, *, horizon: int = 30, coverage: float = 0.9,
+                   gaps_as_zeros: bool = False) -> TraceReport:
+    """Evaluate on a trace file at 10 s windows, or at its own bin where coarser.
+
+    Collection gaps (see :func:`surgegate.traces.read_trace`) are missing
+    windows, unless ``gaps_as_zeros`` reads them as the zeros the file holds.
+    """
     bins = read_trace(path)
     step_ms = max(10_000, int(round(bins[0].length_s * 1000)))
     rate, _ = to_windows(bins, step_ms)
-    return evaluate_series(Path(path).name.split(".")[0], rate, step_ms, horizon=horizon, coverage=coverage,
+    series: list[float | None] = list(rate)
+    if not gaps_as_zeros:
+        series = [None if gap else v for v, gap in zip(rate, missing_windows(bins, step_ms))]
+    return evaluate_series(Path(path).name.split(".")[0], series, step_ms, horizon=horizon, coverage=coverage,
                            t0=1_767_225_600_000)
 
 
@@ -115,7 +136,8 @@ def markdown(report: TraceReport) -> str:
     lines += ["", "coverage of the 90% bounds: " + ", ".join(f"h={h}: {100 * c:.1f}%" for h, c in
                                                            report.coverage.items())
               + f"; selector MASE at h=6 is {gain} below last value; "
-              f"{report.us_per_update:.0f} us per update+forecast; {report.burst_windows} windows in burst regime", ""]
+              f"{report.us_per_update:.0f} us per update+forecast; {report.burst_windows} windows in burst regime; "
+              f"{report.gaps} windows missing (collection gaps, neither learned nor scored)", ""]
     return "\n".join(lines)
 
 
@@ -126,9 +148,10 @@ def plot(report: TraceReport, path: Path, horizon: int = 6, span: int = 120) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    y = report.actual
+    y = [float("nan") if v is None else v for v in report.actual]
     trail = 30
     jumps = [(y[i] - sum(y[i - trail:i]) / trail, i) for i in range(trail, len(y))]
+    jumps = [(jump, i) for jump, i in jumps if jump == jump]
     centre = max(jumps)[1] if jumps else len(y) // 2
     lo, hi = max(0, centre - span // 2), min(len(y), centre + span // 2)
     xs = list(range(lo, hi))
