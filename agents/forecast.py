@@ -31,7 +31,8 @@ class ForecastAgent:
     """Owns the ``forecasters`` table and the agent on sg.windows.
 
     ``counters``: ``forecasts.published``, ``forecasts.stale`` (a replayed
-    window), ``forecasts.rejected.<reason>``, ``forecasts.restored``.
+    window), ``forecasts.rejected.<reason>``, ``forecasts.restored``,
+    ``forecasts.outdated_checkpoint`` (state of an older release, relearned).
     """
 
     def __init__(self, app: faust.App, settings: Settings, *, source: faust.TopicT, sink: faust.TopicT,
@@ -61,9 +62,13 @@ class ForecastAgent:
         fc = self._cache.get(scope)
         if fc is None:
             fc = restore(self.table, scope)
-            if fc is not None:
+            if fc is not None and not fc.current_format:
+                log.warning("forecast state for %s is from an older release; relearning it", scope)
+                self.counters["forecasts.outdated_checkpoint"] += 1
+                fc = None
+            elif fc is not None:
                 self.counters["forecasts.restored"] += 1
-            else:
+            if fc is None:
                 s = self.settings
                 fc = ScopeForecaster(scope, step_ms=s.window_ms, horizon=s.forecast_horizon,
                                      coverage=s.forecast_coverage)

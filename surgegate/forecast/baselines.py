@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from surgegate.checks import check
 from surgegate.forecast.base import Forecaster
-from surgegate.forecast.daily import DailyProfile
+from surgegate.forecast.daily import SLOT_MS, DailyProfile
 
 
 class LastValue(Forecaster):
@@ -75,4 +75,40 @@ class SeasonalNaive(Forecaster):
         for h in range(1, horizon + 1):
             past = self.profile.yesterday(self.t + h * self.step_ms)
             out.append(level if past is None else past)
+        return out
+
+
+class DailyChange(Forecaster):
+    """The last value plus the typical day's change from now to each future window.
+
+    Where the daily cycle repeats but its level drifts from day to day, the
+    last value holds the level and the typical day (the slow view's mean over
+    the last week) says where the hour is heading. Until a day is known the
+    change is zero: it is the last value.
+    """
+
+    name = "daily_change"
+
+    def __init__(self, step_ms: int, profile: DailyProfile) -> None:
+        super().__init__(step_ms)
+        self.profile = profile
+        self.last = 0.0
+
+    def _learn(self, y: float, t: int) -> None:
+        self.last = y
+
+    def forecast(self, horizon: int) -> list[float]:
+        now = self.profile.typical(self.t) if self.t is not None else None
+        if now is None:
+            return [self.last] * horizon
+        by_slot: dict[int, float] = {}  # at 10 s windows, 30 horizons span two or three slots
+        out = []
+        for h in range(1, horizon + 1):
+            t = self.t + h * self.step_ms
+            slot = t // SLOT_MS
+            change = by_slot.get(slot)
+            if change is None:
+                later = self.profile.typical(t)
+                change = by_slot[slot] = 0.0 if later is None else later - now
+            out.append(max(0.0, self.last + change))
         return out

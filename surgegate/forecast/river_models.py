@@ -83,7 +83,7 @@ class LagRegressor(Forecaster):
     """
 
     name = "lag_regressor"
-    ANCHORS = (1, 3, 6, 12, 30)
+    ANCHORS = (1, 6, 30)
 
     def __init__(self, step_ms: int, profile: DailyProfile, lags: int = 3, learning_rate: float = 0.005) -> None:
         super().__init__(step_ms)

@@ -4,6 +4,8 @@ and switches to a fast-reacting burst regime when load leaves the bounds."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
 
 from surgegate.checks import check
 from surgegate.forecast.base import Forecaster
@@ -13,10 +15,17 @@ from surgegate.forecast.river_models import Interpolator
 #: Horizons (in windows) at which errors and residual quantiles are tracked;
 #: other horizons interpolate between them.
 ANCHORS = (1, 3, 6, 12, 30)
-#: How fast per-model errors forget (per window).
-ERROR_DECAY = 0.05
-#: Models weighted in each horizon's combination.
-TOP_MODELS = 3
+#: Hedge's learning rate, on each model's absolute error over the
+#: combination's recent mean absolute error (so it is the same for a scope of
+#: 5 rps and one of 50,000 rps).
+HEDGE_RATE = 0.1
+#: Fixed share: each window this much of the weight is spread evenly again, so
+#: a model that lost for a while can win back when the series changes.
+HEDGE_SHARE = 0.001
+#: Weights below this are left out of the combination.
+NEGLIGIBLE = 0.005
+#: How fast the combination's mean absolute error (the loss scale) forgets.
+SCALE_DECAY = 0.01
 #: No model may forecast more than this times the recent peak (a slowly
 #: decaying maximum): a diverging model is cut off, not followed.
 CAP_FACTOR = 3.0
@@ -35,7 +44,15 @@ class SeriesForecast:
 
 
 class OnlineSelector(Forecaster):
-    """Combines forecasters by inverse squared recent error, per horizon.
+    """Combines forecasters per horizon with weights learned online (Hedge with
+    fixed share: the exponentially weighted average forecaster).
+
+    Every model's weight at an anchor horizon is multiplied, when a forecast
+    made that far ahead is scored, by ``exp(-HEDGE_RATE * error / scale)``,
+    with ``scale`` the combination's recent mean absolute error there; the
+    weights are then renormalised and ``HEDGE_SHARE`` of them spread evenly.
+    A model that is better for a long while takes over the combination; one
+    that diverges loses its weight within a few windows.
 
     Bounds are ``point +- width`` with widths from conformal quantile trackers
     on the combination's own residuals. When the value leaves the one-step
@@ -60,6 +77,8 @@ class OnlineSelector(Forecaster):
         self.horizon = horizon
         self.anchors = tuple(sorted({a for a in ANCHORS if a < horizon} | {horizon}))
         self._widths = Interpolator(self.anchors, horizon)
+        # each model's forecast at the anchors, as a tuple (itemgetter of one index gives a bare value)
+        self._at_anchors = operator.itemgetter(*(a - 1 for a in self.anchors), self.anchors[-1] - 1)
         # for each horizon, the anchor whose errors weight its combination
         nearest = [min(range(len(self.anchors)), key=lambda k: abs(self.anchors[k] - h))
                    for h in range(1, horizon + 1)]
@@ -67,10 +86,12 @@ class OnlineSelector(Forecaster):
         self.burst_after = burst_after
         self.calm_after = calm_after
         self.burst_widen = burst_widen
-        self.errors = {m.name: [None] * len(self.anchors) for m in models}
+        uniform = 1.0 / len(models)
+        self.weights = [{m.name: uniform for m in models} for _ in self.anchors]
+        self._scales: list[float | None] = [None] * len(self.anchors)
         self.trackers = [RollingQuantile(coverage) for _ in self.anchors]
         # origin window -> (per-model anchor forecasts, combined anchor forecasts, one-step bounds)
-        self._issued: dict[int, tuple[dict[str, list[float]], list[float], tuple[float, float]]] = {}
+        self._issued: dict[int, tuple[dict[str, tuple[float, ...]], list[float], tuple[float, float]]] = {}
         self.burst = False
         self._outside = 0
         self._inside = 0
@@ -98,15 +119,14 @@ class OnlineSelector(Forecaster):
             if issued is None:
                 continue
             per_model, combined, bounds = issued
-            for name, values in per_model.items():
-                e = abs(y - values[i])
-                old = self.errors[name][i]
-                self.errors[name][i] = e if old is None else old + ERROR_DECAY * (e - old)
+            self._hedge(i, y, per_model, combined[i])
             self.trackers[i].update(y - combined[i])
             if h == 1:
                 self._regime(y, bounds)
         oldest = t - self.anchors[-1] * step
-        self._issued = {o: v for o, v in self._issued.items() if o > oldest}
+        issued = self._issued
+        while issued and next(iter(issued)) <= oldest:  # issued in time order: the oldest come first
+            del issued[next(iter(issued))]
 
     def _regime(self, y: float, bounds: tuple[float, float]) -> None:
         lower, upper = bounds
@@ -123,14 +143,19 @@ class OnlineSelector(Forecaster):
         elif self.burst and self._inside >= self.calm_after:
             self.burst = False
 
-    def _weights(self, i: int) -> dict[str, float]:
-        known = {name: errs[i] for name, errs in self.errors.items() if errs[i] is not None}
-        if len(known) < len(self.models):
-            return {m.name: 1.0 / len(self.models) for m in self.models}
-        best = sorted(known.items(), key=lambda kv: kv[1])[:TOP_MODELS]
-        raw = {name: 1.0 / (e + 1e-9) ** 2 for name, e in best}
+    def _hedge(self, i: int, y: float, per_model: dict[str, tuple[float, ...]], combined: float) -> None:
+        error = abs(y - combined)
+        scale = self._scales[i]
+        scale = self._scales[i] = error if scale is None else scale + SCALE_DECAY * (error - scale)
+        if scale <= 0.0:
+            return  # every forecast so far was exact: nothing to tell the models apart
+        weights = self.weights[i]
+        raw = {name: w * math.exp(-HEDGE_RATE * abs(y - per_model[name][i]) / scale) for name, w in weights.items()}
         total = sum(raw.values())
-        return {name: w / total for name, w in raw.items()}
+        if total <= 0.0:  # every model far off at once: start the weights over
+            raw, total = dict.fromkeys(raw, 1.0), float(len(raw))
+        even = HEDGE_SHARE / len(raw)
+        self.weights[i] = {name: (1.0 - HEDGE_SHARE) * w / total + even for name, w in raw.items()}
 
     def _combine(self, t: int) -> SeriesForecast:
         H = self.horizon
@@ -141,16 +166,22 @@ class OnlineSelector(Forecaster):
             if max(f) > cap:
                 f = [min(v, cap) for v in f]
             forecasts[m.name] = f
-        anchor_weights = [self._weights(i) for i in range(len(self.anchors))]
+        anchor_weights = self.weights
         point = [0.0] * H
         for positions, weights in zip(self._positions, anchor_weights):
-            for name, wt in weights.items():
+            # models Hedge has all but dropped are left out (and the rest renormalised):
+            # most of the weight sits on two or three models, and this is the hot loop
+            kept = [(name, wt) for name, wt in weights.items() if wt >= NEGLIGIBLE]
+            total = sum(wt for _, wt in kept)
+            for name, wt in kept:
                 f = forecasts[name]
+                wt /= total
                 for h in positions:
                     point[h] += f[h] * wt
-        widths = self._widths({a: tr.width for a, tr in zip(self.anchors, self.trackers)})
+        widths = self._widths(self._anchor_widths())
         normal_bounds = (max(0.0, point[0] - widths[0]), point[0] + widths[0])
-        self._issued[t] = ({name: [f[a - 1] for a in self.anchors] for name, f in forecasts.items()},
+        at_anchors = self._at_anchors
+        self._issued[t] = ({name: at_anchors(f) for name, f in forecasts.items()},
                            [point[a - 1] for a in self.anchors], normal_bounds)
         regime = "normal"
         if self.burst:
@@ -164,6 +195,20 @@ class OnlineSelector(Forecaster):
             regime=regime,
             weights=anchor_weights[self.anchors.index(6)] if 6 in self.anchors else anchor_weights[-1],
         )
+
+    def _anchor_widths(self) -> dict[int, float]:
+        """Each anchor's width; an anchor whose residuals have not come in yet (the
+        first 30 windows for the 30-window horizon) borrows the longest ready
+        anchor's width, grown as a random walk's error grows (by sqrt(h / a))."""
+        widths: dict[int, float] = {}
+        known: tuple[int, float] | None = None
+        for a, tracker in zip(self.anchors, self.trackers):
+            if tracker.ready:
+                known = (a, tracker.width)
+                widths[a] = tracker.width
+            else:
+                widths[a] = known[1] * math.sqrt(a / known[0]) if known else tracker.width
+        return widths
 
     # -------------------------------------------------------------- output
 
