@@ -97,8 +97,6 @@ def test_a_restarted_worker_continues_from_checkpointed_models(settings, tmp_pat
     eventually(lambda: r.get(key) is not None, 20, "the forecast mirrored to Redis")
 
 
-@pytest.mark.xfail(strict=False, reason="known defect: after a restart the forecasts of a few windows are "
-                   "sometimes not published (about 1 run in 4 here); the checkpoint itself is exact")
 def test_every_window_gets_a_forecast_across_a_restart(settings, tmp_path):
     settings = settings.replace(forecast_checkpoint_windows=1)
     published, windows, _, _ = run_restart(settings, tmp_path)
