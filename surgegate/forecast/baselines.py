@@ -83,7 +83,7 @@ class DailyChange(Forecaster):
 
     Where the daily cycle repeats but its level drifts from day to day, the
     last value holds the level and the typical day (the slow view's mean over
-    the last week) says where the hour is heading. Until a day is known the
+    the last two weeks) says where the hour is heading. Until a day is known the
     change is zero: it is the last value.
     """
 

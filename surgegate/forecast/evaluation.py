@@ -15,6 +15,7 @@ is its mean one-step change between windows that both have data.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -99,8 +100,8 @@ def evaluate_series(name: str, series: list[float | None], step_ms: int, *, hori
         inside = [lower[h][j] <= series[j] <= upper[h][j] for j in range(WARMUP, n)
                   if lower[h][j] is not None and series[j] is not None]
         cover[h] = sum(inside) / len(inside)
-    return TraceReport(name, step_ms, n, mase, smape, cover, spent / max(1, learned) * 1e6, burst, n - learned, series,
-                       {h: preds["selector"][h] for h in horizons}, lower, upper)
+    return TraceReport(name, step_ms, n, mase, smape, cover, spent / max(1, learned) * 1e6, burst, n - learned,
+                       series, {h: preds["selector"][h] for h in horizons}, lower, upper)
 
 
 def evaluate_trace(path: Path, *, horizon: int = 30, coverage: float = 0.9,
@@ -151,7 +152,7 @@ def plot(report: TraceReport, path: Path, horizon: int = 6, span: int = 120) -> 
     y = [float("nan") if v is None else v for v in report.actual]
     trail = 30
     jumps = [(y[i] - sum(y[i - trail:i]) / trail, i) for i in range(trail, len(y))]
-    jumps = [(jump, i) for jump, i in jumps if jump == jump]
+    jumps = [(jump, i) for jump, i in jumps if not math.isnan(jump)]  # not next to a missing window
     centre = max(jumps)[1] if jumps else len(y) // 2
     lo, hi = max(0, centre - span // 2), min(len(y), centre + span // 2)
     xs = list(range(lo, hi))

@@ -12,7 +12,7 @@ from surgegate.forecast.base import Forecaster
 from surgegate.forecast.conformal import RollingQuantile
 from surgegate.forecast.river_models import Interpolator
 
-#: Horizons (in windows) at which errors and residual quantiles are tracked;
+#: Horizons (in windows) at which model weights and residual quantiles are learned;
 #: other horizons interpolate between them.
 ANCHORS = (1, 3, 6, 12, 30)
 #: Hedge's learning rate, on each model's absolute error over the
