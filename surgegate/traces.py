@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import math
 from pathlib import Path
 
 
@@ -17,6 +18,7 @@ from pathlib import Path
 #: the busy services such a trace sums never drop under a quarter of their
 #: median otherwise.
 GAP_SHARE = 0.02
+_COLUMNS = ("timestamp_s", "count", "window_s", "input_tokens", "output_tokens")
 
 
 class TraceBin:
@@ -51,11 +53,18 @@ def read_trace(path: Path) -> list[TraceBin]:
         raise ValueError(f"{path}: needs columns timestamp_s,count (has {','.join(fields)})")
     rows = []
     for line, row in enumerate(reader, start=2):
+        empty = [name for name in ("timestamp_s", "count") if not row.get(name)]
+        if empty:
+            raise ValueError(f"{path}:{line}: no value for {', '.join(empty)}")
         try:
-            rows.append((float(row["timestamp_s"]), float(row["count"]), float(row.get("window_s") or 0),
-                         float(row.get("input_tokens") or 0), float(row.get("output_tokens") or 0)))
+            values = (float(row["timestamp_s"]), float(row["count"]), float(row.get("window_s") or 0),
+                      float(row.get("input_tokens") or 0), float(row.get("output_tokens") or 0))
         except ValueError as exc:
             raise ValueError(f"{path}:{line}: {exc}") from None
+        bad = next((f"{name}={v!r}" for name, v in zip(_COLUMNS, values) if not (math.isfinite(v) and v >= 0)), None)
+        if bad:
+            raise ValueError(f"{path}:{line}: {bad} must be a finite number >= 0")
+        rows.append(values)
     if not rows:
         raise ValueError(f"{path}: no rows")
     steps = [b[0] - a[0] for a, b in zip(rows, rows[1:]) if b[0] > a[0]]

@@ -219,3 +219,24 @@ def test_eval_forecast_writes_the_tables_and_a_plot(tmp_path):
     text = (out / "forecast-eval.md").read_text()
     assert "| selector |" in text and "| last_value |" in text and "coverage of the 90% bounds" in text
     assert (out / "forecast-burst.png").stat().st_size > 10_000
+
+
+def test_eval_forecast_refuses_a_trace_too_short_to_score(tmp_path, capsys):
+    trace = tmp_path / "short.csv"
+    trace.write_text("timestamp_s,count\n" + "".join(f"{i},3\n" for i in range(200)))  # 20 windows of 10 s
+    assert main(["eval-forecast", str(trace), "--out", str(tmp_path / "out")]) == 2
+    assert "short: 20 windows with data; scoring 30 windows ahead after a 30-window warm-up needs at least 61" \
+        in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ("0,1\n1,nan\n", "bad.csv:3: count=nan must be a finite number >= 0"),
+    ("0,-4\n", "bad.csv:2: count=-4.0 must be a finite number >= 0"),
+    ("0,1\n1\n", "bad.csv:3: no value for count"),
+    ("0,x\n", "bad.csv:2: could not convert string to float: 'x'"),
+])
+def test_a_bad_trace_row_is_refused_naming_its_line(tmp_path, rows, message):
+    trace = tmp_path / "bad.csv"
+    trace.write_text("timestamp_s,count\n" + rows)
+    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("'", ".")):
+        read_trace(trace)

@@ -51,11 +51,18 @@ class TraceReport:
 
 def evaluate_series(name: str, series: list[float | None], step_ms: int, *, horizon: int = 30,
                     coverage: float = 0.9, t0: int = 0) -> TraceReport:
-    """Run the selector and its models over ``series`` and score them."""
+    """Run the selector and its models over ``series`` and score them.
+
+    ``ValueError`` if too few windows have data to score the longest horizon after the warm-up.
+    """
     profile = DailyProfile()
     selector = OnlineSelector(rate_models(step_ms, profile), step_ms=step_ms, horizon=horizon, coverage=coverage)
     n = len(series)
     horizons = tuple(h for h in HORIZONS if h <= horizon)
+    known = sum(v is not None for v in series)
+    if known <= WARMUP + horizons[-1]:
+        raise ValueError(f"{name}: {known} windows with data; scoring {horizons[-1]} windows ahead after a "
+                         f"{WARMUP}-window warm-up needs at least {WARMUP + horizons[-1] + 1}")
     preds: dict[str, dict[int, list[float | None]]] = defaultdict(lambda: {h: [None] * n for h in horizons})
     lower = {h: [None] * n for h in horizons}
     upper = {h: [None] * n for h in horizons}
@@ -92,14 +99,15 @@ def evaluate_series(name: str, series: list[float | None], step_ms: int, *, hori
         for h, values in by_h.items():
             pairs = [(v, series[j]) for j, v in enumerate(values)
                      if v is not None and series[j] is not None and j >= WARMUP]
-            mase[model][h] = sum(abs(v - y) for v, y in pairs) / len(pairs) / scale
+            # no pairs only where gaps cover every scored window of this horizon
+            mase[model][h] = sum(abs(v - y) for v, y in pairs) / len(pairs) / scale if pairs else math.nan
             terms = [2 * abs(v - y) / (abs(v) + abs(y)) for v, y in pairs if abs(v) + abs(y) > 0]
             smape[model][h] = 100 * sum(terms) / len(terms) if terms else 0.0
     cover = {}
     for h in horizons:
         inside = [lower[h][j] <= series[j] <= upper[h][j] for j in range(WARMUP, n)
                   if lower[h][j] is not None and series[j] is not None]
-        cover[h] = sum(inside) / len(inside)
+        cover[h] = sum(inside) / len(inside) if inside else math.nan
     return TraceReport(name, step_ms, n, mase, smape, cover, spent / max(1, learned) * 1e6, burst, n - learned,
                        series, {h: preds["selector"][h] for h in horizons}, lower, upper)
 
