@@ -23,19 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from surgegate.traces import missing_windows, read_trace, to_windows
+from surgegate.forecast.evaluation import trace_series
 
 H = 6
 DAY_MS = 86_400_000
 
 
 def series(path: Path) -> tuple[np.ndarray, int]:
-    bins = read_trace(path)
-    step_ms = max(10_000, int(round(bins[0].length_s * 1000)))
-    rate, _ = to_windows(bins, step_ms)
-    y = np.array(rate, dtype=float)
-    y[np.array(missing_windows(bins, step_ms))] = np.nan
-    return y, step_ms
+    """The windows `eval-forecast` scores, with collection gaps as NaN."""
+    values, step_ms = trace_series(path)
+    return np.array([np.nan if v is None else v for v in values], dtype=float), step_ms
 
 
 def features(y: np.ndarray, i: int, lags: int, day: int | None) -> np.ndarray | None:

@@ -112,6 +112,17 @@ def evaluate_series(name: str, series: list[float | None], step_ms: int, *, hori
                        series, {h: preds["selector"][h] for h in horizons}, lower, upper)
 
 
+def trace_series(path: Path, *, gaps_as_zeros: bool = False) -> tuple[list[float | None], int]:
+    """A trace's request rate per window (``None`` for a collection gap, unless ``gaps_as_zeros``)
+    and the window length in ms: 10 s, or the trace's own bin where coarser."""
+    bins = read_trace(path)
+    step_ms = max(10_000, int(round(bins[0].length_s * 1000)))
+    rate, _ = to_windows(bins, step_ms)
+    if gaps_as_zeros:
+        return list(rate), step_ms
+    return [None if gap else v for v, gap in zip(rate, missing_windows(bins, step_ms))], step_ms
+
+
 def evaluate_trace(path: Path, *, horizon: int = 30, coverage: float = 0.9,
                    gaps_as_zeros: bool = False) -> TraceReport:
     """Evaluate on a trace file at 10 s windows, or at its own bin where coarser.
@@ -119,12 +130,7 @@ def evaluate_trace(path: Path, *, horizon: int = 30, coverage: float = 0.9,
     Collection gaps (see :func:`surgegate.traces.read_trace`) are missing
     windows, unless ``gaps_as_zeros`` reads them as the zeros the file holds.
     """
-    bins = read_trace(path)
-    step_ms = max(10_000, int(round(bins[0].length_s * 1000)))
-    rate, _ = to_windows(bins, step_ms)
-    series: list[float | None] = list(rate)
-    if not gaps_as_zeros:
-        series = [None if gap else v for v, gap in zip(rate, missing_windows(bins, step_ms))]
+    series, step_ms = trace_series(path, gaps_as_zeros=gaps_as_zeros)
     return evaluate_series(Path(path).name.split(".")[0], series, step_ms, horizon=horizon, coverage=coverage,
                            t0=1_767_225_600_000)
 
