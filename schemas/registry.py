@@ -7,8 +7,10 @@ they drift from the code.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -44,9 +46,22 @@ def schema_name(kind: type[msgspec.Struct]) -> str:
     return kind.__struct_config__.tag  # type: ignore[return-value]
 
 
+def _clean_descriptions(node: Any) -> Any:
+    """Descriptions as :func:`inspect.cleandoc` gives them, whatever msgspec version rendered them.
+
+    msgspec 0.22 keeps a docstring's indentation and 0.23 strips it; the files must not depend on that.
+    """
+    if isinstance(node, dict):
+        return {key: inspect.cleandoc(value) if key == "description" and isinstance(value, str)
+                else _clean_descriptions(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_clean_descriptions(value) for value in node]
+    return node
+
+
 def json_schema(kind: type[msgspec.Struct]) -> dict:
-    """The JSON Schema (draft 2020-12) of one wire type."""
-    document = msgspec.json.schema(kind)
+    """The JSON Schema (draft 2020-12) of one wire type, descriptions without indentation."""
+    document = _clean_descriptions(msgspec.json.schema(kind))
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"https://surgegate.dev/schemas/{kind.__name__}.schema.json",
