@@ -7,5 +7,8 @@ COPY schemas schemas
 COPY streams streams
 COPY agents agents
 COPY api api
+COPY edge edge
+COPY gpu gpu
+COPY devtools devtools
 RUN pip install --no-cache-dir .
 ENTRYPOINT ["surgegate"]

@@ -1,3 +1,1 @@
-"""Faust agents: they work on the low-volume streams (partials, windows, and
-later forecasts and decisions), where tables, changelogs and rebalancing earn
-their keep. The per-request path never goes through Faust."""
+"""Faust agents on the low-volume streams: window merge, forecast, decide and the Redis mirror (never per request)."""

@@ -28,7 +28,7 @@ from surgegate.control.throttle import DecisionInputs, ThrottlePolicy
 from surgegate.schemas.aggregates import PoolStats, TrafficStats, WindowStats
 from surgegate.schemas.decisions import Override
 from surgegate.schemas.forecasts import Forecast
-from surgegate.scopes import parse_scope
+from surgegate.telemetry.scopes import parse_scope
 from surgegate.settings import Settings
 from surgegate.streams.store import StateMirror
 

@@ -1,2 +1,1 @@
-"""The status API (aiohttp): health, windows, forecasts, thresholds, decisions and their stream,
-operator overrides, Prometheus metrics and the OpenAPI document. See :mod:`surgegate.api.app`."""
+"""The status API (aiohttp): windows, forecasts, decisions and their stream, overrides, metrics, the dashboard."""

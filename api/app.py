@@ -31,7 +31,7 @@ from confluent_kafka.admin import AdminClient
 
 from surgegate.api.openapi import openapi_document
 from surgegate.schemas.decisions import Override, ThrottleDecision
-from surgegate.scopes import NAME_PATTERN, parse_scope
+from surgegate.telemetry.scopes import NAME_PATTERN, parse_scope
 from surgegate.settings import Settings
 from surgegate.streams.kafka import follow_from_start
 from surgegate.streams.producer import KafkaSender

@@ -19,11 +19,11 @@ import time
 import msgspec
 from confluent_kafka import Producer
 
-from surgegate.admission import Admission
+from surgegate.admission.gate import Admission
 from surgegate.schemas.decisions import TenantLimit, ThrottleDecision, TierLimit
 from surgegate.settings import Settings
-from surgegate.streams.edge import EdgeGate
-from surgegate.streams.embedded import EmbeddedBroker
+from surgegate.edge.gate import EdgeGate
+from surgegate.devtools.embedded import EmbeddedBroker
 from surgegate.streams.topics import Topics, create_topics
 
 TIERS = ("enterprise", "pro", "free")

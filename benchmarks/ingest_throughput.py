@@ -26,12 +26,12 @@ import msgspec
 from surgegate.schemas.aggregates import SourceRange
 from surgegate.schemas.telemetry import RequestEvent
 from surgegate.settings import Settings
-from surgegate.streams.embedded import EmbeddedBroker
+from surgegate.devtools.embedded import EmbeddedBroker
 from surgegate.streams.ingest import IngestWorker
 from surgegate.streams.topics import Topics, create_topics
-from surgegate.summaries import summarize
-from surgegate.validation import TelemetryValidator
-from surgegate.windowing import PartialAggregator
+from surgegate.telemetry.summaries import summarize
+from surgegate.telemetry.validation import TelemetryValidator
+from surgegate.telemetry.windowing import PartialAggregator
 
 T0 = 1_767_225_600_000
 

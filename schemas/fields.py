@@ -6,8 +6,8 @@ from typing import Annotated
 
 from msgspec import Meta
 
-from surgegate.scopes import NAME_PATTERN
-
+#: Names of services, tenants, tiers, pools, edges and workers.
+NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 #: Names of services, tenants, tiers, pools, edges and workers. The character
 #: pattern is published in the JSON Schema and checked by the validator against a
 #: cache of names already seen: a regex per field per event would triple decode time.

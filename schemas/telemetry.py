@@ -47,7 +47,7 @@ class RequestEvent(msgspec.Struct, frozen=True, gc=False, tag_field="schema", ta
 
 
 class Sketch(msgspec.Struct, frozen=True, gc=False):
-    """Wire form of a log-bucket latency sketch (see :mod:`surgegate.sketch`).
+    """Wire form of a log-bucket latency sketch (see :mod:`surgegate.telemetry.sketch`).
 
     ``bins`` maps bucket index to count, ``zeros`` counts values <= 0.001 ms,
     ``max`` is the exact maximum.

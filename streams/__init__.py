@@ -1,2 +1,1 @@
-"""Kafka and Redis I/O: topics, the producer SDK, the ingest consumer, the
-dead-letter sink, the Redis mirror, trace replay and the embedded services."""
+"""Kafka and Redis plumbing: topics, client wrappers, the producer SDK, the ingest consumer and the Redis mirror."""

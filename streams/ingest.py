@@ -2,7 +2,7 @@
 
 A confluent-kafka consumer group reads sg.requests and sg.metrics in batches,
 decodes each record with one typed msgspec decoder, folds it into a per-partition
-:class:`~surgegate.windowing.PartialAggregator`, and every ``flush_interval``
+:class:`~surgegate.telemetry.windowing.PartialAggregator`, and every ``flush_interval``
 publishes one WindowPartial per scope and window to sg.partials, then a
 Watermark to every partials partition. Bad records go to sg.deadletter.
 
@@ -35,8 +35,8 @@ from surgegate.streams.kafka import consumer_config
 from surgegate.streams.producer import KafkaSender
 from surgegate.streams.store import CounterSink, Keys, NullCounterSink
 from surgegate.streams.topics import Topics
-from surgegate.validation import TelemetryValidator
-from surgegate.windowing import PartialAggregator
+from surgegate.telemetry.validation import TelemetryValidator
+from surgegate.telemetry.windowing import PartialAggregator
 
 log = logging.getLogger(__name__)
 

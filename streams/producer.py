@@ -19,7 +19,7 @@ from confluent_kafka import KafkaError, Producer
 from surgegate.errors import DeliveryFailed, InvalidEvent, ProducerBufferFull
 from surgegate.schemas.telemetry import MetricEvent, RequestEvent, RequestSummary
 from surgegate.settings import Settings
-from surgegate.validation import NameCheck
+from surgegate.telemetry.validation import NameCheck
 from surgegate.streams.kafka import FLUSH_TIMEOUT_S, producer_config
 from surgegate.streams.topics import Topics
 

@@ -1,9 +1,11 @@
-"""surgegate: a streaming control plane for LLM and AI inference services.
+"""surgegate's pure core (telemetry, forecast, control, admission, sim), settings and CLI; its other layers install beside it.
 
-Pure logic (sketches, windowing, settings) lives in this package's own modules;
-``surgegate.schemas`` holds the wire types, ``surgegate.streams`` the Kafka and
-Redis I/O, ``surgegate.agents`` the Faust agents and ``surgegate.api`` the
-HTTP API.
+The top-level folders install as sub-packages: ``schemas/`` as ``surgegate.schemas``
+(wire types), ``streams/`` (Kafka and Redis plumbing), ``agents/`` (Faust
+agents), ``api/`` (status API), ``edge/`` (edge gate and gateway), ``gpu/``
+(scaling subscriber) and ``devtools/`` (embedded services, fake LLM, demo,
+replay). Lower layers never import higher ones: pure logic -> plumbing ->
+agents, API, edge and GPU side -> CLI.
 """
 
 __version__ = "0.1.0"

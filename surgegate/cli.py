@@ -66,7 +66,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> None:
-    from surgegate.streams.embedded import EmbeddedBroker, EmbeddedRedis
+    from surgegate.devtools.embedded import EmbeddedBroker, EmbeddedRedis
     from surgegate.streams.topics import create_topics
 
     settings = _settings(args)
@@ -103,7 +103,7 @@ def cmd_up(args: argparse.Namespace) -> None:
 
 
 def _demo(settings: Settings, stop: threading.Event) -> None:
-    from surgegate.streams.demo import run_demo
+    from surgegate.devtools.demo import run_demo
     from surgegate.streams.producer import TelemetryProducer
 
     with TelemetryProducer(settings, client_id="surgegate-demo") as producer:
@@ -125,8 +125,8 @@ def cmd_topics(args: argparse.Namespace) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> None:
     from surgegate.streams.producer import TelemetryProducer
-    from surgegate.streams.replay import replay
-    from surgegate.traces import read_trace
+    from surgegate.devtools.replay import replay
+    from surgegate.telemetry.traces import read_trace
 
     settings = _settings(args)
     _need_kafka(settings)
@@ -153,7 +153,7 @@ def load_tenants(path: str) -> tuple[dict[str, str], dict]:
     ``{tenant: {"tier": ..., "rate_rps": ..., "burst": ...}}`` (rate and burst: a global contract)."""
     import json
 
-    from surgegate.streams.edge import Contract
+    from surgegate.edge.gate import Contract
 
     try:
         raw = json.loads(Path(path).read_text())
@@ -181,8 +181,8 @@ def load_tenants(path: str) -> tuple[dict[str, str], dict]:
 def cmd_edge(args: argparse.Namespace) -> None:
     from aiohttp import web
 
-    from surgegate.streams.edge import EdgeGate, GlobalQuota
-    from surgegate.streams.edge_proxy import create_edge_app
+    from surgegate.edge.gate import EdgeGate, GlobalQuota
+    from surgegate.edge.gateway import create_edge_app
     from surgegate.streams.store import Keys
 
     settings = _settings(args)
@@ -208,7 +208,7 @@ def cmd_edge(args: argparse.Namespace) -> None:
 def cmd_scaler(args: argparse.Namespace) -> None:
     import shlex
 
-    from surgegate.streams.scaler import CommandScaler, KubernetesScaler, LogScaler, ScalingSubscriber
+    from surgegate.gpu.scaler import CommandScaler, KubernetesScaler, LogScaler, ScalingSubscriber
 
     settings = _settings(args)
     _need_kafka(settings)
@@ -234,7 +234,7 @@ def cmd_scaler(args: argparse.Namespace) -> None:
 def cmd_fake_llm(args: argparse.Namespace) -> None:
     from aiohttp import web
 
-    from surgegate.streams.fake_llm import LatencyModel, create_fake_llm_app
+    from surgegate.devtools.fake_llm import LatencyModel, create_fake_llm_app
 
     model = LatencyModel(median_ms=args.median_ms, p90_ms=args.p90_ms, slow_share=args.slow_share,
                          slow_ms=(args.slow_min_ms, args.slow_max_ms), error_share=args.error_share)

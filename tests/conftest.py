@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from support import WorkerProcess  # noqa: E402
 
 from surgegate.settings import Settings  # noqa: E402
-from surgegate.streams.embedded import EmbeddedBroker, EmbeddedRedis  # noqa: E402
+from surgegate.devtools.embedded import EmbeddedBroker, EmbeddedRedis  # noqa: E402
 from surgegate.streams.topics import create_topics  # noqa: E402
 
 _counter = itertools.count()

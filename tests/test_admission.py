@@ -7,11 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from surgegate.admission import ADMIT, DEFER, REJECT, Admission, Bucket, Fallback, Tally, UnknownTier
+from surgegate.admission.actions import ADMIT, DEFER, REJECT
+from surgegate.admission.gate import Admission, Bucket, Fallback, UnknownTier
+from surgegate.admission.tally import Tally
 from surgegate.control.config import ServiceConfig
 from surgegate.schemas.decisions import TenantLimit, ThrottleDecision, TierLimit
 from surgegate.schemas.telemetry import RequestEvent, RequestSummary
-from surgegate.windowing import TrafficCell
+from surgegate.telemetry.windowing import TrafficCell
 
 TIERS = ("enterprise", "pro", "free")
 

@@ -18,7 +18,7 @@ from surgegate.api.app import create_api
 from surgegate.api.openapi import openapi_document
 from surgegate.schemas.decisions import Override, ThrottleDecision, TierLimit
 from surgegate.settings import Settings
-from surgegate.streams.embedded import EmbeddedRedis
+from surgegate.devtools.embedded import EmbeddedRedis
 from surgegate.streams.store import Keys
 from surgegate.streams.topics import Topics
 

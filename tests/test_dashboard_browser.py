@@ -20,8 +20,8 @@ from support import WorkerProcess
 
 from surgegate.cli import DEMO_SERVICES, serve_api_in_thread
 from surgegate.schemas.decisions import ThrottleDecision, TierLimit
-from surgegate.streams.demo import run_demo
-from surgegate.streams.embedded import free_port
+from surgegate.devtools.demo import run_demo
+from surgegate.devtools.embedded import free_port
 from surgegate.streams.producer import TelemetryProducer
 from surgegate.streams.topics import Topics
 

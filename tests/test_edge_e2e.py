@@ -12,14 +12,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from confluent_kafka import Producer
 from support import TopicReader, eventually
 
-from surgegate.admission import ADMIT, REJECT, Fallback
+from surgegate.admission.actions import ADMIT, REJECT
+from surgegate.admission.gate import Fallback
 from surgegate.schemas.decisions import ThrottleDecision, TierLimit
 from surgegate.schemas.telemetry import RequestSummary
 from surgegate.settings import Settings
-from surgegate.streams.edge import Contract, EdgeGate, GlobalQuota
-from surgegate.streams.edge_proxy import create_edge_app
-from surgegate.streams.embedded import EmbeddedBroker, EmbeddedRedis
-from surgegate.streams.fake_llm import LatencyModel, create_fake_llm_app
+from surgegate.edge.gate import Contract, EdgeGate, GlobalQuota
+from surgegate.edge.gateway import create_edge_app
+from surgegate.devtools.embedded import EmbeddedBroker, EmbeddedRedis
+from surgegate.devtools.fake_llm import LatencyModel, create_fake_llm_app
 from surgegate.streams.store import Keys
 from surgegate.streams.topics import Topics, create_topics
 

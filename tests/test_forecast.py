@@ -16,7 +16,7 @@ from surgegate.forecast.evaluation import evaluate_trace
 from surgegate.forecast.river_models import HoltWintersForecaster, LagRegressor, SnarimaxForecaster
 from surgegate.forecast.scope import ScopeForecaster, rate_models
 from surgegate.forecast.selector import OnlineSelector
-from surgegate.traces import missing_windows, read_trace
+from surgegate.telemetry.traces import missing_windows, read_trace
 
 STEP = 10_000
 FACTORIES = {

@@ -13,7 +13,7 @@ from test_pipeline_e2e import reference, send, traffic
 from surgegate.schemas.aggregates import WindowPartial
 from surgegate.streams.ingest import IngestWorker
 from surgegate.streams.topics import Topics
-from surgegate.windowing import ScopeWindows
+from surgegate.telemetry.windowing import ScopeWindows
 
 pytestmark = pytest.mark.e2e
 

@@ -16,13 +16,13 @@ from support import T0, W, TopicReader, WorkerProcess, eventually
 from surgegate.schemas.aggregates import SourceRange, WindowStats
 from surgegate.schemas.deadletter import DeadLetter
 from surgegate.schemas.telemetry import MetricEvent, RequestEvent
-from surgegate.sketch import RELATIVE_ACCURACY
-from surgegate.streams.embedded import EmbeddedRedis
+from surgegate.telemetry.sketch import RELATIVE_ACCURACY
+from surgegate.devtools.embedded import EmbeddedRedis
 from surgegate.streams.producer import TelemetryProducer
 from surgegate.streams.store import Keys
 from surgegate.streams.topics import Topics
-from surgegate.summaries import summarize
-from surgegate.windowing import PartialAggregator, merge_all
+from surgegate.telemetry.summaries import summarize
+from surgegate.telemetry.windowing import PartialAggregator, merge_all
 
 pytestmark = pytest.mark.e2e
 

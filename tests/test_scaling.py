@@ -146,7 +146,7 @@ def _decision(version: int, replicas: int, pool: str = "gpu-a") -> ScalingDecisi
 
 def test_the_subscriber_keeps_its_pools_newest_version_and_calls_the_scaler_on_changes(tmp_path):
     from surgegate.settings import Settings
-    from surgegate.streams.scaler import CommandScaler, ScalingSubscriber
+    from surgegate.gpu.scaler import CommandScaler, ScalingSubscriber
 
     out = tmp_path / "scaled"
     scaler = CommandScaler(["sh", "-c", f'echo "$SG_POOL $SG_DESIRED_REPLICAS $SG_VERSION" >> {out}'],

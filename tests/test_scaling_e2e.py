@@ -10,7 +10,7 @@ from test_decide_e2e import load
 from test_pipeline_e2e import send
 
 from surgegate.schemas.decisions import ScalingDecision
-from surgegate.streams.scaler import ScalingSubscriber
+from surgegate.gpu.scaler import ScalingSubscriber
 
 pytestmark = pytest.mark.e2e
 
@@ -66,7 +66,7 @@ def test_a_gpu_worker_reports_its_state_as_metric_events(settings):
 
     from surgegate.schemas.telemetry import MetricEvent
     from surgegate.streams.producer import TelemetryProducer
-    from surgegate.streams.scaler import WorkerReporter
+    from surgegate.gpu.scaler import WorkerReporter
     from surgegate.streams.topics import Topics
 
     state = {"state": "cold_starting", "utilisation": 0.0}

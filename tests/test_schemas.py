@@ -9,7 +9,7 @@ import pytest
 
 from surgegate.errors import InvalidEvent
 from surgegate.schemas.registry import WIRE_TYPES, render, schema_name, schema_path
-from surgegate.validation import TelemetryValidator
+from surgegate.telemetry.validation import TelemetryValidator
 
 NOW = 1_767_225_600_000
 GOOD = {"schema": "sg.RequestEvent/1", "ts": NOW, "service": "chat", "tenant": "acme", "tier": "pro",

@@ -23,7 +23,7 @@ from pathlib import Path
 from surgegate.forecast.daily import DailyProfile
 from surgegate.forecast.scope import rate_models
 from surgegate.forecast.selector import OnlineSelector
-from surgegate.traces import missing_windows, read_trace, to_windows
+from surgegate.telemetry.traces import missing_windows, read_trace, to_windows
 
 HORIZONS = (1, 6, 30)
 #: Windows learned before scoring starts.
@@ -127,7 +127,7 @@ def evaluate_trace(path: Path, *, horizon: int = 30, coverage: float = 0.9,
                    gaps_as_zeros: bool = False) -> TraceReport:
     """Evaluate on a trace file at 10 s windows, or at its own bin where coarser.
 
-    Collection gaps (see :func:`surgegate.traces.read_trace`) are missing
+    Collection gaps (see :func:`surgegate.telemetry.traces.read_trace`) are missing
     windows, unless ``gaps_as_zeros`` reads them as the zeros the file holds.
     """
     series, step_ms = trace_series(path, gaps_as_zeros=gaps_as_zeros)

@@ -1,6 +1,6 @@
 """Run a workload against a policy on the simulated service, and score the run.
 
-Edges apply decisions with the edge gate's own :class:`~surgegate.admission.Admission`
+Edges apply decisions with the edge gate's own :class:`~surgegate.admission.gate.Admission`
 on simulated time: each admit() call stands for ``k`` requests (the gate's
 ``share`` is 1/k), so a second at 120,000 rps costs about a hundred calls.
 Batch work that is deferred waits in a backlog and is offered again each
@@ -14,7 +14,8 @@ import math
 import random
 from collections.abc import Callable
 
-from surgegate.admission import ADMIT, DEFER, Admission, Fallback
+from surgegate.admission.actions import ADMIT, DEFER
+from surgegate.admission.gate import Admission, Fallback
 from surgegate.schemas.aggregates import PoolStats, TrafficStats
 from surgegate.sim.policies import FleetBounds, Observation, Policy, Sample
 from surgegate.sim.service import TIER_ORDER, Fleet, Queues, ServiceModel

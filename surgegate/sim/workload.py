@@ -14,7 +14,7 @@ import math
 import random
 from pathlib import Path
 
-from surgegate.traces import read_trace, to_windows
+from surgegate.telemetry.traces import read_trace, to_windows
 
 #: Traffic mix by (tier, request type): shares of all requests.
 DEFAULT_MIX: dict[tuple[str, str], float] = {

@@ -1,6 +1,6 @@
 """The edge gate that an edge (gateway, LB plugin, LLM API server) embeds.
 
-:class:`EdgeGate` keeps an :class:`~surgegate.admission.Admission` fed with the
+:class:`EdgeGate` keeps an :class:`~surgegate.admission.gate.Admission` fed with the
 service's throttle decisions and reports what it saw:
 
 - decisions come from the compacted sg.decisions.throttle, read from the
@@ -27,7 +27,7 @@ import msgspec
 import redis
 import redis.asyncio as aredis
 
-from surgegate.admission import HOLD_AFTER_S, Admission, Fallback, Verdict
+from surgegate.admission.gate import HOLD_AFTER_S, Admission, Fallback, Verdict
 from surgegate.control.config import DEFAULT_TIERS, ServiceConfig, parse_services
 from surgegate.errors import DeliveryFailed, ProducerBufferFull
 from surgegate.schemas.decisions import ThrottleDecision

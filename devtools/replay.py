@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 
 from surgegate.schemas.telemetry import RequestEvent
 from surgegate.streams.producer import TelemetryProducer
-from surgegate.summaries import SummaryBuilder
-from surgegate.traces import TraceBin
+from surgegate.telemetry.summaries import SummaryBuilder
+from surgegate.telemetry.traces import TraceBin
 
 #: Progress callback: (bins done, bins total, requests sent).
 Progress = Callable[[int, int, int], None]

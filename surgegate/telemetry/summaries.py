@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from surgegate.schemas.telemetry import RequestEvent, RequestSummary
-from surgegate.windowing import TrafficCell, wire_sketch
+from surgegate.telemetry.windowing import TrafficCell, wire_sketch
 
 _Key = tuple[int, str, str, str, str, str]
 
@@ -23,7 +23,7 @@ _Key = tuple[int, str, str, str, str, str]
 class SummaryBuilder:
     """Accumulates RequestEvents into per-second, per-scope RequestSummaries.
 
-    Each summary is folded by the same :class:`~surgegate.windowing.TrafficCell`
+    Each summary is folded by the same :class:`~surgegate.telemetry.windowing.TrafficCell`
     the ingest uses for raw events, so both paths agree by construction.
     """
 

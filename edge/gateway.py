@@ -33,9 +33,10 @@ from collections.abc import Mapping
 import aiohttp
 from aiohttp import web
 
-from surgegate.admission import ADMIT, DEFER, REJECT, UnknownTier, Verdict
-from surgegate.scopes import NAME_PATTERN
-from surgegate.streams.edge import EdgeGate, GlobalQuota
+from surgegate.admission.actions import ADMIT, DEFER, REJECT
+from surgegate.admission.gate import UnknownTier, Verdict
+from surgegate.telemetry.scopes import NAME_PATTERN
+from surgegate.edge.gate import EdgeGate, GlobalQuota
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from math import ceil, log
 
 import msgspec
 
-from surgegate.scopes import parse_scope, pool_scope, service_scope, tenant_scope, tier_scope
+from surgegate.telemetry.scopes import parse_scope, pool_scope, service_scope, tenant_scope, tier_scope
 from surgegate.schemas.aggregates import (
     PoolAggregate,
     PoolStats,
@@ -34,7 +34,7 @@ from surgegate.schemas.aggregates import (
     WorkerSample,
 )
 from surgegate.schemas.telemetry import SLOW_REQUEST_MS, MetricEvent, RequestEvent, RequestSummary, Sketch
-from surgegate.sketch import INV_LOG_GAMMA, MIN_VALUE, LogHistogram
+from surgegate.telemetry.sketch import INV_LOG_GAMMA, MIN_VALUE, LogHistogram
 
 #: After a scope's last traffic, closed windows without traffic are still
 #: published as zeros for this many windows; then the scope goes quiet.

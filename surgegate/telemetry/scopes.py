@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import re
 
-#: Names of services, tenants, tiers, pools, edges and workers.
-NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+from surgegate.schemas.fields import NAME_PATTERN
+
 _NAME = re.compile(NAME_PATTERN)
 _LABELS = ("service", "tier", "tenant", "pool")
 

@@ -18,7 +18,7 @@ import re
 import msgspec
 
 from surgegate.errors import InvalidEvent
-from surgegate.scopes import NAME_PATTERN
+from surgegate.telemetry.scopes import NAME_PATTERN
 from surgegate.schemas.telemetry import MetricEvent, RequestEvent, RequestSummary, Telemetry
 
 
@@ -90,7 +90,7 @@ def _validation_reason(message: str) -> str:
 
 
 class NameCheck:
-    """Checks name fields against :data:`~surgegate.scopes.NAME_PATTERN`, caching names seen.
+    """Checks name fields against :data:`~surgegate.telemetry.scopes.NAME_PATTERN`, caching names seen.
 
     >>> NameCheck().check(RequestEvent(ts=0, service="chat", tenant="a b", tier="free", edge_id="e",
     ...                                latency_ms=1.0))

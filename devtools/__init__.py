@@ -1,0 +1,1 @@
+"""Developer tools: the embedded broker and Redis, a fake LLM upstream, synthetic demo traffic and trace replay."""

@@ -1,0 +1,1 @@
+"""The GPU-worker side: the scaling subscriber and the scalers that carry out each pool's decision."""

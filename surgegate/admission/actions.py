@@ -1,0 +1,3 @@
+"""The three answers an admission gate gives a request."""
+
+ADMIT, DEFER, REJECT = "admit", "defer", "reject"
