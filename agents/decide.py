@@ -6,9 +6,12 @@ onto sg.control.inputs so one agent instance sees everything about a service.
 The decision for window W is made as soon as the service's window W arrives,
 with the newest forecast at hand (usually the one issued after W-1, whose
 upper bounds cover W+1 onwards) and the newest tier, tenant and pool windows:
-a decision never waits for the forecast step, which costs ten times more. Each service's policy state (level, hysteresis, breaker, tenant
-histories, last version) is checkpointed in the Faust table
-``throttle_policies`` after every decision.
+a decision never waits for the forecast step, which costs ten times more.
+The decision itself is :class:`~surgegate.control.controller.ServiceController`'s,
+the same object the simulator steps. Each service's policy state (level,
+hysteresis, breaker, tenant histories, last version) and its pool's scaling
+state are checkpointed in the Faust table ``throttle_policies`` after every
+decision.
 """
 
 from __future__ import annotations
@@ -23,8 +26,7 @@ from faust.types import TP
 from surgegate.agents.checkpoint import checkpoint, restore
 from surgegate.agents.counters import AgentCounters, decode_or_count
 from surgegate.control.config import ServiceConfig
-from surgegate.control.scaling import ScalingInputs, ScalingPolicy
-from surgegate.control.throttle import DecisionInputs, ThrottlePolicy
+from surgegate.control.controller import ServiceController, ServiceWindow
 from surgegate.schemas.aggregates import PoolStats, TrafficStats, WindowStats
 from surgegate.schemas.decisions import Override
 from surgegate.schemas.forecasts import Forecast
@@ -43,18 +45,15 @@ KEEP_WINDOWS = 60
 
 @dataclasses.dataclass
 class ServiceView:
-    """Recent inputs of one service by window start, and its policy."""
+    """Recent inputs of one service by window start, and its controller."""
 
-    policy: ThrottlePolicy
-    scaling: ScalingPolicy
+    controller: ServiceController
     service: dict[int, TrafficStats] = dataclasses.field(default_factory=dict)
     forecasts: dict[int, Forecast] = dataclasses.field(default_factory=dict)
     tiers: dict[int, dict[str, TrafficStats]] = dataclasses.field(default_factory=dict)
     tenants: dict[int, dict[str, TrafficStats]] = dataclasses.field(default_factory=dict)
     pools: dict[int, PoolStats] = dataclasses.field(default_factory=dict)
     overrides: dict[str, Override] = dataclasses.field(default_factory=dict)
-    #: the per-replica rate the throttle policy's safe capacity has learned
-    replica_rps: float | None = None
 
     def newest(self, by_window: dict, start: int):
         """The entry for ``start``, else the newest one before it."""
@@ -134,9 +133,9 @@ class DecideAgent:
         view = self.views.get(service)
         if view is None:
             config = self.config(service)
-            policy = restore(self.table, service) or ThrottlePolicy(config)
-            scaling = restore(self.table, _scaling_key(config.pool)) or ScalingPolicy(config.pool_config())
-            view = self.views[service] = ServiceView(policy=policy, scaling=scaling)
+            controller = ServiceController(config, throttle=restore(self.table, service),
+                                           scaling=restore(self.table, _scaling_key(config.pool)))
+            view = self.views[service] = ServiceView(controller=controller)
         return view
 
     async def _decide(self, stream: faust.StreamT) -> None:
@@ -167,61 +166,35 @@ class DecideAgent:
 
     async def _publish(self, service: str, view: ServiceView, start: int) -> None:
         window_ms = self.settings.window_ms
-        if start // window_ms <= view.policy.last_version:
+        controller = view.controller
+        if controller.decided(start):
             view.service.pop(start, None)
             view.forecasts.pop(start, None)
             return  # decided already (or a replayed window)
         now = start + window_ms
         view.overrides = {k: o for k, o in view.overrides.items() if o.expires_at > now and not o.cancel}
-        pool = view.newest(view.pools, start)
-        inputs = DecisionInputs(window_start=start, window_ms=window_ms, service=view.service[start],
-                                tiers=dict(view.newest(view.tiers, start) or {}),
-                                tenants=dict(view.newest(view.tenants, start) or {}),
-                                forecast=view.newest(view.forecasts, start), pool=pool,
-                                overrides=tuple(view.overrides.values()),
-                                starting=view.scaling.starting(_ready(pool, view)))
+        window = ServiceWindow(window_start=start, window_ms=window_ms, service=view.service[start],
+                               tiers=dict(view.newest(view.tiers, start) or {}),
+                               tenants=dict(view.newest(view.tenants, start) or {}),
+                               forecast=view.newest(view.forecasts, start), pool=view.newest(view.pools, start),
+                               overrides=tuple(view.overrides.values()))
         with self.counters.timed("decide"):
-            threshold, decision = view.policy.decide(inputs)
-        view.replica_rps = threshold.replica_rps
-        t_bytes, d_bytes = msgspec.json.encode(threshold), msgspec.json.encode(decision)
+            out = controller.step(window)
+        t_bytes, d_bytes = msgspec.json.encode(out.threshold), msgspec.json.encode(out.throttle)
         await self.thresholds.send(key=service.encode(), value=t_bytes)
         await self.decisions.send(key=service.encode(), value=d_bytes)
-        checkpoint(self.table, service, view.policy)
+        checkpoint(self.table, service, controller.throttle)
         self.counters["decisions.published"] += 1
-        await self._scale(view, inputs)
+        pool_name = controller.scaling.config.pool
+        await self.scaling.send(key=pool_name.encode(), value=msgspec.json.encode(out.scaling))
+        checkpoint(self.table, _scaling_key(pool_name), controller.scaling)
+        self.counters["scaling.published"] += 1
         await self.counters.report()
         view.service.pop(start, None)
         view.prune(start)
         if self.mirror is not None:
             await self.mirror.put_decision(service, t_bytes, d_bytes)
 
-    async def _scale(self, view: ServiceView, inputs: DecisionInputs) -> None:
-        """The pool's scaling decision for the same window, from demand throttling did not hide."""
-        policy = view.scaling
-        traffic, pool, seconds = inputs.service, inputs.pool, inputs.window_ms / 1000
-        ready = _ready(pool, view)
-        starting = pool.cold_starting_replicas if pool is not None and pool.workers else 0
-        forecast = inputs.forecast
-        with self.counters.timed("scale"):
-            decision = policy.decide(ScalingInputs(
-                window_start=inputs.window_start, window_ms=inputs.window_ms,
-                demand_rps=traffic.demand,  # throttled requests included: throttling never hides a burst
-                batch_rps=traffic.batch / seconds, deferred=traffic.deferred, ready_replicas=ready,
-                cold_starting=starting,
-                upper_rps=tuple(forecast.upper_after(inputs.window_start)) if forecast is not None else (),
-                replica_rps=view.replica_rps))
-        pool_name = policy.config.pool
-        await self.scaling.send(key=pool_name.encode(), value=msgspec.json.encode(decision))
-        checkpoint(self.table, _scaling_key(pool_name), policy)
-        self.counters["scaling.published"] += 1
-
 
 def _scaling_key(pool: str) -> str:
     return f"scaling:{pool}"
-
-
-def _ready(pool: PoolStats | None, view: ServiceView) -> int:
-    """Ready replicas by the pool's reports; without any, the last scaling decision is assumed carried out."""
-    if pool is not None and pool.workers:
-        return pool.ready_replicas
-    return view.scaling.current or view.policy.config.replicas

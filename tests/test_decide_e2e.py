@@ -41,10 +41,10 @@ def test_traffic_above_capacity_is_throttled_within_two_windows(settings, tmp_pa
         decisions = TopicReader(settings, topics.throttle)
         decisions.poll_until(lambda m: len(m) >= 8, 120, "a decision per window")
         got = {d.version: d for d in decisions.decoded(ThrottleDecision)}
-        first = T0 // W
-        assert all(got[first + w].level == 0 for w in range(1, over_from)), [got[first + w].reason for w in range(4)]
+        first = T0
+        assert all(got[first + w * W].level == 0 for w in range(1, over_from)), [got[first + w * W].reason for w in range(4)]
         throttled = [v for v, d in got.items() if d.level > 0]
-        assert throttled and min(throttled) <= first + over_from + 1, "throttled within two windows"
+        assert throttled and min(throttled) <= first + (over_from + 1) * W, "throttled within two windows"
         d = got[min(throttled)]
         assert d.service == "chat" and d.defer_batch and d.safe_rps == pytest.approx(17.0)
         assert d.reason.startswith(f"level {d.level}: forecast") and "vs safe 17 rps" in d.reason
@@ -78,10 +78,10 @@ def test_an_operator_override_on_the_topic_pins_the_level_and_is_named(settings,
         decisions = TopicReader(settings, topics.throttle)
         decisions.poll_until(lambda m: len(m) >= 8, 120, "a decision per window")
         got = {d.version: d for d in decisions.decoded(ThrottleDecision)}
-        first = T0 // W
-        pinned = [got[first + w] for w in range(0, 3)]
+        first = T0
+        pinned = [got[first + w * W] for w in range(0, 3)]
         assert all(d.level == 3 and d.override == "ovr-7" for d in pinned), [d.reason for d in pinned]
         assert "override ovr-7 by sre-on-call pins level 3" in pinned[0].reason
-        assert got[first + 5].override is None and got[first + 5].level < 3, "released at expiry"
+        assert got[first + 5 * W].override is None and got[first + 5 * W].level < 3, "released at expiry"
     finally:
         worker.stop()

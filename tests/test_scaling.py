@@ -109,7 +109,7 @@ def test_the_lead_time_is_learned_from_how_long_replicas_took():
     loads = [300.0] * 5 + [1500.0] * 20 + [300.0] * 40 + [1500.0] * 20
 
     def ready(w, out):
-        old = [d for d in out if d.version <= w - 6]
+        old = [d for d in out if d.version <= (w - 6) * W]
         return old[-1].desired_replicas if old else CFG.min_replicas
 
     run(policy, loads, oracle=False, ready=ready)
@@ -160,7 +160,7 @@ def test_the_subscriber_keeps_its_pools_newest_version_and_calls_the_scaler_on_c
     assert not sub.offer(b'{"schema": "sg.ScalingDecision/1", "pool": 3}')
     assert sub.offer(enc(_decision(6, 12)))
     assert sub.keep_warm()
-    assert out.read_text().splitlines() == ["gpu-a 7 3", "gpu-a 12 6", f"warm {sub.decision.warm_pool}"]
+    assert out.read_text().splitlines() == [f"gpu-a 7 {3 * W}", f"gpu-a 12 {6 * W}", f"warm {sub.decision.warm_pool}"]
     assert sub.counts == {"records": 6, "applied": 2, "stale_versions": 1, "other_pools": 1, "bad_records": 1,
                           "scaler_errors": 0, "keep_warm": 1}
     failing = ScalingSubscriber(Settings(kafka="127.0.0.1:1"), "gpu-a", CommandScaler(["sh", "-c", "exit 3"]))

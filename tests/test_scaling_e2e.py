@@ -39,14 +39,14 @@ def test_a_burst_scales_the_pool_up_then_down_only_after_the_cooldown(settings, 
             # half of the burst was throttled at the edges: it is still demand for scaling
             surge = [ev if i % 2 else ev.__replace__(status="throttled") for i, ev in enumerate(load(burst, 60, 2))]
             send(settings, load(range(0, 4), 5, 1) + surge + load(range(8, 24), 5, 3))
-            first = T0 // W
+            first = T0
 
             def scaled_down() -> bool:
                 sizes = [d.desired_replicas for d in scaler.calls]
                 return len(sizes) >= 2 and sizes[-1] < max(sizes)
 
             eventually(scaled_down, 180, "a scale-up and a later scale-down")
-            sizes = [(d.version - first, d.desired_replicas) for d in scaler.calls]
+            sizes = [((d.version - first) // W, d.desired_replicas) for d in scaler.calls]
             assert sizes[0][1] == 2, sizes  # 5 rps: the minimum
             peak_at, peak = max(sizes, key=lambda s: s[1])
             assert peak >= 9, sizes  # 60 rps at 7 rps a replica; the 30 rps served alone would need 5

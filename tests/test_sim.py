@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from surgegate.control.controller import ServiceController
 from surgegate.sim.policies import FleetBounds, HpaPolicy, KpaPolicy, Sample, StaticPolicy, SurgegatePolicy
 from surgegate.sim.report import make_policy, table
 from surgegate.sim.run import simulate
@@ -153,8 +154,8 @@ def test_surgegate_scales_ahead_of_a_burst_and_keeps_the_top_tier_within_its_slo
     assert max(row.ready for row in r.rows) >= 40
     first, _ = r.onset_response()
     assert first is not None and first <= 60
-    # the very objects the agents run
-    assert type(policy.throttle).__name__ == "ThrottlePolicy" and type(policy.scaling).__name__ == "ScalingPolicy"
+    # the very object the decide agent steps
+    assert type(policy.controller) is ServiceController
 
 
 def test_a_run_is_deterministic_for_a_seed():

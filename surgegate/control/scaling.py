@@ -35,6 +35,7 @@ import dataclasses
 import math
 
 from surgegate.checks import check
+from surgegate.control.version import decision_version
 from surgegate.schemas.decisions import CapacityMix, Overflow, ScalingDecision
 
 #: Deferred work is planned to drain within this long.
@@ -202,7 +203,7 @@ class ScalingPolicy:
         cost = (mix.reserved * cfg.price_reserved + mix.on_demand * cfg.price_on_demand + mix.spot * cfg.price_spot
                 + overflow * cfg.secondary_price)
         reason = self._reason(current, target, recommendation, inputs, forecast, backlog, lead, capped, overflow)
-        version = inputs.window_start // inputs.window_ms
+        version = decision_version(inputs.window_start)
         self.current = target
         self.last_version = version
         issued = inputs.window_start + inputs.window_ms

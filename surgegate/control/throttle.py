@@ -3,7 +3,8 @@
 Inputs are one window of the service (and of its tiers and tenants), its load
 forecast, its GPU pool and the operator overrides in force; the output is a
 :class:`ThrottleDecision`. The same inputs in the same state give the same
-decision, and the version is the window index, so a replay is recognisable.
+decision, and the version is the window start (:func:`~surgegate.control.version.decision_version`),
+so a replay is recognisable.
 
 Levels (DESIGN.md): 0 normal; 1 defer batch work; 2 throttle the lowest
 classes; 3 degrade low tiers (token caps); 4 protect only the top realtime
@@ -23,6 +24,7 @@ from surgegate.control.capacity import SafeCapacity
 from surgegate.control.config import ServiceConfig
 from surgegate.control.degradation import CircuitBreaker, LevelMachine
 from surgegate.control.tenants import TenantHistory
+from surgegate.control.version import decision_version
 from surgegate.schemas.aggregates import PoolStats, TrafficStats
 from surgegate.schemas.decisions import Override, TenantLimit, Threshold, ThrottleDecision, TierLimit
 from surgegate.schemas.forecasts import Forecast
@@ -221,7 +223,7 @@ class ThrottlePolicy:
                                     burst=round(max(1.0, (rt + batch) * BURST_SECONDS), 3),
                                     max_tokens=cfg.degraded_max_tokens if degraded else None)
         tenants = self._tenant_limits(inputs, level, sum(rates.values()))
-        version = inputs.window_start // inputs.window_ms
+        version = decision_version(inputs.window_start)
         issued = inputs.window_start + inputs.window_ms
         limited = [f"{t} realtime {lim.realtime_rps:,.0f} rps" for t, lim in tiers.items()
                    if level >= 2 and cfg.tier_rank(t) > 0]

@@ -7,7 +7,7 @@ replicas to run, a warm pool, and either a throttle decision for the edges or
 none (the edges then apply a static limit).
 
 - :class:`SurgegatePolicy` drives the very objects the agents run: a
-  ScopeForecaster, a ThrottlePolicy and a ScalingPolicy.
+  ScopeForecaster and the ServiceController the decide agent steps.
 - :class:`StaticPolicy`: a fixed fleet and a static limit at its capacity.
 - :class:`HpaPolicy`: the Kubernetes HPA algorithm with its documented
   defaults: target 70% utilisation, a 15 s sync period, a tolerance of 0.1, a
@@ -28,9 +28,9 @@ from typing import Protocol
 
 from surgegate.checks import check
 from surgegate.control.config import ServiceConfig
-from surgegate.control.scaling import ScalingInputs, ScalingPolicy
-from surgegate.control.throttle import DecisionInputs, ThrottlePolicy
+from surgegate.control.controller import ServiceController, ServiceWindow
 from surgegate.forecast.scope import ScopeForecaster
+from surgegate.schemas.forecasts import Forecast
 from surgegate.schemas.aggregates import PoolStats, TrafficStats
 from surgegate.schemas.decisions import ThrottleDecision
 
@@ -111,9 +111,8 @@ class SurgegatePolicy:
                                         "target_utilisation": fleet.target_utilisation,
                                         "cold_start_s": fleet.cold_start_s})
         self.forecaster = ScopeForecaster(f"service={service}")
-        self.throttle = ThrottlePolicy(self.config)
-        self.scaling = ScalingPolicy(self.config.pool_config())
-        self.forecast = None
+        self.controller = ServiceController(self.config)
+        self.forecast: Forecast | None = None
         self._plan = Plan(replicas=fleet.min_replicas)
 
     def second(self, sample: Sample) -> None:
@@ -121,22 +120,14 @@ class SurgegatePolicy:
 
     def window(self, obs: Observation) -> None:
         # as the decide agent: the newest forecast at hand is the one issued after the previous window
-        inputs = DecisionInputs(window_start=obs.window_start_ms, window_ms=obs.window_ms, service=obs.service,
-                                tiers=obs.tiers, tenants={}, forecast=self.forecast, pool=obs.pool,
-                                starting=self.scaling.starting(obs.pool.ready_replicas))
-        threshold, decision = self.throttle.decide(inputs)
-        s = obs.service
-        scale = self.scaling.decide(ScalingInputs(
-            window_start=obs.window_start_ms, window_ms=obs.window_ms, demand_rps=s.demand,
-            batch_rps=s.batch / (obs.window_ms / 1000), deferred=s.deferred, ready_replicas=obs.pool.ready_replicas,
-            cold_starting=obs.pool.cold_starting_replicas,
-            upper_rps=tuple(self.forecast.upper_after(obs.window_start_ms)) if self.forecast is not None else (),
-            replica_rps=threshold.replica_rps))
+        out = self.controller.step(ServiceWindow(
+            window_start=obs.window_start_ms, window_ms=obs.window_ms, service=obs.service, tiers=obs.tiers,
+            forecast=self.forecast, pool=obs.pool))
         # as the forecast agent: learn this window, forecast the next ones
-        self.forecaster.observe(obs.window_start_ms, s.demand, s.tokens_per_s)
+        self.forecaster.observe(obs.window_start_ms, obs.service.demand, obs.service.tokens_per_s)
         self.forecast = self.forecaster.forecast()
-        self._plan = Plan(replicas=scale.desired_replicas, warm=scale.warm_pool, decision=decision,
-                          level=decision.level, reason=f"{decision.reason} | {scale.reason}")
+        self._plan = Plan(replicas=out.scaling.desired_replicas, warm=out.scaling.warm_pool, decision=out.throttle,
+                          level=out.throttle.level, reason=f"{out.throttle.reason} | {out.scaling.reason}")
 
     def plan(self) -> Plan:
         return self._plan

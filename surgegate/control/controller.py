@@ -1,0 +1,105 @@
+"""The service controller: one window of a service in, its three control outputs out.
+
+The decide agent and the simulator both drive this one object, so the
+simulator runs exactly what the agents run. Given a service's closed window
+(its traffic, tier and tenant breakdowns, GPU pool statistics), the newest
+forecast at hand and the operator overrides in force, :meth:`ServiceController.step`
+returns the safe-capacity :class:`Threshold`, the :class:`ThrottleDecision`
+for the edges and the :class:`ScalingDecision` for the service's pool.
+
+Two rules live here and nowhere else:
+
+- which replicas are ready: the pool's own reports when workers report, else
+  the last scaling decision is assumed carried out, else the configured fleet;
+- the scaling policy sees demand *including* throttled requests (throttling
+  never hides a burst from capacity) and the per-replica rate the throttle
+  policy's safe capacity has just learned.
+
+>>> from surgegate.schemas.aggregates import TrafficAggregate
+>>> from surgegate.telemetry.windowing import traffic_stats
+>>> c = ServiceController(ServiceConfig(service="chat", pool="gpu-a", replica_rps=100.0, replicas=5))
+>>> quiet = traffic_stats(TrafficAggregate(ok=1_000, realtime=1_000), 10_000)
+>>> out = c.step(ServiceWindow(window_start=0, window_ms=10_000, service=quiet))
+>>> out.throttle.level, out.scaling.desired_replicas, c.decided(0)
+(0, 5, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from surgegate.control.config import ServiceConfig
+from surgegate.control.scaling import ScalingInputs, ScalingPolicy
+from surgegate.control.throttle import DecisionInputs, ThrottlePolicy
+from surgegate.control.version import decision_version
+from surgegate.schemas.aggregates import PoolStats, TrafficStats
+from surgegate.schemas.decisions import Override, ScalingDecision, Threshold, ThrottleDecision
+from surgegate.schemas.forecasts import Forecast
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceWindow:
+    """What is known about one service when its window closes."""
+
+    window_start: int
+    window_ms: int
+    service: TrafficStats
+    tiers: Mapping[str, TrafficStats] = dataclasses.field(default_factory=dict)
+    tenants: Mapping[str, TrafficStats] = dataclasses.field(default_factory=dict)
+    #: the newest forecast at hand (usually issued after the previous window)
+    forecast: Forecast | None = None
+    pool: PoolStats | None = None
+    overrides: tuple[Override, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlOutput:
+    """One window's three outputs for a service and its pool."""
+
+    threshold: Threshold
+    throttle: ThrottleDecision
+    scaling: ScalingDecision
+
+
+class ServiceController:
+    """A service's throttle policy and its pool's scaling policy, stepped together each window.
+
+    Both policies are plain attributes so a driver can checkpoint and restore
+    each one (the decide agent keeps them in its Faust table).
+    """
+
+    def __init__(self, config: ServiceConfig, *, throttle: ThrottlePolicy | None = None,
+                 scaling: ScalingPolicy | None = None) -> None:
+        self.config = config
+        self.throttle = throttle if throttle is not None else ThrottlePolicy(config)
+        self.scaling = scaling if scaling is not None else ScalingPolicy(config.pool_config())
+
+    def decided(self, window_start: int) -> bool:
+        """True when the window starting at ``window_start`` was decided already (a replay)."""
+        return decision_version(window_start) <= self.throttle.last_version
+
+    def ready_replicas(self, pool: PoolStats | None) -> int:
+        """Ready replicas by the pool's reports; without any, the last scaling decision is assumed carried out."""
+        if pool is not None and pool.workers:
+            return pool.ready_replicas
+        return self.scaling.current or self.config.replicas
+
+    def step(self, window: ServiceWindow) -> ControlOutput:
+        """The threshold and both decisions for the window after ``window``."""
+        ready = self.ready_replicas(window.pool)
+        inputs = DecisionInputs(window_start=window.window_start, window_ms=window.window_ms,
+                                service=window.service, tiers=dict(window.tiers), tenants=dict(window.tenants),
+                                forecast=window.forecast, pool=window.pool, overrides=window.overrides,
+                                starting=self.scaling.starting(ready))
+        threshold, throttle = self.throttle.decide(inputs)
+        traffic, pool, forecast = window.service, window.pool, window.forecast
+        scaling = self.scaling.decide(ScalingInputs(
+            window_start=window.window_start, window_ms=window.window_ms,
+            demand_rps=traffic.demand,  # throttled requests included: throttling never hides a burst
+            batch_rps=traffic.batch / (window.window_ms / 1000), deferred=traffic.deferred,
+            ready_replicas=ready,
+            cold_starting=pool.cold_starting_replicas if pool is not None and pool.workers else 0,
+            upper_rps=tuple(forecast.upper_after(window.window_start)) if forecast is not None else (),
+            replica_rps=threshold.replica_rps))
+        return ControlOutput(threshold=threshold, throttle=throttle, scaling=scaling)
