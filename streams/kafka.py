@@ -1,18 +1,29 @@
-"""Thin, shared confluent-kafka configuration.
+"""Thin, shared confluent-kafka configuration, and a probe that a broker answers.
 
 Defaults suit both Apache Kafka and the embedded Tansu broker: short group
 timeouts (a join waits for the rebalance timeout), producers that batch
 (``linger.ms``) and no compression (compressed fetches stall on Tansu).
+
+librdkafka's own log goes to the ``surgegate.librdkafka`` logger, never
+straight to stderr: an unreachable broker would otherwise print a line per
+connection attempt. The CLI keeps that logger quiet unless ``--verbose``;
+clients report broker failures through their error callbacks and
+:func:`probe_broker` names the address once.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+from surgegate.errors import BrokerUnavailable
 from surgegate.settings import Settings
+
+#: Where librdkafka's log lines go (see the module docstring).
+LIBRDKAFKA_LOG = logging.getLogger("surgegate.librdkafka")
 
 #: Producer waits this long to fill a batch; one-record batches saturate the broker.
 LINGER_MS = 5
@@ -20,6 +31,31 @@ SESSION_TIMEOUT_MS = 6000
 MAX_POLL_INTERVAL_MS = 10000
 #: How long flush/close waits for outstanding deliveries.
 FLUSH_TIMEOUT_S = 30.0
+#: How long a command waits for the broker to answer before it gives up.
+PROBE_TIMEOUT_S = 5.0
+
+
+def admin_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+    """confluent-kafka admin client settings."""
+    return {"bootstrap.servers": settings.kafka, "logger": LIBRDKAFKA_LOG, **extra}
+
+
+def probe_broker(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> int:
+    """The number of brokers behind ``settings.kafka``; :class:`BrokerUnavailable` naming the address
+    when none answers within ``timeout_s``. Commands call it before any work, so a wrong address
+    fails in seconds with one line instead of queueing records for a broker that is not there."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(admin_config(settings))
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else exc
+        detail = error.str() if hasattr(error, "str") else str(error)
+        raise BrokerUnavailable(f"no Kafka broker answered at {settings.kafka} within {timeout_s:g} s "
+                                f"({detail}); check SURGEGATE_KAFKA or --kafka") from None
+    return len(metadata.brokers)
 
 
 def producer_config(settings: Settings, client_id: str, **extra: Any) -> dict[str, Any]:
@@ -33,6 +69,7 @@ def producer_config(settings: Settings, client_id: str, **extra: Any) -> dict[st
         # Java-compatible key hashing, so Faust and confluent clients agree on partitions.
         "partitioner": "murmur2_random",
         "queue.buffering.max.messages": 500_000,
+        "logger": LIBRDKAFKA_LOG,
         **extra,
     }
 
@@ -48,6 +85,7 @@ def consumer_config(settings: Settings, group_id: str, client_id: str, **extra: 
         "session.timeout.ms": SESSION_TIMEOUT_MS,
         "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
         "heartbeat.interval.ms": 1000,
+        "logger": LIBRDKAFKA_LOG,
         **extra,
     }
 
@@ -65,7 +103,7 @@ def follow_from_start(settings: Settings, topic: str, client_id: str, stop: thre
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
     consumer = Consumer(consumer_config(settings, group_id=f"{client_id}-{uuid.uuid4().hex[:8]}", client_id=client_id,
-                                        error_cb=on_error, **{"fetch.wait.max.ms": fetch_wait_ms, "log_level": 3}))
+                                        error_cb=on_error, **{"fetch.wait.max.ms": fetch_wait_ms}))
     try:
         partitions: list[int] = []
         while not partitions and not stop.is_set():
@@ -83,11 +121,12 @@ def follow_from_start(settings: Settings, topic: str, client_id: str, stop: thre
             msg = consumer.poll(0.1)
             if msg is None:
                 continue
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    on_error(msg.error())
+            error, value = msg.error(), msg.value()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    on_error(error)
                 continue
-            if msg.value() is not None:
-                on_value(msg.value())
+            if value is not None:
+                on_value(value)
     finally:
         consumer.close()

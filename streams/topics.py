@@ -10,6 +10,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from surgegate.errors import BrokerError
 from surgegate.settings import Settings
+from surgegate.streams.kafka import admin_config
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class Topics:
 
 def create_topics(settings: Settings, admin: AdminClient | None = None) -> dict[str, str]:
     """Create every topic that does not exist yet; returns name -> created/exists."""
-    admin = admin or AdminClient({"bootstrap.servers": settings.kafka})
+    admin = admin or AdminClient(admin_config(settings))
     topics = Topics(settings.topic_prefix)
     new = [
         NewTopic(
@@ -132,8 +133,11 @@ def create_topics(settings: Settings, admin: AdminClient | None = None) -> dict[
 
 def list_topics(settings: Settings) -> dict[str, int]:
     """Existing surgegate topics and their partition counts."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka})
-    metadata = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
+    admin = AdminClient(admin_config(settings))
+    try:
+        metadata = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
+    except KafkaException as exc:
+        raise BrokerError(f"listing topics at {settings.kafka}: {exc.args[0].str()}") from None
     return {
         name: len(t.partitions)
         for name, t in sorted(metadata.topics.items())

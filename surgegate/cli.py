@@ -10,29 +10,61 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from surgegate.errors import SurgegateError
+from surgegate.errors import SettingsError, SurgegateError
 from surgegate.settings import Settings
 
 log = logging.getLogger("surgegate")
 
+#: exit status of a failure worth retrying as it is (a broker that did not answer): sysexits' EX_TEMPFAIL
+EX_TEMPFAIL = 75
 DEMO_SERVICES = '{"chat": {"pool": "gpu-a", "replica_rps": 40, "replicas": 8}}'
+
+
+#: options that override a setting: option -> Settings field
+_SETTING_OPTIONS = {"partitions": "partitions", "prefix": "topic_prefix", "kafka": "kafka", "redis": "redis"}
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     settings = Settings.from_env(os.environ)
-    changes = {}
-    for option, field in (("partitions", "partitions"), ("prefix", "topic_prefix"), ("kafka", "kafka"),
-                          ("redis", "redis")):
+    for option, field in _SETTING_OPTIONS.items():
         value = getattr(args, option, None)
-        if value is not None:
-            changes[field] = value
-    return settings.replace(**changes) if changes else settings
+        if value is None:
+            continue
+        try:
+            settings = settings.replace(**{field: value})
+        except SettingsError as exc:  # it names the variable; the user typed the option
+            reason = str(exc).split(": ", 1)[-1]
+            raise SettingsError(f"--{option} {value!r}: {reason}") from None
+    return settings
 
 
 def _need_kafka(settings: Settings) -> None:
+    """A broker address must be set, and a broker must answer there within a few seconds."""
+    from surgegate.streams.kafka import probe_broker
+
     if not settings.kafka:
         raise SurgegateError("no broker: set SURGEGATE_KAFKA=host:port or pass --kafka (or use `surgegate up`)")
+    probe_broker(settings)
+
+
+def configure_logging(settings: Settings, verbose: bool) -> None:
+    """Quiet by default: surgegate's own lines at ``SURGEGATE_LOG_LEVEL``; Faust, aiokafka, aiohttp's
+    access log and librdkafka only for warnings (librdkafka not at all: clients report broker failures
+    once, by name). ``--verbose`` lets everything through at debug (librdkafka at info)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("surgegate").setLevel(logging.DEBUG if verbose else settings.log_level.upper())
+    logging.getLogger("surgegate.librdkafka").setLevel(logging.INFO if verbose else logging.CRITICAL)
+
+
+def progress_bar(description: str, total: float, unit: str) -> Any:
+    """A progress bar on stderr with rate and time left (tqdm)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit=unit, unit_scale=True, file=sys.stderr, mininterval=0.5,
+                dynamic_ncols=True)
 
 
 def run_worker(settings: Settings, *, ingest: bool = True) -> None:
@@ -43,14 +75,16 @@ def run_worker(settings: Settings, *, ingest: bool = True) -> None:
     from surgegate.streams.ingest import IngestWorker
     from surgegate.streams.store import Keys, StateMirror
 
-    mirror = StateMirror(settings.redis, Keys.for_topic_prefix(settings.topic_prefix)) if settings.redis else None
+    mirror = StateMirror(settings.redis, Keys.for_topic_prefix(settings.topic_prefix),
+                         window_s=settings.window_s) if settings.redis else None
     app = create_app(settings, mirror=mirror)
     ingest_worker = IngestWorker(settings) if ingest else None
     thread = None
     if ingest_worker is not None:
         thread = threading.Thread(target=ingest_worker.run, name="ingest", daemon=True)
         thread.start()
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    quiet = logging.getLogger().level > logging.INFO  # Faust's own lines only with --verbose
+    worker = faust.Worker(app, loglevel="warning" if quiet else "info", quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()
     finally:
@@ -70,12 +104,14 @@ def cmd_up(args: argparse.Namespace) -> None:
     from surgegate.streams.topics import create_topics
 
     settings = _settings(args)
-    started = []
+    started: list[EmbeddedBroker | EmbeddedRedis] = []
     try:
         if not settings.kafka:
             broker = EmbeddedBroker(args.broker_port).start()
             started.append(broker)
             settings = settings.replace(kafka=broker.bootstrap)
+        else:
+            _need_kafka(settings)
         if not settings.redis:
             redis_server = EmbeddedRedis(args.redis_port).start()
             started.append(redis_server)
@@ -124,13 +160,13 @@ def cmd_topics(args: argparse.Namespace) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> None:
-    from surgegate.streams.producer import TelemetryProducer
     from surgegate.devtools.replay import replay
+    from surgegate.streams.producer import TelemetryProducer
     from surgegate.telemetry.traces import read_trace
 
     settings = _settings(args)
+    bins = read_trace(Path(args.file))  # a bad file is named before the broker is asked anything
     _need_kafka(settings)
-    bins = read_trace(Path(args.file))
     start_ms = args.start_ms
     if start_ms is None:
         start_ms = int(time.time() * 1000)
@@ -138,13 +174,15 @@ def cmd_replay(args: argparse.Namespace) -> None:
             start_ms -= int((bins[-1].start_s + bins[-1].length_s - bins[0].start_s) * 1000)
     start_ms -= start_ms % 1000
 
-    def progress(done: int, total: int, sent: int) -> None:
-        print(f"\rreplay {done}/{total} bins  {sent} requests", end="", file=sys.stderr, flush=True)
+    with progress_bar(f"replay {Path(args.file).name}", len(bins), "bins") as bar, \
+            TelemetryProducer(settings, client_id="surgegate-replay") as producer:
+        def progress(done: int, total: int, sent: int) -> None:
+            bar.update(done - bar.n)
+            bar.set_postfix(requests=sent, refresh=False)
 
-    with TelemetryProducer(settings, client_id="surgegate-replay") as producer:
         sent = replay(producer, bins, start_ms=start_ms, speedup=args.speedup, scale=args.scale,
                       summaries=args.summaries, service=args.service, seed=args.seed, progress=progress)
-    print(f"\nreplayed {sent} requests from {args.file} as "
+    print(f"replayed {sent} requests from {args.file} as "
           f"{'RequestSummaries' if args.summaries else 'RequestEvents'}", file=sys.stderr)
 
 
@@ -208,15 +246,15 @@ def cmd_edge(args: argparse.Namespace) -> None:
 def cmd_scaler(args: argparse.Namespace) -> None:
     import shlex
 
-    from surgegate.gpu.scaler import CommandScaler, KubernetesScaler, LogScaler, ScalingSubscriber
+    from surgegate.gpu.scaler import CommandScaler, KubernetesScaler, LogScaler, Scaler, ScalingSubscriber
 
     settings = _settings(args)
     _need_kafka(settings)
     if args.command and args.deployment:
         raise SurgegateError("give --command or --deployment, not both")
     if args.command:
-        scaler = CommandScaler(shlex.split(args.command),
-                               keep_warm_command=shlex.split(args.keep_warm_command) if args.keep_warm_command else None)
+        keep_warm = shlex.split(args.keep_warm_command) if args.keep_warm_command else None
+        scaler: Scaler = CommandScaler(shlex.split(args.command), keep_warm_command=keep_warm)
     elif args.deployment:
         scaler = KubernetesScaler(args.deployment, args.namespace)
     else:
@@ -263,15 +301,21 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    def progress(what: str, done: int, total: int) -> None:
-        print(f"\rsimulating {what}: {100 * done / total:5.1f}%", end="", file=sys.stderr, flush=True)
-
+    window_s = int(_settings(args).window_s)
     sections = []
     for w in workloads:
         started = time.perf_counter()
-        results = run_all(w, policies, model=model, bounds=bounds, seed=args.seed, progress=progress)
+        with progress_bar(f"simulate {w.name}", len(policies) * w.seconds, "sim-s") as bar:
+            offsets = {name: i * w.seconds for i, name in enumerate(policies)}
+
+            def progress(what: str, done: int, total: int, bar: Any = bar, offsets: dict = offsets) -> None:
+                bar.update(offsets[what.rsplit("/", 1)[-1]] + done - bar.n)
+
+            results = run_all(w, policies, model=model, bounds=bounds, seed=args.seed, window_s=window_s,
+                              progress=progress)
+            bar.update(bar.total - bar.n)
         took = time.perf_counter() - started
-        print(f"\r{w.name}: {len(policies)} policies, {w.seconds / 3600:.1f} simulated hours in {took:.1f} s",
+        print(f"{w.name}: {len(policies)} policies, {w.seconds / 3600:.1f} simulated hours in {took:.1f} s",
               file=sys.stderr, flush=True)
         section = table(w, results)
         if args.compare:
@@ -332,10 +376,15 @@ def cmd_eval_forecast(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sections = []
+    window_ms = _settings(args).window_ms
     for trace in args.traces:
-        print(f"evaluating {trace} ...", file=sys.stderr, flush=True)
-        report = evaluate_trace(Path(trace), horizon=args.horizon, coverage=args.coverage,
-                                gaps_as_zeros=args.gaps_as_zeros)
+        with progress_bar(f"evaluate {Path(trace).name}", 0, "windows") as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            report = evaluate_trace(Path(trace), horizon=args.horizon, coverage=args.coverage,
+                                    gaps_as_zeros=args.gaps_as_zeros, window_ms=window_ms, progress=progress)
         section = markdown(report)
         png = plot(report, out / f"forecast-{report.name}.png")
         sections.append(section + f"\n![{report.name}]({png.name})\n")
@@ -352,123 +401,157 @@ def cmd_schemas(args: argparse.Namespace) -> None:
         print(path)
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default: ``on``/``off`` for flags, and no ``None``: an
+    option without a value of its own says in its help where its default comes from."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is argparse.SUPPRESS or "default" in text \
+                or not action.option_strings:
+            return text
+        if isinstance(action.default, bool):
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `surgegate` command."""
-    parser = argparse.ArgumentParser(prog="surgegate", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="surgegate", description=__doc__, formatter_class=_HelpWithDefaults)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log Faust, aiokafka, aiohttp and librdkafka too, and surgegate at debug")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--kafka", help="broker host:port (default: SURGEGATE_KAFKA)")
-        p.add_argument("--prefix", help="topic prefix (default: SURGEGATE_TOPIC_PREFIX or 'sg.')")
+    def command(name: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=description, description=description, formatter_class=_HelpWithDefaults)
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="as `surgegate --verbose`, given after the command (default: off)")
+        return p
 
-    up = sub.add_parser("up", help="start broker, Redis, topics and a worker on this machine")
-    common(up)
-    up.add_argument("--redis", help="use this Redis URL instead of an embedded one")
-    up.add_argument("--partitions", type=int)
-    up.add_argument("--demo", action="store_true", help="also send synthetic traffic")
-    up.add_argument("--broker-port", type=int, default=None)
-    up.add_argument("--redis-port", type=int, default=None)
+    def broker(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--kafka", metavar="HOST:PORT", help="broker address (default: SURGEGATE_KAFKA)")
+        p.add_argument("--prefix", help="topic prefix (default: SURGEGATE_TOPIC_PREFIX, else 'sg.')")
+
+    def redis(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("--redis", metavar="URL", help=f"Redis URL: {what} (default: SURGEGATE_REDIS)")
+
+    up = command("up", "start broker, Redis, topics, a worker and the status API on this machine")
+    broker(up)
+    up.add_argument("--redis", metavar="URL", help="use this Redis instead of an embedded one "
+                                                   "(default: SURGEGATE_REDIS, else embedded)")
+    up.add_argument("--partitions", type=int, help="partitions per topic at creation "
+                                                   "(default: SURGEGATE_PARTITIONS, else 4)")
+    up.add_argument("--demo", action="store_true", help="also send synthetic traffic (service chat, pool gpu-a)")
+    up.add_argument("--broker-port", type=int, help="port of the embedded broker (default: a free one)")
+    up.add_argument("--redis-port", type=int, help="port of the embedded Redis (default: a free one)")
     up.add_argument("--api-port", type=int, default=8000, help="status API port on 127.0.0.1 (0: no API)")
     up.set_defaults(func=cmd_up)
 
-    worker = sub.add_parser("worker", help="run the ingest consumer and the Faust agents")
-    common(worker)
-    worker.add_argument("--redis")
-    worker.add_argument("--no-ingest", action="store_true", help="Faust agents only")
+    worker = command("worker", "run the ingest consumer and the Faust agents")
+    broker(worker)
+    redis(worker, "the state mirror")
+    worker.add_argument("--no-ingest", action="store_true", help="run the Faust agents only")
     worker.set_defaults(func=cmd_worker)
 
-    topics = sub.add_parser("topics", help="create or list topics")
-    topics.add_argument("action", choices=["create", "list"])
-    common(topics)
-    topics.add_argument("--partitions", type=int)
+    topics = command("topics", "create or list topics")
+    topics.add_argument("action", choices=["create", "list"], help="create every missing topic, or list them")
+    broker(topics)
+    topics.add_argument("--partitions", type=int, help="partitions per new topic "
+                                                       "(default: SURGEGATE_PARTITIONS, else 4)")
     topics.set_defaults(func=cmd_topics)
 
-    rp = sub.add_parser("replay", help="replay a trace (timestamp_s,count[,tokens]) into sg.requests")
-    rp.add_argument("file")
-    common(rp)
+    rp = command("replay", "replay a trace (timestamp_s,count[,tokens]) into sg.requests")
+    rp.add_argument("file", help="trace file, optionally .gz (e.g. docs/examples/burst.csv)")
+    broker(rp)
     rp.add_argument("--speedup", type=float, default=1.0,
                     help="time compression, also of event time (0: as fast as possible, event times in the past)")
     rp.add_argument("--scale", type=float, default=1.0, help="multiply every count")
-    rp.add_argument("--summaries", action="store_true", help="send per-second RequestSummaries")
-    rp.add_argument("--service", default="chat")
-    rp.add_argument("--seed", type=int, default=0)
-    rp.add_argument("--start-ms", type=int, default=None, help="event time of the trace start (default: now)")
+    rp.add_argument("--summaries", action="store_true", help="send per-second RequestSummaries, not RequestEvents")
+    rp.add_argument("--service", default="chat", help="service the requests are for")
+    rp.add_argument("--seed", type=int, default=0, help="seed of the synthetic tenants, tiers and latencies")
+    rp.add_argument("--start-ms", type=int, help="event time of the trace start, epoch ms (default: now)")
     rp.set_defaults(func=cmd_replay)
 
-    edge = sub.add_parser("edge", help="run an admitting reverse proxy in front of an LLM service")
-    common(edge)
-    edge.add_argument("--redis", help="Redis URL: decision bootstrap and tenant contracts (default: SURGEGATE_REDIS)")
+    edge = command("edge", "run an admitting reverse proxy in front of an LLM service")
+    broker(edge)
+    redis(edge, "decision bootstrap and tenant contracts")
     edge.add_argument("--upstream", required=True, help="the service's base URL, e.g. http://127.0.0.1:9000")
-    edge.add_argument("--service", default="chat")
-    edge.add_argument("--edge-id", default="edge-1")
-    edge.add_argument("--host", default="127.0.0.1")
-    edge.add_argument("--port", type=int, default=8080)
+    edge.add_argument("--service", default="chat", help="service whose throttle decisions this edge applies")
+    edge.add_argument("--edge-id", default="edge-1", help="this edge's name in its telemetry")
+    edge.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    edge.add_argument("--port", type=int, default=8080, help="port to listen on")
     edge.add_argument("--share", type=float, default=1.0, help="this edge's share of the service's traffic")
     edge.add_argument("--shadow", action="store_true", help="admit everything; record what would be refused")
-    edge.add_argument("--tenants", help="JSON file: tenant -> tier, or tenant -> {tier, rate_rps, burst}")
-    edge.add_argument("--report", choices=["summaries", "events", "off"], default="summaries")
+    edge.add_argument("--tenants", metavar="FILE",
+                      help="JSON file: tenant -> tier, or tenant -> {tier, rate_rps, burst} (default: none, "
+                           "tenant and tier from headers)")
+    edge.add_argument("--report", choices=["summaries", "events", "off"], default="summaries",
+                      help="telemetry this edge sends")
     edge.add_argument("--deferred-capacity", type=int, default=1000, help="deferred batch tasks held at most")
     edge.add_argument("--timeout", type=float, default=60.0, help="upstream timeout in seconds")
     edge.set_defaults(func=cmd_edge)
 
-    sc_ = sub.add_parser("scaler", help="follow a GPU pool's scaling decisions and carry them out")
-    common(sc_)
-    sc_.add_argument("--pool", required=True)
-    sc_.add_argument("--command", help="run this with SG_DESIRED_REPLICAS, SG_WARM_POOL, ... in its environment")
-    sc_.add_argument("--keep-warm-command", help="with --command: run this every window to keep idle replicas warm")
-    sc_.add_argument("--deployment", help="patch this Kubernetes Deployment's replicas (needs `kubernetes`)")
-    sc_.add_argument("--namespace", default="default")
+    sc_ = command("scaler", "follow a GPU pool's scaling decisions and carry them out")
+    broker(sc_)
+    sc_.add_argument("--pool", required=True, help="the GPU pool to follow")
+    sc_.add_argument("--command", help="run this with SG_DESIRED_REPLICAS, SG_WARM_POOL, ... in its environment "
+                                       "(default: log the decisions only)")
+    sc_.add_argument("--keep-warm-command", help="with --command: run this every window to keep idle replicas "
+                                                 "warm (default: none)")
+    sc_.add_argument("--deployment", help="patch this Kubernetes Deployment's replicas, needs `kubernetes` "
+                                          "(default: none)")
+    sc_.add_argument("--namespace", default="default", help="the Deployment's namespace")
     sc_.set_defaults(func=cmd_scaler)
 
-    fake = sub.add_parser("fake-llm", help="run a fake LLM upstream with a long latency tail")
-    fake.add_argument("--host", default="127.0.0.1")
-    fake.add_argument("--port", type=int, default=9000)
-    fake.add_argument("--median-ms", type=float, default=60.0)
-    fake.add_argument("--p90-ms", type=float, default=200.0)
+    fake = command("fake-llm", "run a fake LLM upstream with a long latency tail")
+    fake.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    fake.add_argument("--port", type=int, default=9000, help="port to listen on")
+    fake.add_argument("--median-ms", type=float, default=60.0, help="median service time of the fast 90%%")
+    fake.add_argument("--p90-ms", type=float, default=200.0, help="p90 service time of the fast 90%%")
     fake.add_argument("--slow-share", type=float, default=0.1, help="share of requests in the slow tail")
-    fake.add_argument("--slow-min-ms", type=float, default=2000.0)
-    fake.add_argument("--slow-max-ms", type=float, default=6000.0)
-    fake.add_argument("--error-share", type=float, default=0.0)
+    fake.add_argument("--slow-min-ms", type=float, default=2000.0, help="shortest slow-tail service time")
+    fake.add_argument("--slow-max-ms", type=float, default=6000.0, help="longest slow-tail service time")
+    fake.add_argument("--error-share", type=float, default=0.0, help="share of requests answered 500")
     fake.add_argument("--concurrency", type=int, default=64, help="requests in service at once")
     fake.add_argument("--time-scale", type=float, default=1.0, help="multiply every service time")
-    fake.add_argument("--seed", type=int, default=None)
+    fake.add_argument("--seed", type=int, help="seed of the service times (default: random)")
     fake.set_defaults(func=cmd_fake_llm)
 
-    api = sub.add_parser("api", help="serve the status API (Redis mirror, decision stream, overrides)")
-    common(api)
-    api.add_argument("--redis", help="Redis URL (default: SURGEGATE_REDIS)")
-    api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8000)
+    api = command("api", "serve the status API (Redis mirror, decision stream, overrides)")
+    broker(api)
+    redis(api, "the state mirror the API reads")
+    api.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    api.add_argument("--port", type=int, default=8000, help="port to listen on")
     api.set_defaults(func=cmd_api)
 
-    sim = sub.add_parser("simulate", help="run policies against a simulated service (--compare: all, a report)")
+    sim = command("simulate", "run policies against a simulated service (--compare: all, a report)")
     sim.add_argument("--scenario", action="append",
                      choices=["burst", "daily", "flash_crowd", "long_tail_shift", "replica_failures"],
-                     help="a synthetic workload (repeatable; default: burst)")
-    sim.add_argument("--trace", action="append", help="a trace file, scaled to --peak (repeatable)")
+                     help="a synthetic workload, repeatable (default: burst unless --trace)")
+    sim.add_argument("--trace", action="append", help="a trace file, scaled to --peak, repeatable (default: none)")
     sim.add_argument("--compare", action="store_true", help="surgegate, HPA, KPA and a static fleet; writes --out")
     sim.add_argument("--peak", type=float, default=120_000.0, help="rps of the busiest 10 s window")
     sim.add_argument("--hours", type=float, default=24.0, help="simulate at most this much of a trace")
-    sim.add_argument("--cold-start", type=float, default=15.0)
+    sim.add_argument("--cold-start", type=float, default=15.0, help="seconds until a new replica serves")
     sim.add_argument("--slow-share", type=float, default=0.1, help="share of requests in the 2-6 s tail")
-    sim.add_argument("--slo-ms", type=float, default=10_000.0)
-    sim.add_argument("--min-replicas", type=int, default=5)
-    sim.add_argument("--max-replicas", type=int, default=50)
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--slo-ms", type=float, default=10_000.0, help="latency SLO, p99 in ms")
+    sim.add_argument("--min-replicas", type=int, default=5, help="fewest replicas any policy may run")
+    sim.add_argument("--max-replicas", type=int, default=50, help="most replicas any policy may run")
+    sim.add_argument("--seed", type=int, default=0, help="seed of the workload and the service")
     sim.add_argument("--out", default="simulation", help="directory for the markdown report and PNGs")
     sim.set_defaults(func=cmd_simulate)
 
-    ev = sub.add_parser("eval-forecast", help="score the forecasters on traces (MASE, sMAPE, coverage)")
+    ev = command("eval-forecast", "score the forecasters on traces (MASE, sMAPE, coverage)")
     ev.add_argument("traces", nargs="+", help="trace files (timestamp_s,count[,...], optionally .gz)")
-    ev.add_argument("--horizon", type=int, default=30)
-    ev.add_argument("--coverage", type=float, default=0.9)
+    ev.add_argument("--horizon", type=int, default=30, help="windows forecast ahead")
+    ev.add_argument("--coverage", type=float, default=0.9, help="nominal coverage of the bounds")
     ev.add_argument("--out", default="forecast-eval", help="directory for the markdown report and PNG plots")
     ev.add_argument("--gaps-as-zeros", action="store_true",
                     help="learn and score a rate trace's collection gaps as the zeros the file holds")
     ev.set_defaults(func=cmd_eval_forecast)
 
-    sc = sub.add_parser("schemas", help="write the JSON Schema files into schemas/")
-    sc.add_argument("action", choices=["export"])
+    sc = command("schemas", "write the JSON Schema files into schemas/")
+    sc.add_argument("action", choices=["export"], help="export: rewrite every *.schema.json")
     sc.set_defaults(func=cmd_schemas)
     return parser
 
@@ -476,10 +559,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `surgegate` console command."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        configure_logging(Settings.from_env(os.environ), args.verbose)
         args.func(args)
-    except (SurgegateError, ValueError, OSError) as exc:
+    except SurgegateError as exc:
+        print(f"surgegate {args.command}: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL if exc.retriable else 2
+    except (ValueError, OSError) as exc:
         print(f"surgegate {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

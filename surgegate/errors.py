@@ -1,7 +1,9 @@
 """The one exception tree of surgegate.
 
 Every error surgegate raises on purpose derives from :class:`SurgegateError`
-and says whether retrying the same operation may succeed.
+and says whether retrying the same operation may succeed (``retriable``): the
+CLI exits with 75 (``EX_TEMPFAIL``) for a retriable error, so a supervisor
+can tell "try again" from "fix the input" (exit 2).
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ class BrokerError(SurgegateError):
     """The Kafka-compatible broker refused or failed an operation."""
 
     retriable = True
+
+
+class BrokerUnavailable(BrokerError):
+    """No broker answered at the configured address; the message names it."""
 
 
 class ProducerBufferFull(BrokerError):

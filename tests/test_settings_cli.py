@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import re
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from surgegate.cli import build_parser
 from surgegate.errors import SettingsError
 from surgegate.settings import Settings
 
@@ -51,3 +56,69 @@ def test_replay_refuses_a_file_without_the_trace_columns(tmp_path):
                             capture_output=True, text=True, timeout=60, env={"PATH": ""})
     assert result.returncode == 2
     assert "needs columns timestamp_s,count" in result.stderr
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "burst.csv"
+
+
+def _run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "surgegate.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={"PATH": ""})
+
+
+def _dead_address() -> str:
+    with socket.socket() as s:  # a port nothing listens on once this socket is closed
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("command", [["topics", "list"], ["topics", "create"], ["worker"],
+                                     ["replay", str(EXAMPLE), "--speedup", "0"]],
+                         ids=lambda c: " ".join(c[:2]))
+def test_a_dead_broker_address_fails_within_seconds_with_one_line_naming_it(command):
+    address = _dead_address()
+    # the deadline is the point: without the probe, replay queued the whole trace and waited for delivery
+    result = _run_cli(*command, "--kafka", address, timeout=10)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 75, result.stderr  # retriable: the broker may come back
+    assert len(lines) == 1 and address in lines[0] and "no Kafka broker answered" in lines[0], lines
+    assert result.stdout == ""
+
+
+def test_a_bad_option_value_is_named_as_the_option_typed():
+    result = _run_cli("topics", "list", "--kafka", "localhost9092")
+    assert result.returncode == 2
+    assert "--kafka 'localhost9092': must be host:port" in result.stderr and "SURGEGATE_KAFKA" not in result.stderr
+
+
+def _every_parser(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _every_parser(sub)
+
+
+def test_every_cli_option_has_help_and_shows_its_default():
+    missing, no_default = [], []
+    for parser in _every_parser(build_parser()):
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            name = f"{parser.prog} {'/'.join(action.option_strings) or action.dest}"
+            if not action.help:
+                missing.append(name)
+            elif action.option_strings and not action.required \
+                    and "default" not in formatter._get_help_string(action):
+                no_default.append(name)
+    assert missing == [] and no_default == []
+
+
+def test_replay_example_in_the_readme_names_a_file_a_clone_has():
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    traces = re.findall(r"surgegate replay ([^\s`]+\.csv(?:\.gz)?)", readme)
+    assert traces, "the README shows a replay example"
+    for trace in traces:
+        assert (root / trace).exists(), f"README replays {trace}, which a clone does not have"
