@@ -19,9 +19,9 @@ from confluent_kafka import Producer
 from support import WorkerProcess
 
 from surgegate.cli import DEMO_SERVICES, serve_api_in_thread
-from surgegate.schemas.decisions import ThrottleDecision, TierLimit
 from surgegate.devtools.demo import run_demo
 from surgegate.devtools.embedded import free_port
+from surgegate.schemas.decisions import ThrottleDecision, TierLimit
 from surgegate.streams.producer import TelemetryProducer
 from surgegate.streams.topics import Topics
 
@@ -85,11 +85,11 @@ def test_the_dashboard_renders_live_data_and_shows_a_new_decision_without_a_relo
 
         # a decision published on the broker appears without a reload
         wait("return document.getElementById('stream-pill').textContent === 'stream: live'", 20, "the SSE stream")
-        time.sleep(2)  # the API's stream consumer reached the end of the topic
+        # the API's stream reads the topic from its start, so nothing waits for its consumer's position
         now = int(time.time() * 1000)
         marker = f"browser-test decision {now}"
         decision = ThrottleDecision(
-            service="chat", version=10**12, issued_at=now, valid_until=now + 30_000, level=3, mode="enforce",
+            service="chat", version=now + 3_600_000, issued_at=now, valid_until=now + 30_000, level=3, mode="enforce",
             tiers={"free": TierLimit(realtime_rps=1, batch_rps=0, burst=2)}, tenants={}, defer_batch=True,
             breaker="closed", forecast_upper_rps=900.0, safe_rps=300.0, reason=marker)
         sender = Producer({"bootstrap.servers": settings.kafka, "log_level": 0})

@@ -44,11 +44,20 @@ def test_partials_republished_after_a_crash_are_recognised_not_double_counted(se
     partials = TopicReader(s, topics.partials)
 
     crashed = CrashBeforeCommit(s, member_id="ingest-a")
-    thread = threading.Thread(target=lambda: pytest.raises(RuntimeError, crashed.run))
+    raised: list[BaseException] = []
+
+    def crash() -> None:
+        try:
+            crashed.run()
+        except BaseException as exc:  # the thread's outcome, checked below
+            raised.append(exc)
+
+    thread = threading.Thread(target=crash)
     thread.start()
     partials.poll_until(lambda m: any(b'"sg.WindowPartial/1"' in x.value() for x in m), 60, "first partials")
     thread.join(60)
     assert not thread.is_alive()
+    assert [type(e) for e in raised] == [RuntimeError] and "simulated crash" in str(raised[0])
 
     healthy = IngestWorker(s, member_id="ingest-b")
     run_until(healthy, lambda: partials.poll_until(

@@ -11,16 +11,16 @@ import msgspec
 import pytest
 import redis
 from confluent_kafka import Producer
-from support import T0, W, TopicReader, WorkerProcess, eventually
+from support import T0, TopicReader, W, WorkerProcess, eventually
 
-from surgegate.schemas.aggregates import SourceRange, WindowStats
+from surgegate.devtools.embedded import EmbeddedRedis
+from surgegate.schemas.aggregates import SourceRange, WindowPartial, WindowStats
 from surgegate.schemas.deadletter import DeadLetter
 from surgegate.schemas.telemetry import MetricEvent, RequestEvent
-from surgegate.telemetry.sketch import RELATIVE_ACCURACY
-from surgegate.devtools.embedded import EmbeddedRedis
 from surgegate.streams.producer import TelemetryProducer
 from surgegate.streams.store import Keys
 from surgegate.streams.topics import Topics
+from surgegate.telemetry.sketch import RELATIVE_ACCURACY
 from surgegate.telemetry.summaries import summarize
 from surgegate.telemetry.windowing import PartialAggregator, merge_all
 
@@ -37,7 +37,8 @@ def traffic(service: str, windows: range, per_window: int, seed: int) -> list[Re
                 ts=T0 + w * W + rng.randrange(W), service=service, tenant=rng.choice(["acme", "globex", "initech"]),
                 tier=rng.choice(["free", "pro", "enterprise"]), edge_id=f"edge-{rng.randrange(6)}",
                 latency_ms=round(rng.uniform(2000, 9000) if slow else rng.uniform(5, 200), 3),
-                queue_ms=round(rng.uniform(0, 40), 3), status=rng.choice(["ok"] * 17 + ["error", "timeout", "throttled"]),
+                queue_ms=round(rng.uniform(0, 40), 3),
+                status=rng.choice(["ok"] * 17 + ["error", "timeout", "throttled"]),
                 request_type=rng.choice(["realtime", "realtime", "batch"]), input_tokens=rng.randrange(1000),
                 output_tokens=rng.randrange(500), cache_hit=rng.random() < 0.2,
             ))
@@ -180,7 +181,16 @@ def test_worker_killed_mid_stream_neither_loses_nor_changes_a_window(settings, t
                           <= set(windows_of(reader, "service=chat")), 90, "the first three windows")
         half = len(second) // 2
         send(settings, second[1:half])
-        time.sleep(1.0)  # the ingest publishes partials for part of it, then dies mid-cycle
+        # the ingest publishes partials for part of it (more than the one event of window 3 seen before),
+        # then dies mid-cycle
+        partials = TopicReader(settings, Topics(settings.topic_prefix).partials)
+
+        def second_half_published(messages) -> bool:
+            records = [msgspec.json.decode(m.value(), type=WindowPartial) for m in messages
+                       if b'"sg.WindowPartial/1"' in m.value()]
+            return sum(p.events for p in records if p.scope == "service=chat" and p.window_start >= T0 + 3 * W) > 1
+
+        partials.poll_until(second_half_published, 60, "partials of the second batch")
         a.stop(signal.SIGKILL)
     finally:
         a.stop()

@@ -178,8 +178,19 @@ def test_the_report_says_which_targets_are_met_and_missed():
     results = [simulate(w, make_policy(p, w, MODEL, BOUNDS), model=MODEL, bounds=BOUNDS) for p in ("surgegate", "hpa")]
     text = table(w, results)
     assert "| surgegate |" in text and "| hpa |" in text
-    assert "Top-tier realtime SLO attainment" in text and "of HPA's" in text
-    assert ("met" in text) and ("missed" in text or "met." in text)
+    sg, hpa = results
+    top = sg.slo_attainment("enterprise")
+    ratio = sg.replica_hours / hpa.replica_hours
+    steady_use = sg.steady_utilisation()
+    expected = {
+        "Top-tier realtime SLO attainment": "met" if top >= 0.999 else "missed",
+        "Replica-hours": "met" if ratio <= 0.8 and top >= hpa.slo_attainment("enterprise") else "missed",
+        "Steady-state utilisation": "met" if 0.65 <= steady_use <= 0.75 else "missed",
+    }
+    for target, verdict in expected.items():
+        line = next(x for x in text.splitlines() if x.startswith(f"- {target}"))
+        assert line.endswith(f": {verdict}."), (line, verdict)
+    assert f"{100 * ratio:.1f}% of HPA's" in text
 
 
 @pytest.mark.parametrize(("build", "message"), [
