@@ -18,6 +18,7 @@ from typing import Any
 
 from surgegate.checks import check
 from surgegate.control.scaling import PoolConfig
+from surgegate.schemas.decisions import Mode
 
 DEFAULT_TIERS = ("enterprise", "pro", "free")
 
@@ -49,7 +50,7 @@ class ServiceConfig:
     lookahead_windows: int = 3
     hysteresis_windows: int = 6
     lease_windows: int = 3
-    mode: str = "enforce"
+    mode: Mode = "enforce"
     scaling: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:

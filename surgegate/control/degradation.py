@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from surgegate.checks import check
+from surgegate.schemas.decisions import BreakerState
 
 MAX_LEVEL = 4
 
@@ -61,10 +62,10 @@ class CircuitBreaker:
         self.min_requests = min_requests
         self.open_windows = open_windows
         self.probe_share = probe_share
-        self.state = "closed"
+        self.state: BreakerState = "closed"
         self._opened = 0
 
-    def step(self, failure_share: float, requests: int) -> str:
+    def step(self, failure_share: float, requests: int) -> BreakerState:
         """Learn one window's failure share and return the state in force."""
         failing = requests >= self.min_requests and failure_share >= self.threshold
         if self.state == "closed":

@@ -33,8 +33,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+from typing import Any
 
 from surgegate.checks import check
+from surgegate.control.base import WindowPolicy
 from surgegate.control.version import decision_version
 from surgegate.schemas.decisions import CapacityMix, Overflow, ScalingDecision
 
@@ -121,8 +123,18 @@ class ScalingInputs:
     replica_rps: float | None = None
 
 
-class ScalingPolicy:
+class ScalingPolicy(WindowPolicy):
     """Per-pool scaling state: current target, recommendations, learned lead time."""
+
+    @classmethod
+    def _unit_test_params(cls, **config: Any) -> dict[str, Any]:
+        return {"config": PoolConfig(**{"pool": "gpu-a", "replica_rps": 100.0, "min_replicas": 2,
+                                        "max_replicas": 20, **config})}
+
+    @classmethod
+    def _invalid_params(cls) -> list[dict[str, Any]]:
+        return [{"replica_rps": 0.0}, {"min_replicas": 30}, {"max_replicas": 0}, {"cold_start_s": 0.0},
+                {"target_utilisation": 0.0}]
 
     def __init__(self, config: PoolConfig) -> None:
         self.config = config

@@ -18,15 +18,17 @@ level more. Escalation is immediate, de-escalation one level per
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from surgegate.control.allocation import ClassDemand, allocate, share_by_tokens
+from surgegate.control.base import WindowPolicy
 from surgegate.control.capacity import SafeCapacity
 from surgegate.control.config import ServiceConfig
 from surgegate.control.degradation import CircuitBreaker, LevelMachine
 from surgegate.control.tenants import TenantHistory
 from surgegate.control.version import decision_version
 from surgegate.schemas.aggregates import PoolStats, TrafficStats
-from surgegate.schemas.decisions import Override, TenantLimit, Threshold, ThrottleDecision, TierLimit
+from surgegate.schemas.decisions import BreakerState, Override, TenantLimit, Threshold, ThrottleDecision, TierLimit
 from surgegate.schemas.forecasts import Forecast
 
 #: A token bucket may hold this many seconds of its rate.
@@ -56,8 +58,17 @@ class DecisionInputs:
     starting: tuple[tuple[int, int], ...] = ()
 
 
-class ThrottlePolicy:
+class ThrottlePolicy(WindowPolicy):
     """Per-service throttle state: safe capacity, level, breaker, tenant histories."""
+
+    @classmethod
+    def _unit_test_params(cls, **config: Any) -> dict[str, Any]:
+        return {"config": ServiceConfig(**{"service": "chat", "replica_rps": 100.0, "replicas": 5, **config})}
+
+    @classmethod
+    def _invalid_params(cls) -> list[dict[str, Any]]:
+        return [{"replicas": 0}, {"slo_p99_ms": 0.0}, {"hysteresis_windows": 0}, {"lookahead_windows": 31},
+                {"target_utilisation": 1.5}]
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
@@ -212,7 +223,7 @@ class ThrottlePolicy:
         return {d.name: min(capacity, max(granted[d.name], d.floor)) for d in demands}
 
     def _decision(self, inputs: DecisionInputs, level: int, rates: dict[str, float], demands: list[ClassDemand],
-                  capacity: float, upper: float, breaker: str, why: str,
+                  capacity: float, upper: float, breaker: BreakerState, why: str,
                   override: Override | None) -> ThrottleDecision:
         cfg = self.config
         tiers: dict[str, TierLimit] = {}

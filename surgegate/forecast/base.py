@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from typing import Any
 
 from surgegate.checks import check
 
@@ -35,3 +36,15 @@ class Forecaster(abc.ABC):
     @abc.abstractmethod
     def forecast(self, horizon: int) -> list[float]:
         """Point forecasts for the next ``horizon`` windows."""
+
+    # ------------------------------------------------- for the contract suite (river's habit)
+
+    @classmethod
+    def _unit_test_params(cls, step_ms: int) -> dict[str, Any]:
+        """Keyword arguments of a valid instance; the contract suite builds every subclass from them."""
+        return {"step_ms": step_ms}
+
+    @classmethod
+    def _invalid_params(cls) -> list[dict[str, Any]]:
+        """Hyperparameters the constructor must refuse, each with an error naming it."""
+        return [{"step_ms": 0}]

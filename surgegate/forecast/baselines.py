@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from surgegate.checks import check
 from surgegate.forecast.base import Forecaster
 from surgegate.forecast.daily import SLOT_MS, DailyProfile
@@ -43,6 +45,10 @@ class EWMA(Forecaster):
         self.level: float | None = None
         self.name = f"ewma_{alpha:g}"
 
+    @classmethod
+    def _invalid_params(cls) -> list[dict[str, Any]]:
+        return [*super()._invalid_params(), {"alpha": 0.0}, {"alpha": 1.5}]
+
     def _learn(self, y: float, t: int) -> None:
         self.level = y if self.level is None else self.level + self.alpha * (y - self.level)
 
@@ -61,8 +67,17 @@ class SeasonalNaive(Forecaster):
 
     def __init__(self, step_ms: int, profile: DailyProfile, alpha: float = 0.1) -> None:
         super().__init__(step_ms)
+        check(0.0 < alpha <= 1.0, "alpha", alpha, "must be within (0, 1]")
         self.profile = profile
         self.level = EWMA(step_ms, alpha)
+
+    @classmethod
+    def _unit_test_params(cls, step_ms: int) -> dict[str, Any]:
+        return {"step_ms": step_ms, "profile": DailyProfile()}
+
+    @classmethod
+    def _invalid_params(cls) -> list[dict[str, Any]]:
+        return [*super()._invalid_params(), {"alpha": 0.0}]
 
     def _learn(self, y: float, t: int) -> None:
         self.level.learn_one(y, t)
@@ -94,6 +109,10 @@ class DailyChange(Forecaster):
         self.profile = profile
         self.last = 0.0
 
+    @classmethod
+    def _unit_test_params(cls, step_ms: int) -> dict[str, Any]:
+        return {"step_ms": step_ms, "profile": DailyProfile()}
+
     def _learn(self, y: float, t: int) -> None:
         self.last = y
 
@@ -103,8 +122,10 @@ class DailyChange(Forecaster):
             return [self.last] * horizon
         by_slot: dict[int, float] = {}  # at 10 s windows, 30 horizons span two or three slots
         out = []
+        origin = self.t
+        assert origin is not None  # a typical value was found for it
         for h in range(1, horizon + 1):
-            t = self.t + h * self.step_ms
+            t = origin + h * self.step_ms
             slot = t // SLOT_MS
             change = by_slot.get(slot)
             if change is None:

@@ -8,7 +8,6 @@ from array import array
 
 from surgegate.checks import check
 
-
 #: Residuals a quantile needs before its width is trusted (and adapted).
 MIN_RESIDUALS = 10
 #: Step of adaptive conformal inference (Gibbs and Candes, 2021): how fast the

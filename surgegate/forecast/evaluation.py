@@ -18,11 +18,13 @@ import dataclasses
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from surgegate.forecast.daily import DailyProfile
 from surgegate.forecast.scope import rate_models
 from surgegate.forecast.selector import OnlineSelector
+from surgegate.settings import DEFAULT_WINDOW_S
 from surgegate.telemetry.traces import missing_windows, read_trace, to_windows
 
 HORIZONS = (1, 6, 30)
@@ -50,8 +52,11 @@ class TraceReport:
 
 
 def evaluate_series(name: str, series: list[float | None], step_ms: int, *, horizon: int = 30,
-                    coverage: float = 0.9, t0: int = 0) -> TraceReport:
+                    coverage: float = 0.9, t0: int = 0,
+                    progress: Callable[[int, int], None] | None = None) -> TraceReport:
     """Run the selector and its models over ``series`` and score them.
+
+    ``progress(done, total)`` is called every 1,000 windows and at the end.
 
     ``ValueError`` if too few windows have data to score the longest horizon after the warm-up.
     """
@@ -64,12 +69,14 @@ def evaluate_series(name: str, series: list[float | None], step_ms: int, *, hori
         raise ValueError(f"{name}: {known} windows with data; scoring {horizons[-1]} windows ahead after a "
                          f"{WARMUP}-window warm-up needs at least {WARMUP + horizons[-1] + 1}")
     preds: dict[str, dict[int, list[float | None]]] = defaultdict(lambda: {h: [None] * n for h in horizons})
-    lower = {h: [None] * n for h in horizons}
-    upper = {h: [None] * n for h in horizons}
+    lower: dict[int, list[float | None]] = {h: [None] * n for h in horizons}
+    upper: dict[int, list[float | None]] = {h: [None] * n for h in horizons}
     burst = 0
     spent = 0.0
     learned = 0
     for i, y in enumerate(series):
+        if progress is not None and i % 1000 == 0:
+            progress(i, n)
         if y is None:
             selector.forget_pending()
             continue
@@ -96,43 +103,47 @@ def evaluate_series(name: str, series: list[float | None], step_ms: int, *, hori
     smape: dict[str, dict[int, float]] = {}
     for model, by_h in preds.items():
         mase[model], smape[model] = {}, {}
-        for h, values in by_h.items():
-            pairs = [(v, series[j]) for j, v in enumerate(values)
-                     if v is not None and series[j] is not None and j >= WARMUP]
+        for h, predicted in by_h.items():
+            pairs = [(v, y) for j, (v, y) in enumerate(zip(predicted, series))
+                     if v is not None and y is not None and j >= WARMUP]
             # no pairs only where gaps cover every scored window of this horizon
             mase[model][h] = sum(abs(v - y) for v, y in pairs) / len(pairs) / scale if pairs else math.nan
             terms = [2 * abs(v - y) / (abs(v) + abs(y)) for v, y in pairs if abs(v) + abs(y) > 0]
             smape[model][h] = 100 * sum(terms) / len(terms) if terms else 0.0
     cover = {}
     for h in horizons:
-        inside = [lower[h][j] <= series[j] <= upper[h][j] for j in range(WARMUP, n)
-                  if lower[h][j] is not None and series[j] is not None]
+        inside = [lo <= y <= hi for lo, y, hi in zip(lower[h][WARMUP:], series[WARMUP:], upper[h][WARMUP:])
+                  if lo is not None and y is not None and hi is not None]
         cover[h] = sum(inside) / len(inside) if inside else math.nan
+    if progress is not None:
+        progress(n, n)
     return TraceReport(name, step_ms, n, mase, smape, cover, spent / max(1, learned) * 1e6, burst, n - learned,
                        series, {h: preds["selector"][h] for h in horizons}, lower, upper)
 
 
-def trace_series(path: Path, *, gaps_as_zeros: bool = False) -> tuple[list[float | None], int]:
+def trace_series(path: Path, *, gaps_as_zeros: bool = False,
+                 window_ms: int = DEFAULT_WINDOW_S * 1000) -> tuple[list[float | None], int]:
     """A trace's request rate per window (``None`` for a collection gap, unless ``gaps_as_zeros``)
-    and the window length in ms: 10 s, or the trace's own bin where coarser."""
+    and the window length in ms: ``window_ms``, or the trace's own bin where coarser."""
     bins = read_trace(path)
-    step_ms = max(10_000, int(round(bins[0].length_s * 1000)))
+    step_ms = max(window_ms, round(bins[0].length_s * 1000))
     rate, _ = to_windows(bins, step_ms)
     if gaps_as_zeros:
         return list(rate), step_ms
     return [None if gap else v for v, gap in zip(rate, missing_windows(bins, step_ms))], step_ms
 
 
-def evaluate_trace(path: Path, *, horizon: int = 30, coverage: float = 0.9,
-                   gaps_as_zeros: bool = False) -> TraceReport:
-    """Evaluate on a trace file at 10 s windows, or at its own bin where coarser.
+def evaluate_trace(path: Path, *, horizon: int = 30, coverage: float = 0.9, gaps_as_zeros: bool = False,
+                   window_ms: int = DEFAULT_WINDOW_S * 1000,
+                   progress: Callable[[int, int], None] | None = None) -> TraceReport:
+    """Evaluate on a trace file at ``window_ms`` windows, or at its own bin where coarser.
 
     Collection gaps (see :func:`surgegate.telemetry.traces.read_trace`) are missing
     windows, unless ``gaps_as_zeros`` reads them as the zeros the file holds.
     """
-    series, step_ms = trace_series(path, gaps_as_zeros=gaps_as_zeros)
+    series, step_ms = trace_series(path, gaps_as_zeros=gaps_as_zeros, window_ms=window_ms)
     return evaluate_series(Path(path).name.split(".")[0], series, step_ms, horizon=horizon, coverage=coverage,
-                           t0=1_767_225_600_000)
+                           t0=1_767_225_600_000, progress=progress)
 
 
 def markdown(report: TraceReport) -> str:
@@ -147,7 +158,7 @@ def markdown(report: TraceReport) -> str:
                      + " | ".join(f"{report.smape[model][h]:.1f}%" for h in hs) + " |")
     naive6 = report.mase["last_value"].get(6)
     sel6 = report.mase["selector"].get(6)
-    gain = f"{100 * (1 - sel6 / naive6):.1f}%" if naive6 else "n/a"
+    gain = f"{100 * (1 - sel6 / naive6):.1f}%" if naive6 and sel6 is not None else "n/a"
     lines += ["", "coverage of the 90% bounds: " + ", ".join(f"h={h}: {100 * c:.1f}%" for h, c in
                                                            report.coverage.items())
               + f"; selector MASE at h=6 is {gain} below last value; "
@@ -174,7 +185,7 @@ def plot(report: TraceReport, path: Path, horizon: int = 6, span: int = 120) -> 
     fig, ax = plt.subplots(figsize=(10, 4))
     ax.plot(minutes, [y[x] for x in xs], color="black", lw=1.2, label="actual")
     f = report.selector_h[horizon]
-    ax.plot(minutes, [f[x] if f[x] is not None else float("nan") for x in xs], color="tab:blue", lw=1,
+    ax.plot(minutes, [v if (v := f[x]) is not None else float("nan") for x in xs], color="tab:blue", lw=1,
             label=f"selector, {horizon} windows ahead")
     ax.fill_between(minutes, [report.lower_h[horizon][x] or 0 for x in xs],
                     [report.upper_h[horizon][x] or 0 for x in xs], color="tab:blue", alpha=0.2, label="90% bounds")

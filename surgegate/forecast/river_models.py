@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from river import linear_model, optim, preprocessing, time_series
 
 from surgegate.checks import check
 from surgegate.forecast.base import Forecaster
 from surgegate.forecast.daily import DAY_MS, DailyProfile
-
 
 #: Ratios to the level are clipped here, so a near-zero level cannot blow up learning.
 MAX_RATIO = 10.0
@@ -27,6 +27,10 @@ class HoltWintersForecaster(Forecaster):
         self.name = "holt_winters"
         self._n = 0
         self._first = 0.0
+
+    @classmethod
+    def _invalid_params(cls) -> list[dict[str, Any]]:
+        return [*super()._invalid_params(), {"alpha": 1.5}, {"beta": 0.0}]
 
     def _learn(self, y: float, t: int) -> None:
         if self._n == 0:
@@ -61,6 +65,10 @@ class SnarimaxForecaster(Forecaster):
             optimizer=optim.SGD(learning_rate), intercept_lr=learning_rate)
         self.model = time_series.SNARIMAX(p=p, d=d, q=q, regressor=regressor)
         self._scale = 0.0
+
+    @classmethod
+    def _invalid_params(cls) -> list[dict[str, Any]]:
+        return [*super()._invalid_params(), {"max_steps": 0}]
 
     def _learn(self, y: float, t: int) -> None:
         # SNARIMAX learns faster on a unit-scale series: divide by a slow level.
@@ -113,6 +121,14 @@ class LagRegressor(Forecaster):
         x["day_sin"], x["day_cos"] = math.sin(phase), math.cos(phase)
         x["h"] = h / 30.0
         return x
+
+    @classmethod
+    def _unit_test_params(cls, step_ms: int) -> dict[str, Any]:
+        return {"step_ms": step_ms, "profile": DailyProfile()}
+
+    @classmethod
+    def _invalid_params(cls) -> list[dict[str, Any]]:
+        return [*super()._invalid_params(), {"lags": 0}, {"lags": 21}]
 
     def _learn(self, y: float, t: int) -> None:
         for h in self.ANCHORS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from typing import Literal
 
 from surgegate.checks import check
 from surgegate.forecast.base import Forecaster
@@ -47,7 +48,7 @@ class ScopeForecaster:
     #: a default for checkpoints written before windows replayed were counted apart
     stale = 0
 
-    def __init__(self, scope: str, *, step_ms: int = 10_000, horizon: int = 30, coverage: float = 0.9) -> None:
+    def __init__(self, scope: str, *, step_ms: int, horizon: int = 30, coverage: float = 0.9) -> None:
         check(step_ms > 0, "step_ms", step_ms, "must be > 0")
         self.scope = scope
         self.step_ms = step_ms
@@ -94,7 +95,7 @@ class ScopeForecaster:
     def forecast(self) -> Forecast:
         """The current forecast of both series."""
         rate, tokens = self.rate.current(), self.tokens.current()
-        regime = "burst" if rate.regime == "burst" else "normal"
+        regime: Literal["normal", "burst"] = "burst" if rate.regime == "burst" else "normal"
         return Forecast(
             scope=self.scope, origin=self.last_t or 0, step_ms=self.step_ms, horizon=self.horizon,
             coverage=self.coverage, rate_rps=_bounds(rate), tokens_per_s=_bounds(tokens), regime=regime,

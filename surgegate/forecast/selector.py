@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+from typing import Any
 
 from surgegate.checks import check
 from surgegate.forecast.base import Forecaster
@@ -103,6 +104,17 @@ class OnlineSelector(Forecaster):
 
     # -------------------------------------------------------------- learning
 
+    @classmethod
+    def _unit_test_params(cls, step_ms: int) -> dict[str, Any]:
+        from surgegate.forecast.baselines import EWMA, LastValue
+
+        return {"models": [LastValue(step_ms), EWMA(step_ms, 0.5)], "step_ms": step_ms, "horizon": 30}
+
+    @classmethod
+    def _invalid_params(cls) -> list[dict[str, Any]]:
+        return [*super()._invalid_params(), {"models": []}, {"horizon": 0}, {"burst_after": 0},
+                {"burst_widen": 0.5}]
+
     def _learn(self, y: float, t: int) -> None:
         self._score(y, t)
         for m in self.models:
@@ -124,9 +136,9 @@ class OnlineSelector(Forecaster):
             if h == 1:
                 self._regime(y, bounds)
         oldest = t - self.anchors[-1] * step
-        issued = self._issued
-        while issued and next(iter(issued)) <= oldest:  # issued in time order: the oldest come first
-            del issued[next(iter(issued))]
+        pending = self._issued
+        while pending and next(iter(pending)) <= oldest:  # issued in time order: the oldest come first
+            del pending[next(iter(pending))]
 
     def _regime(self, y: float, bounds: tuple[float, float]) -> None:
         lower, upper = bounds

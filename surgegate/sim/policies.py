@@ -21,18 +21,20 @@ none (the edges then apply a static limit).
 
 from __future__ import annotations
 
+import abc
 import collections
 import dataclasses
 import math
-from typing import Protocol
+from typing import Any
 
 from surgegate.checks import check
 from surgegate.control.config import ServiceConfig
 from surgegate.control.controller import ServiceController, ServiceWindow
 from surgegate.forecast.scope import ScopeForecaster
-from surgegate.schemas.forecasts import Forecast
 from surgegate.schemas.aggregates import PoolStats, TrafficStats
 from surgegate.schemas.decisions import ThrottleDecision
+from surgegate.schemas.forecasts import Forecast
+from surgegate.settings import DEFAULT_WINDOW_S
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,16 +69,38 @@ class Plan:
     reason: str = ""
 
 
-class Policy(Protocol):
-    name: str
+class Policy(abc.ABC):
+    """A fleet policy under simulation: it observes seconds and windows and answers with a :class:`Plan`.
+
+    Observing is optional (a policy acts on what it needs, the rest is a no-op);
+    planning is not.
+    """
+
+    name: str = "policy"
     #: the edges' static limit (rps, all edges together) when the policy publishes no decisions
-    static_limit_rps: float | None
+    static_limit_rps: float | None = None
 
-    def second(self, sample: Sample) -> None: ...
+    def second(self, sample: Sample) -> None:  # noqa: B027 - a null object: observing is optional
+        """One simulated second's metrics."""
 
-    def window(self, obs: Observation) -> None: ...
+    def window(self, obs: Observation) -> None:  # noqa: B027 - as second()
+        """One closed window's statistics, as the pipeline publishes them."""
 
-    def plan(self) -> Plan: ...
+    @abc.abstractmethod
+    def plan(self) -> Plan:
+        """What the policy wants now."""
+
+    # ------------------------------------------------- for the contract suite (river's habit)
+
+    @classmethod
+    def _unit_test_params(cls, fleet: FleetBounds) -> dict[str, Any]:
+        """Keyword arguments of a valid instance on ``fleet``."""
+        return {"fleet": fleet}
+
+    @classmethod
+    def _invalid_params(cls) -> list[dict[str, Any]]:
+        """Hyperparameters the constructor must refuse, each with an error naming it."""
+        return []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,32 +115,34 @@ class FleetBounds:
 
     def __post_init__(self) -> None:
         check(self.replica_rps > 0, "replica_rps", self.replica_rps, "must be > 0")
-        check(1 <= self.max_replicas, "max_replicas", self.max_replicas, "must be >= 1")
+        check(self.max_replicas >= 1, "max_replicas", self.max_replicas, "must be >= 1")
         check(0 <= self.min_replicas <= self.max_replicas, "min_replicas", self.min_replicas,
               f"must be within [0, max_replicas={self.max_replicas}]")
         check(0 < self.target_utilisation <= 1, "target_utilisation", self.target_utilisation,
               "must be within (0, 1]")
 
 
-class SurgegatePolicy:
+class SurgegatePolicy(Policy):
     """The forecaster, throttle policy and scaling policy the agents run, on simulated windows."""
 
     name = "surgegate"
     static_limit_rps = None
 
-    def __init__(self, fleet: FleetBounds, *, slo_p99_ms: float = 10_000.0, service: str = "chat") -> None:
+    def __init__(self, fleet: FleetBounds, *, slo_p99_ms: float = 10_000.0, service: str = "chat",
+                 window_s: int = DEFAULT_WINDOW_S) -> None:
         self.config = ServiceConfig(service=service, pool="gpu", replica_rps=fleet.replica_rps,
                                     replicas=fleet.min_replicas, slo_p99_ms=slo_p99_ms, scaling={
                                         "min_replicas": fleet.min_replicas, "max_replicas": fleet.max_replicas,
                                         "target_utilisation": fleet.target_utilisation,
                                         "cold_start_s": fleet.cold_start_s})
-        self.forecaster = ScopeForecaster(f"service={service}")
+        self.forecaster = ScopeForecaster(f"service={service}", step_ms=window_s * 1000)
         self.controller = ServiceController(self.config)
         self.forecast: Forecast | None = None
         self._plan = Plan(replicas=fleet.min_replicas)
 
-    def second(self, sample: Sample) -> None:
-        pass
+    @classmethod
+    def _invalid_params(cls) -> list[dict[str, Any]]:
+        return [{"slo_p99_ms": 0.0}]
 
     def window(self, obs: Observation) -> None:
         # as the decide agent: the newest forecast at hand is the one issued after the previous window
@@ -133,26 +159,30 @@ class SurgegatePolicy:
         return self._plan
 
 
-class StaticPolicy:
+class StaticPolicy(Policy):
     """A fixed fleet and a static limit at its capacity."""
 
     name = "static"
 
     def __init__(self, fleet: FleetBounds, replicas: int, limit_share: float = 0.9) -> None:
+        check(replicas >= 1, "replicas", replicas, "must be >= 1")
+        _check_share(limit_share)
         self.replicas = replicas
         self.static_limit_rps = replicas * fleet.replica_rps * limit_share
 
-    def second(self, sample: Sample) -> None:
-        pass
+    @classmethod
+    def _unit_test_params(cls, fleet: FleetBounds) -> dict[str, Any]:
+        return {"fleet": fleet, "replicas": fleet.min_replicas + 1}
 
-    def window(self, obs: Observation) -> None:
-        pass
+    @classmethod
+    def _invalid_params(cls) -> list[dict[str, Any]]:
+        return [{"replicas": 0}, {"limit_share": 0.0}]
 
     def plan(self) -> Plan:
         return Plan(replicas=self.replicas, reason=f"fixed fleet of {self.replicas}")
 
 
-class HpaPolicy:
+class HpaPolicy(Policy):
     """Kubernetes HPA v2 with its default behaviour, on the utilisation metric."""
 
     name = "hpa"
@@ -161,6 +191,7 @@ class HpaPolicy:
     STABILISATION_S = 300
 
     def __init__(self, fleet: FleetBounds, limit_share: float = 0.9) -> None:
+        _check_share(limit_share)
         self.fleet = fleet
         self.static_limit_rps = fleet.max_replicas * fleet.replica_rps * limit_share
         self.replicas = fleet.min_replicas
@@ -190,14 +221,15 @@ class HpaPolicy:
         self.reason = f"utilisation {util:.0%} vs target {f.target_utilisation:.0%}: {self.replicas} -> {target}"
         self.replicas = target
 
-    def window(self, obs: Observation) -> None:
-        pass
+    @classmethod
+    def _invalid_params(cls) -> list[dict[str, Any]]:
+        return [{"limit_share": 0.0}]
 
     def plan(self) -> Plan:
         return Plan(replicas=self.replicas, reason=self.reason)
 
 
-class KpaPolicy:
+class KpaPolicy(Policy):
     """Knative's KPA: concurrency per pod, stable and panic windows."""
 
     name = "kpa"
@@ -208,6 +240,8 @@ class KpaPolicy:
     MAX_SCALE_DOWN_RATE = 2.0
 
     def __init__(self, fleet: FleetBounds, concurrency: int, limit_share: float = 0.9) -> None:
+        check(concurrency >= 1, "concurrency", concurrency, "must be >= 1")
+        _check_share(limit_share)
         self.fleet = fleet
         self.static_limit_rps = fleet.max_replicas * fleet.replica_rps * limit_share
         # container-concurrency-target-percentage 70% of the pod's concurrency
@@ -240,8 +274,17 @@ class KpaPolicy:
         self.reason = f"{mode}: concurrency {stable:,.0f} (60 s) / {panic:,.0f} (6 s) -> {target}"
         self.replicas = target
 
-    def window(self, obs: Observation) -> None:
-        pass
+    @classmethod
+    def _unit_test_params(cls, fleet: FleetBounds) -> dict[str, Any]:
+        return {"fleet": fleet, "concurrency": 64}
+
+    @classmethod
+    def _invalid_params(cls) -> list[dict[str, Any]]:
+        return [{"concurrency": 0}, {"limit_share": -1.0}]
 
     def plan(self) -> Plan:
         return Plan(replicas=self.replicas, reason=self.reason)
+
+
+def _check_share(limit_share: float) -> None:
+    check(limit_share > 0, "limit_share", limit_share, "must be > 0 (above 1: a limit over the fleet's capacity)")

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from surgegate.settings import DEFAULT_WINDOW_S
 from surgegate.sim.policies import FleetBounds, HpaPolicy, KpaPolicy, Policy, StaticPolicy, SurgegatePolicy
 from surgegate.sim.run import Result, simulate
 from surgegate.sim.service import TIER_ORDER, ServiceModel
@@ -14,10 +15,11 @@ from surgegate.sim.workload import Workload
 POLICIES = ("surgegate", "hpa", "kpa", "static")
 
 
-def make_policy(name: str, workload: Workload, model: ServiceModel, bounds: FleetBounds) -> Policy:
+def make_policy(name: str, workload: Workload, model: ServiceModel, bounds: FleetBounds, *,
+                window_s: int = DEFAULT_WINDOW_S) -> Policy:
     """A fresh policy; the static fleet is provisioned for the workload's peak at the target utilisation."""
     if name == "surgegate":
-        return SurgegatePolicy(bounds, slo_p99_ms=model.slo_p99_ms)
+        return SurgegatePolicy(bounds, slo_p99_ms=model.slo_p99_ms, window_s=window_s)
     if name == "hpa":
         return HpaPolicy(bounds)
     if name == "kpa":
@@ -30,16 +32,19 @@ def make_policy(name: str, workload: Workload, model: ServiceModel, bounds: Flee
 
 
 def run_all(workload: Workload, policies: tuple[str, ...], *, model: ServiceModel, bounds: FleetBounds,
-            seed: int, progress: Callable[[str, int, int], None] | None = None) -> list[Result]:
+            seed: int, window_s: int = DEFAULT_WINDOW_S,
+            progress: Callable[[str, int, int], None] | None = None) -> list[Result]:
+    """Each policy on ``workload``, one after the other."""
     out = []
     for name in policies:
-        policy = make_policy(name, workload, model, bounds)
+        policy = make_policy(name, workload, model, bounds, window_s=window_s)
 
         def tick(done: int, total: int, name: str = name) -> None:
             if progress is not None:
                 progress(f"{workload.name}/{name}", done, total)
 
-        out.append(simulate(workload, policy, model=model, bounds=bounds, seed=seed, progress=tick))
+        out.append(simulate(workload, policy, model=model, bounds=bounds, seed=seed, window_s=window_s,
+                            progress=tick))
     return out
 
 

@@ -15,13 +15,14 @@ import random
 from collections.abc import Callable
 
 from surgegate.admission.actions import ADMIT, DEFER
-from surgegate.admission.gate import Admission, Fallback
+from surgegate.admission.gate import Admission, Fallback, hold_after_s
+from surgegate.checks import check
 from surgegate.schemas.aggregates import PoolStats, TrafficStats
+from surgegate.settings import DEFAULT_WINDOW_S
 from surgegate.sim.policies import FleetBounds, Observation, Policy, Sample
 from surgegate.sim.service import TIER_ORDER, Fleet, Queues, ServiceModel
 from surgegate.sim.workload import Workload
 
-WINDOW_S = 10
 #: admit() calls per simulated second at the workload's peak
 CALLS_PER_SECOND = 120
 PRICE_RESERVED, PRICE_ON_DEMAND = 2.0, 4.0
@@ -31,7 +32,7 @@ BACKLOG_DRAIN_S = 60.0
 
 @dataclasses.dataclass
 class WindowRow:
-    """One 10 s window of a run."""
+    """One window of a run."""
 
     t: int
     demand: float
@@ -60,6 +61,7 @@ class Result:
     rows: list[WindowRow]
     slo_p99_ms: float
     onset_s: int | None
+    window_s: int = DEFAULT_WINDOW_S
 
     # ------------------------------------------------------------ scores
 
@@ -68,16 +70,16 @@ class Result:
         seen = [r for r in self.rows if r.demand_by_tier.get(tier, 0) > 0]
         if not seen:
             return 1.0
-        ok = sum(1 for r in seen if r.p99_ms.get(tier) is not None and r.p99_ms[tier] <= self.slo_p99_ms)
+        ok = sum(1 for r in seen if _within(r.p99_ms.get(tier), self.slo_p99_ms, missing=False))
         return ok / len(seen)
 
     @property
     def replica_hours(self) -> float:
-        return sum(r.paid for r in self.rows) * WINDOW_S / 3600
+        return sum(r.paid for r in self.rows) * self.window_s / 3600
 
     def cost(self, reserved: int = 5) -> float:
         return sum(min(r.paid, reserved) * PRICE_RESERVED + max(0, r.paid - reserved) * PRICE_ON_DEMAND
-                   for r in self.rows) * WINDOW_S / 3600
+                   for r in self.rows) * self.window_s / 3600
 
     @property
     def mean_utilisation(self) -> float:
@@ -95,7 +97,7 @@ class Result:
         return sum(vals) / len(vals) if vals else float("nan")
 
     def share(self, what: str) -> float:
-        demand = sum(r.demand for r in self.rows) * WINDOW_S or 1.0
+        demand = sum(r.demand for r in self.rows) * self.window_s or 1.0
         if what == "rejected":
             return sum(sum(r.rejected.values()) for r in self.rows) / demand
         if what == "deferred":
@@ -113,8 +115,7 @@ class Result:
     @property
     def goodput_rps(self) -> float:
         """Requests served per second in windows whose top-tier p99 met the SLO."""
-        good = sum(r.served for r in self.rows
-                   if r.p99_ms.get(TIER_ORDER[0]) is None or r.p99_ms[TIER_ORDER[0]] <= self.slo_p99_ms)
+        good = sum(r.served for r in self.rows if _within(r.p99_ms.get(TIER_ORDER[0]), self.slo_p99_ms))
         return good / len(self.rows)
 
     def onset_response(self) -> tuple[float | None, float | None]:
@@ -131,32 +132,37 @@ class Result:
         base = next((r.desired for r in reversed(self.rows) if r.t < self.onset_s), after[0].desired)
         first = next((r.t - self.onset_s for r in after if r.desired > base or r.level > 0), None)
         top = TIER_ORDER[0]
-        broke = [i for i, r in enumerate(after) if r.p99_ms.get(top) is not None and r.p99_ms[top] > self.slo_p99_ms]
+        broke = [i for i, r in enumerate(after) if not _within(r.p99_ms.get(top), self.slo_p99_ms)]
         if not broke:
             return first, 0.0
         for i in range(broke[0], len(after) - 5):
             window = after[i:i + 6]
-            if all(r.p99_ms.get(top) is None or r.p99_ms[top] <= self.slo_p99_ms for r in window):
+            if all(_within(r.p99_ms.get(top), self.slo_p99_ms) for r in window):
                 return first, after[i].t - self.onset_s
         return first, None
 
 
-def _stats(served: float, lost: float, rejected: float, deferred: float, replayed: float, realtime: float,
+def _stats(window_s: int, served: float, lost: float, rejected: float, deferred: float, replayed: float,
+           realtime: float,
            batch: float, p99: float | None, wait_ms: float) -> TrafficStats:
     n = served + lost + rejected
     p99v = p99 if p99 is not None else 0.0
     return TrafficStats(
-        requests=int(n), rate_rps=round(n / WINDOW_S, 3), ok=int(served), error=0, timeout=int(lost),
+        requests=int(n), rate_rps=round(n / window_s, 3), ok=int(served), error=0, timeout=int(lost),
         throttled=int(rejected), realtime=int(realtime), batch=int(batch), latency_p50_ms=60.0,
         latency_p90_ms=min(p99v, 200.0), latency_p99_ms=p99v, latency_max_ms=p99v, queue_wait_p99_ms=round(wait_ms, 3),
         input_tokens=0, output_tokens=0, tokens_per_s=0.0, over_2s_share=0.1, cache_hits=0, deferred=int(deferred),
-        replayed=int(replayed), demand_rps=round(max(0.0, n - replayed + deferred) / WINDOW_S, 3))
+        replayed=int(replayed), demand_rps=round(max(0.0, n - replayed + deferred) / window_s, 3))
 
 
 def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None = None,
-             bounds: FleetBounds | None = None, seed: int = 0,
+             bounds: FleetBounds | None = None, seed: int = 0, window_s: int = DEFAULT_WINDOW_S,
              progress: Callable[[int, int], None] | None = None) -> Result:
-    """Step ``workload`` second by second through the edges, the fleet and ``policy``."""
+    """Step ``workload`` second by second through the edges, the fleet and ``policy``.
+
+    ``window_s`` is the pipeline's window length: ``policy`` sees one Observation per window.
+    """
+    check(isinstance(window_s, int) and window_s >= 1, "window_s", window_s, "must be a whole number of seconds >= 1")
     model = model or ServiceModel()
     bounds = bounds or FleetBounds(replica_rps=model.replica_rps())
     rng = random.Random(seed)
@@ -167,14 +173,14 @@ def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None =
     limit = policy.static_limit_rps
     fallback = Fallback(total_rps=limit / k) if limit is not None else Fallback()
     gate = Admission("chat", tiers, share=1.0 / k, fallback=fallback, clock=lambda: clock[0],
-                     wall=lambda: clock[0], hold_after_s=25.0)
+                     wall=lambda: clock[0], hold_after_s=hold_after_s(window_s))
     fleet = Fleet(ready=policy.plan().replicas)
     queues = Queues()
     backlog = {t: 0.0 for t in tiers}
     slow = 1.0
     classes = list(workload.mix.items())
     rows: list[WindowRow] = []
-    acc = _Window(tiers)
+    acc = _Window(tiers, window_s)
     applied_version = None
     for t in range(workload.seconds):
         now = float(t)
@@ -220,16 +226,21 @@ def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None =
         in_system = total_served * model.mean_service_s(slow) + queues.total
         acc.second(served, lost, waits, p99_service, util, throughput)
         policy.second(Sample(now_s=now, ready=fleet.ready, utilisation=util, concurrency=in_system))
-        if t % WINDOW_S == WINDOW_S - 1:
-            start = t - WINDOW_S + 1
+        if t % window_s == window_s - 1:
+            start = t - window_s + 1
             obs = acc.observation(start, fleet, queues)
             policy.window(obs)
             plan = policy.plan()
             rows.append(acc.row(start, fleet, plan))
-            acc = _Window(tiers)
+            acc = _Window(tiers, window_s)
             if progress is not None and len(rows) % 60 == 0:
                 progress(t + 1, workload.seconds)
-    return Result(workload.name, policy.name, rows, model.slo_p99_ms, workload.onset_s)
+    return Result(workload.name, policy.name, rows, model.slo_p99_ms, workload.onset_s, window_s)
+
+
+def _within(p99_ms: float | None, slo_p99_ms: float, *, missing: bool = True) -> bool:
+    """A window's p99 within the SLO; a window that served nothing counts as ``missing``."""
+    return missing if p99_ms is None else p99_ms <= slo_p99_ms
 
 
 def _round(x: float, rng: random.Random) -> int:
@@ -241,7 +252,8 @@ def _round(x: float, rng: random.Random) -> int:
 class _Window:
     """What one 10 s window accumulates."""
 
-    def __init__(self, tiers: tuple[str, ...]) -> None:
+    def __init__(self, tiers: tuple[str, ...], window_s: int) -> None:
+        self.window_s = window_s
         self.tiers = tiers
         self.demand = {(t, r): 0.0 for t in tiers for r in ("realtime", "batch")}
         self.rejected = {(t, r): 0.0 for t in tiers for r in ("realtime", "batch")}
@@ -249,7 +261,7 @@ class _Window:
         self.replayed = {t: 0.0 for t in tiers}
         self.served = {(t, r): 0.0 for t in tiers for r in ("realtime", "batch")}
         self.lost = {(t, r): 0.0 for t in tiers for r in ("realtime", "batch")}
-        self.p99 = {t: None for t in tiers}
+        self.p99: dict[str, float | None] = {t: None for t in tiers}
         self.wait_ms = {t: 0.0 for t in tiers}
         self.util: list[float] = []
         self.capacity = 0.0
@@ -280,14 +292,15 @@ class _Window:
         tiers = {}
         for tier in self.tiers:
             rt, b = (tier, "realtime"), (tier, "batch")
-            tiers[tier] = _stats(self.served[rt] + self.served[b], self.lost[rt] + self.lost[b],
+            tiers[tier] = _stats(self.window_s, self.served[rt] + self.served[b], self.lost[rt] + self.lost[b],
                                  self.rejected[rt] + self.rejected[b], self.deferred[tier], self.replayed[tier],
                                  self.served[rt] + self.lost[rt] + self.rejected[rt],
                                  self.served[b] + self.lost[b] + self.rejected[b], self.p99[tier],
                                  self.wait_ms[tier])
         p99s = [p for p in self.p99.values() if p is not None]
-        service = _stats(sum(self.served.values()), sum(self.lost.values()), sum(self.rejected.values()),
-                         sum(self.deferred.values()), sum(self.replayed.values()), sum(s.realtime for s in tiers.values()),
+        service = _stats(self.window_s, sum(self.served.values()), sum(self.lost.values()), sum(self.rejected.values()),
+                         sum(self.deferred.values()), sum(self.replayed.values()),
+                         sum(s.realtime for s in tiers.values()),
                          sum(s.batch for s in tiers.values()), max(p99s) if p99s else None,
                          max(self.wait_ms.values()))
         pool = PoolStats(samples=len(self.util), utilisation_mean=round(min(1.0, util), 6),
@@ -295,14 +308,14 @@ class _Window:
                          queue_depth=int(queues.total), queue_depth_max=int(queues.total), running_requests=0,
                          tokens_per_s=0.0, workers=fleet.ready + fleet.pending, ready_replicas=fleet.ready,
                          cold_starting_replicas=fleet.pending)
-        return Observation(window_start_ms=start * 1000, window_ms=WINDOW_S * 1000, service=service, tiers=tiers,
+        return Observation(window_start_ms=start * 1000, window_ms=self.window_s * 1000, service=service, tiers=tiers,
                            pool=pool)
 
     def row(self, start: int, fleet: Fleet, plan) -> WindowRow:
         return WindowRow(
-            t=start, demand=sum(self.demand.values()) / WINDOW_S,
-            admitted=sum(self.demand[c] - self.rejected[c] for c in self.demand) / WINDOW_S,
-            served=sum(self.served.values()) / WINDOW_S,
+            t=start, demand=sum(self.demand.values()) / self.window_s,
+            admitted=sum(self.demand[c] - self.rejected[c] for c in self.demand) / self.window_s,
+            served=sum(self.served.values()) / self.window_s,
             rejected={t: (self.rejected[(t, "realtime")] + self.rejected[(t, "batch")]) for t in self.tiers},
             deferred=sum(self.deferred.values()), deferred_by_tier=dict(self.deferred),
             timed_out=sum(self.lost.values()), p99_ms=dict(self.p99),

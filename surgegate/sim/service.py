@@ -121,7 +121,7 @@ class Fleet:
 
     def fail(self, share: float) -> int:
         """A share of the ready replicas fails; returns how many."""
-        lost = int(round(self.ready * share))
+        lost = round(self.ready * share)
         self.ready -= lost
         return lost
 

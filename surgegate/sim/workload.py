@@ -14,10 +14,11 @@ import math
 import random
 from pathlib import Path
 
+from surgegate.schemas.telemetry import RequestType
 from surgegate.telemetry.traces import read_trace, to_windows
 
 #: Traffic mix by (tier, request type): shares of all requests.
-DEFAULT_MIX: dict[tuple[str, str], float] = {
+DEFAULT_MIX: dict[tuple[str, RequestType], float] = {
     ("enterprise", "realtime"): 0.16, ("enterprise", "batch"): 0.04,
     ("pro", "realtime"): 0.24, ("pro", "batch"): 0.06,
     ("free", "realtime"): 0.40, ("free", "batch"): 0.10,
@@ -31,7 +32,7 @@ class Workload:
     name: str
     rate: list[float]
     synthetic: bool
-    mix: dict[tuple[str, str], float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_MIX))
+    mix: dict[tuple[str, RequestType], float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_MIX))
     #: second -> factor on the slow requests' service time (a long-tail shift)
     slow_factor: dict[int, float] = dataclasses.field(default_factory=dict)
     #: second -> share of the ready replicas that fail at that second

@@ -1,0 +1,35 @@
+"""The window-policy contract: one decision per window, from that window's inputs.
+
+Throttle and scaling policies are stepped once per closed window by the
+service controller. Each keeps its own state (and so must pickle: the decide
+agent checkpoints it in a Faust table), and each decision carries a version
+that only grows (:func:`~surgegate.control.version.decision_version`).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+
+class WindowPolicy(abc.ABC):
+    """Decides once per window; the same inputs in the same state give the same decision."""
+
+    #: the version of the newest decision made, -1 before any
+    last_version: int = -1
+
+    @abc.abstractmethod
+    def decide(self, inputs: Any) -> Any:
+        """The decision for the window after ``inputs``."""
+
+    # ------------------------------------------------- for the contract suite (river's habit)
+
+    @classmethod
+    @abc.abstractmethod
+    def _unit_test_params(cls, **config: Any) -> dict[str, Any]:
+        """Keyword arguments of a valid instance; ``config`` overrides fields of its configuration."""
+
+    @classmethod
+    def _invalid_params(cls) -> list[dict[str, Any]]:
+        """Configuration fields the policy's configuration must refuse, each with an error naming it."""
+        return []
