@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 
 from surgegate.agents.decide import DecideAgent
@@ -46,7 +48,7 @@ def create_app(settings: Settings, *, mirror: StateMirror | None = None) -> faus
                           key_serializer="raw", value_serializer="raw")
     WindowMergeAgent(app, settings, source=partials, sink=windows, mirror=mirror).register()
     ForecastAgent(app, settings, source=windows, sink=forecasts, mirror=mirror).register()
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     DecideAgent(
         app, settings, sources=app.topic(topics.windows, topics.forecasts, topics.overrides, **raw),
         inputs=app.topic(topics.control_inputs, **raw), thresholds=app.topic(topics.thresholds, **raw),

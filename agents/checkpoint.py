@@ -10,15 +10,15 @@ import base64
 import pickle
 from typing import Any
 
-import faust
+from faust.types import TableT
 
 
-def restore(table: faust.Table, key: str) -> Any | None:
+def restore(table: TableT, key: str) -> Any | None:
     """The object last checkpointed under ``key``, or None."""
     saved = table.get(key)
-    return None if saved is None else pickle.loads(base64.b64decode(saved))  # noqa: S301 - own changelog
+    return None if saved is None else pickle.loads(base64.b64decode(saved))
 
 
-def checkpoint(table: faust.Table, key: str, state: Any) -> None:
+def checkpoint(table: TableT, key: str, state: Any) -> None:
     """Write ``state`` under ``key`` (must run inside the agent, for the changelog partition)."""
     table[key] = base64.b64encode(pickle.dumps(state, protocol=5)).decode("ascii")

@@ -13,7 +13,6 @@ import msgspec
 
 from surgegate.streams.store import StateMirror
 
-
 #: Pushes happen at most this often; increments in between go with the next push.
 REPORT_EVERY_S = 1.0
 

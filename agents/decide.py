@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
 import faust
 import msgspec
@@ -30,9 +31,9 @@ from surgegate.control.controller import ServiceController, ServiceWindow
 from surgegate.schemas.aggregates import PoolStats, TrafficStats, WindowStats
 from surgegate.schemas.decisions import Override
 from surgegate.schemas.forecasts import Forecast
-from surgegate.telemetry.scopes import parse_scope
 from surgegate.settings import Settings
 from surgegate.streams.store import StateMirror
+from surgegate.telemetry.scopes import parse_scope
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,9 @@ class DecideAgent:
         """Attach the router, the decide agent and the rebalance hook."""
         self.app.agent(self.sources, name="route_control_inputs")(self._route)
         self.app.agent(self.inputs, name="decide")(self._decide)
-        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]  # faust calls it with revoked=
 
-    async def _on_revoked(self, sender: object, revoked: set[TP], **kwargs: object) -> None:
+    async def _on_revoked(self, sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         self.views.clear()
 
     def config(self, service: str) -> ServiceConfig:
@@ -157,11 +158,13 @@ class DecideAgent:
         start = w.window_start
         if w.gpu is not None:
             view.pools[start] = w.gpu
+        elif w.traffic is None:
+            return  # a traffic window always carries its statistics; nothing to remember otherwise
         elif w.tier is not None:
             view.tiers.setdefault(start, {})[w.tier] = w.traffic
         elif w.tenant is not None:
             view.tenants.setdefault(start, {})[w.tenant] = w.traffic
-        elif w.traffic is not None:
+        else:
             view.service[start] = w.traffic
 
     async def _publish(self, service: str, view: ServiceView, start: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import Any
 
 import faust
 import msgspec
@@ -51,9 +52,9 @@ class ForecastAgent:
     def register(self) -> None:
         """Attach the agent and the rebalance hook to the app."""
         self.app.agent(self.source, name="forecast")(self._run)
-        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]  # faust calls it with revoked=
 
-    async def _on_revoked(self, sender: object, revoked: set[TP], **kwargs: object) -> None:
+    async def _on_revoked(self, sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         # The table is the truth; drop the working copies so a later assignment reloads them.
         self._cache.clear()
         self._unsaved.clear()

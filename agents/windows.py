@@ -10,6 +10,8 @@ of the scopes that partition holds.
 from __future__ import annotations
 
 import logging
+from typing import Any
+
 import faust
 import msgspec
 from faust.types import TP
@@ -55,9 +57,9 @@ class WindowMergeAgent:
     def register(self) -> None:
         """Attach the agent and the rebalance hook to the app."""
         self.app.agent(self.source, name="merge_windows")(self._run)
-        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]  # faust calls it with revoked=
 
-    async def _on_revoked(self, sender: object, revoked: set[TP], **kwargs: object) -> None:
+    async def _on_revoked(self, sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         for tp in revoked:
             if tp.topic == self.source.get_topic_name():
                 self._cache.pop(tp.partition, None)

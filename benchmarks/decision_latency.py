@@ -49,7 +49,7 @@ def run(scopes: int, windows: int) -> None:
         names += [(f"service={svc},tier={t}", svc, t) for t in ("enterprise", "pro", "free")]
         names += [(f"service={svc},tenant=t{k}", svc, None) for k in range(6)]
     names.sort()
-    forecasters = {scope: ScopeForecaster(scope) for scope, _, _ in names}
+    forecasters = {scope: ScopeForecaster(scope, step_ms=W) for scope, _, _ in names}
     policies = {f"svc{s:05d}": ThrottlePolicy(ServiceConfig(service=f"svc{s:05d}", replica_rps=100.0))
                 for s in range(services)}
     scalers = {svc: ScalingPolicy(p.config.pool_config()) for svc, p in policies.items()}

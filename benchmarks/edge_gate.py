@@ -20,10 +20,10 @@ import msgspec
 from confluent_kafka import Producer
 
 from surgegate.admission.gate import Admission
+from surgegate.devtools.embedded import EmbeddedBroker
+from surgegate.edge.gate import EdgeGate
 from surgegate.schemas.decisions import TenantLimit, ThrottleDecision, TierLimit
 from surgegate.settings import Settings
-from surgegate.edge.gate import EdgeGate
-from surgegate.devtools.embedded import EmbeddedBroker
 from surgegate.streams.topics import Topics, create_topics
 
 TIERS = ("enterprise", "pro", "free")

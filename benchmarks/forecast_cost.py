@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=400, help="windows learned per scope (half of them warm-up)")
     args = ap.parse_args()
     rng = random.Random(0)
-    scopes = [ScopeForecaster(f"service=s{i}") for i in range(args.scopes)]
+    scopes = [ScopeForecaster(f"service=s{i}", step_ms=STEP) for i in range(args.scopes)]
     levels = [rng.uniform(5, 5000) for _ in scopes]
     step_us: list[float] = []
     ckpt_us: list[float] = []

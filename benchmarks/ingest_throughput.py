@@ -23,10 +23,10 @@ import time
 
 import msgspec
 
+from surgegate.devtools.embedded import EmbeddedBroker
 from surgegate.schemas.aggregates import SourceRange
 from surgegate.schemas.telemetry import RequestEvent
 from surgegate.settings import Settings
-from surgegate.devtools.embedded import EmbeddedBroker
 from surgegate.streams.ingest import IngestWorker
 from surgegate.streams.topics import Topics, create_topics
 from surgegate.telemetry.summaries import summarize

@@ -21,17 +21,18 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 import redis
 import redis.asyncio as aredis
 
-from surgegate.admission.gate import HOLD_AFTER_S, Admission, Fallback, Verdict
-from surgegate.control.config import DEFAULT_TIERS, ServiceConfig, parse_services
+from surgegate.admission.gate import Admission, Fallback, Verdict
+from surgegate.admission.gate import hold_after_s as _hold_after
+from surgegate.control.config import DEFAULT_TIERS, ServiceConfig
 from surgegate.errors import DeliveryFailed, ProducerBufferFull
 from surgegate.schemas.decisions import ThrottleDecision
-from surgegate.schemas.telemetry import RequestEvent, Status
+from surgegate.schemas.telemetry import RequestEvent, RequestType, Status
 from surgegate.settings import Settings
 from surgegate.streams.kafka import follow_from_start
 from surgegate.streams.producer import TelemetryProducer
@@ -61,10 +62,10 @@ class EdgeGate:
     def __init__(self, settings: Settings, service: str, *, edge_id: str, share: float = 1.0,
                  shadow: bool = False, tiers: tuple[str, ...] | None = None, fallback: Fallback | None = None,
                  report: Report = "summaries", bootstrap_from_redis: bool = True,
-                 hold_after_s: float = HOLD_AFTER_S) -> None:
+                 hold_after_s: float | None = None) -> None:
         if report not in ("summaries", "events", "off"):
             raise ValueError(f"report={report!r}: must be summaries, events or off")
-        config = parse_services(settings.services).get(service) or ServiceConfig(service=service)
+        config = settings.service_configs().get(service) or ServiceConfig(service=service)
         self.settings = settings
         self.service = service
         self.edge_id = edge_id
@@ -73,9 +74,10 @@ class EdgeGate:
         self.admission = Admission(
             service, tiers or config.tiers or DEFAULT_TIERS, share=share, shadow=shadow,
             fallback=fallback or Fallback.conservative(config, share), floor_share=config.floor_share,
-            hold_after_s=hold_after_s)
+            hold_after_s=hold_after_s if hold_after_s is not None else _hold_after(settings.window_s))
         self.bootstrap_from_redis = bootstrap_from_redis
-        self.feed = {"records": 0, "bad_records": 0, "from_redis": 0, "errors": 0, "last_error": None}
+        self.feed: dict[str, Any] = {"records": 0, "bad_records": 0, "from_redis": 0, "errors": 0,
+                                     "last_error": None}
         self.reported = {"summaries": 0, "events": 0, "send_failures": 0}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -120,12 +122,12 @@ class EdgeGate:
 
     # ------------------------------------------------------------ the hot path
 
-    def admit(self, tenant: str, tier: str, request_type: str = "realtime", tokens: int = 0,
+    def admit(self, tenant: str, tier: str, request_type: RequestType = "realtime", tokens: int = 0,
               requeued: bool = False) -> Verdict:
         """admit / defer / reject for one request (see :meth:`Admission.admit`)."""
         return self.admission.admit(tenant, tier, request_type, tokens, requeued)
 
-    def record(self, tenant: str, tier: str, request_type: str, status: Status, latency_ms: float,
+    def record(self, tenant: str, tier: str, request_type: RequestType, status: Status, latency_ms: float,
                queue_ms: float = 0.0, input_tokens: int = 0, output_tokens: int = 0, replayed: bool = False) -> None:
         """The outcome of a request this edge forwarded; ``replayed`` for one run from the deferred queue."""
         ev = RequestEvent(ts=int(time.time() * 1000), service=self.service, tenant=tenant, tier=tier,
@@ -164,7 +166,7 @@ class EdgeGate:
             return
         finally:
             client.close()
-        if raw is not None and self.offer(raw):
+        if isinstance(raw, bytes) and self.offer(raw):
             self.feed["from_redis"] += 1
 
     def _follow_decisions(self) -> None:

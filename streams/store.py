@@ -15,10 +15,12 @@ from collections.abc import Mapping
 import redis
 import redis.asyncio as aredis
 
+from surgegate.settings import DEFAULT_WINDOW_S
+
 log = logging.getLogger(__name__)
 
-#: Windows kept per scope (one hour of 10 s windows).
-WINDOW_HISTORY = 360
+#: History kept per scope, in seconds of windows (an hour, whatever the window length).
+HISTORY_S = 3600
 #: After a Redis failure, writes are skipped for this long.
 BACKOFF_S = 5.0
 SOCKET_TIMEOUT_S = 0.5
@@ -128,8 +130,10 @@ class NullCounterSink:
 class StateMirror:
     """Async writer of the latest windows (and later forecasts and decisions) to Redis."""
 
-    def __init__(self, url: str, keys: Keys | None = None) -> None:
+    def __init__(self, url: str, keys: Keys | None = None, *, window_s: float = DEFAULT_WINDOW_S) -> None:
         self.keys = keys or Keys()
+        #: windows kept per scope: an hour of them
+        self.history = max(1, int(HISTORY_S // window_s))
         self._client = aredis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_S,
                                              socket_connect_timeout=SOCKET_TIMEOUT_S)
         self._backoff = _Backoff()
@@ -151,7 +155,7 @@ class StateMirror:
             pipe.sadd(k.scopes, scope)
             pipe.set(k.latest_window(scope), payload)
             pipe.zadd(k.window_history(scope), {payload: window_start})
-            pipe.zremrangebyrank(k.window_history(scope), 0, -WINDOW_HISTORY - 1)
+            pipe.zremrangebyrank(k.window_history(scope), 0, -self.history - 1)
             await pipe.execute()
             return True
         except (redis.RedisError, OSError) as exc:

@@ -23,6 +23,9 @@ from surgegate.control.config import ServiceConfig, parse_services
 from surgegate.errors import SettingsError
 
 ENV_PREFIX = "SURGEGATE_"
+#: The window length when ``SURGEGATE_WINDOW_S`` is not set; pure code that runs without settings
+#: (the simulator, forecast evaluation) starts from it too.
+DEFAULT_WINDOW_S = 10
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
 
 
@@ -38,7 +41,7 @@ class Settings:
     redis: str = ""
     topic_prefix: str = "sg."
     partitions: int = 4
-    window_s: float = 10.0
+    window_s: float = float(DEFAULT_WINDOW_S)
     lateness_s: float = 5.0
     max_future_s: float = 300.0
     flush_interval_s: float = 1.0
@@ -77,11 +80,11 @@ class Settings:
                "must be within [0.5, 1)")
         _check(1 <= self.forecast_checkpoint_windows <= 360, "FORECAST_CHECKPOINT_WINDOWS",
                self.forecast_checkpoint_windows, "must be within [1, 360]")
-        if self.services:
-            try:
-                parse_services(self.services)
-            except ValueError as exc:
-                raise SettingsError(f"{ENV_PREFIX}SERVICES: {exc}") from None
+        try:
+            configs = parse_services(self.services) if self.services else {}
+        except ValueError as exc:
+            raise SettingsError(f"{ENV_PREFIX}SERVICES: {exc}") from None
+        object.__setattr__(self, "_service_configs", configs)  # parsed once, here
         _check(bool(_TOPIC_PREFIX.match(self.topic_prefix)), "TOPIC_PREFIX", self.topic_prefix,
                "may hold only letters, digits, '.', '_' and '-'")
         _check(self.log_level in ("debug", "info", "warning", "error"), "LOG_LEVEL", self.log_level,
@@ -95,8 +98,8 @@ class Settings:
                    "must be a redis:// URL")
 
     def service_configs(self) -> dict[str, ServiceConfig]:
-        """Per-service control settings from ``SURGEGATE_SERVICES`` (JSON), by service name."""
-        return parse_services(self.services)
+        """Per-service control settings from ``SURGEGATE_SERVICES`` (JSON), by service name (a copy)."""
+        return dict(self._service_configs)  # type: ignore[attr-defined]
 
     @property
     def window_ms(self) -> int:

@@ -35,14 +35,14 @@ class WorkerProcess:
             "SURGEGATE_KAFKA": s.kafka, "SURGEGATE_REDIS": s.redis, "SURGEGATE_TOPIC_PREFIX": s.topic_prefix,
             "SURGEGATE_PARTITIONS": str(s.partitions), "SURGEGATE_LATENESS_S": str(s.lateness_s),
             "SURGEGATE_FLUSH_INTERVAL_S": str(s.flush_interval_s), "SURGEGATE_IDLE_AFTER_S": str(s.idle_after_s),
-            "SURGEGATE_WORKER_ID": self.worker_id,
+            "SURGEGATE_WORKER_ID": self.worker_id, "SURGEGATE_WINDOW_S": str(int(s.window_s)),
             "SURGEGATE_FORECAST_CHECKPOINT_WINDOWS": str(s.forecast_checkpoint_windows),
             "SURGEGATE_SERVICES": s.services,
         })
-        out = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "surgegate.cli", "worker"], env=env, stdout=out,
-                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                     cwd=self.log_path.parent)  # Faust's data directory lands beside the log
+        with open(self.log_path, "ab") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([sys.executable, "-m", "surgegate.cli", "worker"], env=env, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         cwd=self.log_path.parent)  # Faust's data directory lands beside the log
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:

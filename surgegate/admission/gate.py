@@ -37,18 +37,28 @@ import math
 import time
 from collections.abc import Callable, Mapping
 
-from surgegate.control.config import ServiceConfig
-from surgegate.schemas.decisions import ThrottleDecision
 from surgegate.admission.actions import ADMIT, DEFER, REJECT
 from surgegate.admission.tally import Tally
-from surgegate.schemas.telemetry import GateState
+from surgegate.control.config import ServiceConfig
+from surgegate.schemas.decisions import ThrottleDecision
+from surgegate.schemas.telemetry import GateState, RequestType
+from surgegate.settings import DEFAULT_WINDOW_S
 
-#: Without decisions for this long the gate is ``holding`` (two 10 s windows and a half).
-HOLD_AFTER_S = 25.0
+#: Without decisions for this many windows the gate is ``holding`` (two windows and a half).
+HOLD_WINDOWS = 2.5
 #: Retry-After bounds: a client is never told to come back sooner or later than this.
 MIN_RETRY_S, MAX_RETRY_S = 1.0, 60.0
 #: Retry-After for a class whose admitted rate is zero: the next decision may lift it.
 ZERO_RATE_RETRY_S = 10.0
+
+
+def hold_after_s(window_s: float) -> float:
+    """Seconds without a decision before a gate is ``holding``: :data:`HOLD_WINDOWS` windows.
+
+    >>> hold_after_s(10), hold_after_s(5)
+    (25.0, 12.5)
+    """
+    return HOLD_WINDOWS * window_s
 
 
 class UnknownTier(ValueError):
@@ -197,7 +207,7 @@ class Admission:
 
     def __init__(self, service: str, tiers: tuple[str, ...], *, share: float = 1.0, shadow: bool = False,
                  fallback: Fallback | None = None, floor_share: Mapping[str, float] | None = None,
-                 hold_after_s: float = HOLD_AFTER_S, clock: Callable[[], float] = time.monotonic,
+                 hold_after_s: float = HOLD_WINDOWS * DEFAULT_WINDOW_S, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
         if not 0 < share <= 1:
             raise ValueError(f"share={share!r}: must be within (0, 1]")
@@ -252,13 +262,13 @@ class Admission:
             rt_burst = max(1.0, burst * rt / both) if rt else 0.0
             batch_burst = max(1.0, burst * batch / both) if batch else 0.0
             prev = old.tiers.get(tier) if old is not None else None
-            tiers[tier] = _TierRules(_carry(prev and prev.realtime, rt, rt_burst, now),
-                                     _carry(prev and prev.batch, batch, batch_burst, now), lim.max_tokens)
+            tiers[tier] = _TierRules(_carry(prev.realtime if prev else None, rt, rt_burst, now),
+                                     _carry(prev.batch if prev else None, batch, batch_burst, now), lim.max_tokens)
         tenants = {}
-        for tenant, lim in d.tenants.items():
+        for tenant, contract in d.tenants.items():
             prev_bucket = old.tenants.get(tenant) if old is not None else None
-            rate = lim.rate_rps * share
-            tenants[tenant] = _carry(prev_bucket, rate, max(1.0, lim.burst * share) if rate else 0.0, now)
+            rate = contract.rate_rps * share
+            tenants[tenant] = _carry(prev_bucket, rate, max(1.0, contract.burst * share) if rate else 0.0, now)
         safe = d.safe_rps * share
         level, defer = d.level, d.defer_batch
 
@@ -299,7 +309,7 @@ class Admission:
             return "fallback"
         return "live" if now - self.applied_at < self.hold_after_s else "holding"
 
-    def admit(self, tenant: str, tier: str, request_type: str = "realtime", tokens: int = 0,
+    def admit(self, tenant: str, tier: str, request_type: RequestType = "realtime", tokens: int = 0,
               requeued: bool = False) -> Verdict:
         """The verdict for one request; never blocks.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 
 from surgegate.admission.actions import DEFER, REJECT
-from surgegate.schemas.telemetry import GateState, RequestEvent, RequestSummary
+from surgegate.schemas.telemetry import GateState, RequestEvent, RequestSummary, RequestType
 from surgegate.telemetry.windowing import TrafficCell, wire_sketch
 
 
@@ -23,13 +23,13 @@ class Tally:
 
     def __init__(self) -> None:
         # (tenant, tier, request_type) -> [throttled, deferred, would_throttle]
-        self._refused: dict[tuple[str, str, str], list[int]] = {}
-        self._cells: dict[tuple[str, str, str], TrafficCell] = {}
+        self._refused: dict[tuple[str, str, RequestType], list[int]] = {}
+        self._cells: dict[tuple[str, str, RequestType], TrafficCell] = {}
         self.totals = {"rejected": 0, "deferred": 0, "would_reject": 0, "would_defer": 0, "served": 0}
         # requests are counted on the edge's threads while a reporter drains
         self._lock = threading.Lock()
 
-    def count(self, tenant: str, tier: str, request_type: str, action: str, shadow: bool) -> None:
+    def count(self, tenant: str, tier: str, request_type: RequestType, action: str, shadow: bool) -> None:
         """One refusal (or, in shadow mode, one that would have been)."""
         key = (tenant, tier, request_type)
         with self._lock:
@@ -46,7 +46,7 @@ class Tally:
                 row[1] += 1
                 self.totals["deferred"] += 1
 
-    def moved(self, tenant: str, tier: str, request_type: str, was: str, now: str) -> None:
+    def moved(self, tenant: str, tier: str, request_type: RequestType, was: str, now: str) -> None:
         """A refusal counted as ``was`` turned out to be ``now`` (a full deferred queue rejects)."""
         index = {REJECT: 0, DEFER: 1}
         names = {REJECT: "rejected", DEFER: "deferred"}

@@ -29,11 +29,6 @@ INV_LOG_GAMMA = 1.0 / math.log(GAMMA)
 MIN_VALUE = 1e-3
 
 
-def bucket_index(value: float) -> int:
-    """The bucket a positive value above :data:`MIN_VALUE` falls in."""
-    return math.ceil(math.log(value) * INV_LOG_GAMMA)
-
-
 def bucket_value(index: int) -> float:
     """Representative value of bucket ``index`` (relative error <= a)."""
     return 2.0 * GAMMA**index / (GAMMA + 1.0)

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from surgegate.schemas.telemetry import RequestEvent, RequestSummary
+from surgegate.schemas.telemetry import RequestEvent, RequestSummary, RequestType
 from surgegate.telemetry.windowing import TrafficCell, wire_sketch
 
-_Key = tuple[int, str, str, str, str, str]
+_Key = tuple[int, str, str, str, RequestType, str]
 
 
 class SummaryBuilder:

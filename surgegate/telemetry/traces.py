@@ -12,7 +12,6 @@ import io
 import math
 from pathlib import Path
 
-
 #: In a trace of rates estimated from many clients (ServeGen's ``rate_rps``), a
 #: bin below this share of the trace's median is a collection gap, not quiet:
 #: the busy services such a trace sums never drop under a quarter of their

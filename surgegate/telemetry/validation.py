@@ -18,8 +18,8 @@ import re
 import msgspec
 
 from surgegate.errors import InvalidEvent
-from surgegate.telemetry.scopes import NAME_PATTERN
 from surgegate.schemas.telemetry import MetricEvent, RequestEvent, RequestSummary, Telemetry
+from surgegate.telemetry.scopes import NAME_PATTERN
 
 
 class TelemetryValidator:
@@ -111,7 +111,8 @@ class NameCheck:
     def check(self, event: RequestEvent | RequestSummary | MetricEvent) -> None:
         """Raise :class:`InvalidEvent` naming the first field whose name is malformed."""
         seen = self._seen
-        if type(event) is MetricEvent:
+        fields: tuple[str, ...]
+        if isinstance(event, MetricEvent):
             fields = self._METRIC_FIELDS
         elif event.service in seen and event.tenant in seen and event.tier in seen and event.edge_id in seen:
             return  # the common case: every name seen before

@@ -22,7 +22,6 @@ from math import ceil, log
 
 import msgspec
 
-from surgegate.telemetry.scopes import parse_scope, pool_scope, service_scope, tenant_scope, tier_scope
 from surgegate.schemas.aggregates import (
     PoolAggregate,
     PoolStats,
@@ -34,6 +33,7 @@ from surgegate.schemas.aggregates import (
     WorkerSample,
 )
 from surgegate.schemas.telemetry import SLOW_REQUEST_MS, MetricEvent, RequestEvent, RequestSummary, Sketch
+from surgegate.telemetry.scopes import parse_scope, pool_scope, service_scope, tenant_scope, tier_scope
 from surgegate.telemetry.sketch import INV_LOG_GAMMA, MIN_VALUE, LogHistogram
 
 #: After a scope's last traffic, closed windows without traffic are still
@@ -232,20 +232,20 @@ class PartialAggregator:
     def add(self, event: RequestEvent | RequestSummary | MetricEvent) -> None:
         """Fold one validated telemetry record in."""
         self.events += 1
-        kind = type(event)
         ts = event.ts
-        if kind is MetricEvent:
-            key = (ts - ts % self.window_ms, event.pool)
-            cell = self._pools.get(key)
-            if cell is None:
-                cell = self._pools[key] = PoolCell()
-            cell.add_metric(event)
+        if type(event) is MetricEvent:
+            pool_key = (ts - ts % self.window_ms, event.pool)
+            pool = self._pools.get(pool_key)
+            if pool is None:
+                pool = self._pools[pool_key] = PoolCell()
+            pool.add_metric(event)
             return
+        assert not isinstance(event, MetricEvent)  # for the type checker: requests from here on
         key = (ts - ts % self.window_ms, event.service, event.tier, event.tenant)
         cell = self._traffic.get(key)
         if cell is None:
             cell = self._traffic[key] = TrafficCell()
-        if kind is RequestEvent:
+        if isinstance(event, RequestEvent):
             cell.add_event(event)
         else:
             cell.add_summary(event)
@@ -289,7 +289,8 @@ def merge_traffic(a: TrafficAggregate, b: TrafficAggregate) -> TrafficAggregate:
     """The sum of two traffic aggregates."""
     return TrafficAggregate(
         ok=a.ok + b.ok, error=a.error + b.error, timeout=a.timeout + b.timeout,
-        throttled=a.throttled + b.throttled, deferred=a.deferred + b.deferred, realtime=a.realtime + b.realtime, batch=a.batch + b.batch,
+        throttled=a.throttled + b.throttled, deferred=a.deferred + b.deferred, realtime=a.realtime + b.realtime,
+        batch=a.batch + b.batch,
         input_tokens=a.input_tokens + b.input_tokens, output_tokens=a.output_tokens + b.output_tokens,
         cache_hits=a.cache_hits + b.cache_hits, over_2s=a.over_2s + b.over_2s,
         replayed=a.replayed + b.replayed,
@@ -419,7 +420,8 @@ class ScopeWindows(msgspec.Struct):
         window.partials += 1
         window.events += partial.events
         if partial.traffic is not None:
-            window.traffic = partial.traffic if window.traffic is None else merge_traffic(window.traffic, partial.traffic)
+            window.traffic = (partial.traffic if window.traffic is None
+                              else merge_traffic(window.traffic, partial.traffic))
         if partial.pool is not None:
             window.pool = partial.pool if window.pool is None else merge_pool(window.pool, partial.pool)
         return "merged"
@@ -438,7 +440,7 @@ class ScopeWindows(msgspec.Struct):
         start = self.closed_through + w if self.closed_through >= 0 else min(self.open, default=None)
         while start is not None and start <= newest:
             window = self.open.pop(start, None)
-            if window is None and not (0 <= self.last_traffic and start <= self.last_traffic + ZERO_FILL_WINDOWS * w):
+            if window is None and not (self.last_traffic >= 0 and start <= self.last_traffic + ZERO_FILL_WINDOWS * w):
                 # quiet scope: skip ahead to its next window with data
                 start = min(self.open, default=None)
                 continue
