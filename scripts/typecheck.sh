@@ -4,12 +4,12 @@
 # package tree from symlinks in a temporary folder and check it there. Settings: [tool.mypy] in pyproject.toml.
 set -eu
 cd "$(dirname "$0")/.."
-MYPY=${MYPY:-.venv/bin/mypy}
+VENV=${VENV:-.venv}
 view=$(mktemp -d)
 trap 'rm -rf "$view"' EXIT
 mkdir "$view/surgegate"
 for entry in surgegate/*; do ln -s "$PWD/$entry" "$view/surgegate/$(basename "$entry")"; done
-python3 - "$view" <<'PY'
+"$VENV/bin/python" - "$view" <<'PY'
 import os, sys, tomllib
 view = sys.argv[1]
 dirs = tomllib.load(open("pyproject.toml", "rb"))["tool"]["setuptools"]["package-dir"]
@@ -17,4 +17,4 @@ for package, folder in dirs.items():
     if package != "surgegate":
         os.symlink(os.path.abspath(folder), os.path.join(view, *package.split(".")))
 PY
-"$MYPY" --config-file pyproject.toml "$view/surgegate"
+"$VENV/bin/mypy" --config-file pyproject.toml "$view/surgegate"

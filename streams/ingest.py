@@ -23,6 +23,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import cast
 
 import msgspec
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Message, TopicPartition
@@ -137,28 +138,30 @@ class IngestWorker:
         forced = self._forced_cuts
         max_ts = self._max_event_ts
         events = 0
-        key = part = None
+        key: tuple[str, int] | None = None
+        part: _PartitionWork | None = None
         for msg in messages:
             err = msg.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("ingest consume error: %s", err.str())
                 continue
-            topic, partition = msg.topic(), msg.partition()
+            topic, partition = cast(str, msg.topic()), cast(int, msg.partition())  # set on every record
             if key is None or partition != key[1] or topic != key[0]:
                 # consume() returns runs from one partition: look the partition up once per run
                 key = (topic, partition)
                 part = work.get(key)
                 if part is None:
                     part = work[key] = _PartitionWork(self.settings.window_ms)
-            offset = msg.offset()
+            offset = cast(int, msg.offset())
+            assert part is not None  # looked up with the key above
             if forced and key in forced and offset > forced[key]:
                 self.flush([key])
             if part.first < 0:
                 part.first = offset
             part.last = offset
             try:
-                event = decode(msg.value(), now)
+                event = decode(msg.value() or b"", now)
             except InvalidEvent as exc:
                 self._dead_letter(msg, exc.reason, exc.detail, now)
             else:
@@ -174,11 +177,12 @@ class IngestWorker:
     def _dead_letter(self, msg: Message, reason: str, detail: str, now: int) -> None:
         value = msg.value() or b""
         key = msg.key()
+        topic = cast(str, msg.topic())  # set on every record consumed
         letter = DeadLetter(
-            source_topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), reason=reason,
+            source_topic=topic, partition=cast(int, msg.partition()), offset=cast(int, msg.offset()), reason=reason,
             error=detail, value_b64=_b64(value), key_b64=_b64(key) if key is not None else None, at=now,
         )
-        self.sender.send(self.topics.deadletter, msgspec.json.encode(letter), key=msg.topic().encode())
+        self.sender.send(self.topics.deadletter, msgspec.json.encode(letter), key=topic.encode())
         self.counters["dead_letters"] += 1
         self.counters[f"dead_letter.{reason}"] += 1
 
@@ -268,8 +272,7 @@ class IngestWorker:
 
     def _last_intent(self, topic: str, partition: int) -> CutIntent | None:
         cuts_topic = self.topics.cuts(topic)
-        reader = Consumer({"bootstrap.servers": self.settings.kafka, "group.id": f"{self.member_id}-cuts",
-                           "enable.auto.commit": False})
+        reader = Consumer(consumer_config(self.settings, f"{self.member_id}-cuts", f"{self.member_id}-cuts"))
         try:
             low, high = reader.get_watermark_offsets(TopicPartition(cuts_topic, partition),
                                                      timeout=CUT_LOOKUP_TIMEOUT_S)
@@ -280,7 +283,7 @@ class IngestWorker:
             while time.monotonic() < deadline:
                 msg = reader.poll(0.2)
                 if msg is not None and msg.error() is None:
-                    return msgspec.json.decode(msg.value(), type=CutIntent)
+                    return msgspec.json.decode(msg.value() or b"", type=CutIntent)
             raise TimeoutError(f"could not read the last cut intent of {cuts_topic}[{partition}]")
         finally:
             reader.close()

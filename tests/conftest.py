@@ -16,11 +16,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import WorkerProcess  # noqa: E402
+from support import WorkerProcess
 
-from surgegate.settings import Settings  # noqa: E402
-from surgegate.devtools.embedded import EmbeddedBroker, EmbeddedRedis  # noqa: E402
-from surgegate.streams.topics import create_topics  # noqa: E402
+from surgegate.devtools.embedded import EmbeddedBroker, EmbeddedRedis
+from surgegate.settings import Settings
+from surgegate.streams.topics import create_topics
 
 _counter = itertools.count()
 

@@ -211,7 +211,7 @@ def test_an_edge_applies_its_share_of_service_wide_rates():
 
 def test_an_unknown_tier_is_refused_by_name():
     g = gate(Clock())
-    with pytest.raises(UnknownTier, match="tier='gold'.*known: enterprise, free, pro"):
+    with pytest.raises(UnknownTier, match=r"tier='gold'.*known: enterprise, free, pro"):
         g.admit("acme", "gold")
 
 

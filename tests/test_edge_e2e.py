@@ -14,13 +14,13 @@ from support import TopicReader, eventually
 
 from surgegate.admission.actions import ADMIT, REJECT
 from surgegate.admission.gate import Fallback
+from surgegate.devtools.embedded import EmbeddedBroker, EmbeddedRedis
+from surgegate.devtools.fake_llm import LatencyModel, create_fake_llm_app
+from surgegate.edge.gate import Contract, EdgeGate, GlobalQuota
+from surgegate.edge.gateway import create_edge_app
 from surgegate.schemas.decisions import ThrottleDecision, TierLimit
 from surgegate.schemas.telemetry import RequestSummary
 from surgegate.settings import Settings
-from surgegate.edge.gate import Contract, EdgeGate, GlobalQuota
-from surgegate.edge.gateway import create_edge_app
-from surgegate.devtools.embedded import EmbeddedBroker, EmbeddedRedis
-from surgegate.devtools.fake_llm import LatencyModel, create_fake_llm_app
 from surgegate.streams.store import Keys
 from surgegate.streams.topics import Topics, create_topics
 

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 import redis
 from confluent_kafka import Producer
-from support import T0, W, TopicReader, WorkerProcess, eventually
+from support import T0, TopicReader, W, WorkerProcess, eventually
 
 from surgegate.forecast.scope import ScopeForecaster
 from surgegate.schemas.aggregates import TrafficStats, WindowStats

@@ -31,7 +31,7 @@ def _modules() -> list[tuple[str, Path]]:
         base = ROOT / folder
         for path in sorted(base.rglob("*.py")):
             parts = path.relative_to(base).with_suffix("").parts
-            if package == "surgegate" and parts[0] in ("telemetry", "forecast", "control", "admission", "sim") \
+            if (package == "surgegate" and parts[0] in ("telemetry", "forecast", "control", "admission", "sim")) \
                     or package != "surgegate" or len(parts) == 1:
                 out.append((".".join((package, *parts)).removesuffix(".__init__"), path))
     return out
@@ -40,7 +40,8 @@ def _modules() -> list[tuple[str, Path]]:
 def _layer(module: str) -> int | None:
     best = None
     for prefix, layer in LAYER.items():
-        if (module == prefix or prefix != "surgegate" and module.startswith(prefix + ".")) and (best is None or len(prefix) > len(best[0])):
+        matches = module == prefix or (prefix != "surgegate" and module.startswith(prefix + "."))
+        if matches and (best is None or len(prefix) > len(best[0])):
             best = (prefix, layer)
     return None if best is None else best[1]
 

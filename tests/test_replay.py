@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from unittest import mock
 
-from surgegate.streams.producer import TelemetryProducer
 from surgegate.devtools.replay import replay
+from surgegate.streams.producer import TelemetryProducer
 from surgegate.telemetry.traces import TraceBin
 
 BINS = [TraceBin(0, 10, 20, 0, 0), TraceBin(10, 10, 40, 0, 0), TraceBin(20, 10, 0, 0, 0), TraceBin(30, 10, 10, 0, 0)]

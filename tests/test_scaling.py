@@ -134,7 +134,7 @@ def test_at_max_the_rest_overflows_to_the_secondary_pool_and_the_cost_is_stated(
 
 
 def test_a_bad_pool_setting_is_refused_by_name():
-    with pytest.raises(ValueError, match="pools.gpu-a.min_replicas"):
+    with pytest.raises(ValueError, match=r"pools\.gpu-a\.min_replicas"):
         PoolConfig(pool="gpu-a", replica_rps=10.0, min_replicas=60, max_replicas=50)
 
 
@@ -145,8 +145,8 @@ def _decision(version: int, replicas: int, pool: str = "gpu-a") -> ScalingDecisi
 
 
 def test_the_subscriber_keeps_its_pools_newest_version_and_calls_the_scaler_on_changes(tmp_path):
-    from surgegate.settings import Settings
     from surgegate.gpu.scaler import CommandScaler, ScalingSubscriber
+    from surgegate.settings import Settings
 
     out = tmp_path / "scaled"
     scaler = CommandScaler(["sh", "-c", f'echo "$SG_POOL $SG_DESIRED_REPLICAS $SG_VERSION" >> {out}'],

@@ -9,8 +9,8 @@ from support import T0, W, WorkerProcess, eventually
 from test_decide_e2e import load
 from test_pipeline_e2e import send
 
-from surgegate.schemas.decisions import ScalingDecision
 from surgegate.gpu.scaler import ScalingSubscriber
+from surgegate.schemas.decisions import ScalingDecision
 
 pytestmark = pytest.mark.e2e
 
@@ -64,9 +64,9 @@ def test_a_burst_scales_the_pool_up_then_down_only_after_the_cooldown(settings, 
 def test_a_gpu_worker_reports_its_state_as_metric_events(settings):
     from support import TopicReader
 
+    from surgegate.gpu.scaler import WorkerReporter
     from surgegate.schemas.telemetry import MetricEvent
     from surgegate.streams.producer import TelemetryProducer
-    from surgegate.gpu.scaler import WorkerReporter
     from surgegate.streams.topics import Topics
 
     state = {"state": "cold_starting", "utilisation": 0.0}

@@ -56,7 +56,7 @@ def test_bad_events_are_rejected_with_a_reason_that_names_the_fault(change, reas
 def test_missing_field_and_garbage_bytes():
     raw = dict(GOOD)
     del raw["latency_ms"]
-    with pytest.raises(InvalidEvent, match="missing_field: .*latency_ms"):
+    with pytest.raises(InvalidEvent, match=r"missing_field: .*latency_ms"):
         validator().decode(msgspec.json.encode(raw), now_ms=NOW)
     with pytest.raises(InvalidEvent, match="undecodable"):
         validator().decode(b"\x00\xffnot json", now_ms=NOW)

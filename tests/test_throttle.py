@@ -25,7 +25,8 @@ def stats(rt: float, batch: float = 0.0, p99: float = 300.0, failures: float = 0
     bad = int(n * failures)
     return TrafficStats(requests=n, rate_rps=n / 10, ok=n - bad, error=bad, timeout=0, throttled=0, realtime=n_rt,
                         batch=n_b, latency_p50_ms=p99 / 4, latency_p90_ms=p99 / 2, latency_p99_ms=p99,
-                        latency_max_ms=p99 * 2, queue_wait_p99_ms=p99 * 0.9 if queue_wait is None else queue_wait, input_tokens=n * 300, output_tokens=n * 100,
+                        latency_max_ms=p99 * 2, queue_wait_p99_ms=p99 * 0.9 if queue_wait is None else queue_wait,
+                        input_tokens=n * 300, output_tokens=n * 100,
                         tokens_per_s=n * 40.0, over_2s_share=0.0, cache_hits=0)
 
 
