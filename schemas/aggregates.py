@@ -141,7 +141,7 @@ class PoolStats(msgspec.Struct, frozen=True):
 
 
 class WindowStats(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.WindowStats/1"):
-    """One closed 10 s window of one scope; identity is ``(scope, window_start)``.
+    """One closed window of one scope; identity is ``(scope, window_start)``.
 
     ``late_events`` counts events that arrived for this scope's earlier,
     already closed windows since the previous WindowStats was published.

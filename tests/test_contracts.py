@@ -92,14 +92,6 @@ def test_a_pickled_forecaster_goes_on_exactly_as_the_original(cls):
 
 
 @pytest.mark.parametrize("cls", FORECASTERS, ids=lambda c: c.__name__)
-def test_a_forecaster_refuses_bad_hyperparameters_naming_them(cls):
-    assert cls._invalid_params(), f"{cls.__name__} declares no invalid hyperparameters to check"
-    for bad in cls._invalid_params():
-        with pytest.raises(ValueError, match="|".join(bad)):
-            _forecaster(cls, **bad)
-
-
-@pytest.mark.parametrize("cls", FORECASTERS, ids=lambda c: c.__name__)
 def test_forecasts_have_the_horizon_asked_and_are_finite_and_never_negative(cls):
     model = _forecaster(cls)
     assert len(model.forecast(30)) == 30
@@ -186,14 +178,6 @@ def test_a_pickled_window_policy_goes_on_exactly_as_the_original(cls):
 
 
 @pytest.mark.parametrize("cls", WINDOW_POLICIES, ids=lambda c: c.__name__)
-def test_a_window_policy_refuses_bad_hyperparameters_naming_them(cls):
-    assert cls._invalid_params(), f"{cls.__name__} declares no invalid hyperparameters to check"
-    for bad in cls._invalid_params():
-        with pytest.raises(ValueError, match="|".join(bad)):
-            cls(**cls._unit_test_params(**bad))
-
-
-@pytest.mark.parametrize("cls", WINDOW_POLICIES, ids=lambda c: c.__name__)
 def test_a_window_policy_keeps_its_outputs_within_bounds(cls):
     policy = cls(**cls._unit_test_params())
     for x in _window_inputs(cls, 30):
@@ -241,14 +225,6 @@ def test_a_pickled_simulated_policy_goes_on_exactly_as_the_original(cls):
 
 
 @pytest.mark.parametrize("cls", SIM_POLICIES, ids=lambda c: c.__name__)
-def test_a_simulated_policy_refuses_bad_hyperparameters_naming_them(cls):
-    assert cls._invalid_params(), f"{cls.__name__} declares no invalid hyperparameters to check"
-    for bad in cls._invalid_params():
-        with pytest.raises(ValueError, match="|".join(bad)):
-            _sim_policy(cls, **bad)
-
-
-@pytest.mark.parametrize("cls", SIM_POLICIES, ids=lambda c: c.__name__)
 def test_a_simulated_policy_plans_within_the_fleet_bounds(cls):
     recorder = _Recorder(_sim_policy(cls))
     result = simulate(_workload(), recorder, model=MODEL, bounds=FLEET, seed=5)
@@ -284,3 +260,22 @@ class _Recorder(Policy):
 
 def _comparable(plan) -> tuple:
     return (plan.replicas, plan.warm, plan.level, plan.reason, plan.decision)
+
+
+# ------------------------------------------------------------------ every subject
+
+def _build(cls: type, bad: dict) -> object:
+    """An instance of ``cls`` from its unit-test parameters with ``bad`` changed in."""
+    if issubclass(cls, Forecaster):
+        return _forecaster(cls, **bad)
+    if issubclass(cls, WindowPolicy):
+        return cls(**cls._unit_test_params(**bad))
+    return _sim_policy(cls, **bad)
+
+
+@pytest.mark.parametrize("cls", FORECASTERS + WINDOW_POLICIES + SIM_POLICIES, ids=lambda c: c.__name__)
+def test_bad_hyperparameters_are_refused_naming_them(cls):
+    assert cls._invalid_params(), f"{cls.__name__} declares no invalid hyperparameters to check"
+    for bad in cls._invalid_params():
+        with pytest.raises(ValueError, match="|".join(bad)):
+            _build(cls, bad)

@@ -1,7 +1,7 @@
 """Policies under one contract: surgegate's own and the usual answers.
 
 Every policy sees the same things: a sample each simulated second (ready
-replicas, utilisation, requests in the system), and each 10 s window's
+replicas, utilisation, requests in the system), and each window's
 statistics as the pipeline would publish them. It answers with a :class:`Plan`:
 replicas to run, a warm pool, and either a throttle decision for the edges or
 none (the edges then apply a static limit).
@@ -49,7 +49,7 @@ class Sample:
 
 @dataclasses.dataclass(frozen=True)
 class Observation:
-    """One closed 10 s window, as the window pipeline publishes it."""
+    """One closed window, as the window pipeline publishes it."""
 
     window_start_ms: int
     window_ms: int

@@ -250,7 +250,7 @@ def _round(x: float, rng: random.Random) -> int:
 
 
 class _Window:
-    """What one 10 s window accumulates."""
+    """What one window accumulates."""
 
     def __init__(self, tiers: tuple[str, ...], window_s: int) -> None:
         self.window_s = window_s
