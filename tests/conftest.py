@@ -8,6 +8,7 @@ tests share one broker without seeing each other's data.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,9 @@ from surgegate.settings import Settings
 from surgegate.streams.topics import create_topics
 
 _counter = itertools.count()
+# as the CLI does: librdkafka's own lines only with --verbose (a client that outlives the broker at the
+# end of a test would print one per reconnect)
+logging.getLogger("surgegate.librdkafka").setLevel(logging.CRITICAL)
 
 
 @pytest.fixture(scope="session")
