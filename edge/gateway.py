@@ -1,20 +1,32 @@
-"""`surgegate edge`: an aiohttp reverse proxy that admits requests with the edge gate.
+"""`surgegate edge`: an OpenAI-compatible gateway that admits every request with the edge gate.
 
-A request names its tenant and tier in headers; the gate's verdict decides:
+It fronts an OpenAI-compatible server (vLLM, SGLang, TGI, or ``surgegate
+fake-llm``) and is invisible to clients except when it must say no.
 
-- admit: forwarded upstream (a degraded tier's ``X-Max-Tokens`` is capped), its
-  outcome recorded for the control plane;
-- defer (batch work): ``202 Accepted`` with a task id; the task waits in a
-  bounded queue and is forwarded once batch work is admitted again;
-  ``GET /_surgegate/tasks/{id}`` tells its state and result;
-- reject: ``429 Too Many Requests`` with ``Retry-After``.
+- ``POST /v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``:
+  the JSON body is read once for ``model``, ``stream``, ``max_tokens`` /
+  ``max_completion_tokens``, ``n`` and ``stream_options``; a malformed field
+  is a 400 naming it. A degraded level caps the output budget *in the body*
+  the upstream receives. Streamed responses (SSE) are relayed chunk by chunk
+  as they arrive; a client that goes away cancels the upstream request.
+  Everything else (``GET /v1/models`` included) is admitted and passed
+  through unchanged.
+- Identity: the API key (``Authorization: Bearer ...``) looked up in the keys
+  registry gives tenant and tier; without a key, the ``X-Tenant`` / ``X-Tier``
+  headers; without either, the default tenant on the default tier.
+  ``X-Request-Type: batch`` marks deferrable work.
+- The verdict: admit (forwarded); defer (batch work: ``202 Accepted`` with a
+  task id, run once batch work is admitted again, ``GET /_surgegate/tasks/{id}``);
+  reject: ``429`` in OpenAI's error shape (``code: rate_limit_exceeded``) with
+  ``Retry-After``, ``retry-after-ms`` and ``x-ratelimit-*-requests`` headers,
+  so the official clients back off by themselves. At level 3 and above the
+  message says the service is busy.
+- Outcomes: upstream 429, 503 and other 5xx count as errors (overload), not
+  successes; tokens come from the response's ``usage`` (or the streamed usage
+  chunk, or counted chunks), the input estimate otherwise.
 
-Headers read: ``X-Tenant`` (required), ``X-Tier`` (required unless the tenant
-registry gives it), ``X-Request-Type`` (realtime or batch, default realtime),
-``X-Max-Tokens`` (output tokens asked for). A malformed header is a 400 that
-names it; a tenant missing from a configured registry is a 403; both are
-counted. Every response carries the decision version, level and gate state
-that applied (``X-Surgegate-*``).
+Every response carries the decision version, level and gate state that
+applied (``X-Surgegate-*``).
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -29,14 +42,23 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
-from typing import cast
+from typing import Any, cast
 
 import aiohttp
+import msgspec
 from aiohttp import web
 
 from surgegate.admission.actions import ADMIT, DEFER, REJECT
 from surgegate.admission.gate import UnknownTier, Verdict
 from surgegate.edge.gate import EdgeGate, GlobalQuota
+from surgegate.llm.openai_wire import (
+    MAX_TOKENS_LIMIT,
+    OpenAIRequest,
+    estimate_prompt_tokens,
+    format_duration,
+    openai_error,
+    with_token_cap,
+)
 from surgegate.schemas.telemetry import RequestType, Status
 from surgegate.telemetry.scopes import NAME_PATTERN
 
@@ -46,21 +68,36 @@ _NAME = re.compile(NAME_PATTERN)
 #: Headers that belong to one connection and are not forwarded (RFC 9110 7.6.1).
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
                         "trailer", "transfer-encoding", "upgrade", "host", "content-length"})
-MAX_TOKENS_LIMIT = 10_000_000
+#: The paths whose JSON body admission reads (OpenAI's inference endpoints).
+INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+#: Upstream statuses that mean the server is overloaded, not that the request was bad.
+OVERLOAD_STATUSES = frozenset({429, 503})
 #: Finished deferred tasks kept for GET /_surgegate/tasks/{id}.
 TASKS_KEPT = 10_000
+#: From this level on a refusal says the service is busy, not that the caller sent too much.
+BUSY_LEVEL = 3
+#: Bytes kept from the end of a stream to find its usage chunk.
+USAGE_TAIL_BYTES = 8192
 
 GATE = web.AppKey("gate", EdgeGate)
 
 
-class BadRequest(Exception):
-    """A request the edge cannot classify; ``status`` is 400 or 403."""
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """Who a request is for: a tenant on a tier."""
 
-    def __init__(self, status: int, reason: str, message: str, header: str | None = None) -> None:
+    tenant: str
+    tier: str
+
+
+class BadRequest(Exception):
+    """A request the edge cannot classify; ``status`` is 400, 401 or 403, ``param`` the field or header."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
-        self.reason = reason
-        self.header = header
+        self.code = code
+        self.param = param
 
 
 class Task:
@@ -84,17 +121,45 @@ class Task:
                 "tenant": self.tenant, "tier": self.tier, "created": self.created}
 
 
+@dataclasses.dataclass
+class _Outcome:
+    """What the upstream did with one request."""
+
+    status: int
+    outcome: Status
+    input_tokens: int
+    output_tokens: int
+    #: streamed responses: time to the first chunk, and the mean gap between the following tokens
+    ttft_ms: float | None = None
+    itl_ms: float | None = None
+
+
 class EdgeProxy:
-    """The proxy's state: the upstream session, the deferred queue, the counters."""
+    """The gateway's state: the upstream session, the keys registry, the deferred queue, the counters.
+
+    ``keys`` maps API keys to identities (None: keys are not checked, headers
+    and the default identity apply). ``default_tenant`` / ``default_tier``
+    serve a request that names nobody (the tier defaults to the service's
+    lowest).
+    """
 
     def __init__(self, gate: EdgeGate, upstream: str, *, tenants: Mapping[str, str] | None = None,
-                 quota: GlobalQuota | None = None, deferred_capacity: int = 1000, timeout_s: float = 60.0,
-                 drain_concurrency: int = 16) -> None:
+                 keys: Mapping[str, Identity] | None = None, default_tenant: str = "anonymous",
+                 default_tier: str | None = None, quota: GlobalQuota | None = None,
+                 deferred_capacity: int = 1000, timeout_s: float = 60.0, drain_concurrency: int = 16,
+                 connections: int = 1000) -> None:
         self.gate = gate
         self.upstream = upstream.rstrip("/")
         self.tenants = dict(tenants) if tenants is not None else None
+        self.keys = dict(keys) if keys is not None else None
+        tiers = gate.admission.tier_order  # highest first: the default is the lowest
+        self.default = Identity(default_tenant, default_tier or tiers[-1])
+        if self.default.tier not in tiers:
+            raise ValueError(f"default_tier={self.default.tier!r}: not a tier of {gate.service!r} "
+                             f"(known: {', '.join(tiers)})")
         self.quota = quota
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.connections = connections
         self.queue: asyncio.Queue[Task] = asyncio.Queue(maxsize=deferred_capacity)
         self.tasks: collections.OrderedDict[str, Task] = collections.OrderedDict()
         self.bad_requests: collections.Counter[str] = collections.Counter()
@@ -105,7 +170,9 @@ class EdgeProxy:
         self._drainer: asyncio.Task | None = None
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=self.timeout, auto_decompress=False)
+        # one pooled session for every upstream call
+        connector = aiohttp.TCPConnector(limit=self.connections, limit_per_host=self.connections)
+        self._session = aiohttp.ClientSession(timeout=self.timeout, auto_decompress=False, connector=connector)
         self._drainer = asyncio.create_task(self._drain())
 
     async def close(self) -> None:
@@ -120,118 +187,247 @@ class EdgeProxy:
 
     # ------------------------------------------------------------ classification
 
-    def classify(self, request: web.Request) -> tuple[str, str, RequestType, int]:
-        """(tenant, tier, request_type, max_tokens) from the headers, or :class:`BadRequest`."""
+    def identify(self, request: web.Request) -> Identity:
+        """Tenant and tier from the API key, else the headers, else the default; :class:`BadRequest` if bad."""
         h = request.headers
+        auth = h.get("Authorization", "")
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if key and self.keys is not None:
+            identity = self.keys.get(key)
+            if identity is None:
+                raise BadRequest(401, "invalid_api_key", "Incorrect API key provided.", "Authorization")
+            return identity
         tenant = h.get("X-Tenant")
+        tier = h.get("X-Tier")
         if tenant is None:
-            raise BadRequest(400, "missing_tenant", "header X-Tenant is required", "X-Tenant")
+            if tier is not None:
+                raise BadRequest(400, "missing_tenant", "header X-Tier needs X-Tenant", "X-Tenant")
+            return self.default
         if not _NAME.match(tenant):
             raise BadRequest(400, "malformed_tenant",
                              "header X-Tenant must be 1-64 letters, digits, '_', '.', ':' or '-'", "X-Tenant")
-        tier = h.get("X-Tier")
         if self.tenants is not None:
             if tenant not in self.tenants:
                 raise BadRequest(403, "unknown_tenant", f"tenant {tenant!r} is not known at this edge", "X-Tenant")
             tier = tier or self.tenants[tenant]
             if tier != self.tenants[tenant]:
                 raise BadRequest(403, "tier_not_allowed", f"tenant {tenant!r} may not use tier {tier!r}", "X-Tier")
-        if tier is None:
-            raise BadRequest(400, "missing_tier", "header X-Tier is required", "X-Tier")
+        tier = tier or self.default.tier
         if tier not in self.gate.admission.tiers:
             raise BadRequest(400, "unknown_tier", f"header X-Tier: unknown tier {tier!r} (known: "
                              f"{', '.join(sorted(self.gate.admission.tiers))})", "X-Tier")
-        rtype = h.get("X-Request-Type", "realtime")
+        return Identity(tenant, tier)
+
+    @staticmethod
+    def request_type(request: web.Request) -> RequestType:
+        """realtime (the default) or batch, from ``X-Request-Type``."""
+        rtype = request.headers.get("X-Request-Type", "realtime")
         if rtype not in ("realtime", "batch"):
             raise BadRequest(400, "malformed_request_type",
                              f"header X-Request-Type must be realtime or batch, not {rtype!r}", "X-Request-Type")
-        raw = h.get("X-Max-Tokens", "0")
-        if not raw.isdigit() or int(raw) > MAX_TOKENS_LIMIT:
+        return cast(RequestType, rtype)
+
+    @staticmethod
+    def token_budget(request: web.Request, parsed: OpenAIRequest) -> int:
+        """Output tokens asked for: the body's budget times ``n``, else ``X-Max-Tokens``, else 0."""
+        cap = parsed.token_cap()
+        if cap is not None:
+            return cap * parsed.n
+        raw = request.headers.get("X-Max-Tokens", "0")
+        if not raw.isascii() or not raw.isdigit() or int(raw) > MAX_TOKENS_LIMIT:
             raise BadRequest(400, "malformed_max_tokens",
-                             f"header X-Max-Tokens must be an integer within [0, {MAX_TOKENS_LIMIT}]",
-                             "X-Max-Tokens")
-        return tenant, tier, cast(RequestType, rtype), int(raw)
+                             f"header X-Max-Tokens must be an integer within [0, {MAX_TOKENS_LIMIT}]", "X-Max-Tokens")
+        return int(raw)
 
     # ------------------------------------------------------------ handlers
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        inference = request.method == "POST" and request.path in INFERENCE_PATHS
         try:
-            tenant, tier, rtype, tokens = self.classify(request)
+            who = self.identify(request)
+            rtype = self.request_type(request)
+            body = await request.read()
+            parsed = OpenAIRequest.decode(body) if inference else OpenAIRequest()
+            tokens = self.token_budget(request, parsed)
         except BadRequest as exc:
-            self.bad_requests[exc.reason] += 1
-            return web.json_response({"error": str(exc), "reason": exc.reason, "header": exc.header},
-                                     status=exc.status)
+            self.bad_requests[exc.code] += 1
+            return _error_response(exc.status, str(exc), "invalid_request_error", exc.code, exc.param)
+        except ValueError as exc:  # a body field of the wrong type or range, named in the message
+            self.bad_requests["invalid_body"] += 1
+            return _error_response(400, str(exc), "invalid_request_error", "invalid_body", _param_of(str(exc)))
         try:
-            verdict = self.gate.admit(tenant, tier, rtype, tokens)
+            verdict = self.gate.admit(who.tenant, who.tier, rtype, tokens)
         except UnknownTier as exc:  # the registry named a tier the service lacks
             self.bad_requests["unknown_tier"] += 1
-            return web.json_response({"error": str(exc), "reason": "unknown_tier", "header": "X-Tier"}, status=400)
+            return _error_response(400, str(exc), "invalid_request_error", "unknown_tier", "X-Tier")
         if verdict.action == ADMIT and self.quota is not None:
-            verdict = await self._global(tenant, tier, rtype, verdict)
+            verdict = await self._global(who, rtype, verdict)
         if verdict.action == REJECT:
             self.counts["rejected"] += 1
-            return self._refusal(verdict)
-        body = await request.read()
+            return self._refusal(verdict, who, rtype)
         if verdict.action == DEFER:
-            task = Task(tenant, tier, tokens, request.method, request.path_qs, request.headers, body)
-            try:
-                self.queue.put_nowait(task)
-            except asyncio.QueueFull:
-                self.gate.admission.tally.moved(tenant, tier, rtype, DEFER, REJECT)
-                self.counts["deferred_queue_full"] += 1
-                return self._refusal(Verdict(REJECT, 5.0, verdict.version, verdict.level, verdict.state,
-                                             verdict.shadow, REJECT, None), "deferred queue full")
-            self._keep(task)
-            self.counts["deferred"] += 1
-            return web.json_response({"task_id": task.id, "state": "queued", "status_url":
-                                      f"/_surgegate/tasks/{task.id}"}, status=202, headers=_verdict_headers(verdict))
+            return self._defer(request, who, rtype, tokens, body, verdict)
+        if verdict.max_tokens is not None and inference:
+            body = with_token_cap(body, verdict.max_tokens)
         self.counts["forwarded"] += 1
-        status, headers, payload = await self._forward(tenant, tier, rtype, tokens, verdict, request.method,
-                                                       request.path_qs, request.headers, body)
+        if parsed.stream:
+            return await self._relay_stream(request, who, rtype, verdict, body, parsed)
+        status, headers, payload = await self._forward(who, rtype, verdict, request.method, request.path_qs,
+                                                       request.headers, body)
         return web.Response(status=status, headers={**headers, **_verdict_headers(verdict)}, body=payload)
 
-    async def _global(self, tenant: str, tier: str, rtype: RequestType, verdict: Verdict) -> Verdict:
+    def _defer(self, request: web.Request, who: Identity, rtype: RequestType, tokens: int, body: bytes,
+               verdict: Verdict) -> web.Response:
+        task = Task(who.tenant, who.tier, tokens, request.method, request.path_qs, request.headers, body)
+        try:
+            self.queue.put_nowait(task)
+        except asyncio.QueueFull:
+            self.gate.admission.tally.moved(who.tenant, who.tier, rtype, DEFER, REJECT)
+            self.counts["deferred_queue_full"] += 1
+            full = Verdict(REJECT, 5.0, verdict.version, verdict.level, verdict.state, verdict.shadow, REJECT, None)
+            return self._refusal(full, who, rtype, "the queue for deferred batch work is full")
+        self._keep(task)
+        self.counts["deferred"] += 1
+        return web.json_response({"task_id": task.id, "state": "queued", "status_url":
+                                  f"/_surgegate/tasks/{task.id}"}, status=202, headers=_verdict_headers(verdict))
+
+    async def _global(self, who: Identity, rtype: RequestType, verdict: Verdict) -> Verdict:
         assert self.quota is not None  # only called with a quota
-        answer = await self.quota.check(tenant)
+        answer = await self.quota.check(who.tenant)
         if answer is None or answer[0]:
             return verdict
-        self.gate.admission.tally.count(tenant, tier, rtype, REJECT, verdict.shadow)
+        self.gate.admission.tally.count(who.tenant, who.tier, rtype, REJECT, verdict.shadow)
         if verdict.shadow:
             return verdict
         retry = min(60.0, max(1.0, answer[1]))
         return Verdict(REJECT, retry, verdict.version, verdict.level, verdict.state, False, REJECT, None)
 
-    def _refusal(self, verdict: Verdict, why: str = "over the admitted rate") -> web.Response:
-        retry = math.ceil(verdict.retry_after_s)
-        return web.json_response(
-            {"error": f"too many requests: {why}", "retry_after_s": retry, "version": verdict.version,
-             "level": verdict.level}, status=429, headers={"Retry-After": str(retry), **_verdict_headers(verdict)})
+    def _refusal(self, verdict: Verdict, who: Identity, rtype: RequestType, why: str | None = None) -> web.Response:
+        retry_s = verdict.retry_after_s
+        if why is None:
+            why = (f"The service is busy (degradation level {verdict.level}): tier {who.tier!r} is admitted at a "
+                   f"reduced rate until load falls." if verdict.level >= BUSY_LEVEL else
+                   f"Rate limit reached for tier {who.tier!r} of tenant {who.tenant!r}.")
+        message = f"{why} Please retry after {retry_s:.1f} s."
+        rate, burst, available = self.gate.admission.class_limit(who.tier, rtype)
+        headers = {"Retry-After": str(max(1, math.ceil(retry_s))), "retry-after-ms": str(math.ceil(retry_s * 1000)),
+                   **_verdict_headers(verdict)}
+        if math.isfinite(rate):
+            headers.update({
+                "x-ratelimit-limit-requests": str(math.floor(rate * 60)),
+                "x-ratelimit-remaining-requests": str(max(0, math.floor(available))),
+                "x-ratelimit-reset-requests": format_duration((burst - available) / rate if rate > 0 else retry_s),
+            })
+        return _error_response(429, message, "requests", "rate_limit_exceeded", None, headers)
 
-    async def _forward(self, tenant: str, tier: str, rtype: RequestType, tokens: int, verdict: Verdict, method: str,
-                       path: str, headers: Mapping[str, str], body: bytes,
-                       replayed: bool = False) -> tuple[int, dict, bytes]:
-        out = {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
-        if verdict.max_tokens is not None:
-            out["X-Max-Tokens"] = str(verdict.max_tokens)
+    # ------------------------------------------------------------ upstream
+
+    def _upstream_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
+
+    async def _forward(self, who: Identity, rtype: RequestType, verdict: Verdict, method: str, path: str,
+                       headers: Mapping[str, str], body: bytes, replayed: bool = False) -> tuple[int, dict, bytes]:
         started = time.perf_counter()
-        outcome: Status
         assert self._session is not None, "the gateway's client session starts with the app"
+        reply: dict[str, str] = {}
         try:
-            async with self._session.request(method, self.upstream + path, headers=out, data=body) as resp:
+            async with self._session.request(method, self.upstream + path, headers=self._upstream_headers(headers),
+                                             data=body) as resp:
                 payload = await resp.read()
-                status = resp.status
-                reply = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
-                outcome = "ok" if status < 500 else "error"
-                produced = _int(resp.headers.get("X-Output-Tokens"))
+                reply = self._upstream_headers(resp.headers)
+                result = self._outcome(resp.status, body, payload)
+        except asyncio.CancelledError:  # the client went away while waiting (handler cancellation)
+            self.counts["client_disconnects"] += 1
+            self._record(who, rtype, _Outcome(499, "error", _estimate(body), 0), started, replayed)
+            raise
         except TimeoutError:
-            status, reply, payload, outcome, produced = 504, {}, b'{"error": "upstream timed out"}', "timeout", 0
+            payload = openai_error("the upstream server did not answer in time", "server_error", "upstream_timeout")
+            result = _Outcome(504, "timeout", _estimate(body), 0)
         except aiohttp.ClientError as exc:
-            failure = f'{{"error": "upstream: {type(exc).__name__}"}}'.encode()
-            status, reply, payload, outcome, produced = 502, {}, failure, "error", 0
+            payload = openai_error(f"the upstream server failed: {type(exc).__name__}", "server_error",
+                                   "upstream_error")
+            result = _Outcome(502, "error", _estimate(body), 0)
+        self._record(who, rtype, result, started, replayed)
+        return result.status, reply, payload
+
+    async def _relay_stream(self, request: web.Request, who: Identity, rtype: RequestType, verdict: Verdict,
+                            body: bytes, parsed: OpenAIRequest) -> web.StreamResponse:
+        """Relay an SSE response chunk by chunk; a client that goes away ends the upstream request."""
+        started = time.perf_counter()
+        assert self._session is not None, "the gateway's client session starts with the app"
+        out: web.StreamResponse | None = None
+        result = _Outcome(502, "error", _estimate(body), 0)
+        try:
+            async with self._session.request(request.method, self.upstream + request.path_qs,
+                                             headers=self._upstream_headers(request.headers), data=body) as resp:
+                if resp.status != 200:
+                    payload = await resp.read()
+                    result = self._outcome(resp.status, body, payload)
+                    return web.Response(status=resp.status, body=payload,
+                                        headers={**self._upstream_headers(resp.headers), **_verdict_headers(verdict)})
+                out = web.StreamResponse(status=200, headers={**self._upstream_headers(resp.headers),
+                                                              **_verdict_headers(verdict)})
+                await out.prepare(request)
+                chunks, tail, first = 0, b"", None
+                try:
+                    async for data in resp.content.iter_any():
+                        if first is None:
+                            first = (time.perf_counter() - started) * 1000
+                        await out.write(data)
+                        chunks += data.count(b"data: ")
+                        tail = (tail + data)[-USAGE_TAIL_BYTES:]
+                except ConnectionResetError:  # the client went away: closing the response ends the upstream's
+                    resp.close()
+                    self.counts["client_disconnects"] += 1
+                    result = _Outcome(499, "error", _estimate(body), chunks, first)
+                    return out
+                usage = _stream_usage(tail)
+                produced = usage.get("completion_tokens") if usage else None
+                # chunks counted: the [DONE] line and a usage-only chunk carry no token
+                counted = max(0, chunks - 1 - (1 if parsed.include_usage else 0))
+                tokens = produced if isinstance(produced, int) else counted
+                ended = (time.perf_counter() - started) * 1000
+                itl = (ended - first) / (tokens - 1) if first is not None and tokens > 1 else None
+                result = _Outcome(200, "ok", usage.get("prompt_tokens", _estimate(body)) if usage else _estimate(body),
+                                  tokens, first, itl)
+                await out.write_eof()
+                return out
+        except asyncio.CancelledError:  # the client went away while waiting (handler cancellation)
+            self.counts["client_disconnects"] += 1
+            result = _Outcome(499, "error", _estimate(body), 0)
+            raise
+        except TimeoutError:
+            result = _Outcome(504, "timeout", _estimate(body), 0)
+            if out is None:
+                return _error_response(504, "the upstream server did not answer in time", "server_error",
+                                       "upstream_timeout", None, _verdict_headers(verdict))
+            return out
+        except aiohttp.ClientError as exc:
+            result = _Outcome(502, "error", _estimate(body), 0)
+            if out is None:
+                return _error_response(502, f"the upstream server failed: {type(exc).__name__}", "server_error",
+                                       "upstream_error", None, _verdict_headers(verdict))
+            return out
+        finally:
+            self._record(who, rtype, result, started, False)
+
+    def _outcome(self, status: int, body: bytes, payload: bytes) -> _Outcome:
+        """Status and tokens of a buffered upstream answer (its ``usage`` when it has one)."""
+        if status < 400:
+            usage = _usage_of(payload)
+            return _Outcome(status, "ok", usage.get("prompt_tokens", _estimate(body)),
+                            usage.get("completion_tokens", 0))
+        if status in OVERLOAD_STATUSES or status >= 500:
+            self.counts["upstream_overload" if status in OVERLOAD_STATUSES else "upstream_5xx"] += 1
+            return _Outcome(status, "error", _estimate(body), 0)
+        return _Outcome(status, "ok", _estimate(body), 0)  # the client's own mistake: the service was fine
+
+    def _record(self, who: Identity, rtype: RequestType, result: _Outcome, started: float, replayed: bool) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
-        self.gate.record(tenant, tier, rtype, outcome, latency_ms, output_tokens=produced, replayed=replayed)
-        self.counts[f"upstream_{outcome}"] += 1
-        return status, reply, payload
+        self.gate.record(who.tenant, who.tier, rtype, result.outcome, latency_ms, input_tokens=result.input_tokens,
+                         output_tokens=result.output_tokens, replayed=replayed, ttft_ms=result.ttft_ms,
+                         itl_ms=result.itl_ms)
+        self.counts[f"upstream_{result.outcome}"] += 1
 
     # ------------------------------------------------------------ deferred work
 
@@ -257,9 +453,11 @@ class EdgeProxy:
     async def _run(self, task: Task, verdict: Verdict) -> None:
         try:
             task.state = "running"
-            status, _, payload = await self._forward(task.tenant, task.tier, "batch", task.tokens, verdict,
-                                                     task.method, task.path, task.headers, task.body,
-                                                     replayed=True)
+            body = task.body
+            if verdict.max_tokens is not None and task.path.split("?")[0] in INFERENCE_PATHS:
+                body = with_token_cap(body, verdict.max_tokens)
+            status, _, payload = await self._forward(Identity(task.tenant, task.tier), "batch", verdict,
+                                                     task.method, task.path, task.headers, body, replayed=True)
             task.status, task.result = status, payload.decode("utf-8", "replace")
             task.state = "done"
             self.counts["deferred_done"] += 1
@@ -269,8 +467,8 @@ class EdgeProxy:
     async def task_view(self, request: web.Request) -> web.Response:
         task = self.tasks.get(request.match_info["task_id"])
         if task is None:
-            return web.json_response({"error": "no such task (unknown, or expired from the task list)"},
-                                     status=404)
+            return _error_response(404, "no such task (unknown, or expired from the task list)",
+                                   "invalid_request_error", "unknown_task", "task_id")
         return web.json_response(task.view())
 
     async def status_view(self, request: web.Request) -> web.Response:
@@ -282,8 +480,42 @@ class EdgeProxy:
 PROXY = web.AppKey("proxy", EdgeProxy)
 
 
-def _int(raw: str | None) -> int:
-    return int(raw) if raw is not None and raw.isdigit() else 0
+def _estimate(body: bytes) -> int:
+    try:
+        return estimate_prompt_tokens(msgspec.json.decode(body)) if body.strip() else 0
+    except msgspec.DecodeError:
+        return 0
+
+
+def _usage_of(payload: bytes) -> dict[str, Any]:
+    """``usage`` of a JSON answer, or empty."""
+    try:
+        usage = msgspec.json.decode(payload).get("usage")
+    except (msgspec.DecodeError, AttributeError):
+        return {}
+    return usage if isinstance(usage, dict) else {}
+
+
+def _stream_usage(tail: bytes) -> dict[str, Any]:
+    """``usage`` from the last SSE chunk that carries one, or empty."""
+    for line in reversed(tail.split(b"\n")):
+        if line.startswith(b"data: {") and b'"usage"' in line:
+            usage = _usage_of(line[6:])
+            if usage:
+                return usage
+    return {}
+
+
+def _param_of(message: str) -> str | None:
+    """The field a msgspec error names (``... - at `$.max_tokens```), or None."""
+    found = re.search(r"\$\.([A-Za-z_][\w.]*)", message)
+    return found.group(1) if found else None
+
+
+def _error_response(status: int, message: str, kind: str, code: str | None, param: str | None,
+                    headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=openai_error(message, kind, code, param),
+                        content_type="application/json", headers=headers)
 
 
 def _verdict_headers(v: Verdict) -> dict[str, str]:
@@ -292,8 +524,12 @@ def _verdict_headers(v: Verdict) -> dict[str, str]:
             "X-Surgegate-Would": v.would}
 
 
-def create_edge_app(gate: EdgeGate, upstream: str, **options) -> web.Application:
-    """The proxy application; the gate must be started, and its owner closes it after the app."""
+def create_edge_app(gate: EdgeGate, upstream: str, **options: Any) -> web.Application:
+    """The gateway application; the gate must be started, and its owner closes it after the app.
+
+    Run it with ``handler_cancellation=True`` (``web.run_app``, ``AppRunner``) so a
+    client that disconnects while waiting also cancels its upstream request.
+    """
     app = web.Application()
     proxy = EdgeProxy(gate, upstream, **options)
     app[GATE] = gate

@@ -27,6 +27,8 @@ class TrafficAggregate(msgspec.Struct, frozen=True):
     queue_wait: Sketch = msgspec.field(default_factory=Sketch)
     deferred: Count = 0
     replayed: Count = 0
+    ttft: Sketch = msgspec.field(default_factory=Sketch)
+    itl: Sketch = msgspec.field(default_factory=Sketch)
 
 
 class WorkerSample(msgspec.Struct, frozen=True, array_like=True):
@@ -112,6 +114,11 @@ class TrafficStats(msgspec.Struct, frozen=True):
     #: new demand per second: every request that arrived (throttled and deferred ones
     #: included), not the deferred ones replayed from the async queue
     demand_rps: Rate | None = None
+    #: time to first token and inter-token latency of streamed requests (None: none measured)
+    ttft_p50_ms: Millis | None = None
+    ttft_p99_ms: Millis | None = None
+    itl_p50_ms: Millis | None = None
+    itl_p99_ms: Millis | None = None
 
     @property
     def demand(self) -> float:

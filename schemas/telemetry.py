@@ -24,7 +24,9 @@ class RequestEvent(msgspec.Struct, frozen=True, gc=False, tag_field="schema", ta
     """One finished (or throttled, or deferred) request, as seen by an edge.
 
     ``latency_ms`` is end-to-end time at the edge; ``queue_ms`` the part spent
-    waiting for a worker. Throttled requests were not served: they count as
+    waiting for a worker. For a streamed LLM response, ``ttft_ms`` is the time
+    to its first token (chunk) and ``itl_ms`` the mean time between the
+    following ones; both are absent where they were not measured. Throttled requests were not served: they count as
     demand but not in latency statistics. A deferred request was put on the
     async queue; it is reported again with its outcome when it runs, so it
     counts as backlog, not as demand of this window. That second report is
@@ -44,6 +46,8 @@ class RequestEvent(msgspec.Struct, frozen=True, gc=False, tag_field="schema", ta
     output_tokens: Count = 0
     cache_hit: bool = False
     replayed: bool = False
+    ttft_ms: Millis | None = None
+    itl_ms: Millis | None = None
 
 
 class Sketch(msgspec.Struct, frozen=True, gc=False):
@@ -69,6 +73,8 @@ class RequestSummary(msgspec.Struct, frozen=True, gc=False, tag_field="schema", 
     The sketches cover served requests (every status but ``throttled``), so
     their count must equal ``ok + error + timeout``. ``over_2s`` counts served
     requests slower than 2 s. The covered interval must lie in one window.
+    ``ttft`` and ``itl`` hold the time to first token and the inter-token
+    latency of the served requests that measured them (streamed ones).
     ``deferred`` counts requests put on the async queue (not in ``requests``:
     they are reported again when they run, counted in ``replayed``). An edge gate also says how it was
     deciding (``gate``), whether it only watched (``shadow``) and how many
@@ -97,6 +103,8 @@ class RequestSummary(msgspec.Struct, frozen=True, gc=False, tag_field="schema", 
     gate: GateState | None = None
     shadow: bool = False
     would_throttle: Count = 0
+    ttft: Sketch = msgspec.field(default_factory=Sketch)
+    itl: Sketch = msgspec.field(default_factory=Sketch)
 
     @property
     def requests(self) -> int:

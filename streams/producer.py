@@ -21,7 +21,7 @@ from surgegate.schemas.telemetry import MetricEvent, RequestEvent, RequestSummar
 from surgegate.settings import Settings
 from surgegate.streams.kafka import FLUSH_TIMEOUT_S, producer_config
 from surgegate.streams.topics import Topics
-from surgegate.telemetry.validation import NameCheck
+from surgegate.telemetry.validation import NameCheck, check_summary
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +122,7 @@ class TelemetryProducer:
     def send_summary(self, summary: RequestSummary | Mapping[str, Any]) -> RequestSummary:
         """Validate and queue one RequestSummary (keyed by its edge)."""
         s = _validated(RequestSummary, summary)
-        served = s.ok + s.error + s.timeout
-        if s.latency.count != served or s.queue_wait.count != served:
-            raise InvalidEvent("inconsistent", f"sketches must hold ok+error+timeout={served} values")
+        check_summary(s)
         self.sender.send(self.topics.requests, msgspec.json.encode(s), key=s.edge_id.encode())
         return s
 

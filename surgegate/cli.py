@@ -216,6 +216,27 @@ def load_tenants(path: str) -> tuple[dict[str, str], dict]:
     return tiers, contracts
 
 
+def load_keys(path: str) -> dict:
+    """API keys from JSON ``{key: {"tenant": ..., "tier": ...}}``."""
+    import json
+
+    from surgegate.edge.gateway import Identity
+
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SurgegateError(f"--keys {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SurgegateError(f"--keys {path}: expected an object of API key -> {{tenant, tier}}")
+    keys = {}
+    for key, entry in raw.items():
+        named = isinstance(entry, dict) and all(isinstance(entry.get(f), str) for f in ("tenant", "tier"))
+        if not named:
+            raise SurgegateError(f"--keys {path}: key ending {key[-4:]!r}: expected {{\"tenant\": ..., \"tier\": ...}}")
+        keys[key] = Identity(entry["tenant"], entry["tier"])
+    return keys
+
+
 def cmd_edge(args: argparse.Namespace) -> None:
     from aiohttp import web
 
@@ -233,12 +254,15 @@ def cmd_edge(args: argparse.Namespace) -> None:
         quota = GlobalQuota(settings.redis, contracts, prefix=Keys.for_topic_prefix(settings.topic_prefix).prefix)
     gate = EdgeGate(settings, args.service, edge_id=args.edge_id, share=args.share, shadow=args.shadow,
                     report=args.report).start()
-    app = create_edge_app(gate, args.upstream, tenants=tenants, quota=quota,
+    keys = load_keys(args.keys) if args.keys else None
+    app = create_edge_app(gate, args.upstream, tenants=tenants, keys=keys, quota=quota,
+                          default_tenant=args.default_tenant, default_tier=args.default_tier,
                           deferred_capacity=args.deferred_capacity, timeout_s=args.timeout)
     print(f"surgegate edge {args.edge_id}: service {args.service} on http://{args.host}:{args.port} -> "
           f"{args.upstream}{' (shadow)' if args.shadow else ''}", flush=True)
     try:
-        web.run_app(app, host=args.host, port=args.port, print=None)
+        # a client that goes away cancels its handler, and with it the upstream request
+        web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handler_cancellation=True)
     finally:
         gate.close()
 
@@ -269,16 +293,34 @@ def cmd_scaler(args: argparse.Namespace) -> None:
             pass
 
 
+def cmd_scrape(args: argparse.Namespace) -> None:
+    from surgegate.gpu.scraper import ServerScraper
+    from surgegate.streams.producer import TelemetryProducer
+
+    settings = _settings(args)
+    _need_kafka(settings)
+    worker_id = args.worker_id or args.url.split("//")[-1].split("/")[0].replace(":", "-")
+    with TelemetryProducer(settings, client_id=f"surgegate-scrape-{worker_id}") as producer:
+        scraper = ServerScraper(producer, args.url, pool=args.pool, worker_id=worker_id, flavour=args.flavour,
+                                model=args.model, max_num_seqs=args.max_num_seqs, interval_s=args.interval)
+        print(f"surgegate scrape: {args.url} ({args.flavour}) -> pool {args.pool} as {worker_id}", flush=True)
+        try:
+            scraper.run()
+        except KeyboardInterrupt:
+            scraper.stop()
+
+
 def cmd_fake_llm(args: argparse.Namespace) -> None:
     from aiohttp import web
 
-    from surgegate.devtools.fake_llm import LatencyModel, create_fake_llm_app
+    from surgegate.devtools.fake_llm import create_fake_llm_app
+    from surgegate.llm.replica import ReplicaProfile
 
-    model = LatencyModel(median_ms=args.median_ms, p90_ms=args.p90_ms, slow_share=args.slow_share,
-                         slow_ms=(args.slow_min_ms, args.slow_max_ms), error_share=args.error_share)
-    app = create_fake_llm_app(model, time_scale=args.time_scale, concurrency=args.concurrency, seed=args.seed)
-    print(f"fake LLM upstream on http://{args.host}:{args.port}", flush=True)
-    web.run_app(app, host=args.host, port=args.port, print=None)
+    profile = ReplicaProfile(kv_cache_tokens=args.kv_cache_tokens, max_num_seqs=args.max_num_seqs)
+    app = create_fake_llm_app(model=args.model, profile=profile, time_scale=args.time_scale, seed=args.seed,
+                              output_median=args.output_median, error_share=args.error_share)
+    print(f"fake LLM ({args.model}, vLLM-like) on http://{args.host}:{args.port}/v1", flush=True)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handler_cancellation=True)
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
@@ -482,6 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--port", type=int, default=8080, help="port to listen on")
     edge.add_argument("--share", type=float, default=1.0, help="this edge's share of the service's traffic")
     edge.add_argument("--shadow", action="store_true", help="admit everything; record what would be refused")
+    edge.add_argument("--keys", metavar="FILE",
+                      help="JSON file: API key -> {tenant, tier}; a bearer key not in it is refused (default: none, "
+                           "keys are not checked)")
+    edge.add_argument("--default-tenant", default="anonymous", help="tenant of a request that names none")
+    edge.add_argument("--default-tier", help="tier of a request that names none (default: the service's lowest)")
     edge.add_argument("--tenants", metavar="FILE",
                       help="JSON file: tenant -> tier, or tenant -> {tier, rate_rps, burst} (default: none, "
                            "tenant and tier from headers)")
@@ -503,18 +550,28 @@ def build_parser() -> argparse.ArgumentParser:
     sc_.add_argument("--namespace", default="default", help="the Deployment's namespace")
     sc_.set_defaults(func=cmd_scaler)
 
-    fake = command("fake-llm", "run a fake LLM upstream with a long latency tail")
+    scrape = command("scrape", "publish an inference server's own metrics (vLLM, SGLang, TGI) as MetricEvents")
+    broker(scrape)
+    scrape.add_argument("--url", required=True, help="the server's Prometheus endpoint, e.g. http://127.0.0.1:8000/metrics")
+    scrape.add_argument("--pool", required=True, help="the GPU pool this replica belongs to")
+    scrape.add_argument("--worker-id", help="this replica's name in its reports (default: the URL's host-port)")
+    scrape.add_argument("--flavour", choices=["vllm", "sglang", "tgi"], default="vllm",
+                        help="the server's metric names")
+    scrape.add_argument("--model", help="count only this model_name's series (default: every series)")
+    scrape.add_argument("--max-num-seqs", type=int, default=256, help="the server's batch size, for utilisation")
+    scrape.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes")
+    scrape.set_defaults(func=cmd_scrape)
+
+    fake = command("fake-llm", "run a vLLM-like OpenAI-compatible server (one simulated replica)")
     fake.add_argument("--host", default="127.0.0.1", help="address to listen on")
     fake.add_argument("--port", type=int, default=9000, help="port to listen on")
-    fake.add_argument("--median-ms", type=float, default=60.0, help="median service time of the fast 90%%")
-    fake.add_argument("--p90-ms", type=float, default=200.0, help="p90 service time of the fast 90%%")
-    fake.add_argument("--slow-share", type=float, default=0.1, help="share of requests in the slow tail")
-    fake.add_argument("--slow-min-ms", type=float, default=2000.0, help="shortest slow-tail service time")
-    fake.add_argument("--slow-max-ms", type=float, default=6000.0, help="longest slow-tail service time")
+    fake.add_argument("--model", default="llama-3-8b", help="model name it serves")
+    fake.add_argument("--time-scale", type=float, default=1.0, help="multiply every simulated duration")
+    fake.add_argument("--output-median", type=int, default=200, help="median output tokens of a request")
+    fake.add_argument("--kv-cache-tokens", type=int, default=400_000, help="KV cache of the replica, in tokens")
+    fake.add_argument("--max-num-seqs", type=int, default=256, help="sequences in one batch at most")
     fake.add_argument("--error-share", type=float, default=0.0, help="share of requests answered 500")
-    fake.add_argument("--concurrency", type=int, default=64, help="requests in service at once")
-    fake.add_argument("--time-scale", type=float, default=1.0, help="multiply every service time")
-    fake.add_argument("--seed", type=int, help="seed of the service times (default: random)")
+    fake.add_argument("--seed", type=int, help="seed of the output lengths (default: random)")
     fake.set_defaults(func=cmd_fake_llm)
 
     api = command("api", "serve the status API (Redis mirror, decision stream, overrides)")

@@ -16,6 +16,7 @@ LAYER = {
     "surgegate": 0,  # the package's own __init__ only (prefixes below decide the rest)
     "surgegate.schemas": 0,
     "surgegate.telemetry": 1, "surgegate.forecast": 1, "surgegate.control": 1, "surgegate.admission": 1,
+    "surgegate.llm": 1,
     "surgegate.sim": 1, "surgegate.checks": 1, "surgegate.errors": 0, "surgegate.settings": 1,
     "surgegate.streams": 2, "surgegate.devtools": 2,
     "surgegate.agents": 3, "surgegate.api": 3, "surgegate.edge": 3, "surgegate.gpu": 3,
@@ -31,9 +32,7 @@ def _modules() -> list[tuple[str, Path]]:
         base = ROOT / folder
         for path in sorted(base.rglob("*.py")):
             parts = path.relative_to(base).with_suffix("").parts
-            if (package == "surgegate" and parts[0] in ("telemetry", "forecast", "control", "admission", "sim")) \
-                    or package != "surgegate" or len(parts) == 1:
-                out.append((".".join((package, *parts)).removesuffix(".__init__"), path))
+            out.append((".".join((package, *parts)).removesuffix(".__init__"), path))
     return out
 
 

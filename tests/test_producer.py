@@ -45,8 +45,12 @@ def test_send_request_reports_a_missing_field(producer):
 def test_send_summary_refuses_sketches_that_do_not_match_the_counts(producer):
     summary = RequestSummary(ts=GOOD["ts"], service="chat", tenant="a", tier="free", edge_id="e", ok=2,
                              latency=Sketch(zeros=1), queue_wait=Sketch(zeros=2))
-    with pytest.raises(InvalidEvent, match="sketches must hold ok\\+error\\+timeout=2 values"):
+    with pytest.raises(InvalidEvent, match=r"latency sketch holds 1 .* ok\+error\+timeout = 2"):
         producer.send_summary(summary)
+    streamed = RequestSummary(ts=GOOD["ts"], service="chat", tenant="a", tier="free", edge_id="e", ok=1,
+                              latency=Sketch(zeros=1), queue_wait=Sketch(zeros=1), ttft=Sketch(zeros=2))
+    with pytest.raises(InvalidEvent, match="ttft sketch holds 2"):
+        producer.send_summary(streamed)
 
 
 def test_send_metric_refuses_utilisation_above_one(producer):

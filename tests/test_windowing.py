@@ -23,6 +23,7 @@ def make_events(n: int, seed: int = 1, windows: int = 3) -> list[RequestEvent]:
     out = []
     for _ in range(n):
         slow = rng.random() < 0.1
+        streamed = rng.random() < 0.4  # an LLM response streamed through the gateway: TTFT and ITL measured
         out.append(RequestEvent(
             ts=T0 + rng.randrange(windows * W), service=rng.choice(["chat", "embed"]),
             tenant=rng.choice(["acme", "globex", "initech"]), tier=rng.choice(["free", "pro"]),
@@ -30,6 +31,7 @@ def make_events(n: int, seed: int = 1, windows: int = 3) -> list[RequestEvent]:
             queue_ms=rng.uniform(0, 50), status=rng.choice(["ok"] * 8 + ["error", "throttled", "deferred"]),
             request_type=rng.choice(["realtime", "batch"]), input_tokens=rng.randrange(500),
             output_tokens=rng.randrange(300), cache_hit=rng.random() < 0.2, replayed=rng.random() < 0.05,
+            ttft_ms=rng.uniform(20, 900) if streamed else None, itl_ms=rng.uniform(5, 60) if streamed else None,
         ))
     return out
 
@@ -184,3 +186,13 @@ def test_merging_sketches_equals_adding_all_values(a, b):
     hall.extend(a + b)
     ha.merge(hb)
     assert (ha.bins, ha.zeros, ha.max) == (hall.bins, hall.zeros, hall.max)
+
+
+def test_ttft_and_inter_token_latency_reach_the_window_from_events_and_summaries_alike():
+    events = make_events(3000, seed=11)
+    for windows in (run_pipeline(events), run_pipeline(summarize(events))):
+        chat = [w for w in windows if w.scope == "service=chat" and w.traffic.requests]
+        assert chat and all(w.traffic.ttft_p50_ms is not None and w.traffic.itl_p99_ms is not None for w in chat)
+        assert all(20 * 0.99 <= w.traffic.ttft_p50_ms <= w.traffic.ttft_p99_ms <= 900 * 1.01 for w in chat)
+    plain = [e.__replace__(ttft_ms=None, itl_ms=None) for e in events]
+    assert all(w.traffic.ttft_p50_ms is None for w in run_pipeline(plain) if w.traffic is not None)

@@ -215,6 +215,8 @@ class Admission:
             raise ValueError("tiers: name at least one tier")
         self.service = service
         self.tiers = frozenset(tiers)
+        #: the tiers in the order given: highest priority first
+        self.tier_order: tuple[str, ...] = tuple(dict.fromkeys(tiers))
         self.share = share
         self.shadow = shadow
         self.fallback = fallback or Fallback()
@@ -308,6 +310,21 @@ class Admission:
         if rules is None or now >= rules.valid_until_s:
             return "fallback"
         return "live" if now - self.applied_at < self.hold_after_s else "holding"
+
+    def class_limit(self, tier: str, request_type: RequestType = "realtime") -> tuple[float, float, float]:
+        """(rate per second, burst, requests available now) of a tier's class, for rate-limit headers.
+
+        Read only: nothing is taken. An unlimited class answers infinities.
+        """
+        now = self._clock()
+        rules = self._rules
+        if rules is None or now >= rules.valid_until_s:
+            rules = self._fallback_rules
+        tr = rules.tiers.get(tier) or rules.missing(tier)
+        bucket = tr.batch if request_type == "batch" else tr.realtime
+        if not math.isfinite(bucket.rate):
+            return math.inf, math.inf, math.inf
+        return bucket.rate, bucket.burst, min(bucket.burst, bucket.tokens + (now - bucket.stamp) * bucket.rate)
 
     def admit(self, tenant: str, tier: str, request_type: RequestType = "realtime", tokens: int = 0,
               requeued: bool = False) -> Verdict:

@@ -87,5 +87,6 @@ class Tally:
                 cache_hits=cell.cache_hits, over_2s=cell.over_2s, replayed=cell.replayed,
                 latency=wire_sketch(cell.latency),
                 queue_wait=wire_sketch(cell.queue_wait), gate=gate, shadow=shadow, would_throttle=would,
+                ttft=wire_sketch(cell.ttft), itl=wire_sketch(cell.itl),
             ))
         return out

@@ -52,6 +52,7 @@ class SummaryBuilder:
                 deferred=deferred, replayed=cell.replayed,
                 input_tokens=cell.input_tokens, output_tokens=cell.output_tokens, cache_hits=cell.cache_hits,
                 over_2s=cell.over_2s, latency=wire_sketch(cell.latency), queue_wait=wire_sketch(cell.queue_wait),
+                ttft=wire_sketch(cell.ttft), itl=wire_sketch(cell.itl),
             ))
         self._cells.clear()
         return out

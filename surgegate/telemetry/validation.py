@@ -57,19 +57,11 @@ class TelemetryValidator:
             )
         self.names.check(event)
         if type(event) is RequestSummary:
-            self._check_summary(event)
+            check_summary(event)
+            self._check_window(event)
         return event
 
-    def _check_summary(self, s: RequestSummary) -> None:
-        served = s.ok + s.error + s.timeout
-        if s.latency.count != served or s.queue_wait.count != served:
-            raise InvalidEvent(
-                "inconsistent",
-                f"latency sketch holds {s.latency.count} and queue_wait sketch {s.queue_wait.count} "
-                f"values but ok+error+timeout = {served}",
-            )
-        if s.over_2s > served or s.cache_hits > s.requests:
-            raise InvalidEvent("inconsistent", "over_2s or cache_hits exceeds the requests covered")
+    def _check_window(self, s: RequestSummary) -> None:
         start = s.ts - s.ts % self.window_ms
         if s.ts + s.duration_ms > start + self.window_ms:
             raise InvalidEvent(
@@ -77,6 +69,22 @@ class TelemetryValidator:
                 f"summary [{s.ts}, {s.ts + s.duration_ms}) crosses the window boundary at "
                 f"{start + self.window_ms}",
             )
+
+
+def check_summary(s: RequestSummary) -> None:
+    """:class:`InvalidEvent` (``inconsistent``) unless a summary's sketches and counts agree."""
+    served = s.ok + s.error + s.timeout
+    if s.latency.count != served or s.queue_wait.count != served:
+        raise InvalidEvent(
+            "inconsistent",
+            f"latency sketch holds {s.latency.count} and queue_wait sketch {s.queue_wait.count} "
+            f"values but ok+error+timeout = {served}",
+        )
+    if s.ttft.count > served or s.itl.count > s.ttft.count:
+        raise InvalidEvent("inconsistent", f"ttft sketch holds {s.ttft.count} and itl sketch {s.itl.count} values: "
+                           f"at most ok+error+timeout = {served}, and itl at most ttft")
+    if s.over_2s > served or s.cache_hits > s.requests:
+        raise InvalidEvent("inconsistent", "over_2s or cache_hits exceeds the requests covered")
 
 
 def _validation_reason(message: str) -> str:

@@ -53,7 +53,7 @@ class TrafficCell:
     """Mutable request accumulator for one (service, tier, tenant, window)."""
 
     __slots__ = ("counts", "input_tokens", "output_tokens", "cache_hits", "over_2s", "replayed",
-                 "realtime", "batch", "latency", "queue_wait")
+                 "realtime", "batch", "latency", "queue_wait", "ttft", "itl")
 
     def __init__(self) -> None:
         # ok, error, timeout, throttled, deferred
@@ -67,6 +67,8 @@ class TrafficCell:
         self.batch = 0
         self.latency = LogHistogram()
         self.queue_wait = LogHistogram()
+        self.ttft = LogHistogram()
+        self.itl = LogHistogram()
 
     def add_event(self, ev: RequestEvent) -> None:
         """Fold one RequestEvent in (the hot path: sketch updates are inlined)."""
@@ -101,6 +103,10 @@ class TrafficCell:
                 bins[i] = bins.get(i, 0) + 1
                 if queued > h.max:
                     h.max = queued
+            if ev.ttft_ms is not None:  # streamed LLM responses only: off the common path
+                self.ttft.add(ev.ttft_ms)
+                if ev.itl_ms is not None:
+                    self.itl.add(ev.itl_ms)
         if ev.request_type == "realtime":
             self.realtime += 1
         else:
@@ -132,6 +138,8 @@ class TrafficCell:
         self.over_2s += s.over_2s
         self.latency.merge_parts(s.latency.bins, s.latency.zeros, s.latency.max)
         self.queue_wait.merge_parts(s.queue_wait.bins, s.queue_wait.zeros, s.queue_wait.max)
+        self.ttft.merge_parts(s.ttft.bins, s.ttft.zeros, s.ttft.max)
+        self.itl.merge_parts(s.itl.bins, s.itl.zeros, s.itl.max)
 
     def merge(self, other: TrafficCell) -> None:
         """Merge another cell into this one."""
@@ -146,6 +154,8 @@ class TrafficCell:
         self.batch += other.batch
         self.latency.merge(other.latency)
         self.queue_wait.merge(other.queue_wait)
+        self.ttft.merge(other.ttft)
+        self.itl.merge(other.itl)
 
     @property
     def events(self) -> int:
@@ -161,6 +171,7 @@ class TrafficCell:
             input_tokens=self.input_tokens, output_tokens=self.output_tokens,
             cache_hits=self.cache_hits, over_2s=self.over_2s, replayed=self.replayed,
             latency=wire_sketch(self.latency), queue_wait=wire_sketch(self.queue_wait),
+            ttft=wire_sketch(self.ttft), itl=wire_sketch(self.itl),
         )
 
 
@@ -295,6 +306,7 @@ def merge_traffic(a: TrafficAggregate, b: TrafficAggregate) -> TrafficAggregate:
         cache_hits=a.cache_hits + b.cache_hits, over_2s=a.over_2s + b.over_2s,
         replayed=a.replayed + b.replayed,
         latency=_merge_sketch(a.latency, b.latency), queue_wait=_merge_sketch(a.queue_wait, b.queue_wait),
+        ttft=_merge_sketch(a.ttft, b.ttft), itl=_merge_sketch(a.itl, b.itl),
     )
 
 
@@ -324,9 +336,11 @@ def merge_pool(a: PoolAggregate, b: PoolAggregate) -> PoolAggregate:
 def traffic_stats(agg: TrafficAggregate, window_ms: int) -> TrafficStats:
     """WindowStats' request figures from a merged aggregate."""
     seconds = window_ms / 1000
-    latency, queue = LogHistogram(), LogHistogram()
+    latency, queue, ttft, itl = LogHistogram(), LogHistogram(), LogHistogram(), LogHistogram()
     latency.merge_parts(agg.latency.bins, agg.latency.zeros, agg.latency.max)
     queue.merge_parts(agg.queue_wait.bins, agg.queue_wait.zeros, agg.queue_wait.max)
+    ttft.merge_parts(agg.ttft.bins, agg.ttft.zeros, agg.ttft.max)
+    itl.merge_parts(agg.itl.bins, agg.itl.zeros, agg.itl.max)
     requests = agg.ok + agg.error + agg.timeout + agg.throttled
     served = agg.ok + agg.error + agg.timeout
     return TrafficStats(
@@ -341,6 +355,10 @@ def traffic_stats(agg: TrafficAggregate, window_ms: int) -> TrafficStats:
         over_2s_share=round(agg.over_2s / served, 6) if served else 0.0,
         cache_hits=agg.cache_hits, deferred=agg.deferred, replayed=agg.replayed,
         demand_rps=round(max(0, requests - agg.replayed + agg.deferred) / seconds, 3),
+        ttft_p50_ms=_r(ttft.quantile(0.5)) if ttft.count else None,
+        ttft_p99_ms=_r(ttft.quantile(0.99)) if ttft.count else None,
+        itl_p50_ms=_r(itl.quantile(0.5)) if itl.count else None,
+        itl_p99_ms=_r(itl.quantile(0.99)) if itl.count else None,
     )
 
 

@@ -1,0 +1,246 @@
+"""The OpenAI-compatible gateway with the official `openai` client, in front of the vLLM-like fake server.
+
+Decisions come through the real broker; the client is the one users run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+import msgspec
+import openai
+import pytest
+from aiohttp.test_utils import TestServer
+from support import TopicReader, eventually
+from test_edge_e2e import OPEN, decision, publish
+
+from surgegate.devtools.fake_llm import create_fake_llm_app
+from surgegate.edge.gate import EdgeGate
+from surgegate.edge.gateway import PROXY, Identity, create_edge_app
+from surgegate.schemas.aggregates import WindowStats
+from surgegate.schemas.decisions import TierLimit
+from surgegate.streams.topics import Topics
+
+pytestmark = pytest.mark.e2e
+
+KEYS = {"sk-acme-pro": Identity("acme", "pro")}
+MESSAGES = [{"role": "user", "content": "How busy is the service right now?"}]
+
+
+class Stack:
+    """fake-llm <- gateway <- AsyncOpenAI, all on loopback."""
+
+    def __init__(self, settings, *, time_scale: float = 0.05, report: str = "off") -> None:
+        self.settings = settings
+        self.time_scale = time_scale
+        self.report = report
+
+    async def __aenter__(self) -> Stack:
+        self.gate = EdgeGate(self.settings, "chat", edge_id="gw", bootstrap_from_redis=False,
+                             report=self.report).start()
+        eventually(lambda: self.gate.admission.decision is not None, 15, "the first decision")
+        self.upstream = TestServer(create_fake_llm_app(time_scale=self.time_scale, seed=1, output_median=40),
+                                   handler_cancellation=True)
+        await self.upstream.start_server()
+        app = create_edge_app(self.gate, str(self.upstream.make_url("")), keys=KEYS)
+        self.proxy = app[PROXY]
+        self.server = TestServer(app, handler_cancellation=True)
+        await self.server.start_server()
+        self.base = str(self.server.make_url("/v1"))
+        return self
+
+    def client(self, api_key: str = "sk-acme-pro", **options) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.base, api_key=api_key, **{"max_retries": 0, **options})
+
+    async def fake_stats(self) -> dict:
+        async with aiohttp.ClientSession() as session, session.get(self.upstream.make_url("/_fake/stats")) as r:
+            return await r.json()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.server.close()
+        await self.upstream.close()
+        self.gate.close()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_chat_completion_is_served_with_its_usage(settings):
+    publish(settings, decision(1))
+
+    async def go():
+        async with Stack(settings) as s:
+            reply = await s.client().chat.completions.create(model="llama-3-8b", messages=MESSAGES, max_tokens=30)
+            assert reply.choices[0].message.content and reply.model == "llama-3-8b"
+            assert 1 <= reply.usage.completion_tokens <= 30 and reply.usage.prompt_tokens >= 1
+            embedded = await s.client().embeddings.create(model="llama-3-8b", input=["a", "b"])
+            assert len(embedded.data) == 2
+            models = await s.client().models.list()
+            assert [m.id for m in models.data] == ["llama-3-8b"]
+            return s.proxy.counts
+
+    counts = run(go())
+    assert counts["forwarded"] == 3 and counts["upstream_ok"] == 3
+
+
+def test_the_first_streamed_chunk_reaches_the_client_while_the_upstream_is_still_generating(settings):
+    publish(settings, decision(1))
+
+    async def go():
+        async with Stack(settings, time_scale=1.0) as s:  # real GPU pace: about 10 ms a token
+            stream = await s.client().chat.completions.create(
+                model="llama-3-8b", messages=MESSAGES, max_tokens=60, stream=True,
+                stream_options={"include_usage": True})
+            chunks = []
+            async for chunk in stream:
+                if not chunks:  # the first chunk: the upstream has not finished this request
+                    during = await s.fake_stats()
+                chunks.append(chunk)
+            after = await s.fake_stats()
+            return chunks, during, after
+
+    chunks, during, after = run(go())
+    assert during["completed"] == 0 and during["running"] == 1, during
+    assert after["completed"] == 1
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.split() and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == len(text.split()) == after["generated_tokens"]
+
+
+def test_a_throttled_call_raises_rate_limit_error_with_message_type_and_code(settings):
+    shut = {**OPEN, "pro": TierLimit(realtime_rps=0, batch_rps=0, burst=1)}
+    publish(settings, msgspec.structs.replace(decision(1, shut), level=3))
+
+    async def go():
+        async with Stack(settings) as s:
+            with pytest.raises(openai.RateLimitError) as caught:
+                await s.client().chat.completions.create(model="llama-3-8b", messages=MESSAGES)
+            return caught.value
+
+    err = run(go())
+    assert err.status_code == 429 and err.code == "rate_limit_exceeded" and err.type == "requests"
+    assert "busy" in err.message and "retry" in err.message
+    headers = err.response.headers
+    assert int(headers["retry-after"]) >= 1 and int(headers["retry-after-ms"]) >= 1
+    assert headers["x-ratelimit-limit-requests"] == "0" and headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_the_client_honours_retry_after_and_succeeds_on_its_retry(settings):
+    # one request every 2 s: the second waits about 2 s; the client's own first backoff is 0.5 s
+    slow = {**OPEN, "pro": TierLimit(realtime_rps=0.5, batch_rps=0, burst=1)}
+    publish(settings, decision(1, slow))
+
+    async def go():
+        async with Stack(settings) as s:
+            client = s.client(max_retries=1)
+            await client.chat.completions.create(model="llama-3-8b", messages=MESSAGES, max_tokens=5)
+            # refused once with retry-after-ms about 2,000; admitted when the client comes back after it
+            await client.chat.completions.create(model="llama-3-8b", messages=MESSAGES, max_tokens=5)
+            return dict(s.proxy.counts)
+
+    counts = run(go())
+    assert counts["rejected"] == 1 and counts["forwarded"] == 2
+
+
+def test_a_degraded_tier_has_its_token_cap_in_the_body_the_upstream_receives(settings):
+    capped = {**OPEN, "pro": TierLimit(realtime_rps=1000, batch_rps=1000, burst=2000, max_tokens=16)}
+    publish(settings, decision(1, capped))
+
+    async def go():
+        async with Stack(settings) as s:
+            reply = await s.client().chat.completions.create(model="llama-3-8b", messages=MESSAGES,
+                                                             max_completion_tokens=500)
+            return reply, (await s.fake_stats())["last_body"]
+
+    reply, received = run(go())
+    body = json.loads(received)
+    assert body["max_completion_tokens"] == 16 and body["messages"] == MESSAGES
+    assert reply.usage.completion_tokens <= 16
+
+
+def test_a_client_that_disconnects_mid_stream_ends_the_upstream_request(settings):
+    publish(settings, decision(1))
+
+    async def go():
+        async with Stack(settings, time_scale=1.0) as s:  # 2,000 tokens: twenty seconds at GPU pace
+            stream = await s.client().chat.completions.create(model="llama-3-8b", messages=MESSAGES,
+                                                              max_tokens=2000, stream=True)
+            async for _ in stream:
+                break
+            await stream.close()
+            deadline = time.monotonic() + 10
+            stats = await s.fake_stats()
+            while stats["cancelled"] < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                stats = await s.fake_stats()
+            return stats, dict(s.proxy.counts)
+
+    stats, counts = run(go())
+    assert stats["cancelled"] == 1 and stats["completed"] == 0 and stats["running"] == 0, stats
+    assert counts["client_disconnects"] == 1
+
+
+def test_a_request_without_key_or_tenant_is_served_as_the_default_tenant(settings):
+    publish(settings, decision(1))
+
+    async def go():
+        async with Stack(settings) as s:
+            async with aiohttp.ClientSession() as session, session.post(f"{s.base}/chat/completions",
+                                    json={"model": "llama-3-8b", "messages": MESSAGES, "max_tokens": 3}) as r:
+                assert r.status == 200, await r.text()
+            return s.gate.admission.tally.drain(ts=0, duration_ms=1000, service="chat", edge_id="gw", gate="live",
+                                                shadow=False)
+
+    summaries = run(go())
+    assert [(x.tenant, x.tier, x.ok) for x in summaries] == [("anonymous", "free", 1)]
+
+
+def test_bad_keys_and_bad_fields_are_refused_in_openai_shape(settings):
+    publish(settings, decision(1))
+
+    async def go():
+        async with Stack(settings) as s:
+            with pytest.raises(openai.AuthenticationError) as unknown:
+                await s.client(api_key="sk-nobody").chat.completions.create(model="llama-3-8b", messages=MESSAGES)
+            with pytest.raises(openai.BadRequestError) as bad:
+                await s.client().chat.completions.create(model="llama-3-8b", messages=MESSAGES,
+                                                         max_tokens=-3)
+            return unknown.value, bad.value, (await s.fake_stats())["requests"]
+
+    unknown, bad, reached = run(go())
+    assert unknown.code == "invalid_api_key"
+    assert bad.code == "invalid_body" and bad.param == "max_tokens" and "max_tokens" in bad.message
+    assert reached == 0, "a refused request never reaches the upstream"
+
+
+def test_tokens_from_usage_and_ttft_arrive_in_the_windows(settings, worker_factory):
+    publish(settings, decision(1))
+    worker_factory()
+
+    async def go():
+        async with Stack(settings, report="summaries") as s:
+            reply = await s.client().chat.completions.create(model="llama-3-8b", messages=MESSAGES, max_tokens=25)
+            stream = await s.client().chat.completions.create(model="llama-3-8b", messages=MESSAGES, max_tokens=25,
+                                                              stream=True, stream_options={"include_usage": True})
+            last = None
+            async for chunk in stream:
+                last = chunk
+            return reply.usage, last.usage
+
+    plain, streamed = run(go())
+    reader = TopicReader(settings, Topics(settings.topic_prefix).windows)
+
+    def served(_) -> list:
+        return [w for w in reader.decoded(WindowStats) if w.scope == "service=chat" and w.traffic.ok]
+
+    reader.poll_until(lambda m: sum(w.traffic.ok for w in served(m)) >= 2, 60, "windows with both requests")
+    windows = served(None)
+    assert sum(w.traffic.output_tokens for w in windows) == plain.completion_tokens + streamed.completion_tokens
+    assert sum(w.traffic.input_tokens for w in windows) == plain.prompt_tokens + streamed.prompt_tokens
+    measured = [w.traffic for w in windows if w.traffic.ttft_p50_ms is not None]
+    assert len(measured) == 1 and 0 < measured[0].ttft_p50_ms <= measured[0].latency_max_ms, measured
+    assert measured[0].itl_p50_ms is not None and measured[0].itl_p50_ms > 0
