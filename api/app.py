@@ -31,13 +31,14 @@ from aiohttp import web
 from confluent_kafka.admin import AdminClient
 
 from surgegate.api.openapi import openapi_document
+from surgegate.schemas.aggregates import WindowStats
 from surgegate.schemas.decisions import Override, ThrottleDecision
 from surgegate.settings import Settings
 from surgegate.streams.kafka import admin_config, follow_from_start
 from surgegate.streams.producer import KafkaSender
 from surgegate.streams.store import Keys
 from surgegate.streams.topics import Topics
-from surgegate.telemetry.scopes import NAME_PATTERN, parse_scope
+from surgegate.telemetry.scopes import NAME_PATTERN, parse_scope, service_scope
 
 log = logging.getLogger(__name__)
 
@@ -422,6 +423,7 @@ class Api:
         lines += ["# HELP surgegate_level Degradation level of the newest decision per service.",
                   "# TYPE surgegate_level gauge"]
         lines += [f'surgegate_level{{service="{_label(s)}"}} {d.level}' for s, d in sorted(levels.items())]
+        lines += await self._llm_latency_lines(sorted(levels))
         lines += ["# HELP surgegate_decision_age_seconds Seconds since the newest decision per service.",
                   "# TYPE surgegate_decision_age_seconds gauge"]
         now = time.time()
@@ -432,6 +434,29 @@ class Api:
                       "# TYPE surgegate_stream_records_total counter",
                       f"surgegate_stream_records_total {self.stream.records}"]
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    async def _llm_latency_lines(self, services: list[str]) -> list[str]:
+        """TTFT and inter-token latency quantiles of each service's newest window, as gauges."""
+        keys = [self.keys.latest_window(service_scope(s)) for s in services]
+        rows = []
+        for service, raw in zip(services, await self.redis.mget(keys) if keys else []):
+            try:
+                window = msgspec.json.decode(cast(bytes, raw), type=WindowStats) if raw is not None else None
+            except msgspec.DecodeError:
+                continue
+            t = window.traffic if window is not None else None
+            if t is None or t.ttft_p50_ms is None:
+                continue
+            for metric, p50, p99 in (("ttft", t.ttft_p50_ms, t.ttft_p99_ms), ("itl", t.itl_p50_ms, t.itl_p99_ms)):
+                rows += [(metric, service, q, v) for q, v in (("0.5", p50), ("0.99", p99)) if v is not None]
+        lines = []
+        for metric, name, meaning in (("ttft", "surgegate_time_to_first_token_seconds", "Time to first token"),
+                                      ("itl", "surgegate_inter_token_latency_seconds", "Inter-token latency")):
+            lines += [f"# HELP {name} {meaning} of streamed responses in the newest window, per service.",
+                      f"# TYPE {name} gauge"]
+            lines += [f'{name}{{service="{_label(s)}",quantile="{q}"}} {v / 1000:.6f}'
+                      for m, s, q, v in rows if m == metric]
+        return lines
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document())

@@ -66,6 +66,8 @@ class EdgeGate:
         if report not in ("summaries", "events", "off"):
             raise ValueError(f"report={report!r}: must be summaries, events or off")
         config = settings.service_configs().get(service) or ServiceConfig(service=service)
+        #: the service's control settings (tiers, token budgets)
+        self.config = config
         self.settings = settings
         self.service = service
         self.edge_id = edge_id

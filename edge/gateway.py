@@ -50,6 +50,7 @@ from aiohttp import web
 
 from surgegate.admission.actions import ADMIT, DEFER, REJECT
 from surgegate.admission.gate import UnknownTier, Verdict
+from surgegate.admission.tokens import TokenBudgets
 from surgegate.edge.gate import EdgeGate, GlobalQuota
 from surgegate.llm.openai_wire import (
     MAX_TOKENS_LIMIT,
@@ -84,10 +85,11 @@ GATE = web.AppKey("gate", EdgeGate)
 
 @dataclasses.dataclass(frozen=True)
 class Identity:
-    """Who a request is for: a tenant on a tier."""
+    """Who a request is for: a tenant on a tier, with its own token budget (tokens per minute) if any."""
 
     tenant: str
     tier: str
+    tokens_per_minute: float | None = None
 
 
 class BadRequest(Exception):
@@ -164,6 +166,9 @@ class EdgeProxy:
         self.tasks: collections.OrderedDict[str, Task] = collections.OrderedDict()
         self.bad_requests: collections.Counter[str] = collections.Counter()
         self.counts: collections.Counter[str] = collections.Counter()
+        self.budgets = TokenBudgets()
+        config = gate.config
+        self.tier_tpm = {t: v * gate.admission.share for t, v in config.tier_tokens_per_minute.items()}
         self._drain_slots = asyncio.Semaphore(drain_concurrency)
         self._running: set[asyncio.Task] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -269,12 +274,36 @@ class EdgeProxy:
             return self._defer(request, who, rtype, tokens, body, verdict)
         if verdict.max_tokens is not None and inference:
             body = with_token_cap(body, verdict.max_tokens)
+            tokens = min(tokens, verdict.max_tokens * parsed.n) if tokens else verdict.max_tokens * parsed.n
+        reserved = _estimate(body) + tokens if inference else 0
+        if reserved and not verdict.shadow:
+            refused = self._reserve(who, rtype, reserved, verdict)
+            if refused is not None:
+                return refused
         self.counts["forwarded"] += 1
         if parsed.stream:
-            return await self._relay_stream(request, who, rtype, verdict, body, parsed)
+            return await self._relay_stream(request, who, rtype, verdict, body, parsed, reserved)
         status, headers, payload = await self._forward(who, rtype, verdict, request.method, request.path_qs,
-                                                       request.headers, body)
+                                                       request.headers, body, reserved=reserved)
         return web.Response(status=status, headers={**headers, **_verdict_headers(verdict)}, body=payload)
+
+    def _reserve(self, who: Identity, rtype: RequestType, reserved: int, verdict: Verdict) -> web.Response | None:
+        """Reserve the request's tokens from its tier and tenant budgets; a 429 (``type: tokens``) if they lack room."""
+        ok, wait = self.budgets.reserve(who.tenant, who.tier, reserved, tier_tpm=self.tier_tpm.get(who.tier),
+                                        tenant_tpm=who.tokens_per_minute, now=time.monotonic())
+        if ok:
+            return None
+        self.counts["rejected_tokens"] += 1
+        self.gate.admission.tally.count(who.tenant, who.tier, rtype, REJECT, False)
+        refused = Verdict(REJECT, min(wait, 60.0), verdict.version, verdict.level, verdict.state, False, REJECT, None)
+        return self._refusal(refused, who, rtype, f"Rate limit reached for tokens per minute: this request needs "
+                             f"about {reserved:,} tokens.", kind="tokens")
+
+    def _settle(self, who: Identity, reserved: int, used: int) -> None:
+        if reserved:
+            self.budgets.settle(who.tenant, who.tier, reserved=reserved, used=used,
+                                tier_tpm=self.tier_tpm.get(who.tier), tenant_tpm=who.tokens_per_minute,
+                                now=time.monotonic())
 
     def _defer(self, request: web.Request, who: Identity, rtype: RequestType, tokens: int, body: bytes,
                verdict: Verdict) -> web.Response:
@@ -302,7 +331,8 @@ class EdgeProxy:
         retry = min(60.0, max(1.0, answer[1]))
         return Verdict(REJECT, retry, verdict.version, verdict.level, verdict.state, False, REJECT, None)
 
-    def _refusal(self, verdict: Verdict, who: Identity, rtype: RequestType, why: str | None = None) -> web.Response:
+    def _refusal(self, verdict: Verdict, who: Identity, rtype: RequestType, why: str | None = None,
+                 kind: str = "requests") -> web.Response:
         retry_s = verdict.retry_after_s
         if why is None:
             why = (f"The service is busy (degradation level {verdict.level}): tier {who.tier!r} is admitted at a "
@@ -318,7 +348,18 @@ class EdgeProxy:
                 "x-ratelimit-remaining-requests": str(max(0, math.floor(available))),
                 "x-ratelimit-reset-requests": format_duration((burst - available) / rate if rate > 0 else retry_s),
             })
-        return _error_response(429, message, "requests", "rate_limit_exceeded", None, headers)
+        headers.update(self._token_headers(who))
+        return _error_response(429, message, kind, "rate_limit_exceeded", None, headers)
+
+    def _token_headers(self, who: Identity) -> dict[str, str]:
+        state = self.budgets.remaining(who.tenant, who.tier, tier_tpm=self.tier_tpm.get(who.tier),
+                                       tenant_tpm=who.tokens_per_minute, now=time.monotonic())
+        if state is None:
+            return {}
+        per_minute, left, to_full = state
+        return {"x-ratelimit-limit-tokens": str(math.floor(per_minute)),
+                "x-ratelimit-remaining-tokens": str(math.floor(left)),
+                "x-ratelimit-reset-tokens": format_duration(to_full)}
 
     # ------------------------------------------------------------ upstream
 
@@ -326,7 +367,8 @@ class EdgeProxy:
         return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
     async def _forward(self, who: Identity, rtype: RequestType, verdict: Verdict, method: str, path: str,
-                       headers: Mapping[str, str], body: bytes, replayed: bool = False) -> tuple[int, dict, bytes]:
+                       headers: Mapping[str, str], body: bytes, replayed: bool = False,
+                       reserved: int = 0) -> tuple[int, dict, bytes]:
         started = time.perf_counter()
         assert self._session is not None, "the gateway's client session starts with the app"
         reply: dict[str, str] = {}
@@ -339,6 +381,7 @@ class EdgeProxy:
         except asyncio.CancelledError:  # the client went away while waiting (handler cancellation)
             self.counts["client_disconnects"] += 1
             self._record(who, rtype, _Outcome(499, "error", _estimate(body), 0), started, replayed)
+            self._settle(who, reserved, _estimate(body))
             raise
         except TimeoutError:
             payload = openai_error("the upstream server did not answer in time", "server_error", "upstream_timeout")
@@ -348,10 +391,11 @@ class EdgeProxy:
                                    "upstream_error")
             result = _Outcome(502, "error", _estimate(body), 0)
         self._record(who, rtype, result, started, replayed)
+        self._settle(who, reserved, result.input_tokens + result.output_tokens)
         return result.status, reply, payload
 
     async def _relay_stream(self, request: web.Request, who: Identity, rtype: RequestType, verdict: Verdict,
-                            body: bytes, parsed: OpenAIRequest) -> web.StreamResponse:
+                            body: bytes, parsed: OpenAIRequest, reserved: int = 0) -> web.StreamResponse:
         """Relay an SSE response chunk by chunk; a client that goes away ends the upstream request."""
         started = time.perf_counter()
         assert self._session is not None, "the gateway's client session starts with the app"
@@ -410,6 +454,7 @@ class EdgeProxy:
             return out
         finally:
             self._record(who, rtype, result, started, False)
+            self._settle(who, reserved, result.input_tokens + result.output_tokens)
 
     def _outcome(self, status: int, body: bytes, payload: bytes) -> _Outcome:
         """Status and tokens of a buffered upstream answer (its ``usage`` when it has one)."""

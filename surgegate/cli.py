@@ -217,7 +217,7 @@ def load_tenants(path: str) -> tuple[dict[str, str], dict]:
 
 
 def load_keys(path: str) -> dict:
-    """API keys from JSON ``{key: {"tenant": ..., "tier": ...}}``."""
+    """API keys from JSON ``{key: {"tenant": ..., "tier": ..., "tokens_per_minute": ...}}`` (the budget optional)."""
     import json
 
     from surgegate.edge.gateway import Identity
@@ -231,9 +231,11 @@ def load_keys(path: str) -> dict:
     keys = {}
     for key, entry in raw.items():
         named = isinstance(entry, dict) and all(isinstance(entry.get(f), str) for f in ("tenant", "tier"))
-        if not named:
-            raise SurgegateError(f"--keys {path}: key ending {key[-4:]!r}: expected {{\"tenant\": ..., \"tier\": ...}}")
-        keys[key] = Identity(entry["tenant"], entry["tier"])
+        tpm = entry.get("tokens_per_minute") if isinstance(entry, dict) else None
+        if not named or not (tpm is None or (isinstance(tpm, (int, float)) and tpm > 0)):
+            raise SurgegateError(f"--keys {path}: key ending {key[-4:]!r}: expected "
+                                 f'{{"tenant": ..., "tier": ..., "tokens_per_minute": > 0 (optional)}}')
+        keys[key] = Identity(entry["tenant"], entry["tier"], None if tpm is None else float(tpm))
     return keys
 
 

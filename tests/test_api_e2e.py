@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 
 import msgspec
@@ -17,10 +18,13 @@ from support import TopicReader
 from surgegate.api.app import create_api
 from surgegate.api.openapi import openapi_document
 from surgegate.devtools.embedded import EmbeddedRedis
+from surgegate.schemas.aggregates import WindowStats
 from surgegate.schemas.decisions import Override, ThrottleDecision, TierLimit
+from surgegate.schemas.telemetry import RequestEvent
 from surgegate.settings import Settings
 from surgegate.streams.store import Keys
 from surgegate.streams.topics import Topics
+from surgegate.telemetry.windowing import TrafficCell, traffic_stats
 
 pytestmark = pytest.mark.e2e
 
@@ -48,6 +52,13 @@ def seed(settings: Settings) -> None:
     r.set(k.latest_forecast("service=chat"), b'{"schema":"sg.Forecast/1","scope":"service=chat"}')
     r.set(k.latest_threshold("chat"), b'{"schema":"sg.Threshold/1","service":"chat","safe_rps":20.0}')
     r.set(k.latest_decision("chat"), msgspec.json.encode(decision(1)))
+    cell = TrafficCell()  # the newest window: two streamed responses with their first-token and inter-token times
+    for ttft, itl in ((200.0, 20.0), (400.0, 40.0)):
+        cell.add_event(RequestEvent(ts=start, service="chat", tenant="a", tier="pro", edge_id="e", latency_ms=900.0,
+                                    ttft_ms=ttft, itl_ms=itl))
+    r.set(k.latest_window("service=chat"), msgspec.json.encode(WindowStats(
+        scope="service=chat", kind="traffic", window_start=start, window_end=start + 10_000, service="chat",
+        traffic=traffic_stats(cell.to_wire(), 10_000))))
     r.hset(k.counters, mapping={"windows.published": 42, "deadletter.invalid_field": 3,
                                 "timing.decide.us": 5000, "timing.decide.runs": 10})
 
@@ -94,6 +105,11 @@ def test_health_readiness_and_reads(api_settings):
             assert 'surgegate_agent_seconds_total{agent="decide"} 0.005000' in metrics
             assert 'surgegate_agent_runs_total{agent="decide"} 10' in metrics
             assert "surgegate_window_lag_seconds " in metrics
+            quantile = r'\{service="chat",quantile="0.5"\} ([0-9.]+)'
+            ttft = re.search(r"surgegate_time_to_first_token_seconds" + quantile, metrics)
+            itl = re.search(r"surgegate_inter_token_latency_seconds" + quantile, metrics)
+            assert ttft and 0.19 <= float(ttft.group(1)) <= 0.41, metrics  # the sketch's 1% accuracy
+            assert itl and 0.019 <= float(itl.group(1)) <= 0.041
             page = await c.get("/")
             assert page.status == 200 and "/static/plotly.min.js" in await page.text()
             js = await c.get("/static/plotly.min.js")

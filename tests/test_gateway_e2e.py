@@ -26,7 +26,7 @@ from surgegate.streams.topics import Topics
 
 pytestmark = pytest.mark.e2e
 
-KEYS = {"sk-acme-pro": Identity("acme", "pro")}
+KEYS = {"sk-acme-pro": Identity("acme", "pro"), "sk-tight": Identity("tight", "pro", tokens_per_minute=600)}
 MESSAGES = [{"role": "user", "content": "How busy is the service right now?"}]
 
 
@@ -244,3 +244,32 @@ def test_tokens_from_usage_and_ttft_arrive_in_the_windows(settings, worker_facto
     measured = [w.traffic for w in windows if w.traffic.ttft_p50_ms is not None]
     assert len(measured) == 1 and 0 < measured[0].ttft_p50_ms <= measured[0].latency_max_ms, measured
     assert measured[0].itl_p50_ms is not None and measured[0].itl_p50_ms > 0
+
+
+def test_a_tenants_token_budget_refuses_in_tokens_and_is_settled_by_usage(settings):
+    publish(settings, decision(1))
+
+    async def go():
+        async with Stack(settings, time_scale=1.0) as s:  # a minute holds 600 tokens for this key
+            client = s.client(api_key="sk-tight")
+            held = await client.chat.completions.create(model="llama-3-8b", messages=MESSAGES, max_tokens=580,
+                                                        stream=True, stream_options={"include_usage": True})
+            async for _ in held:  # the first request is under way: its 580 + prompt tokens are reserved
+                break
+            with pytest.raises(openai.RateLimitError) as caught:
+                await client.chat.completions.create(model="llama-3-8b", messages=MESSAGES, max_tokens=580)
+            usage = None
+            async for chunk in held:
+                usage = chunk.usage or usage
+            # settled by its usage: what it did not use is back, so a large request fits again
+            after = await client.chat.completions.create(model="llama-3-8b", messages=MESSAGES,
+                                                         max_tokens=600 - usage.total_tokens - 20)
+            return caught.value, usage, after, dict(s.proxy.counts)
+
+    err, usage, after, counts = run(go())
+    assert err.type == "tokens" and err.code == "rate_limit_exceeded" and "tokens per minute" in err.message
+    headers = err.response.headers
+    assert headers["x-ratelimit-limit-tokens"] == "600" and int(headers["x-ratelimit-remaining-tokens"]) < 580
+    assert usage.completion_tokens < 580 and after.usage.completion_tokens >= 1
+    assert counts["rejected_tokens"] == 1
+

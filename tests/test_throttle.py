@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from surgegate.control.config import ServiceConfig
 from surgegate.control.throttle import DecisionInputs, ThrottlePolicy
-from surgegate.schemas.aggregates import TrafficStats
+from surgegate.schemas.aggregates import PoolStats, TrafficStats
 from surgegate.schemas.decisions import Override
 from surgegate.schemas.forecasts import Forecast, SeriesBounds
 
@@ -226,3 +228,34 @@ def test_a_breach_that_load_does_not_explain_is_not_throttled_for():
                      ready_replicas=10, cold_starting_replicas=0)
     quiet = dataclasses.replace(slow, service=stats(4_000, 1_000, p99=12_000.0, queue_wait=0.0), pool=pool)
     assert ThrottlePolicy(CONFIG).decide(quiet)[1].level == 0
+
+
+def _pool(kv: float, queue: int) -> PoolStats:
+    return PoolStats(samples=10, utilisation_mean=0.9, utilisation_max=1.0, kv_cache_mean=kv, kv_cache_max=kv,
+                     queue_depth=queue, queue_depth_max=queue, running_requests=200, tokens_per_s=8000.0, workers=10,
+                     ready_replicas=10, cold_starting_replicas=0)
+
+
+def test_a_full_kv_cache_with_a_growing_queue_is_saturation_whatever_the_request_rate():
+    policy = ThrottlePolicy(CONFIG)
+    low = even(2_000)  # a quarter of safe capacity by request rate
+    for i, (kv, queue) in enumerate([(0.5, 0), (0.97, 20), (0.98, 35)]):
+        x = inputs(i, low)
+        _, d = policy.decide(dataclasses.replace(x, pool=_pool(kv, queue)))
+    assert d.level >= 1 and "servers saturated (KV cache 98% full with 35 requests waiting)" in d.reason
+    calm = ThrottlePolicy(CONFIG)
+    for i, (kv, queue) in enumerate([(0.5, 0), (0.6, 30), (0.97, 5)]):  # the queue drains: not saturated
+        _, d = calm.decide(dataclasses.replace(inputs(i, low), pool=_pool(kv, queue)))
+    assert d.level == 0 and "saturated" not in d.reason
+
+
+def test_ttft_over_its_slo_is_saturation_evidence():
+    config = dataclasses.replace(CONFIG, ttft_slo_ms=1500.0)
+    policy = ThrottlePolicy(config)
+    x = inputs(0, even(2_000))
+    slow_first_token = dataclasses.replace(x, service=x.service.__replace__(ttft_p50_ms=900.0, ttft_p99_ms=3000.0))
+    _, d = policy.decide(slow_first_token)
+    assert d.level >= 1 and "TTFT p99 3,000 ms vs SLO 1,500 ms" in d.reason
+    _, fine = ThrottlePolicy(config).decide(
+        dataclasses.replace(x, service=x.service.__replace__(ttft_p50_ms=300.0, ttft_p99_ms=900.0)))
+    assert fine.level == 0

@@ -28,14 +28,18 @@ class ServiceConfig:
     """What the control plane needs to know about one service.
 
     ``tiers`` lists tier names from highest to lowest priority; unknown tiers
-    rank below all of them. ``floor_share`` reserves a share of safe capacity
-    per tier for its realtime traffic. ``weights`` are w1..w4 of the priority
+    rank below all of them. ``tier_tokens_per_minute`` gives a tier a token
+    budget (OpenAI's TPM) across the service, which edges apply in their share.
+    ``floor_share`` reserves a share of safe capacity per tier for its realtime
+    traffic. ``weights`` are w1..w4 of the priority
     score w1*tier + w2*request_type + w3*history_behaviour + w4*current_load.
     """
 
     service: str
     pool: str = ""
     slo_p99_ms: float = 10_000.0
+    #: time-to-first-token SLO (p99) of streamed responses; None: not a target
+    ttft_slo_ms: float | None = None
     error_budget: float = 0.05
     replica_rps: float = 50.0
     replicas: int = 5
@@ -52,10 +56,13 @@ class ServiceConfig:
     lease_windows: int = 3
     mode: Mode = "enforce"
     scaling: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    tier_tokens_per_minute: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         name = f"services.{self.service}"
         check(self.slo_p99_ms > 0, f"{name}.slo_p99_ms", self.slo_p99_ms, "must be > 0")
+        check(self.ttft_slo_ms is None or self.ttft_slo_ms > 0, f"{name}.ttft_slo_ms", self.ttft_slo_ms,
+              "must be > 0 (or absent)")
         check(0 < self.error_budget < 1, f"{name}.error_budget", self.error_budget, "must be within (0, 1)")
         check(self.replica_rps > 0, f"{name}.replica_rps", self.replica_rps, "must be > 0")
         check(self.replicas >= 1, f"{name}.replicas", self.replicas, "must be >= 1")
@@ -73,6 +80,8 @@ class ServiceConfig:
         check(self.hysteresis_windows >= 1, f"{name}.hysteresis_windows", self.hysteresis_windows, "must be >= 1")
         check(self.lease_windows >= 1, f"{name}.lease_windows", self.lease_windows, "must be >= 1")
         check(self.mode in ("enforce", "shadow"), f"{name}.mode", self.mode, "must be enforce or shadow")
+        check(all(isinstance(v, (int, float)) and v > 0 for v in self.tier_tokens_per_minute.values()),
+              f"{name}.tier_tokens_per_minute", dict(self.tier_tokens_per_minute), "every budget must be > 0")
         if not self.pool:
             object.__setattr__(self, "pool", self.service)
         self.pool_config()  # a bad scaling setting stops start-up, by name

@@ -25,6 +25,7 @@ from surgegate.control.base import WindowPolicy
 from surgegate.control.capacity import SafeCapacity
 from surgegate.control.config import ServiceConfig
 from surgegate.control.degradation import CircuitBreaker, LevelMachine
+from surgegate.control.saturation import saturation
 from surgegate.control.tenants import TenantHistory
 from surgegate.control.version import decision_version
 from surgegate.schemas.aggregates import PoolStats, TrafficStats
@@ -80,6 +81,8 @@ class ThrottlePolicy(WindowPolicy):
         self.previous: dict[str, float] = {}
         self.mix: dict[str, float] = {}
         self.last_version = -1
+        #: the pool statistics of the window before, to tell a growing queue
+        self.previous_pool: PoolStats | None = None
 
     # ----------------------------------------------------------------- decide
 
@@ -116,7 +119,13 @@ class ThrottlePolicy(WindowPolicy):
         failures = (s.error + s.timeout) / max(1, s.ok + s.error + s.timeout)
         # a breach that queueing does not explain is not cured by admitting less
         slow = s.latency_p99_ms > cfg.slo_p99_ms and not self.capacity.last_service_bound
-        breached = slow or failures > cfg.error_budget
+        # what the inference servers report: a full KV cache with a queue, or TTFT over its SLO
+        saturated = saturation(inputs.pool, getattr(self, "previous_pool", None), ttft_p99_ms=s.ttft_p99_ms,
+                               ttft_slo_ms=cfg.ttft_slo_ms)
+        self.previous_pool = inputs.pool
+        if saturated is not None:
+            capacity = min(capacity, served_rps)  # saturated at this rate: no more than was served
+        breached = slow or failures > cfg.error_budget or saturated is not None
         breaker = self.breaker.step(failures, s.requests)
 
         target, why = self._target(demands, capacity, upper)
@@ -127,8 +136,11 @@ class ThrottlePolicy(WindowPolicy):
         calm_target, _ = self._target(demands, capacity * CALM_BAND, upper)
         if breached:
             target = calm_target = max(target, self.levels.level + 1, 1)
-            why = (f"window breaches the SLO (p99 {s.latency_p99_ms:,.0f} ms vs {cfg.slo_p99_ms:,.0f} ms, "
-                   f"failures {100 * failures:.1f}% vs {100 * cfg.error_budget:.0f}%); " + why)
+            if saturated is not None:
+                why = f"servers saturated ({saturated}); " + why
+            else:
+                why = (f"window breaches the SLO (p99 {s.latency_p99_ms:,.0f} ms vs {cfg.slo_p99_ms:,.0f} ms, "
+                       f"failures {100 * failures:.1f}% vs {100 * cfg.error_budget:.0f}%); " + why)
         level = self.levels.step(target, calm_target)
         if override is not None and override.level is not None:
             level = override.level
