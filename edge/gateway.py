@@ -569,24 +569,62 @@ def _verdict_headers(v: Verdict) -> dict[str, str]:
             "X-Surgegate-Would": v.would}
 
 
-def create_edge_app(gate: EdgeGate, upstream: str, **options: Any) -> web.Application:
-    """The gateway application; the gate must be started, and its owner closes it after the app.
+def create_edge_app(gate: EdgeGate, upstream: str, *, models: Mapping[str, str] | None = None,
+                    gates: Mapping[str, EdgeGate] | None = None, **options: Any) -> web.Application:
+    """The gateway application; every gate must be started, and its owner closes it after the app.
 
-    Run it with ``handler_cancellation=True`` (``web.run_app``, ``AppRunner``) so a
-    client that disconnects while waiting also cancels its upstream request.
+    ``gate`` serves the default service. ``models`` maps a request's ``model``
+    to a service, and ``gates`` holds the gates of those other services: a
+    request for a model mapped elsewhere is admitted by that service's gate
+    (and an unmapped model by the default one). Run it with
+    ``handler_cancellation=True`` (``web.run_app``, ``AppRunner``) so a client
+    that disconnects while waiting also cancels its upstream request.
     """
     app = web.Application()
     proxy = EdgeProxy(gate, upstream, **options)
+    others = {service: EdgeProxy(g, upstream, **options) for service, g in (gates or {}).items()
+              if service != gate.service}
+    by_model = {model: others[service] for model, service in (models or {}).items() if service in others}
+    missing = sorted({service for service in (models or {}).values()} - set(others) - {gate.service})
+    if missing:
+        raise ValueError(f"models: no gate for service(s) {', '.join(missing)}")
     app[GATE] = gate
     app[PROXY] = proxy
 
     async def lifecycle(app: web.Application):
-        await proxy.start()
+        for p in (proxy, *others.values()):
+            await p.start()
         yield
-        await proxy.close()
+        for p in (proxy, *others.values()):
+            await p.close()
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        """The proxy of the service the body's ``model`` maps to (the body is read once and cached)."""
+        if by_model and request.method == "POST" and request.path in INFERENCE_PATHS:
+            try:
+                model = OpenAIRequest.decode(await request.read()).model
+            except ValueError:
+                model = None  # the default proxy answers the 400, naming the field
+            return await by_model.get(model or "", proxy).handle(request)
+        return await proxy.handle(request)
+
+    async def status(request: web.Request) -> web.Response:
+        response = await proxy.status_view(request)
+        if not others:
+            return response
+        body = msgspec.json.decode(cast(bytes, response.body))
+        body["services"] = {service: msgspec.json.decode(cast(bytes, (await p.status_view(request)).body))
+                            for service, p in others.items()}
+        return web.json_response(body)
+
+    async def task_view(request: web.Request) -> web.Response:
+        for p in (proxy, *others.values()):
+            if request.match_info["task_id"] in p.tasks:
+                return await p.task_view(request)
+        return await proxy.task_view(request)
 
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_get("/_surgegate/status", proxy.status_view)
-    app.router.add_get("/_surgegate/tasks/{task_id}", proxy.task_view)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    app.router.add_get("/_surgegate/status", status)
+    app.router.add_get("/_surgegate/tasks/{task_id}", task_view)
+    app.router.add_route("*", "/{tail:.*}", route)
     return app

@@ -216,6 +216,20 @@ def load_tenants(path: str) -> tuple[dict[str, str], dict]:
     return tiers, contracts
 
 
+def _json_option(option: str, value: str) -> dict:
+    """A JSON object given inline or as a file name."""
+    import json
+
+    try:
+        text = value if value.lstrip().startswith("{") else Path(value).read_text()
+        raw = json.loads(text)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SurgegateError(f"{option} {value!r}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SurgegateError(f"{option}: expected a JSON object")
+    return raw
+
+
 def load_keys(path: str) -> dict:
     """API keys from JSON ``{key: {"tenant": ..., "tier": ..., "tokens_per_minute": ...}}`` (the budget optional)."""
     import json
@@ -254,10 +268,16 @@ def cmd_edge(args: argparse.Namespace) -> None:
         if not settings.redis:
             raise SurgegateError("tenant contracts need Redis: set SURGEGATE_REDIS or pass --redis")
         quota = GlobalQuota(settings.redis, contracts, prefix=Keys.for_topic_prefix(settings.topic_prefix).prefix)
+    models = _json_option("--models", args.models) if args.models else {}
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in models.items()):
+        raise SurgegateError("--models: expected an object of model name -> service name")
     gate = EdgeGate(settings, args.service, edge_id=args.edge_id, share=args.share, shadow=args.shadow,
                     report=args.report).start()
+    gates = {service: EdgeGate(settings, service, edge_id=args.edge_id, share=args.share, shadow=args.shadow,
+                               report=args.report).start()
+             for service in sorted(set(models.values()) - {args.service})}
     keys = load_keys(args.keys) if args.keys else None
-    app = create_edge_app(gate, args.upstream, tenants=tenants, keys=keys, quota=quota,
+    app = create_edge_app(gate, args.upstream, models=models, gates=gates, tenants=tenants, keys=keys, quota=quota,
                           default_tenant=args.default_tenant, default_tier=args.default_tier,
                           deferred_capacity=args.deferred_capacity, timeout_s=args.timeout)
     print(f"surgegate edge {args.edge_id}: service {args.service} on http://{args.host}:{args.port} -> "
@@ -266,7 +286,8 @@ def cmd_edge(args: argparse.Namespace) -> None:
         # a client that goes away cancels its handler, and with it the upstream request
         web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handler_cancellation=True)
     finally:
-        gate.close()
+        for g in (gate, *gates.values()):
+            g.close()
 
 
 def cmd_scaler(args: argparse.Namespace) -> None:
@@ -521,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     redis(edge, "decision bootstrap and tenant contracts")
     edge.add_argument("--upstream", required=True, help="the service's base URL, e.g. http://127.0.0.1:9000")
     edge.add_argument("--service", default="chat", help="service whose throttle decisions this edge applies")
+    edge.add_argument("--models", metavar="JSON|FILE",
+                      help='model name -> service, e.g. \'{"bge-small": "embed"}\'; a model not named goes to '
+                           "--service (default: every model to --service)")
     edge.add_argument("--edge-id", default="edge-1", help="this edge's name in its telemetry")
     edge.add_argument("--host", default="127.0.0.1", help="address to listen on")
     edge.add_argument("--port", type=int, default=8080, help="port to listen on")

@@ -146,9 +146,9 @@ def test_the_client_honours_retry_after_and_succeeds_on_its_retry(settings):
     assert counts["rejected"] == 1 and counts["forwarded"] == 2
 
 
-def test_a_degraded_tier_has_its_token_cap_in_the_body_the_upstream_receives(settings):
+def test_a_level_3_token_cap_is_in_the_body_the_upstream_receives(settings):
     capped = {**OPEN, "pro": TierLimit(realtime_rps=1000, batch_rps=1000, burst=2000, max_tokens=16)}
-    publish(settings, decision(1, capped))
+    publish(settings, msgspec.structs.replace(decision(1, capped), level=3))  # level 3: low tiers get token caps
 
     async def go():
         async with Stack(settings) as s:
@@ -273,3 +273,36 @@ def test_a_tenants_token_budget_refuses_in_tokens_and_is_settled_by_usage(settin
     assert usage.completion_tokens < 580 and after.usage.completion_tokens >= 1
     assert counts["rejected_tokens"] == 1
 
+
+
+def test_the_model_names_the_service_whose_decision_applies(settings):
+    shut = {**OPEN, "pro": TierLimit(realtime_rps=0, batch_rps=0, burst=1)}
+    publish(settings, decision(1), msgspec.structs.replace(decision(1, shut), service="embed"))
+
+    async def go():
+        chat = EdgeGate(settings, "chat", edge_id="gw", bootstrap_from_redis=False, report="off").start()
+        embed = EdgeGate(settings, "embed", edge_id="gw", bootstrap_from_redis=False, report="off").start()
+        eventually(lambda: chat.admission.decision is not None and embed.admission.decision is not None, 15,
+                   "both services' decisions")
+        upstream = TestServer(create_fake_llm_app(time_scale=0.01, seed=1, output_median=10))
+        await upstream.start_server()
+        app = create_edge_app(chat, str(upstream.make_url("")), models={"bge-small": "embed", "llama-3-8b": "chat"},
+                              gates={"embed": embed}, keys=KEYS)
+        server = TestServer(app)
+        await server.start_server()
+        client = openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="sk-acme-pro", max_retries=0)
+        try:
+            served = await client.chat.completions.create(model="llama-3-8b", messages=MESSAGES, max_tokens=3)
+            with pytest.raises(openai.RateLimitError):
+                await client.embeddings.create(model="bge-small", input="refused by the embed service's decision")
+            async with aiohttp.ClientSession() as session, session.get(server.make_url("/_surgegate/status")) as r:
+                return served, await r.json()
+        finally:
+            await server.close()
+            await upstream.close()
+            chat.close()
+            embed.close()
+
+    served, status = run(go())
+    assert served.choices and status["proxy"]["forwarded"] == 1
+    assert status["services"]["embed"]["proxy"]["rejected"] == 1 and status["services"]["embed"]["service"] == "embed"
