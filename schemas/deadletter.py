@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from surgegate.schemas.fields import EpochMs, Offset
+from surgegate.schemas.fields import Count, EpochMs, Offset
 
 
 class DeadLetter(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.DeadLetter/1"):
@@ -12,7 +12,10 @@ class DeadLetter(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.DeadLe
 
     ``reason`` is a short code (``undecodable``, ``unknown_schema``,
     ``missing_field``, ``invalid_field``, ``future_timestamp``,
-    ``inconsistent``); ``error`` says it in words.
+    ``inconsistent``); ``error`` says it in words. A dead letter is bounded:
+    a value (or key) longer than the pipeline keeps is cut, ``truncated`` says
+    so and ``value_bytes`` gives the original length, so an oversized record
+    is still accounted for and never stops ingestion.
     """
 
     source_topic: str
@@ -23,3 +26,5 @@ class DeadLetter(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.DeadLe
     value_b64: str
     key_b64: str | None = None
     at: EpochMs = 0
+    value_bytes: Count = 0
+    truncated: bool = False

@@ -41,6 +41,10 @@ from surgegate.telemetry.windowing import PartialAggregator
 
 log = logging.getLogger(__name__)
 
+#: A dead letter keeps at most this much of a record's value (and key): base64 of it stays far below the
+#: producer's 1 MB message limit, so an oversized record is dead-lettered, never the reason ingestion stops.
+DEAD_LETTER_KEEP_BYTES = 64 * 1024
+
 BATCH_SIZE = 10_000
 POLL_TIMEOUT_S = 0.2
 CUT_LOOKUP_TIMEOUT_S = 5.0
@@ -178,9 +182,12 @@ class IngestWorker:
         value = msg.value() or b""
         key = msg.key()
         topic = cast(str, msg.topic())  # set on every record consumed
+        truncated = len(value) > DEAD_LETTER_KEEP_BYTES or (key is not None and len(key) > DEAD_LETTER_KEEP_BYTES)
         letter = DeadLetter(
             source_topic=topic, partition=cast(int, msg.partition()), offset=cast(int, msg.offset()), reason=reason,
-            error=detail, value_b64=_b64(value), key_b64=_b64(key) if key is not None else None, at=now,
+            error=detail[:DEAD_LETTER_KEEP_BYTES], value_b64=_b64(value[:DEAD_LETTER_KEEP_BYTES]),
+            key_b64=_b64(key[:DEAD_LETTER_KEEP_BYTES]) if key is not None else None, at=now,
+            value_bytes=len(value), truncated=truncated,
         )
         self.sender.send(self.topics.deadletter, msgspec.json.encode(letter), key=topic.encode())
         self.counters["dead_letters"] += 1

@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +80,17 @@ def run_worker(settings: Settings, *, ingest: bool = True) -> None:
                          window_s=settings.window_s) if settings.redis else None
     app = create_app(settings, mirror=mirror)
     ingest_worker = IngestWorker(settings) if ingest else None
-    thread = None
-    if ingest_worker is not None:
-        thread = threading.Thread(target=ingest_worker.run, name="ingest", daemon=True)
-        thread.start()
+
+    def on_death(exc: BaseException) -> None:
+        # A worker without its ingest consumer only looks healthy: end the process, so a supervisor restarts
+        # it. Crash-only is safe here: offsets are committed only after what they cover was published.
+        log.critical("ingest consumer stopped: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        print(f"surgegate worker: the ingest consumer stopped: {type(exc).__name__}: {exc}", file=sys.stderr,
+              flush=True)
+        logging.shutdown()
+        os._exit(2)
+
+    thread = supervised("ingest", ingest_worker.run, on_death) if ingest_worker is not None else None
     quiet = logging.getLogger().level > logging.INFO  # Faust's own lines only with --verbose
     worker = faust.Worker(app, loglevel="warning" if quiet else "info", quiet=True, redirect_stdouts=False)
     try:
@@ -91,6 +99,20 @@ def run_worker(settings: Settings, *, ingest: bool = True) -> None:
         if ingest_worker is not None and thread is not None:
             ingest_worker.stop()
             thread.join(30)
+
+
+def supervised(name: str, target: Callable[[], None], on_death: Callable[[BaseException], None]) -> threading.Thread:
+    """Run ``target`` in a daemon thread; if it raises, ``on_death`` gets the exception (a thread never dies
+    unseen)."""
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:  # every death is reported, whatever it was
+            on_death(exc)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 def cmd_worker(args: argparse.Namespace) -> None:

@@ -164,6 +164,26 @@ def test_bad_events_land_on_deadletter_with_reasons_and_nothing_else_is_lost(set
     assert int(counters[b"dead_letter.future_timestamp"]) == 1
 
 
+def test_a_record_near_the_size_limit_is_dead_lettered_bounded_and_ingestion_continues(settings, worker_factory):
+    topics = Topics(settings.topic_prefix)
+    huge = b'{"schema":"sg.RequestEvent/1","padding":"' + b"x" * 900_000 + b'"}'  # base64 of it exceeds 1 MB
+    worker_factory()
+    producer = Producer({"bootstrap.servers": settings.kafka, "linger.ms": 5, "message.max.bytes": 2_000_000})
+    producer.produce(topics.requests, huge, key=b"big-edge")
+    assert producer.flush(30) == 0
+    good = traffic("chat", range(1), 300, seed=5)
+    send(settings, good)
+    dead = TopicReader(settings, topics.deadletter)
+    dead.poll_until(lambda m: len(m) >= 1, 60, "the dead letter")
+    [letter] = dead.decoded(DeadLetter)
+    assert letter.truncated and letter.value_bytes == len(huge) and letter.reason == "missing_field"
+    assert base64.b64decode(letter.value_b64) == huge[:len(base64.b64decode(letter.value_b64))]
+    assert len(msgspec.json.encode(letter)) < 200_000
+    windows = TopicReader(settings, topics.windows)
+    windows.poll_until(lambda _: ("service=chat", T0) in windows_of(windows, "service=chat"), 60, "the good window")
+    assert windows_of(windows, "service=chat")[("service=chat", T0)].traffic.requests == 300
+
+
 def test_worker_killed_mid_stream_neither_loses_nor_changes_a_window(settings, tmp_path):
     # Windows close on event time only here, so the two halves can be told apart.
     no_idle = settings.replace(idle_after_s=600.0)

@@ -122,3 +122,15 @@ def test_replay_example_in_the_readme_names_a_file_a_clone_has():
     assert traces, "the README shows a replay example"
     for trace in traces:
         assert (root / trace).exists(), f"README replays {trace}, which a clone does not have"
+
+
+def test_a_supervised_thread_that_dies_is_reported_not_silent():
+    from surgegate.cli import supervised
+
+    seen: list[BaseException] = []
+
+    def boom() -> None:
+        raise RuntimeError("broken consumer")
+
+    supervised("t", boom, seen.append).join(10)
+    assert [str(e) for e in seen] == ["broken consumer"]
