@@ -230,7 +230,7 @@ class Api:
     async def windows(self, request: web.Request) -> web.Response:
         scope, _ = self._scope(request)
         raw = request.query.get("last", "30")
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LAST:
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LAST:  # "²" is a digit, not an int
             raise ApiError(400, f"last must be an integer within [1, {MAX_LAST}]", "last")
         await self._known(scope)
         try:
@@ -308,7 +308,7 @@ class Api:
         author = self._authorised(request)
         try:
             body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested
             raise ApiError(400, "the body must be a JSON object", "body") from None
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object", "body")
@@ -316,7 +316,7 @@ class Api:
         if unknown:
             raise ApiError(400, f"unknown fields {sorted(unknown)}", sorted(unknown)[0])
         service = body.get("service")
-        if not isinstance(service, str) or not _NAME.match(service):
+        if not isinstance(service, str) or not _NAME.fullmatch(service):
             raise ApiError(400, "service must be a service name", "service")
         level, limit = body.get("level"), body.get("limit_rps")
         if level is None and limit is None:
@@ -345,7 +345,7 @@ class Api:
     async def cancel_override(self, request: web.Request) -> web.Response:
         author = self._authorised(request)
         oid = request.match_info["override_id"]
-        if not _NAME.match(oid):
+        if not _NAME.fullmatch(oid):
             raise ApiError(400, "override id is malformed", "override_id")
         try:
             saved = await self.redis.hget(self.keys.prefix + "overrides", oid)

@@ -208,7 +208,7 @@ class EdgeProxy:
             if tier is not None:
                 raise BadRequest(400, "missing_tenant", "header X-Tier needs X-Tenant", "X-Tenant")
             return self.default
-        if not _NAME.match(tenant):
+        if not _NAME.fullmatch(tenant):
             raise BadRequest(400, "malformed_tenant",
                              "header X-Tenant must be 1-64 letters, digits, '_', '.', ':' or '-'", "X-Tenant")
         if self.tenants is not None:

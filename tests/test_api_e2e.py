@@ -126,6 +126,7 @@ def test_health_readiness_and_reads(api_settings):
     ("/v1/decisions/service=nope", 404, "scope"),
     ("/v1/thresholds/service=nope", 404, "scope"),
     ("/v1/windows/service=chat?last=zero", 400, "last"),
+    ("/v1/windows/service=chat?last=%C2%B2", 400, "last"),  # "²": a digit to str.isdigit, not an integer
     ("/v1/windows/service=chat?last=100000", 400, "last"),
     ("/v1/windows/bogus", 400, "scope"),
     ("/v1/decisions/service=chat,tier=pro", 400, "scope"),
@@ -154,11 +155,13 @@ def test_overrides_need_the_token_are_validated_and_audited_on_the_topic(api_set
             auth = {"Authorization": f"Bearer {TOKEN}"}
             for bad, field in (({**good, "level": 9}, "level"), ({**good, "reason": ""}, "reason"),
                                ({**good, "expires_in_s": 0}, "expires_in_s"), ({**good, "service": "a b"}, "service"),
+                               ({**good, "service": "chat\n"}, "service"),
                                ({"service": "chat", "reason": "x"}, "level"), ({**good, "colour": 1}, "colour")):
                 resp = await c.post("/v1/overrides", json=bad, headers=auth)
                 assert resp.status == 400 and (await resp.json())["parameter"] == field
-            resp = await c.post("/v1/overrides", data=b"{not json", headers=auth)
-            assert resp.status == 400 and (await resp.json())["parameter"] == "body"
+            for broken in (b"{not json", b"[" * 100_000 + b"]" * 100_000):  # malformed, and absurdly nested
+                resp = await c.post("/v1/overrides", data=broken, headers=auth)
+                assert resp.status == 400 and (await resp.json())["parameter"] == "body"
             created = await c.post("/v1/overrides", json=good, headers=auth)
             assert created.status == 201
             pin = await created.json()

@@ -43,6 +43,8 @@ def validator():
     ({"status": "exploded"}, "invalid_field", "$.status"),
     ({"tenant": "has space"}, "invalid_field", "tenant='has space' must match"),
     ({"ts": NOW + 3_600_000}, "future_timestamp", "ahead of the ingest clock"),
+    ({"ts": 0}, "past_timestamp", "before 2000-01-01"),
+    ({"service": "chat\n"}, "invalid_field", "service='chat\\n' must match"),
 ])
 def test_bad_events_are_rejected_with_a_reason_that_names_the_fault(change, reason, says):
     raw = {**GOOD, **change}

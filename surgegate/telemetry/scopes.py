@@ -45,7 +45,7 @@ def parse_scope(key: str) -> dict[str, str]:
     labels: dict[str, str] = {}
     for part in key.split(","):
         name, sep, value = part.partition("=")
-        if not sep or name not in _LABELS or not _NAME.match(value) or name in labels:
+        if not sep or name not in _LABELS or not _NAME.fullmatch(value) or name in labels:
             raise ValueError(f"malformed scope {key!r}: expected e.g. 'service=chat,tier=free'")
         labels[name] = value
     if not ("service" in labels) ^ ("pool" in labels):

@@ -1,10 +1,15 @@
 """Decoding and validating inbound telemetry (pure: the clock is passed in).
 
 >>> v = TelemetryValidator(window_ms=10_000, max_future_ms=300_000)
->>> ev = v.decode(b'{"schema":"sg.RequestEvent/1","ts":1000,"service":"chat","tenant":"a",'
-...               b'"tier":"free","edge_id":"e1","latency_ms":12.5}', now_ms=2000)
+>>> ev = v.decode(b'{"schema":"sg.RequestEvent/1","ts":1767225600000,"service":"chat","tenant":"a",'
+...               b'"tier":"free","edge_id":"e1","latency_ms":12.5}', now_ms=1767225601000)
 >>> ev.service, ev.status
 ('chat', 'ok')
+>>> v.decode(b'{"schema":"sg.RequestEvent/1","ts":1000,"service":"chat","tenant":"a",'
+...          b'"tier":"free","edge_id":"e1","latency_ms":12.5}', now_ms=1767225601000)
+Traceback (most recent call last):
+...
+surgegate.errors.InvalidEvent: past_timestamp: ts=1000 is before 2000-01-01: a clock that was never set
 >>> v.decode(b'{"schema":"sg.Nope/1"}', now_ms=0)
 Traceback (most recent call last):
 ...
@@ -21,6 +26,9 @@ from surgegate.errors import InvalidEvent
 from surgegate.schemas.telemetry import MetricEvent, RequestEvent, RequestSummary, Telemetry
 from surgegate.telemetry.scopes import NAME_PATTERN
 
+#: Events stamped before this (2000-01-01) come from a clock that was never set; they are dead-lettered
+#: instead of opening windows in 1970.
+OLDEST_EVENT_MS = 946_684_800_000
 
 class TelemetryValidator:
     """Turns raw bytes into a typed telemetry record or raises :class:`InvalidEvent`.
@@ -49,6 +57,8 @@ class TelemetryValidator:
             raise InvalidEvent(_validation_reason(str(exc)), str(exc)) from None
         except msgspec.DecodeError as exc:
             raise InvalidEvent("undecodable", str(exc)) from None
+        if event.ts < OLDEST_EVENT_MS:
+            raise InvalidEvent("past_timestamp", f"ts={event.ts} is before 2000-01-01: a clock that was never set")
         if event.ts > now_ms + self.max_future_ms:
             raise InvalidEvent(
                 "future_timestamp",
@@ -129,7 +139,7 @@ class NameCheck:
         for field in fields:
             name = getattr(event, field)
             if name not in seen:
-                if not self._pattern.match(name):
+                if not self._pattern.fullmatch(name):  # fullmatch: "$" alone lets a trailing newline through
                     raise InvalidEvent("invalid_field", f"{field}={name!r} must match {NAME_PATTERN}")
                 if len(seen) >= self.MAX_CACHED:
                     seen.clear()
