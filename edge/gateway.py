@@ -148,8 +148,8 @@ class EdgeProxy:
     def __init__(self, gate: EdgeGate, upstream: str, *, tenants: Mapping[str, str] | None = None,
                  keys: Mapping[str, Identity] | None = None, default_tenant: str = "anonymous",
                  default_tier: str | None = None, quota: GlobalQuota | None = None,
-                 deferred_capacity: int = 1000, timeout_s: float = 60.0, drain_concurrency: int = 16,
-                 connections: int = 1000) -> None:
+                 deferred_capacity: int = 1000, timeout_s: float = 60.0, connect_timeout_s: float = 1.0,
+                 drain_concurrency: int = 16, connections: int = 1000) -> None:
         self.gate = gate
         self.upstream = upstream.rstrip("/")
         self.tenants = dict(tenants) if tenants is not None else None
@@ -160,7 +160,10 @@ class EdgeProxy:
             raise ValueError(f"default_tier={self.default.tier!r}: not a tier of {gate.service!r} "
                              f"(known: {', '.join(tiers)})")
         self.quota = quota
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        # waiting for a pooled connection is limited apart from the upstream's own time: running out of
+        # connections is overload at the edge (503 with Retry-After), not an upstream timeout
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s)
+        self.connect_timeout_s = connect_timeout_s
         self.connections = connections
         self.queue: asyncio.Queue[Task] = asyncio.Queue(maxsize=deferred_capacity)
         self.tasks: collections.OrderedDict[str, Task] = collections.OrderedDict()
@@ -383,6 +386,9 @@ class EdgeProxy:
             self._record(who, rtype, _Outcome(499, "error", _estimate(body), 0), started, replayed)
             self._settle(who, reserved, _estimate(body))
             raise
+        except aiohttp.ConnectionTimeoutError:
+            status, reply, payload = self._busy()
+            result = _Outcome(status, "throttled", _estimate(body), 0)
         except TimeoutError:
             payload = openai_error("the upstream server did not answer in time", "server_error", "upstream_timeout")
             result = _Outcome(504, "timeout", _estimate(body), 0)
@@ -440,6 +446,11 @@ class EdgeProxy:
             self.counts["client_disconnects"] += 1
             result = _Outcome(499, "error", _estimate(body), 0)
             raise
+        except aiohttp.ConnectionTimeoutError:
+            status, reply, payload = self._busy()
+            result = _Outcome(status, "throttled", _estimate(body), 0)
+            return web.Response(status=status, body=payload, content_type="application/json",
+                                headers={**reply, **_verdict_headers(verdict)})
         except TimeoutError:
             result = _Outcome(504, "timeout", _estimate(body), 0)
             if out is None:
@@ -455,6 +466,14 @@ class EdgeProxy:
         finally:
             self._record(who, rtype, result, started, False)
             self._settle(who, reserved, result.input_tokens + result.output_tokens)
+
+    def _busy(self) -> tuple[int, dict[str, str], bytes]:
+        """No upstream connection within ``connect_timeout_s``: the edge is overloaded, come back shortly."""
+        self.counts["upstream_busy"] += 1
+        message = (f"The service is busy: no upstream connection was free within {self.connect_timeout_s:g} s. "
+                   f"Please retry after 1 s.")
+        return 503, {"Retry-After": "1", "retry-after-ms": "1000"}, openai_error(message, "server_error",
+                                                                                  "upstream_busy")
 
     def _outcome(self, status: int, body: bytes, payload: bytes) -> _Outcome:
         """Status and tokens of a buffered upstream answer (its ``usage`` when it has one)."""

@@ -301,7 +301,8 @@ def cmd_edge(args: argparse.Namespace) -> None:
     keys = load_keys(args.keys) if args.keys else None
     app = create_edge_app(gate, args.upstream, models=models, gates=gates, tenants=tenants, keys=keys, quota=quota,
                           default_tenant=args.default_tenant, default_tier=args.default_tier,
-                          deferred_capacity=args.deferred_capacity, timeout_s=args.timeout)
+                          deferred_capacity=args.deferred_capacity, timeout_s=args.timeout,
+                          connect_timeout_s=args.connect_timeout, connections=args.connections)
     print(f"surgegate edge {args.edge_id}: service {args.service} on http://{args.host}:{args.port} -> "
           f"{args.upstream}{' (shadow)' if args.shadow else ''}", flush=True)
     try:
@@ -584,6 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="telemetry this edge sends")
     edge.add_argument("--deferred-capacity", type=int, default=1000, help="deferred batch tasks held at most")
     edge.add_argument("--timeout", type=float, default=60.0, help="upstream timeout in seconds")
+    edge.add_argument("--connect-timeout", type=float, default=1.0,
+                      help="seconds to wait for a free upstream connection before answering 503 (overload)")
+    edge.add_argument("--connections", type=int, default=1000, help="upstream connections kept at most")
     edge.set_defaults(func=cmd_edge)
 
     sc_ = command("scaler", "follow a GPU pool's scaling decisions and carry them out")

@@ -137,6 +137,18 @@ def test_a_new_decision_keeps_what_a_class_already_used():
     assert g.admit("acme", "free").action == REJECT
 
 
+def test_with_default_timings_a_decision_that_arrives_late_is_still_held_before_its_lease_ends():
+    # issued at 1,000 s with a 30 s lease, it reaches this edge 8 s later: 22 s of lease are left
+    clock = Clock()
+    clock.t = 1_008.0
+    g = gate(clock)
+    g.apply(decision(valid_for_s=30.0, now=1_000.0))
+    clock.t += 16  # no decision since: the edge holds the last one (it went straight to fallback before)
+    assert g.admit("acme", "pro").state == "holding"
+    clock.t += 7  # past valid_until
+    assert g.admit("acme", "pro").state == "fallback"
+
+
 def test_fail_static_holds_the_last_decision_until_valid_until_then_falls_back():
     clock = Clock()
     cfg = ServiceConfig(service="chat", replicas=2, replica_rps=10.0, target_utilisation=0.5)

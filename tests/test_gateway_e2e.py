@@ -33,10 +33,11 @@ MESSAGES = [{"role": "user", "content": "How busy is the service right now?"}]
 class Stack:
     """fake-llm <- gateway <- AsyncOpenAI, all on loopback."""
 
-    def __init__(self, settings, *, time_scale: float = 0.05, report: str = "off") -> None:
+    def __init__(self, settings, *, time_scale: float = 0.05, report: str = "off", **options) -> None:
         self.settings = settings
         self.time_scale = time_scale
         self.report = report
+        self.options = options
 
     async def __aenter__(self) -> Stack:
         self.gate = EdgeGate(self.settings, "chat", edge_id="gw", bootstrap_from_redis=False,
@@ -45,7 +46,7 @@ class Stack:
         self.upstream = TestServer(create_fake_llm_app(time_scale=self.time_scale, seed=1, output_median=40),
                                    handler_cancellation=True)
         await self.upstream.start_server()
-        app = create_edge_app(self.gate, str(self.upstream.make_url("")), keys=KEYS)
+        app = create_edge_app(self.gate, str(self.upstream.make_url("")), keys=KEYS, **self.options)
         self.proxy = app[PROXY]
         self.server = TestServer(app, handler_cancellation=True)
         await self.server.start_server()
@@ -306,3 +307,24 @@ def test_the_model_names_the_service_whose_decision_applies(settings):
     served, status = run(go())
     assert served.choices and status["proxy"]["forwarded"] == 1
     assert status["services"]["embed"]["proxy"]["rejected"] == 1 and status["services"]["embed"]["service"] == "embed"
+
+
+def test_no_free_upstream_connection_is_overload_with_retry_after_not_an_upstream_timeout(settings):
+    publish(settings, decision(1))
+
+    async def go():
+        async with Stack(settings, time_scale=1.0, connections=1, connect_timeout_s=0.2) as s:
+            busy = await s.client().chat.completions.create(model="llama-3-8b", messages=MESSAGES, max_tokens=300,
+                                                            stream=True)
+            async for _ in busy:  # the one upstream connection is in use for seconds
+                break
+            with pytest.raises(openai.InternalServerError) as caught:
+                await s.client().chat.completions.create(model="llama-3-8b", messages=MESSAGES, max_tokens=3)
+            await busy.close()
+            return caught.value, dict(s.proxy.counts)
+
+    err, counts = run(go())
+    assert err.status_code == 503 and err.code == "upstream_busy" and "no upstream connection" in err.message
+    assert err.response.headers["retry-after"] == "1"
+    assert counts["upstream_busy"] == 1 and counts.get("upstream_timeout", 0) == 0
+

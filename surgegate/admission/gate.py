@@ -44,8 +44,11 @@ from surgegate.schemas.decisions import ThrottleDecision
 from surgegate.schemas.telemetry import GateState, RequestType
 from surgegate.settings import DEFAULT_WINDOW_S
 
-#: Without decisions for this many windows the gate is ``holding`` (two windows and a half).
-HOLD_WINDOWS = 2.5
+#: Without decisions for this many windows the gate is ``holding``. A decision comes every window, and it
+#: reaches an edge a window or so after it was issued (lateness, then the decision itself), so of its
+#: three-window lease about two are left: holding must begin well before that runs out, or a gate would go
+#: from live straight to fallback and never hold.
+HOLD_WINDOWS = 1.5
 #: Retry-After bounds: a client is never told to come back sooner or later than this.
 MIN_RETRY_S, MAX_RETRY_S = 1.0, 60.0
 #: Retry-After for a class whose admitted rate is zero: the next decision may lift it.
@@ -56,7 +59,7 @@ def hold_after_s(window_s: float) -> float:
     """Seconds without a decision before a gate is ``holding``: :data:`HOLD_WINDOWS` windows.
 
     >>> hold_after_s(10), hold_after_s(5)
-    (25.0, 12.5)
+    (15.0, 7.5)
     """
     return HOLD_WINDOWS * window_s
 
