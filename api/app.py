@@ -339,6 +339,11 @@ class Api:
         override = Override(id=uuid.uuid4().hex[:16], service=service, created_at=now,
                             expires_at=now + int(expires_in * 1000), author=who[:200], reason=reason[:1000],
                             level=level, limit_rps=float(limit) if limit is not None else None)
+        try:  # the wire type's own bounds, as the worker will decode it: NaN, Infinity, 2e12 are refused here
+            msgspec.convert(msgspec.to_builtins(override), Override)
+        except msgspec.ValidationError as exc:
+            field = re.search(r"\$\.(\w+)", str(exc))
+            raise ApiError(400, f"override: {exc}", field.group(1) if field else "body") from None
         await self._publish_override(override)
         return web.json_response(msgspec.to_builtins(override), status=201)
 
