@@ -52,7 +52,8 @@ def create_app(settings: Settings, *, mirror: StateMirror | None = None) -> faus
     DecideAgent(
         app, settings, sources=app.topic(topics.windows, topics.forecasts, topics.overrides, **raw),
         inputs=app.topic(topics.control_inputs, **raw), thresholds=app.topic(topics.thresholds, **raw),
-        decisions=app.topic(topics.throttle, **raw), scaling=app.topic(topics.scaling, **raw), mirror=mirror,
+        decisions=app.topic(topics.throttle, **raw), scaling=app.topic(topics.scaling, **raw),
+        history=app.topic(topics.history, **raw), mirror=mirror,
     ).register()
     if mirror is not None:
         MirrorAgent(app, mirror, windows=windows).register()

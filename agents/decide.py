@@ -79,7 +79,7 @@ class DecideAgent:
     """
 
     def __init__(self, app: faust.App, settings: Settings, *, sources: faust.TopicT, inputs: faust.TopicT,
-                 thresholds: faust.TopicT, decisions: faust.TopicT, scaling: faust.TopicT,
+                 thresholds: faust.TopicT, decisions: faust.TopicT, scaling: faust.TopicT, history: faust.TopicT,
                  mirror: StateMirror | None = None) -> None:
         self.app = app
         self.settings = settings
@@ -88,6 +88,7 @@ class DecideAgent:
         self.thresholds = thresholds
         self.decisions = decisions
         self.scaling = scaling
+        self.history = history
         self.mirror = mirror
         self.configs = settings.service_configs()
         self.pool_services = {c.pool: name for name, c in self.configs.items()}
@@ -189,7 +190,13 @@ class DecideAgent:
         checkpoint(self.table, service, controller.throttle)
         self.counters["decisions.published"] += 1
         pool_name = controller.scaling.config.pool
-        await self.scaling.send(key=pool_name.encode(), value=msgspec.json.encode(out.scaling))
+        s_bytes = msgspec.json.encode(out.scaling)
+        await self.scaling.send(key=pool_name.encode(), value=s_bytes)
+        # the durable record of what was decided and why, stamped with the issue time (the compacted
+        # decision topics keep only the newest per key)
+        issued_s = out.throttle.issued_at / 1000
+        for key, value in ((service, t_bytes), (service, d_bytes), (pool_name, s_bytes)):
+            await self.history.send(key=key.encode(), value=value, timestamp=issued_s)
         checkpoint(self.table, _scaling_key(pool_name), controller.scaling)
         self.counters["scaling.published"] += 1
         await self.counters.report()

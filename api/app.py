@@ -31,9 +31,12 @@ from aiohttp import web
 from confluent_kafka.admin import AdminClient
 
 from surgegate.api.openapi import openapi_document
+from surgegate.control.history import LOOKBACK_MS, HistoryRecord, explain_at
+from surgegate.errors import BrokerError
 from surgegate.schemas.aggregates import WindowStats
-from surgegate.schemas.decisions import Override, ThrottleDecision
+from surgegate.schemas.decisions import Override, ScalingDecision, ThrottleDecision
 from surgegate.settings import Settings
+from surgegate.streams.history import read_between
 from surgegate.streams.kafka import admin_config, follow_from_start
 from surgegate.streams.producer import KafkaSender
 from surgegate.streams.store import Keys
@@ -261,6 +264,38 @@ class Api:
             raise ApiError(404, f"unknown scope {scope!r}: no {what}", "scope")
         return self._raw(payload)
 
+    async def history(self, request: web.Request) -> web.Response:
+        """What was decided for a service at ``at`` (epoch ms) and why, from the durable decision history;
+        with ``tenant`` and ``tier``, what it meant for them."""
+        service = request.match_info["service"]
+        if not _NAME.fullmatch(service):
+            raise ApiError(400, "service must be a service name", "service")
+        raw = request.query.get("at", "")
+        if not (raw.isascii() and raw.isdigit()) or int(raw) > 2**53:
+            raise ApiError(400, "at must be epoch milliseconds", "at")
+        at = int(raw)
+        who = {name: request.query.get(name) for name in ("tenant", "tier")}
+        for name, given in who.items():
+            if given is not None and not _NAME.fullmatch(given):
+                raise ApiError(400, f"{name} must be a name", name)
+        config = self.settings.service_configs().get(service)
+        keys = frozenset({service.encode(), (config.pool if config is not None else "").encode()})
+        try:
+            values = await asyncio.get_running_loop().run_in_executor(
+                None, read_between, self.settings, self.topics.history, at - LOOKBACK_MS, at, keys)
+        except BrokerError as exc:
+            raise ApiError(503, f"the decision history could not be read: {exc}", "at") from None
+        records = []
+        for value in values:
+            with contextlib.suppress(msgspec.DecodeError):  # a record of another kind or version: not ours
+                records.append(_HISTORY.decode(value))
+        answer = explain_at([r for r in records if getattr(r, "service", service) == service
+                             or isinstance(r, ScalingDecision)], at_ms=at, tenant=who["tenant"], tier=who["tier"])
+        if answer["throttle"] is None:
+            raise ApiError(404, f"no decision for {service!r} in the {LOOKBACK_MS // 60_000} minutes before {at}",
+                           "at")
+        return web.json_response({"service": service, **answer})
+
     async def decisions(self, request: web.Request) -> web.Response:
         try:
             out = await self._latest_decisions()
@@ -477,6 +512,7 @@ class Api:
                                                     "Cache-Control": "max-age=86400"})
 
 
+_HISTORY = msgspec.json.Decoder(HistoryRecord)
 _NAME = re.compile(NAME_PATTERN)
 API = web.AppKey("api", Api)
 
@@ -513,6 +549,7 @@ def create_api(settings: Settings, *, stream: bool = True) -> web.Application:
     r.add_get("/v1/decisions", api.decisions)
     r.add_get("/v1/decisions/stream", api.decision_stream)
     r.add_get("/v1/decisions/{scope}", api.decision)
+    r.add_get("/v1/history/{service}", api.history)
     r.add_post("/v1/overrides", api.create_override)
     r.add_delete("/v1/overrides/{override_id}", api.cancel_override)
     r.add_get("/metrics", api.metrics)

@@ -59,6 +59,15 @@ def openapi_document() -> dict:
                                            errors=(400, 404, 503)),
             "/v1/decisions": _get("Every service's newest throttle decision, with its reason"),
             "/v1/decisions/{scope}": _get("A service's newest throttle decision", scope=True, errors=(400, 404, 503)),
+            "/v1/history/{service}": _get(
+                "What was decided for a service at a moment, and why (the durable decision history); with tenant "
+                "and tier, what it meant for them", errors=(400, 404, 503), extra=[
+                    {"name": "service", "in": "path", "required": True,
+                     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"}},
+                    {"name": "at", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 0},
+                     "description": "epoch milliseconds"},
+                    {"name": "tenant", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {"name": "tier", "in": "query", "required": False, "schema": {"type": "string"}}]),
             "/v1/decisions/stream": _get("Server-Sent Events: every new throttle and scaling decision", errors=(503,),
                                          content={"text/event-stream": {"schema": {"type": "string"}}}),
             "/v1/overrides": {"post": {

@@ -11,7 +11,11 @@ same calls direct and through the gateway, side by side:
    call at a time: p50 and p99, and what the gateway adds;
 2. time to the first chunk of a streamed completion, one at a time;
 3. requests/s of ``GET /v1/models`` with ``--concurrency`` connections for
-   ``--seconds``, and the edge process's CPU time per request (from /proc).
+   ``--seconds``, and the edge process's CPU time per request (from /proc);
+4. with a second fake server at time scale 0.05 (a token every 0.5 ms), how
+   long each streamed chunk takes from the server's write to the client (the
+   fake server stamps each chunk with CLOCK_MONOTONIC, shared by the processes
+   of one host), direct and through the gateway: the relay's cost.
 
 The client is Python (aiohttp) in this process, so requests/s is bounded by
 the client too: compare the two columns of one run, not absolute figures
@@ -98,6 +102,19 @@ async def first_chunks(session: aiohttp.ClientSession, url: str, n: int) -> list
     return out
 
 
+async def chunk_delays(session: aiohttp.ClientSession, url: str, n: int) -> list[float]:
+    """Per streamed chunk: ms from the server's write (its sent_at stamp) to this client reading it."""
+    out = []
+    body = {**STREAM, "max_tokens": 40}
+    for _ in range(n):
+        async with session.post(url, json=body, headers={"X-Fake-Stamps": "1"}) as r:
+            assert r.status == 200, r.status
+            async for line in r.content:
+                if line.startswith(b": sent_at="):
+                    out.append((time.monotonic() - float(line[10:])) * 1000)
+    return out
+
+
 async def throughput(url: str, seconds: float, concurrency: int) -> int:
     done = 0
     end = time.monotonic() + seconds
@@ -141,6 +158,35 @@ async def measure(direct: str, gateway: str, edge_pid: int, args: argparse.Names
     print(f"  edge CPU per request             {'':16} {edge_cpu / max(1, g_n) * 1e6:13,.0f} us")
 
 
+async def measure_relay(direct: str, gateway: str, streams: int) -> None:
+    async with aiohttp.ClientSession() as session:
+        d = await chunk_delays(session, direct + "/v1/chat/completions", streams)
+        g = await chunk_delays(session, gateway + "/v1/chat/completions", streams)
+    print(f"streamed chunks at a token every 0.5 ms (ms)  {'direct':>9} {'gateway':>16} {'added':>14}")
+    for q, label in ((0.5, "p50"), (0.99, "p99")):
+        print(f"  {'server write to client read ' + label:32} {pct(d, q):16.3f} {pct(g, q):16.3f} "
+              f"{pct(g, q) - pct(d, q):14.3f}")
+
+
+class Stack:
+    """A fake server at ``time_scale`` and a gateway in front of it, each in its own process."""
+
+    def __init__(self, env: dict[str, str], tmp: str, time_scale: float) -> None:
+        self.fake_port, self.edge_port = free_port(), free_port()
+        self.fake = start(["fake-llm", "--port", str(self.fake_port), "--time-scale", str(time_scale), "--seed", "1"],
+                          env, Path(tmp) / f"fake-{time_scale}.log")
+        self.edge = start(["edge", "--port", str(self.edge_port), "--upstream", f"http://127.0.0.1:{self.fake_port}",
+                           "--report", "off"], env, Path(tmp) / f"edge-{time_scale}.log")
+        self.direct, self.gateway = f"http://127.0.0.1:{self.fake_port}", f"http://127.0.0.1:{self.edge_port}"
+        asyncio.run(wait_up(self.direct + "/v1/models"))
+        asyncio.run(wait_up(self.gateway + "/v1/models"))
+
+    def close(self) -> None:
+        for proc in (self.edge, self.fake):
+            proc.terminate()
+            proc.wait(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1000, help="non-streamed calls per path")
@@ -154,20 +200,19 @@ def main() -> None:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("SURGEGATE_")},
                "SURGEGATE_KAFKA": settings.kafka, "SURGEGATE_TOPIC_PREFIX": settings.topic_prefix,
                "SURGEGATE_SERVICES": SERVICES}
-        fake_port, edge_port = free_port(), free_port()
-        fake = start(["fake-llm", "--port", str(fake_port), "--time-scale", "0.0001", "--seed", "1"], env,
-                     Path(tmp) / "fake.log")
-        edge = start(["edge", "--port", str(edge_port), "--upstream", f"http://127.0.0.1:{fake_port}",
-                      "--report", "off"], env, Path(tmp) / "edge.log")
+        # the HTTP path alone: the simulated GPU takes microseconds
+        stack = Stack(env, tmp, 0.0001)
         try:
-            direct, gateway = f"http://127.0.0.1:{fake_port}", f"http://127.0.0.1:{edge_port}"
-            asyncio.run(wait_up(direct + "/v1/models"))
-            asyncio.run(wait_up(gateway + "/v1/models"))
-            asyncio.run(measure(direct, gateway, edge.pid, args))
+            asyncio.run(measure(stack.direct, stack.gateway, stack.edge.pid, args))
         finally:
-            for proc in (edge, fake):
-                proc.terminate()
-                proc.wait(10)
+            stack.close()
+        # the relay of each streamed chunk, at a token every half millisecond (twenty times a GPU's pace):
+        # when the server bursts tokens faster than that, what is measured is the client's own queueing
+        stack = Stack(env, tmp, 0.05)
+        try:
+            asyncio.run(measure_relay(stack.direct, stack.gateway, max(1, args.streams // 10)))
+        finally:
+            stack.close()
 
 
 if __name__ == "__main__":

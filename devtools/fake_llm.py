@@ -23,6 +23,9 @@ the waiting queue and a full cache preempts sequences, as on a real server.
   faster than the GPU); figures in ``/metrics`` stay in simulated seconds.
 - ``GET /_fake/stats`` counts requests, tokens and cancellations and shows the
   last request body received, so tests can see what reached the upstream.
+- A request with ``X-Fake-Stamps: 1`` gets an SSE comment before each chunk,
+  ``: sent_at=<CLOCK_MONOTONIC seconds>``, which clients ignore and a
+  benchmark on the same host reads to time each chunk's relay.
 """
 
 from __future__ import annotations
@@ -184,7 +187,8 @@ class FakeLLM:
         job = self._submit(parsed, raw)
         try:
             if parsed.stream:
-                return await self._stream(request, job, chat, parsed.include_usage)
+                stamps = request.headers.get("X-Fake-Stamps") == "1"
+                return await self._stream(request, job, chat, parsed.include_usage, stamps)
             produced = await self._collect(job)
             return web.json_response(self._completion(job, chat, produced))
         finally:
@@ -201,7 +205,8 @@ class FakeLLM:
                 self.stats["generated_tokens"] += produced
                 return produced
 
-    async def _stream(self, request: web.Request, job: _Job, chat: bool, include_usage: bool) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, job: _Job, chat: bool, include_usage: bool,
+                      stamps: bool = False) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         created = int(time.time())
@@ -219,7 +224,8 @@ class FakeLLM:
             chunk = {"id": job.id, "object": kind, "created": created, "model": self.model, "choices": [choice]}
             if include_usage:
                 chunk["usage"] = None
-            await response.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
+            stamp = f": sent_at={time.monotonic():.7f}\n".encode() if stamps else b""
+            await response.write(stamp + b"data: " + msgspec.json.encode(chunk) + b"\n\n")
             if last:
                 break
         job.done = True

@@ -278,7 +278,8 @@ class EdgeProxy:
         if verdict.max_tokens is not None and inference:
             body = with_token_cap(body, verdict.max_tokens)
             tokens = min(tokens, verdict.max_tokens * parsed.n) if tokens else verdict.max_tokens * parsed.n
-        reserved = _estimate(body) + tokens if inference else 0
+        budgeted = who.tokens_per_minute is not None or who.tier in self.tier_tpm
+        reserved = _estimate(body) + tokens if inference and budgeted else 0  # the estimate decodes the body again
         if reserved and not verdict.shadow:
             refused = self._reserve(who, rtype, reserved, verdict)
             if refused is not None:
@@ -406,7 +407,7 @@ class EdgeProxy:
         started = time.perf_counter()
         assert self._session is not None, "the gateway's client session starts with the app"
         out: web.StreamResponse | None = None
-        result = _Outcome(502, "error", _estimate(body), 0)
+        result = _Outcome(502, "error", 0, 0)  # replaced on every path below
         try:
             async with self._session.request(request.method, self.upstream + request.path_qs,
                                              headers=self._upstream_headers(request.headers), data=body) as resp:
@@ -438,8 +439,8 @@ class EdgeProxy:
                 tokens = produced if isinstance(produced, int) else counted
                 ended = (time.perf_counter() - started) * 1000
                 itl = (ended - first) / (tokens - 1) if first is not None and tokens > 1 else None
-                result = _Outcome(200, "ok", usage.get("prompt_tokens", _estimate(body)) if usage else _estimate(body),
-                                  tokens, first, itl)
+                prompt = usage["prompt_tokens"] if isinstance(usage.get("prompt_tokens"), int) else _estimate(body)
+                result = _Outcome(200, "ok", prompt, tokens, first, itl)
                 await out.write_eof()
                 return out
         except asyncio.CancelledError:  # the client went away while waiting (handler cancellation)
@@ -479,8 +480,8 @@ class EdgeProxy:
         """Status and tokens of a buffered upstream answer (its ``usage`` when it has one)."""
         if status < 400:
             usage = _usage_of(payload)
-            return _Outcome(status, "ok", usage.get("prompt_tokens", _estimate(body)),
-                            usage.get("completion_tokens", 0))
+            prompt = usage["prompt_tokens"] if isinstance(usage.get("prompt_tokens"), int) else _estimate(body)
+            return _Outcome(status, "ok", prompt, usage.get("completion_tokens", 0))
         if status in OVERLOAD_STATUSES or status >= 500:
             self.counts["upstream_overload" if status in OVERLOAD_STATUSES else "upstream_5xx"] += 1
             return _Outcome(status, "error", _estimate(body), 0)

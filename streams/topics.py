@@ -35,6 +35,8 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("thresholds", "Threshold keyed by scope"),
     TopicSpec("decisions.throttle", "ThrottleDecision keyed by service", compacted=True),
     TopicSpec("decisions.scaling", "ScalingDecision keyed by pool", compacted=True),
+    TopicSpec("decisions.history", "every Threshold, ThrottleDecision and ScalingDecision, keyed by service or "
+              "pool and stamped with its issue time; never compacted"),
     TopicSpec("overrides", "Override keyed by scope"),
     TopicSpec("deadletter", "DeadLetter keyed by source topic"),
     # Internal: windows, forecasts and overrides re-keyed by service for the decide agent.
@@ -82,6 +84,10 @@ class Topics:
     @property
     def throttle(self) -> str:
         return self.name("decisions.throttle")
+
+    @property
+    def history(self) -> str:
+        return self.name("decisions.history")
 
     @property
     def scaling(self) -> str:

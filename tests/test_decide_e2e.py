@@ -118,3 +118,45 @@ def test_with_five_second_windows_an_edge_accepts_every_decision(settings, tmp_p
             assert made[:6] == [T0 + w * w5 for w in range(6)], versions
     finally:
         worker.stop()
+
+
+def test_the_decision_history_answers_for_a_past_window(settings, tmp_path):
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from surgegate.api.app import create_api
+
+    settings = settings.replace(services=SERVICES)
+    worker = WorkerProcess(settings, tmp_path / "w.log").start()
+    try:
+        send(settings, load(range(0, 3), 5, 1) + load(range(3, 8), 60, 2))
+        decisions = TopicReader(settings, Topics(settings.topic_prefix).throttle)
+        decisions.poll_until(lambda m: len(m) >= 8, 120, "a decision per window")
+        history = TopicReader(settings, Topics(settings.topic_prefix).history)
+        history.poll_until(lambda m: len(m) >= 24, 60, "threshold, throttle and scaling decision per window")
+    finally:
+        worker.stop()
+    decided = {d.version: d for d in decisions.decoded(ThrottleDecision)}
+
+    async def ask(query: str) -> tuple[int, dict]:
+        client = TestClient(TestServer(create_api(settings, stream=False)))
+        await client.start_server()
+        try:
+            resp = await client.get(f"/v1/history/chat?{query}")
+            return resp.status, await resp.json()
+        finally:
+            await client.close()
+
+    # "why was tenant t2 on the free tier throttled just after window 5 closed?"
+    status, answer = asyncio.run(ask(f"at={T0 + 6 * W + 500}&tenant=t2&tier=free"))
+    assert status == 200, answer
+    throttle = answer["throttle"]
+    assert throttle["version"] == T0 + 5 * W and throttle == msgspec.to_builtins(decided[T0 + 5 * W])
+    assert answer["threshold"]["window_start"] == T0 + 5 * W and answer["scaling"]["version"] == T0 + 5 * W
+    assert answer["tenant"]["why"] == throttle["reason"] and answer["tenant"]["level"] == throttle["level"]
+    assert answer["tenant"]["tier_limit"] == throttle["tiers"].get("free")
+    status, none = asyncio.run(ask(f"at={T0 - 3_600_000}"))
+    assert status == 404 and none["parameter"] == "at"
+    status, bad = asyncio.run(ask("at=soon"))
+    assert status == 400 and bad["parameter"] == "at"
