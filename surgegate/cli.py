@@ -211,16 +211,9 @@ def cmd_replay(args: argparse.Namespace) -> None:
 def load_tenants(path: str) -> tuple[dict[str, str], dict]:
     """Tenant registry and contracts from JSON ``{tenant: tier}`` or
     ``{tenant: {"tier": ..., "rate_rps": ..., "burst": ...}}`` (rate and burst: a global contract)."""
-    import json
-
     from surgegate.edge.gate import Contract
 
-    try:
-        raw = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SurgegateError(f"--tenants {path}: {exc}") from None
-    if not isinstance(raw, dict):
-        raise SurgegateError(f"--tenants {path}: expected an object of tenant -> tier or settings")
+    raw = _json_option("--tenants", path, "an object of tenant -> tier or settings")
     tiers, contracts = {}, {}
     for tenant, entry in raw.items():
         if isinstance(entry, str):
@@ -238,32 +231,25 @@ def load_tenants(path: str) -> tuple[dict[str, str], dict]:
     return tiers, contracts
 
 
-def _json_option(option: str, value: str) -> dict:
-    """A JSON object given inline or as a file name."""
+def _json_option(option: str, value: str, expected: str = "a JSON object") -> dict:
+    """A JSON object given inline or as a file name; a clear error naming the option otherwise."""
     import json
 
     try:
         text = value if value.lstrip().startswith("{") else Path(value).read_text()
         raw = json.loads(text)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, RecursionError) as exc:
         raise SurgegateError(f"{option} {value!r}: {exc}") from None
     if not isinstance(raw, dict):
-        raise SurgegateError(f"{option}: expected a JSON object")
+        raise SurgegateError(f"{option} {value!r}: expected {expected}")
     return raw
 
 
 def load_keys(path: str) -> dict:
     """API keys from JSON ``{key: {"tenant": ..., "tier": ..., "tokens_per_minute": ...}}`` (the budget optional)."""
-    import json
-
     from surgegate.edge.gateway import Identity
 
-    try:
-        raw = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SurgegateError(f"--keys {path}: {exc}") from None
-    if not isinstance(raw, dict):
-        raise SurgegateError(f"--keys {path}: expected an object of API key -> {{tenant, tier}}")
+    raw = _json_option("--keys", path, "an object of API key -> {tenant, tier}")
     keys = {}
     for key, entry in raw.items():
         named = isinstance(entry, dict) and all(isinstance(entry.get(f), str) for f in ("tenant", "tier"))

@@ -134,3 +134,20 @@ def test_a_supervised_thread_that_dies_is_reported_not_silent():
 
     supervised("t", boom, seen.append).join(10)
     assert [str(e) for e in seen] == ["broken consumer"]
+
+
+def test_the_edge_keys_file_is_read_with_budgets_and_bad_entries_are_named(tmp_path):
+    from surgegate.cli import load_keys
+    from surgegate.errors import SurgegateError
+
+    good = tmp_path / "keys.json"
+    good.write_text('{"sk-acme-7f3a": {"tenant": "acme", "tier": "pro", "tokens_per_minute": 90000}}')
+    [(key, identity)] = load_keys(str(good)).items()
+    assert (key, identity.tenant, identity.tier, identity.tokens_per_minute) == ("sk-acme-7f3a", "acme", "pro", 90000)
+    for text, says in (('{"sk-x": "pro"}', "key ending 'sk-x'"), ('{"sk-y": {"tenant": "a", "tier": "pro", '
+                                                                 '"tokens_per_minute": -1}}', "tokens_per_minute"),
+                       ("[1, 2]", "expected an object of API key"), ("{broken", "--keys")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        with pytest.raises(SurgegateError, match=re.escape(says)):
+            load_keys(str(bad))
