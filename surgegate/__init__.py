@@ -1,4 +1,4 @@
-"""surgegate's pure core (telemetry, forecast, control, admission, sim), settings and CLI.
+"""surgegate's pure core (telemetry, forecast, control, admission, llm, sim), settings and CLI.
 
 The top-level folders install as sub-packages: ``schemas/`` as ``surgegate.schemas``
 (wire types), ``streams/`` (Kafka and Redis plumbing), ``agents/`` (Faust
