@@ -387,16 +387,8 @@ class EdgeProxy:
             self._record(who, rtype, _Outcome(499, "error", _estimate(body), 0), started, replayed)
             self._settle(who, reserved, _estimate(body))
             raise
-        except aiohttp.ConnectionTimeoutError:
-            status, reply, payload = self._busy()
-            result = _Outcome(status, "throttled", _estimate(body), 0)
-        except TimeoutError:
-            payload = openai_error("the upstream server did not answer in time", "server_error", "upstream_timeout")
-            result = _Outcome(504, "timeout", _estimate(body), 0)
-        except aiohttp.ClientError as exc:
-            payload = openai_error(f"the upstream server failed: {type(exc).__name__}", "server_error",
-                                   "upstream_error")
-            result = _Outcome(502, "error", _estimate(body), 0)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            result, reply, payload = self._failure(exc, body)
         self._record(who, rtype, result, started, replayed)
         self._settle(who, reserved, result.input_tokens + result.output_tokens)
         return result.status, reply, payload
@@ -447,34 +439,30 @@ class EdgeProxy:
             self.counts["client_disconnects"] += 1
             result = _Outcome(499, "error", _estimate(body), 0)
             raise
-        except aiohttp.ConnectionTimeoutError:
-            status, reply, payload = self._busy()
-            result = _Outcome(status, "throttled", _estimate(body), 0)
-            return web.Response(status=status, body=payload, content_type="application/json",
-                                headers={**reply, **_verdict_headers(verdict)})
-        except TimeoutError:
-            result = _Outcome(504, "timeout", _estimate(body), 0)
-            if out is None:
-                return _error_response(504, "the upstream server did not answer in time", "server_error",
-                                       "upstream_timeout", None, _verdict_headers(verdict))
-            return out
-        except aiohttp.ClientError as exc:
-            result = _Outcome(502, "error", _estimate(body), 0)
-            if out is None:
-                return _error_response(502, f"the upstream server failed: {type(exc).__name__}", "server_error",
-                                       "upstream_error", None, _verdict_headers(verdict))
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            result, reply, payload = self._failure(exc, body)
+            if out is None:  # nothing sent yet: the client gets the failure in OpenAI's shape
+                return web.Response(status=result.status, body=payload, content_type="application/json",
+                                    headers={**reply, **_verdict_headers(verdict)})
             return out
         finally:
             self._record(who, rtype, result, started, False)
             self._settle(who, reserved, result.input_tokens + result.output_tokens)
 
-    def _busy(self) -> tuple[int, dict[str, str], bytes]:
-        """No upstream connection within ``connect_timeout_s``: the edge is overloaded, come back shortly."""
-        self.counts["upstream_busy"] += 1
-        message = (f"The service is busy: no upstream connection was free within {self.connect_timeout_s:g} s. "
-                   f"Please retry after 1 s.")
-        return 503, {"Retry-After": "1", "retry-after-ms": "1000"}, openai_error(message, "server_error",
-                                                                                  "upstream_busy")
+    def _failure(self, exc: BaseException, body: bytes) -> tuple[_Outcome, dict[str, str], bytes]:
+        """An upstream call that failed, as its outcome, the headers and the OpenAI-shaped body to answer."""
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            # no upstream connection within connect_timeout_s: the edge is overloaded, come back shortly
+            self.counts["upstream_busy"] += 1
+            message = (f"The service is busy: no upstream connection was free within {self.connect_timeout_s:g} s. "
+                       f"Please retry after 1 s.")
+            return (_Outcome(503, "throttled", _estimate(body), 0), {"Retry-After": "1", "retry-after-ms": "1000"},
+                    openai_error(message, "server_error", "upstream_busy"))
+        if isinstance(exc, TimeoutError):
+            return (_Outcome(504, "timeout", _estimate(body), 0), {},
+                    openai_error("the upstream server did not answer in time", "server_error", "upstream_timeout"))
+        return (_Outcome(502, "error", _estimate(body), 0), {},
+                openai_error(f"the upstream server failed: {type(exc).__name__}", "server_error", "upstream_error"))
 
     def _outcome(self, status: int, body: bytes, payload: bytes) -> _Outcome:
         """Status and tokens of a buffered upstream answer (its ``usage`` when it has one)."""

@@ -91,6 +91,10 @@ class Bucket:
         self.tokens = tokens
         return (1.0 - tokens) / self.rate if self.rate > 0 else ZERO_RATE_RETRY_S
 
+    def available(self, now: float) -> float:
+        """Tokens in the bucket at ``now``, refilled, without taking any."""
+        return min(self.tokens + (now - self.stamp) * self.rate, self.burst)
+
     def refund(self) -> None:
         """Give back a token taken by a request that another bucket refused."""
         self.tokens = min(self.tokens + 1.0, self.burst)
@@ -195,8 +199,7 @@ def _carry(old: Bucket | None, rate: float, burst: float, now: float) -> Bucket:
     # a new decision keeps what the class has already used, so it cannot refill a bucket at once
     if old is None:
         return Bucket(rate, burst, now)
-    old_tokens = min(old.tokens + (now - old.stamp) * old.rate, old.burst)
-    return Bucket(rate, burst, now, tokens=old_tokens)
+    return Bucket(rate, burst, now, tokens=old.available(now))
 
 
 class Admission:
@@ -309,10 +312,15 @@ class Admission:
     def state(self) -> GateState:
         """live, holding or fallback (see the module docstring)."""
         now = self._clock()
-        rules = self._rules
-        if rules is None or now >= rules.valid_until_s:
+        if self._in_force(now) is None:
             return "fallback"
         return "live" if now - self.applied_at < self.hold_after_s else "holding"
+
+    def _in_force(self, now: float) -> _Rules | None:
+        """The newest decision's rules while its lease lasts, else None (the fallback applies).
+        ``admit`` inlines this test: it is the hot path."""
+        rules = self._rules
+        return None if rules is None or now >= rules.valid_until_s else rules
 
     def class_limit(self, tier: str, request_type: RequestType = "realtime") -> tuple[float, float, float]:
         """(rate per second, burst, requests available now) of a tier's class, for rate-limit headers.
@@ -320,14 +328,12 @@ class Admission:
         Read only: nothing is taken. An unlimited class answers infinities.
         """
         now = self._clock()
-        rules = self._rules
-        if rules is None or now >= rules.valid_until_s:
-            rules = self._fallback_rules
+        rules = self._in_force(now) or self._fallback_rules
         tr = rules.tiers.get(tier) or rules.missing(tier)
         bucket = tr.batch if request_type == "batch" else tr.realtime
         if not math.isfinite(bucket.rate):
             return math.inf, math.inf, math.inf
-        return bucket.rate, bucket.burst, min(bucket.burst, bucket.tokens + (now - bucket.stamp) * bucket.rate)
+        return bucket.rate, bucket.burst, bucket.available(now)
 
     def admit(self, tenant: str, tier: str, request_type: RequestType = "realtime", tokens: int = 0,
               requeued: bool = False) -> Verdict:

@@ -11,7 +11,7 @@ import threading
 
 from surgegate.admission.actions import DEFER, REJECT
 from surgegate.schemas.telemetry import GateState, RequestEvent, RequestSummary, RequestType
-from surgegate.telemetry.windowing import TrafficCell, wire_sketch
+from surgegate.telemetry.windowing import TrafficCell
 
 
 class Tally:
@@ -79,14 +79,9 @@ class Tally:
             tenant, tier, rtype = key
             throttled, deferred, would = refused.get(key, (0, 0, 0))
             cell = cells.get(key) or TrafficCell()
-            ok, error, timeout, _, _ = cell.counts
             out.append(RequestSummary(
                 ts=ts, service=service, tenant=tenant, tier=tier, edge_id=edge_id, request_type=rtype,
-                duration_ms=duration_ms, ok=ok, error=error, timeout=timeout, throttled=throttled,
-                deferred=deferred, input_tokens=cell.input_tokens, output_tokens=cell.output_tokens,
-                cache_hits=cell.cache_hits, over_2s=cell.over_2s, replayed=cell.replayed,
-                latency=wire_sketch(cell.latency),
-                queue_wait=wire_sketch(cell.queue_wait), gate=gate, shadow=shadow, would_throttle=would,
-                ttft=wire_sketch(cell.ttft), itl=wire_sketch(cell.itl),
+                duration_ms=duration_ms, throttled=throttled, deferred=deferred, gate=gate, shadow=shadow,
+                would_throttle=would, **cell.summary_fields(),
             ))
         return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from surgegate.schemas.telemetry import RequestEvent, RequestSummary, RequestType
-from surgegate.telemetry.windowing import TrafficCell, wire_sketch
+from surgegate.telemetry.windowing import TrafficCell
 
 _Key = tuple[int, str, str, str, RequestType, str]
 
@@ -45,14 +45,10 @@ class SummaryBuilder:
         """The summaries of everything added, in time order; starts empty again."""
         out = []
         for (start, service, tenant, tier, rtype, edge), cell in sorted(self._cells.items(), key=lambda kv: kv[0]):
-            ok, error, timeout, throttled, deferred = cell.counts
+            _, _, _, throttled, deferred = cell.counts
             out.append(RequestSummary(
                 ts=start, service=service, tenant=tenant, tier=tier, request_type=rtype, edge_id=edge,
-                duration_ms=self.interval_ms, ok=ok, error=error, timeout=timeout, throttled=throttled,
-                deferred=deferred, replayed=cell.replayed,
-                input_tokens=cell.input_tokens, output_tokens=cell.output_tokens, cache_hits=cell.cache_hits,
-                over_2s=cell.over_2s, latency=wire_sketch(cell.latency), queue_wait=wire_sketch(cell.queue_wait),
-                ttft=wire_sketch(cell.ttft), itl=wire_sketch(cell.itl),
+                duration_ms=self.interval_ms, throttled=throttled, deferred=deferred, **cell.summary_fields(),
             ))
         self._cells.clear()
         return out

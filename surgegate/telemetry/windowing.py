@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from math import ceil, log
+from typing import Any
 
 import msgspec
 
@@ -161,6 +162,15 @@ class TrafficCell:
     def events(self) -> int:
         """Requests covered, deferred ones included."""
         return sum(self.counts)
+
+    def summary_fields(self) -> dict[str, Any]:
+        """What a RequestSummary takes from this cell: outcomes, tokens and the wire sketches."""
+        ok, error, timeout, _, _ = self.counts
+        return {"ok": ok, "error": error, "timeout": timeout, "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens, "cache_hits": self.cache_hits, "over_2s": self.over_2s,
+                "replayed": self.replayed, "latency": wire_sketch(self.latency),
+                "queue_wait": wire_sketch(self.queue_wait), "ttft": wire_sketch(self.ttft),
+                "itl": wire_sketch(self.itl)}
 
     def to_wire(self) -> TrafficAggregate:
         """The immutable wire form."""
