@@ -47,3 +47,8 @@ class Forecast(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.Forecast
         """
         first = max(0, (window_start - self.origin) // self.step_ms)
         return self.rate_rps.upper[first:]
+
+    def point_after(self, window_start: int) -> list[float]:
+        """Point forecasts (rps) for the windows after the one starting at ``window_start``."""
+        first = max(0, (window_start - self.origin) // self.step_ms)
+        return self.rate_rps.point[first:]

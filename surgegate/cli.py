@@ -4,6 +4,7 @@ schemas."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -356,17 +357,16 @@ def cmd_fake_llm(args: argparse.Namespace) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from surgegate.sim.policies import FleetBounds
-    from surgegate.sim.report import POLICIES, plot, run_all, table
+    from surgegate.sim.report import POLICIES, compare, plot, table
     from surgegate.sim.service import ServiceModel
     from surgegate.sim.workload import SCENARIOS, from_trace
 
-    for option, value in (("--peak", args.peak), ("--hours", args.hours)):
+    for option, value in (("--peak", args.peak), ("--hours", args.hours), ("--cold-start", args.cold_start)):
         if not value > 0:
             raise SurgegateError(f"{option}={value!r}: must be > 0")
-    model = ServiceModel(cold_start_s=args.cold_start, slo_p99_ms=args.slo_ms, slow_share=args.slow_share)
-    bounds = FleetBounds(replica_rps=model.replica_rps(), min_replicas=args.min_replicas,
-                         max_replicas=args.max_replicas, cold_start_s=args.cold_start)
+    if args.jobs < 1:
+        raise SurgegateError(f"--jobs={args.jobs!r}: must be >= 1")
+    model = ServiceModel(cold_start_s=args.cold_start, engine_priority=args.engine_priority)
     workloads = [SCENARIOS[name](args.peak, args.seed) for name in args.scenario or ()]
     workloads += [from_trace(Path(t), args.peak, hours=args.hours) for t in args.trace or ()]
     if not workloads:
@@ -377,35 +377,40 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
     window_s = int(_settings(args).window_s)
     sections = []
-    for w in workloads:
-        started = time.perf_counter()
-        with progress_bar(f"simulate {w.name}", len(policies) * w.seconds, "sim-s") as bar:
-            offsets = {name: i * w.seconds for i, name in enumerate(policies)}
+    with contextlib.ExitStack() as stack:
+        mapper: Any = map
+        if args.jobs > 1:
+            import multiprocessing
 
-            def progress(what: str, done: int, total: int, bar: Any = bar, offsets: dict = offsets) -> None:
-                bar.update(offsets[what.rsplit("/", 1)[-1]] + done - bar.n)
-
-            results = run_all(w, policies, model=model, bounds=bounds, seed=args.seed, window_s=window_s,
-                              progress=progress)
-            bar.update(bar.total - bar.n)
-        took = time.perf_counter() - started
-        print(f"{w.name}: {len(policies)} policies, {w.seconds / 3600:.1f} simulated hours in {took:.1f} s",
-              file=sys.stderr, flush=True)
-        section = table(w, results)
-        if args.compare:
-            png = plot(w, results, out / f"sim-{w.name}.png")
-            section += f"\n![{w.name}]({png.name})\n"
-        sections.append(section)
-        print(section, flush=True)
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(args.jobs))
+            mapper = pool.imap
+        for w in workloads:
+            started = time.perf_counter()
+            result = compare(w, policies, model=model, seed=args.seed, window_s=window_s, sweep=args.compare,
+                             mapper=mapper)
+            took = time.perf_counter() - started
+            runs = len(result.defaults) + sum(len(v) for v in result.sweeps.values())
+            print(f"{w.name}: {runs} runs of {w.seconds / 3600:.1f} simulated hours in {took:.1f} s",
+                  file=sys.stderr, flush=True)
+            section = table(result)
+            if args.compare:
+                png = plot(result, out / f"sim-{w.name}.png")
+                section += f"\n![{w.name}]({png.name})\n"
+            sections.append(section)
+            print(section, flush=True)
     if args.compare:
-        header = (f"# Policies compared on the simulated service\n\n"
-                  f"`surgegate simulate --compare` (seed {args.seed}): replicas of {model.concurrency} concurrent "
-                  f"requests ({model.replica_rps():,.0f} rps each at full use), service time 90% log-normal "
-                  f"(median {model.fast_median_ms:.0f} ms, p90 {model.fast_p90_ms:.0f} ms) and "
-                  f"{100 * model.slow_share:.0f}% in {model.slow_ms[0] / 1000:.0f}-{model.slow_ms[1] / 1000:.0f} s; "
-                  f"cold start {model.cold_start_s:.0f} s ({model.warm_start_s:.1f} s from the warm pool); "
-                  f"SLO p99 {model.slo_p99_ms / 1000:.0f} s; replicas {bounds.min_replicas}-{bounds.max_replicas}."
-                  f"\n\n")
+        p = model.profile
+        header = (f"# Policies compared on the simulated LLM service\n\n"
+                  f"`surgegate simulate --compare` (seed {args.seed}). Replicas: Llama-3-8B on one A100 80GB "
+                  f"({p.prefill_tokens_per_s:,.0f} prefill tokens/s, {1000 * p.decode_step_s:.1f} ms decode step, "
+                  f"{p.kv_cache_tokens:,} tokens of KV cache, {p.max_num_seqs} sequences); cold start "
+                  f"{model.cold_start_s:.0f} s unless the scenario says otherwise, {model.warm_start_s:.1f} s from the "
+                  f"warm pool; engine scheduling {'by tier' if model.engine_priority else 'first come, first served'}. "
+                  f"SLOs per tier (enterprise / pro / free): TTFT within "
+                  f"{' / '.join(f'{x:g}' for x in model.ttft_allowance_s)} s plus the prefill of a 99th-percentile "
+                  f"prompt, TPOT within {' / '.join(f'{1000 * x:.0f}' for x in model.tpot_s)} ms; a window meets a "
+                  f"tier's SLO when at most 1% of its realtime requests missed (rejected and timed-out ones "
+                  f"included). See docs/simulator.md.\n\n")
         (out / "simulation.md").write_text(header + "\n".join(sections))
         print(f"report: {out / 'simulation.md'}", file=sys.stderr)
 
@@ -619,19 +624,20 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000, help="port to listen on")
     api.set_defaults(func=cmd_api)
 
-    sim = command("simulate", "run policies against a simulated service (--compare: all, a report)")
+    sim = command("simulate", "run policies against a simulated LLM service (--compare: all, swept, a report)")
     sim.add_argument("--scenario", action="append",
-                     choices=["burst", "daily", "flash_crowd", "long_tail_shift", "replica_failures"],
+                     choices=["burst", "daily", "flash_crowd", "long_tail_shift", "replica_failures", "token_heavy",
+                              "gpu_quota", "slow_cold_start"],
                      help="a synthetic workload, repeatable (default: burst unless --trace)")
     sim.add_argument("--trace", action="append", help="a trace file, scaled to --peak, repeatable (default: none)")
-    sim.add_argument("--compare", action="store_true", help="surgegate, HPA, KPA and a static fleet; writes --out")
+    sim.add_argument("--compare", action="store_true",
+                     help="every policy, at its defaults and swept over its knob, for cost at equal SLO; writes --out")
     sim.add_argument("--peak", type=float, default=120_000.0, help="rps of the busiest 10 s window")
     sim.add_argument("--hours", type=float, default=24.0, help="simulate at most this much of a trace")
     sim.add_argument("--cold-start", type=float, default=15.0, help="seconds until a new replica serves")
-    sim.add_argument("--slow-share", type=float, default=0.1, help="share of requests in the 2-6 s tail")
-    sim.add_argument("--slo-ms", type=float, default=10_000.0, help="latency SLO, p99 in ms")
-    sim.add_argument("--min-replicas", type=int, default=5, help="fewest replicas any policy may run")
-    sim.add_argument("--max-replicas", type=int, default=50, help="most replicas any policy may run")
+    sim.add_argument("--engine-priority", action="store_true",
+                     help="replicas schedule by tier (vLLM's priority scheduling), not first come, first served")
+    sim.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="simulations run in parallel")
     sim.add_argument("--seed", type=int, default=0, help="seed of the workload and the service")
     sim.add_argument("--out", default="simulation", help="directory for the markdown report and PNGs")
     sim.set_defaults(func=cmd_simulate)

@@ -55,7 +55,7 @@ SIM_POLICIES = _concrete_subclasses(Policy, surgegate.sim)
 def test_discovery_finds_every_kind_of_subject():
     names = {c.__name__ for c in FORECASTERS + WINDOW_POLICIES + SIM_POLICIES}
     assert {"LastValue", "OnlineSelector", "LagRegressor", "ThrottlePolicy", "ScalingPolicy",
-            "SurgegatePolicy", "HpaPolicy", "KpaPolicy", "StaticPolicy"} <= names
+            "SurgegatePolicy", "HpaPolicy", "KpaPolicy", "StaticPolicy", "WithAdmission"} <= names
 
 
 def _noisy_with_burst(n: int, seed: int) -> list[float]:
@@ -187,8 +187,8 @@ def test_a_window_policy_keeps_its_outputs_within_bounds(cls):
 
 # --------------------------------------------------------- simulated policies
 
-MODEL = ServiceModel(concurrency=100)
-FLEET = FleetBounds(replica_rps=MODEL.replica_rps(), min_replicas=2, max_replicas=12)
+MODEL = ServiceModel()
+FLEET = FleetBounds(replica_rps=MODEL.replica_rps(1155, 211), min_replicas=2, max_replicas=12)
 
 
 def _sim_policy(cls: type[Policy], **changes) -> Policy:

@@ -38,7 +38,7 @@ def test_a_forecast_burst_is_scaled_for_ahead_of_the_load_by_at_least_the_lead_t
     enough = next(w for w, d in enumerate(decisions) if d.desired_replicas * 70 >= 3000)
     assert enough <= burst_at - lead, f"replicas for the burst asked at window {enough}, lead {lead} windows"
     d = decisions[enough]
-    assert d.reason.startswith(f"scale {d.previous_replicas} -> {d.desired_replicas}: forecast p90 3,300 rps in")
+    assert d.reason.startswith(f"scale {d.previous_replicas} -> {d.desired_replicas}: forecast 3,300 rps within")
     # the step limit: never more than max(4, 100%) a window
     assert all(d.desired_replicas <= max(d.previous_replicas * 2, d.previous_replicas + 4) for d in decisions)
 
@@ -95,12 +95,25 @@ def test_zero_traffic_holds_the_minimum_and_warm_pool():
     assert decisions[-1].reason.startswith("hold 5: demand 0 rps")
 
 
-def test_the_warm_pool_covers_the_forecast_within_the_lead_time_beyond_ready_replicas():
+def test_capacity_follows_the_expected_load_and_the_warm_pool_covers_the_upper_bound_beyond_it():
     policy = ScalingPolicy(CFG)
-    d = policy.decide(ScalingInputs(window_start=0, window_ms=W, demand_rps=350.0, ready_replicas=5,
-                                    upper_rps=(700.0, 1400.0, 1400.0, 1400.0)))
-    # 1,400 rps within the lead time needs 20 replicas; 5 are ready
-    assert d.warm_pool == 20 - 5
+    d = policy.decide(ScalingInputs(window_start=0, window_ms=W, demand_rps=350.0, ready_replicas=10,
+                                    point_rps=(700.0, 1050.0, 1050.0, 1050.0),
+                                    upper_rps=(900.0, 1400.0, 1400.0, 1400.0)))
+    # the point forecast needs 15 replicas at 70 rps each; the upper bound 20: five more are kept warm
+    assert (d.desired_replicas, d.warm_pool) == (15, 5)
+    assert d.forecast_upper_rps == 1400.0 and "forecast 1,050 rps" in d.reason
+
+
+def test_scale_down_follows_the_point_forecast_without_waiting_out_a_fixed_window():
+    policy = ScalingPolicy(CFG)
+    run(policy, [2100.0] * 6)  # 30 replicas and more
+    falling = [policy.decide(ScalingInputs(window_start=(6 + i) * W, window_ms=W, demand_rps=700.0,
+                                           ready_replicas=30, point_rps=(700.0,) * 6, upper_rps=(800.0,) * 6))
+               for i in range(12)]
+    # the cooldown (60 s) holds the last high recommendation, then it steps down 20% a window to 11
+    sizes = [d.desired_replicas for d in falling]
+    assert sizes[-1] == math.ceil(700 * 1.05 / 70) and len(set(sizes[:5])) == 1 and sizes[7] < sizes[0]
 
 
 def test_the_lead_time_is_learned_from_how_long_replicas_took():

@@ -1,73 +1,90 @@
-"""The simulator's physics and the baselines' documented behaviour, on short runs."""
+"""The simulated LLM service, its scoring, and the baselines' documented behaviour, on short runs."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 
 from surgegate.control.controller import ServiceController
-from surgegate.sim.policies import FleetBounds, HpaPolicy, KpaPolicy, Sample, StaticPolicy, SurgegatePolicy
-from surgegate.sim.report import make_policy, table
-from surgegate.sim.run import simulate
-from surgegate.sim.service import Fleet, Queues, ServiceModel
-from surgegate.sim.workload import SCENARIOS, Workload, burst, from_trace
+from surgegate.sim.policies import (
+    FleetBounds,
+    HpaPolicy,
+    KpaPolicy,
+    Sample,
+    StaticPolicy,
+    SurgegatePolicy,
+    WithAdmission,
+)
+from surgegate.sim.report import Comparison, compare, forced_rejection, make_policy, table
+from surgegate.sim.run import WARMUP_S, fleet_bounds, simulate
+from surgegate.sim.service import Fleet, ServiceModel
+from surgegate.sim.workload import DEFAULT_OUTPUT, DEFAULT_PROMPT, SCENARIOS, Workload, burst, from_trace
 
-MODEL = ServiceModel(concurrency=100)  # about 207 rps a replica
-BOUNDS = FleetBounds(replica_rps=MODEL.replica_rps())
+MODEL = ServiceModel()
+RPS = MODEL.replica_rps(DEFAULT_PROMPT, DEFAULT_OUTPUT)  # about 6.4 a replica
+BOUNDS = FleetBounds(replica_rps=RPS, min_replicas=2, max_replicas=60, replica_concurrency=135.0,
+                     ttft_slo_ms=MODEL.ttft_target_s("enterprise", DEFAULT_PROMPT) * 1000)
 
 
-def steady(rps: float, seconds: int = 600, name: str = "steady") -> Workload:
+def steady(rps: float, seconds: int = WARMUP_S + 600, name: str = "steady") -> Workload:
     return Workload(name, [rps] * seconds, True)
 
 
-def test_the_service_time_model_has_the_configured_long_tail():
-    m = ServiceModel()
-    sigma = math.log(200 / 60) / 1.2816
-    assert m.mean_service_s() == pytest.approx((0.9 * 60 * math.exp(sigma ** 2 / 2) + 0.1 * 4000) / 1000)
-    assert m.p99_service_ms() == pytest.approx(5600.0)  # inside the 2-6 s tail, 90% of the way
-    assert m.replica_rps(slow_factor=2.0) < m.replica_rps() / 1.5, "slow requests hold the slots"
+def sample(t: float, ready: int, *, busy: float = 0.5, running: float = 0.0, waiting: float = 0.0) -> Sample:
+    return Sample(now_s=t, ready=ready, gpu_busy=busy, running=running, waiting=waiting, kv_cache=0.1)
 
 
-def test_littles_law_holds_below_capacity():
-    # 10 replicas, 60% of their throughput offered: requests in the system = rate x mean service time
-    rps = 0.6 * 10 * MODEL.replica_rps()
-    samples = []
-    policy = StaticPolicy(BOUNDS, 10)
-    original = policy.second
-    policy.second = lambda s: (samples.append(s), original(s))
-    r = simulate(steady(rps), policy, model=MODEL, bounds=BOUNDS)
-    in_system = sum(s.concurrency for s in samples[60:]) / len(samples[60:])
-    assert in_system == pytest.approx(rps * MODEL.mean_service_s(), rel=0.03)
+def test_a_fleet_below_its_capacity_meets_every_slo_and_serves_everything():
+    r = simulate(steady(0.6 * 20 * RPS), StaticPolicy(BOUNDS, 20), model=MODEL, bounds=BOUNDS)
     assert r.share("rejected") == 0 and r.share("timed_out") == 0
-    assert r.mean_utilisation == pytest.approx(0.6, abs=0.02)
+    assert all(r.slo_attainment(t) == 1.0 for t in ("enterprise", "pro", "free"))
+    assert r.goodput_rps == pytest.approx(0.6 * 20 * RPS, rel=0.02)
+    assert r.mean_utilisation == pytest.approx(0.6, abs=0.03)
 
 
-def test_a_fixed_fleet_saturates_at_its_throughput():
-    capacity = 10 * MODEL.replica_rps()
-    policy = StaticPolicy(BOUNDS, 10, limit_share=10.0)  # a limit far above: the fleet is the bottleneck
-    r = simulate(steady(2 * capacity), policy, model=MODEL, bounds=BOUNDS)
-    late = r.rows[20:]
-    assert sum(row.served for row in late) / len(late) == pytest.approx(capacity, rel=0.01)
-    assert all(row.utilisation == pytest.approx(1.0) for row in late)
-    assert r.share("timed_out") > 0.4, "what cannot be served within the timeout gives up"
-    assert r.slo_attainment("free") < 0.1 and r.slo_attainment("enterprise") == 1.0, "priority order holds"
+def test_latency_rises_with_load_below_saturation():
+    # headroom buys something: TTFT and TPOT grow with the load well before the fleet is full
+    tpot, ttft = [], []
+    for share in (0.3, 0.6, 0.9):
+        r = simulate(steady(share * 20 * RPS), StaticPolicy(BOUNDS, 20), model=MODEL, bounds=BOUNDS)
+        tpot.append(sum(row.tpot_p99_ms for row in r.rows) / len(r.rows))
+        ttft.append(sum(row.ttft_p99_ms["enterprise"] for row in r.rows) / len(r.rows))
+    assert tpot[0] < tpot[1] < tpot[2] and ttft[0] < ttft[1] < ttft[2]
 
 
-def test_a_static_limit_sheds_above_it():
-    capacity = 10 * MODEL.replica_rps()
-    policy = StaticPolicy(BOUNDS, 10)  # limit: 90% of the fleet's throughput
-    r = simulate(steady(2 * capacity), policy, model=MODEL, bounds=BOUNDS)
-    late = r.rows[6:]
-    assert sum(row.served for row in late) / len(late) == pytest.approx(0.9 * capacity, rel=0.02)
-    # realtime above the limit is rejected, batch deferred (and offered again as the limit allows)
-    assert r.share("rejected") + r.share("deferred") == pytest.approx(0.55, abs=0.05)
-    assert r.share("timed_out") == 0
-    # per tier: the shares weighted by each tier's demand add up to the overall share
-    demand = {t: sum(row.all_by_tier[t] for row in r.rows) for t in ("enterprise", "pro", "free")}
-    for what in ("rejected", "deferred"):
-        weighted = sum(r.tier_share(what, t) * n for t, n in demand.items()) / sum(demand.values())
-        assert weighted == pytest.approx(r.share(what), rel=1e-9)
+def test_an_overloaded_fleet_misses_for_every_tier_alike_first_come_first_served():
+    # no admission (no static limit, no decisions): twice the capacity reaches the replicas
+    r = simulate(steady(2 * 20 * RPS), StaticPolicy(BOUNDS, 20), model=MODEL, bounds=BOUNDS)
+    att = [r.slo_attainment(t) for t in ("enterprise", "pro", "free")]
+    assert max(att) < 0.1 and max(att) - min(att) < 0.05, "the engine gives no tier protection it did not earn"
+    assert r.share("timed_out") > 0.2, "what waits past the timeout gives up, and counts as a miss"
+
+
+def test_rejected_requests_count_as_misses():
+    # a static limit sheds a third of the load: the fleet is fine, but every tier lost more than 1%
+    policy = StaticPolicy(BOUNDS, 20, limit_share=0.4)
+    r = simulate(steady(0.6 * 20 * RPS), policy, model=MODEL, bounds=BOUNDS)
+    assert r.share("rejected") + r.share("deferred") == pytest.approx(1 - 0.4 / 0.6, abs=0.05)
+    assert r.slo_attainment("enterprise") == 0.0
+
+
+def test_priority_scheduling_in_the_engine_puts_the_top_tier_first_in_the_queue_when_configured():
+    def ttft(model: ServiceModel, tier: str) -> float:
+        r = simulate(steady(1.1 * 20 * RPS), StaticPolicy(BOUNDS, 20), model=model, bounds=BOUNDS)
+        return sum(row.ttft_p99_ms[tier] or 0.0 for row in r.rows) / len(r.rows)
+
+    by_tier = ServiceModel(engine_priority=True)
+    assert ttft(by_tier, "enterprise") < 0.8 * ttft(by_tier, "free")
+    assert ttft(MODEL, "enterprise") == pytest.approx(ttft(MODEL, "free"), rel=0.05)
+
+
+def test_longer_prompts_at_the_same_rate_need_more_replicas():
+    heavy = SCENARIOS["token_heavy"](0.5 * 30 * RPS * 2, 0)
+    assert heavy.lengths(100)[0] == DEFAULT_PROMPT and heavy.lengths(1300)[0] == 2.5 * DEFAULT_PROMPT
+    r = simulate(heavy, StaticPolicy(BOUNDS, 30), model=MODEL, bounds=BOUNDS)
+    before = [row for row in r.rows if row.t < 1200]
+    after = [row for row in r.rows if row.t >= 1300]
+    assert all(row.met("enterprise") for row in before)
+    assert sum(row.met("enterprise") for row in after) < len(after) / 2
 
 
 def test_cold_starts_delay_capacity_by_the_configured_time_and_the_warm_pool_by_less():
@@ -86,118 +103,151 @@ def test_cold_starts_delay_capacity_by_the_configured_time_and_the_warm_pool_by_
     assert fleet.paid == 12
 
 
-def test_failed_replicas_are_replaced_with_a_cold_start():
-    w = steady(5 * MODEL.replica_rps(), 120)
-    w.failures = {30: 0.5}
+def test_failed_replicas_are_replaced_with_a_cold_start_of_the_workloads_model():
+    w = steady(5 * RPS, 400)
+    w.failures = {330: 0.5}
+    w.cold_start_s = 40.0
     policy = StaticPolicy(BOUNDS, 10)
     ready = {}
     policy.second = lambda s: ready.__setitem__(int(s.now_s), s.ready)
     simulate(w, policy, model=MODEL, bounds=BOUNDS)
-    assert ready[29] == 10 and ready[30] == 5 and ready[44] == 5 and ready[45] == 10
+    assert ready[329] == 10 and ready[330] == 5 and ready[369] == 5 and ready[370] == 10
 
 
-def test_queues_serve_in_priority_order_and_waits_follow_littles_law():
-    q = Queues()
-    q.add(("free", "realtime"), 300)
-    q.add(("enterprise", "realtime"), 100)
-    served = q.serve(150)
-    assert served[("enterprise", "realtime")] == 100 and served[("free", "realtime")] == 50
-    waits = q.waits(throughput=50)
-    assert waits[("enterprise", "realtime")] == 0 and waits[("free", "realtime")] == 250 / 50
+def test_the_fleet_never_exceeds_the_quota_whatever_a_policy_asks():
+    policy = StaticPolicy(FleetBounds(replica_rps=RPS, max_replicas=500), 400)
+    seen = []
+    policy.second = lambda s: seen.append(s.ready)
+    simulate(steady(10 * RPS, 60), policy, model=MODEL, bounds=BOUNDS)
+    assert max(seen) == BOUNDS.max_replicas
 
 
-def test_hpa_follows_its_documented_algorithm():
-    hpa = HpaPolicy(BOUNDS)
+def test_hpa_follows_its_documented_algorithm_on_what_its_metrics_pipeline_shows():
+    hpa = HpaPolicy(BOUNDS, "gpu", 0.7)
 
-    def sync(t0: int, util: float, ready: int) -> int:
+    def sync(t0: int, busy: float, ready: int) -> int:
         for t in range(t0, t0 + 15):
-            hpa.second(Sample(now_s=t + 1, ready=ready, utilisation=util, concurrency=0))
+            hpa.second(sample(t + 1, ready, busy=busy))
         return hpa.plan().replicas
 
-    assert sync(0, 0.75, 5) == 5, "within the 0.1 tolerance: no change"
-    assert sync(15, 1.0, 5) == 8, "ceil(5 x 1.0 / 0.7) = 8"
-    assert sync(30, 1.0, 8) == 12, "ceil(8 x 1.0 / 0.7) = 12"
-    assert sync(45, 1.0, 12) == 18
-    # scale-up is at most max(4 pods, 100%) per sync
-    hpa2 = HpaPolicy(BOUNDS)
-    for t in range(1, 16):
-        hpa2.second(Sample(now_s=t, ready=5, utilisation=1.0 * 10, concurrency=0))
-    assert hpa2.plan().replicas == 10
+    assert sync(0, 0.75, 2) == 2, "within the 0.1 tolerance: no change"
+    assert sync(15, 1.0, 5) == 6, "ceil(5 x 1.0 / 0.7) = 8 wanted, at most +max(4 pods, 100%) of 2 a sync"
+    # DCGM's value is collected every 30 s: at the sync of 45 HPA still acts on the collection of 30
+    assert sync(30, 0.1, 6) == 9 and hpa.scraped.value == 1.0, "ceil(6 x 1.0 / 0.7) = 9"
     # scale-down waits for the 300 s stabilisation window
-    held = [sync(60 + 15 * i, 0.2, 18) for i in range(20)]
-    assert set(held[:19]) == {18} and held[19] < 18, "down only once the last high recommendation is 300 s old"
+    held = [sync(45 + 15 * i, 0.2, 9) for i in range(22)]
+    assert set(held[:19]) == {9} and held[-1] < 9
+
+
+def test_keda_on_the_waiting_queue_scales_on_requests_waiting_per_replica():
+    keda = HpaPolicy(BOUNDS, "queue", 5.0)
+    for t in range(1, 31):
+        keda.second(sample(t, 4, waiting=4 * 20))
+    assert keda.plan().replicas == 12, "20 waiting a replica over a target of 5: 16 wanted; 2 -> 6 -> 12"
+    assert keda.name == "keda-queue" and "waiting" in keda.knob
 
 
 def test_kpa_panics_at_twice_the_capacity_and_does_not_scale_down_while_panicking():
-    kpa = KpaPolicy(BOUNDS, concurrency=100)  # target 70 concurrent per pod
+    kpa = KpaPolicy(BOUNDS, concurrency=70)
     for t in range(1, 61):
-        kpa.second(Sample(now_s=t, ready=5, utilisation=0.5, concurrency=5 * 35))
+        kpa.second(sample(t, 5, running=5 * 70))
     assert kpa.plan().replicas == 5 and "stable" in kpa.reason
     for t in range(61, 67):  # the 6 s window sees 4x: panic
-        kpa.second(Sample(now_s=t, ready=5, utilisation=1.0, concurrency=5 * 70 * 4))
+        kpa.second(sample(t, 5, running=5 * 70 * 4))
     assert "panic" in kpa.reason and kpa.plan().replicas >= 10
     panicked = kpa.plan().replicas
     for t in range(67, 100):  # load falls, but the panic lasts 60 s: no scale-down
-        kpa.second(Sample(now_s=t, ready=panicked, utilisation=0.1, concurrency=50))
+        kpa.second(sample(t, panicked, running=50))
     assert kpa.plan().replicas == panicked
     for t in range(100, 200):
-        kpa.second(Sample(now_s=t, ready=panicked, utilisation=0.1, concurrency=50))
+        kpa.second(sample(t, panicked, running=50))
     assert kpa.plan().replicas < panicked and "stable" in kpa.reason
 
 
+def test_admission_in_front_of_a_baseline_publishes_surgegates_decisions_and_keeps_its_replicas():
+    inner = StaticPolicy(BOUNDS, 12)
+    policy = WithAdmission(BOUNDS, inner)
+    r = simulate(steady(2 * 12 * RPS), policy, model=MODEL, bounds=BOUNDS)
+    assert policy.name == "static+admission" and policy.plan().replicas == 12
+    assert policy.decision is not None and policy.decision.level >= 1
+    assert r.slo_attainment("enterprise") > simulate(steady(2 * 12 * RPS), StaticPolicy(BOUNDS, 12), model=MODEL,
+                                                    bounds=BOUNDS).slo_attainment("enterprise")
+
+
 def test_surgegate_scales_ahead_of_a_burst_and_keeps_the_top_tier_within_its_slo():
-    w = burst(peak_rps=40 * MODEL.replica_rps() * 0.7, base_rps=40 * MODEL.replica_rps() * 0.7 / 24,
-              hold_s=1200, before_s=600, after_s=300)
+    peak = 40 * RPS * 0.7
+    w = burst(peak_rps=peak, base_rps=peak / 24, hold_s=1200, before_s=600, after_s=300)
     policy = SurgegatePolicy(BOUNDS)
     r = simulate(w, policy, model=MODEL, bounds=BOUNDS)
     assert r.slo_attainment("enterprise") >= 0.999
     assert max(row.ready for row in r.rows) >= 40
     first, _ = r.onset_response()
     assert first is not None and first <= 60
-    # the very object the decide agent steps
+    # the very object the decide agent steps, with capacity counted in tokens
     assert type(policy.controller) is ServiceController
+    assert policy.config.replica_rps_for(DEFAULT_PROMPT, DEFAULT_OUTPUT) is None  # BOUNDS gives no token rates
+
+
+def test_fleet_bounds_follow_the_workloads_lengths_and_quota():
+    plain = fleet_bounds(SCENARIOS["burst"](10_000.0, 0), MODEL)
+    quota = fleet_bounds(SCENARIOS["gpu_quota"](10_000.0, 0), MODEL)
+    assert plain.replica_rps == pytest.approx(RPS)
+    assert quota.max_replicas < plain.max_replicas and quota.max_replicas * plain.replica_rps < 10_000
+    assert plain.replica_tps is not None
+    a, b = plain.replica_tps
+    assert 1 / (DEFAULT_PROMPT / a + DEFAULT_OUTPUT / b) == pytest.approx(RPS, rel=0.01)
+    assert forced_rejection(SCENARIOS["gpu_quota"](10_000.0, 0), quota) > 0
+    assert forced_rejection(SCENARIOS["burst"](10_000.0, 0), plain) == 0
 
 
 def test_a_run_is_deterministic_for_a_seed():
-    w = SCENARIOS["flash_crowd"](20 * MODEL.replica_rps(), 3)
+    w = SCENARIOS["flash_crowd"](20 * RPS, 3)
     a = simulate(w, make_policy("surgegate", w, MODEL, BOUNDS), model=MODEL, bounds=BOUNDS, seed=5)
     b = simulate(w, make_policy("surgegate", w, MODEL, BOUNDS), model=MODEL, bounds=BOUNDS, seed=5)
-    assert a.rows == b.rows
+    assert a.all_rows == b.all_rows
 
 
-def test_traces_are_scaled_to_the_target_peak_keeping_their_shape(tmp_path):
+def test_traces_are_scaled_to_the_target_peak_keeping_their_shape_and_their_token_counts(tmp_path):
     path = tmp_path / "t.csv"
-    path.write_text("timestamp_s,count\n" + "".join(f"{i},{1 + (i % 20 == 0) * 4}\n" for i in range(600)))
+    path.write_text("timestamp_s,count,input_tokens,output_tokens\n"
+                    + "".join(f"{i},{1 + (i % 20 == 0) * 4},{(1 + (i % 20 == 0) * 4) * (500 if i < 300 else 2000)},"
+                              f"{(1 + (i % 20 == 0) * 4) * 100}\n" for i in range(600)))
     w = from_trace(path, peak_rps=1000.0)
     assert w.peak_10s() == pytest.approx(1000.0)
     assert not w.synthetic and max(w.rate) / min(w.rate) == pytest.approx(5.0)
+    assert w.lengths(10) == (500.0, 100.0) and w.lengths(400) == (2000.0, 100.0)
+    plain = tmp_path / "p.csv"
+    plain.write_text("timestamp_s,count\n" + "".join(f"{i},3\n" for i in range(60)))
+    assert from_trace(plain).lengths(5) == (DEFAULT_PROMPT, DEFAULT_OUTPUT)
 
 
-def test_the_report_says_which_targets_are_met_and_missed():
-    w = steady(3 * MODEL.replica_rps(), 900)
-    results = [simulate(w, make_policy(p, w, MODEL, BOUNDS), model=MODEL, bounds=BOUNDS) for p in ("surgegate", "hpa")]
-    text = table(w, results)
-    assert "| surgegate |" in text and "| hpa |" in text
-    sg, hpa = results
-    top = sg.slo_attainment("enterprise")
-    ratio = sg.replica_hours / hpa.replica_hours
-    steady_use = sg.steady_utilisation()
-    expected = {
-        "Top-tier realtime SLO attainment": "met" if top >= 0.999 else "missed",
-        "Replica-hours": "met" if ratio <= 0.8 and top >= hpa.slo_attainment("enterprise") else "missed",
-        "Steady-state utilisation": "met" if 0.65 <= steady_use <= 0.75 else "missed",
-    }
-    for target, verdict in expected.items():
-        line = next(x for x in text.splitlines() if x.startswith(f"- {target}"))
-        assert line.endswith(f": {verdict}."), (line, verdict)
-    assert f"{100 * ratio:.1f}% of HPA's" in text
+def test_the_report_finds_the_cheapest_setting_at_equal_slo_and_says_which_targets_are_met():
+    w = Workload("steady", [0.5 * 30 * RPS] * 900, True)
+    c = compare(w, ("surgegate", "static"), model=MODEL, sweep=True)
+    assert isinstance(c, Comparison) and len(c.sweeps["static"]) == 5
+    iso = c.iso("static")
+    assert iso is not None and iso.slo_attainment("enterprise") >= 0.999
+    assert all(r.replica_hours >= iso.replica_hours for r in c.sweeps["static"]
+               if r.slo_attainment("enterprise") >= 0.999)
+    text = table(c)
+    mine, theirs = c.iso("surgegate"), iso
+    line = next(x for x in text.splitlines() if x.startswith("- Cost at equal SLO"))
+    if mine is not None:
+        ratio = mine.replica_hours / theirs.replica_hours
+        assert f"= {ratio:.2f} of the cheapest" in line and line.endswith("met." if ratio <= 0.85 else "missed.")
+    att = c.defaults[0].slo_attainment("enterprise")
+    line = next(x for x in text.splitlines() if x.startswith("- Top-tier"))
+    assert line.endswith("met." if att >= 0.999 else "missed.")
 
 
 @pytest.mark.parametrize(("build", "message"), [
     (lambda: SCENARIOS["burst"](-5.0, 0), "base_rps"),
     (lambda: steady_scaled(-1.0), "peak_rps=-1.0"),
     (lambda: FleetBounds(replica_rps=100.0, min_replicas=9, max_replicas=3), "min_replicas=9"),
-    (lambda: ServiceModel(slo_p99_ms=0), "slo_p99_ms > 0"),
+    (lambda: ServiceModel(tpot_s=(0.1,)), "tpot_s"),
+    (lambda: ServiceModel(timeout_s=0), "timeout_s"),
+    (lambda: make_policy("hpa-cpu", steady(1.0), MODEL, BOUNDS), "policy='hpa-cpu'"),
+    (lambda: HpaPolicy(BOUNDS, "gpu", 1.5), "target=1.5"),
 ])
 def test_bad_simulation_settings_are_refused_by_name(build, message):
     with pytest.raises(ValueError, match=message):

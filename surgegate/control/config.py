@@ -57,6 +57,10 @@ class ServiceConfig:
     mode: Mode = "enforce"
     scaling: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     tier_tokens_per_minute: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    #: prompt and output tokens one replica serves a second within the SLO (a serving benchmark's
+    #: figures); with both, capacity is counted in tokens at each window's mean request lengths
+    replica_prompt_tps: float | None = None
+    replica_output_tps: float | None = None
 
     def __post_init__(self) -> None:
         name = f"services.{self.service}"
@@ -82,6 +86,11 @@ class ServiceConfig:
         check(self.mode in ("enforce", "shadow"), f"{name}.mode", self.mode, "must be enforce or shadow")
         check(all(isinstance(v, (int, float)) and v > 0 for v in self.tier_tokens_per_minute.values()),
               f"{name}.tier_tokens_per_minute", dict(self.tier_tokens_per_minute), "every budget must be > 0")
+        for field in ("replica_prompt_tps", "replica_output_tps"):
+            value = getattr(self, field)
+            check(value is None or value > 0, f"{name}.{field}", value, "must be > 0 (or absent)")
+        check((self.replica_prompt_tps is None) == (self.replica_output_tps is None), f"{name}.replica_output_tps",
+              self.replica_output_tps, "must be given with replica_prompt_tps, or neither")
         if not self.pool:
             object.__setattr__(self, "pool", self.service)
         self.pool_config()  # a bad scaling setting stops start-up, by name
@@ -93,6 +102,18 @@ class ServiceConfig:
         check(not unknown, f"services.{self.service}.scaling", sorted(unknown),
               f"unknown settings (known: {', '.join(sorted(known))})")
         return PoolConfig(pool=self.pool, replica_rps=self.replica_rps, **self.scaling)
+
+    def replica_rps_for(self, prompt_tokens: float, output_tokens: float) -> float | None:
+        """Requests a second one replica serves at these mean lengths, by its token rates (None: not configured).
+
+        >>> ServiceConfig(service="chat", replica_prompt_tps=10_000.0, replica_output_tps=2_000.0).replica_rps_for(
+        ...     1_000, 200)
+        5.0
+        """
+        if self.replica_prompt_tps is None or self.replica_output_tps is None:
+            return None
+        seconds = prompt_tokens / self.replica_prompt_tps + output_tokens / self.replica_output_tps
+        return 1 / seconds if seconds > 0 else None
 
     def tier_rank(self, tier: str) -> int:
         """0 for the highest tier; unknown tiers rank last."""

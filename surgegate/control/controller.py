@@ -13,7 +13,12 @@ Two rules live here and nowhere else:
   the last scaling decision is assumed carried out, else the configured fleet;
 - the scaling policy sees demand *including* throttled requests (throttling
   never hides a burst from capacity) and the per-replica rate the throttle
-  policy's safe capacity has just learned.
+  policy's safe capacity has just learned;
+- with a replica's capacity given in tokens (``replica_prompt_tps`` and
+  ``replica_output_tps``), the per-replica rate is what those serve at the
+  window's mean request lengths, and the pool's utilisation is the served rate
+  over it. An inference server's own gauges (batch occupancy, KV cache) are not
+  linear in load, so they stay saturation evidence, not utilisation.
 
 >>> from surgegate.schemas.aggregates import TrafficAggregate
 >>> from surgegate.telemetry.windowing import traffic_stats
@@ -28,6 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+
+import msgspec
 
 from surgegate.control.config import ServiceConfig
 from surgegate.control.scaling import ScalingInputs, ScalingPolicy
@@ -74,6 +81,7 @@ class ServiceController:
         self.config = config
         self.throttle = throttle if throttle is not None else ThrottlePolicy(config)
         self.scaling = scaling if scaling is not None else ScalingPolicy(config.pool_config())
+        self._rate: float | None = None
 
     def decided(self, window_start: int) -> bool:
         """True when the window starting at ``window_start`` was decided already (a replay)."""
@@ -85,15 +93,32 @@ class ServiceController:
             return pool.ready_replicas
         return self.scaling.current or self.config.replicas
 
+    def token_rate(self, traffic: TrafficStats) -> float | None:
+        """The per-replica rate by the configured token capacity, at the window's mean lengths (None: not known)."""
+        served = traffic.ok + traffic.error + traffic.timeout
+        if served <= 0 or not traffic.input_tokens:
+            return self._rate
+        rate = self.config.replica_rps_for(traffic.input_tokens / served, traffic.output_tokens / served)
+        self._rate = rate if rate is not None else self._rate
+        return self._rate
+
     def step(self, window: ServiceWindow) -> ControlOutput:
         """The threshold and both decisions for the window after ``window``."""
         ready = self.ready_replicas(window.pool)
+        pool = window.pool
+        rate = self.token_rate(window.service)
+        if rate is not None:
+            self.throttle.capacity.replica_rps = rate
+            if pool is not None and pool.workers:
+                served = (window.service.ok + window.service.error + window.service.timeout) / (window.window_ms / 1000)
+                pool = msgspec.structs.replace(pool, utilisation_mean=round(min(1.0, served / (ready * rate)), 6)
+                                               if ready else 0.0)
         inputs = DecisionInputs(window_start=window.window_start, window_ms=window.window_ms,
                                 service=window.service, tiers=dict(window.tiers), tenants=dict(window.tenants),
-                                forecast=window.forecast, pool=window.pool, overrides=window.overrides,
+                                forecast=window.forecast, pool=pool, overrides=window.overrides,
                                 starting=self.scaling.starting(ready))
         threshold, throttle = self.throttle.decide(inputs)
-        traffic, pool, forecast = window.service, window.pool, window.forecast
+        traffic, forecast = window.service, window.forecast
         scaling = self.scaling.decide(ScalingInputs(
             window_start=window.window_start, window_ms=window.window_ms,
             demand_rps=traffic.demand,  # throttled requests included: throttling never hides a burst
@@ -101,5 +126,6 @@ class ServiceController:
             ready_replicas=ready,
             cold_starting=pool.cold_starting_replicas if pool is not None and pool.workers else 0,
             upper_rps=tuple(forecast.upper_after(window.window_start)) if forecast is not None else (),
+            point_rps=tuple(forecast.point_after(window.window_start)) if forecast is not None else (),
             replica_rps=threshold.replica_rps))
         return ControlOutput(threshold=threshold, throttle=throttle, scaling=scaling)

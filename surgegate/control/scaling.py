@@ -2,24 +2,29 @@
 
 Throttling buys time; capacity ends the burst. So the target comes from
 demand *including* what was throttled and the deferred backlog, and from the
-forecast's upper bound at the pool's lead time: a replica started now is ready
-only after the cold start, so it must be started for the load expected then.
+forecast at the pool's lead time: a replica started now is ready only after
+the cold start, so it must be started for the load expected then.
 
+- Capacity follows the *expected* load: the forecast's point over the lead
+  time (or the demand now, if higher) at the target utilisation. The forecast's
+  uncertainty is not paid for twice: the gap up to its upper bound is held as
+  a warm pool (loaded, idle replicas that start in about a second), and
+  whatever a burst brings beyond that, throttling absorbs.
 - Scale up at once when the target is higher, at most ``max(4, 100%)`` per
   window (Kubernetes HPA's default scale-up policy).
-- Scale down only to the highest recommendation of the last ``cooldown_s``
-  (HPA's stabilisation window) with 5% headroom, at most 20% a window. A
-  steady load that wobbles by less than that cannot make the pool flap
-  between two sizes.
+- Scale down on the forecast: to the highest need the point forecast shows
+  within the lead time (a replica stopped now takes that long to come back),
+  held for ``cooldown_s`` against noise, with 5% headroom, at most 20% a window.
+  A steady load that wobbles by less than that cannot make the pool flap.
 - Within [min_replicas, max_replicas]; zero traffic holds the minimum.
-- Warm pool: loaded, idle replicas that cover the forecast upper bound over
-  the cold-start time beyond the ready ones, so a burst inside the lead time
-  needs no cold start.
 - Capacity mix: reserved replicas for the sustained baseline, spot for the
   deferrable batch work, on-demand for the rest; overflow replicas on the
   secondary pool when the primary is at its maximum.
 - The lead time is learned: from each scale-up to the window its replicas were
   all ready, blended into the configured cold-start time.
+
+The reason of every decision names what drove it: the forecast, the demand
+now, or the deferred backlog.
 
 >>> cfg = PoolConfig(pool="gpu-a", replica_rps=100.0)
 >>> p = ScalingPolicy(cfg)
@@ -71,7 +76,7 @@ class PoolConfig:
     min_replicas: int = 5
     max_replicas: int = 50
     target_utilisation: float = 0.7
-    cooldown_s: float = 300.0
+    cooldown_s: float = 60.0
     cold_start_s: float = 15.0
     warm_min: int = 1
     reserved_replicas: int | None = None
@@ -108,7 +113,8 @@ class ScalingInputs:
 
     ``demand_rps`` counts every request that arrived, throttled ones included;
     ``deferred`` is the batch work put on the async queue in the window.
-    ``upper_rps`` is the forecast's upper bound for the next windows.
+    ``point_rps`` and ``upper_rps`` are the forecast's point and upper bound
+    for the next windows.
     """
 
     window_start: int
@@ -119,6 +125,7 @@ class ScalingInputs:
     batch_rps: float = 0.0
     deferred: int = 0
     upper_rps: tuple[float, ...] = ()
+    point_rps: tuple[float, ...] = ()
     #: the per-replica rate the safe-capacity estimate has learned (None: the configured one)
     replica_rps: float | None = None
 
@@ -178,16 +185,21 @@ class ScalingPolicy(WindowPolicy):
         current = self.current if self.current is not None else max(cfg.min_replicas, inputs.ready_replicas)
         lead = self.lead_windows(inputs.window_ms)
         backlog = inputs.deferred / BACKLOG_DRAIN_S
+        # the point forecast, or the upper bound where a forecast gives no point (an older producer)
+        point = inputs.point_rps or inputs.upper_rps
         # look as far ahead as the cold start, plus the windows the step limit needs to get there
-        peak = max(max(inputs.upper_rps, default=0.0), inputs.demand_rps) + backlog
+        peak = max(max(point, default=0.0), inputs.demand_rps) + backlog
         steps = _up_steps(current, min(cfg.max_replicas, math.ceil(peak / per - 1e-9)))
-        upper = inputs.upper_rps[:lead + max(0, steps - 1)]
-        forecast = max(upper) if upper else 0.0
+        ahead = point[:lead + max(0, steps - 1)]
+        forecast = max(ahead) if ahead else 0.0
         need = max(forecast, inputs.demand_rps) + backlog
         raw = math.ceil(need / per - 1e-9) if need > 0 else 0
         overflow = min(max(0, raw - cfg.max_replicas), cfg.secondary_max) if cfg.secondary_pool else 0
         recommendation = min(cfg.max_replicas, max(cfg.min_replicas, raw))
-        keep = math.ceil(need * (1 + TOLERANCE) / per - 1e-9) if need > 0 else 0
+        # scale-down holds what the point forecast needs within the lead time, with headroom
+        near = max(point[:lead], default=0.0)
+        keep_need = max(near, inputs.demand_rps) + backlog
+        keep = math.ceil(keep_need * (1 + TOLERANCE) / per - 1e-9) if keep_need > 0 else 0
         self.recommendations.append((inputs.window_start, min(cfg.max_replicas, max(cfg.min_replicas, keep))))
         horizon = inputs.window_start - cfg.cooldown_s * 1000
         while self.recommendations and self.recommendations[0][0] <= horizon:
@@ -204,10 +216,10 @@ class ScalingPolicy(WindowPolicy):
             capped = target > stabilised
         target = min(cfg.max_replicas, max(cfg.min_replicas, target))
 
-        # warm replicas: what the forecast needs within the lead time beyond the ready ones
-        near = max(inputs.upper_rps[: lead - 1]) if lead > 1 and inputs.upper_rps else need
-        warm = max(cfg.warm_min, math.ceil(near / per - 1e-9) - inputs.ready_replicas) if near > 0 else cfg.warm_min
-        warm = min(warm, max(0, cfg.max_replicas - inputs.ready_replicas)) if warm > cfg.warm_min else warm
+        # warm replicas: the forecast's upper bound within the lead time beyond the target
+        upper = max(inputs.upper_rps[:lead], default=0.0)
+        spare = math.ceil(max(upper, need) / per - 1e-9) - target
+        warm = max(cfg.warm_min, min(spare, max(0, cfg.max_replicas - target)))
 
         if target > current:
             self.pending = (inputs.window_start, target)
@@ -223,7 +235,7 @@ class ScalingPolicy(WindowPolicy):
             pool=cfg.pool, version=version, issued_at=issued, desired_replicas=target, previous_replicas=current,
             ready_replicas=inputs.ready_replicas, cold_starting=inputs.cold_starting, warm_pool=warm,
             min_replicas=cfg.min_replicas, max_replicas=cfg.max_replicas, lead_time_s=round(self.lead_s, 1),
-            demand_rps=round(inputs.demand_rps, 3), forecast_upper_rps=round(forecast, 3), mix=mix,
+            demand_rps=round(inputs.demand_rps, 3), forecast_upper_rps=round(upper, 3), mix=mix,
             overflow=Overflow(pool=cfg.secondary_pool, replicas=overflow) if overflow else None,
             cost_per_hour=round(cost, 2), reason=reason,
         )
@@ -242,7 +254,7 @@ class ScalingPolicy(WindowPolicy):
         rps = _n(inputs.replica_rps or cfg.replica_rps)
         capacity = f"{current} x {rps} x {cfg.target_utilisation:g}"
         if forecast >= inputs.demand_rps and forecast > 0:
-            driver = f"forecast p90 {_n(forecast)} rps in {lead_s:.0f} s"
+            driver = f"forecast {_n(forecast)} rps within {lead_s:.0f} s"
         else:
             driver = f"demand {_n(inputs.demand_rps)} rps"
         if backlog > 0:
@@ -253,7 +265,7 @@ class ScalingPolicy(WindowPolicy):
                 why += f"; needs {recommendation}, +max({SCALE_UP_MIN_STEP}, 100%) a window at most"
         elif target < current:
             why = f"scale {current} -> {target}: {driver} fits {target} x {rps} x " \
-                  f"{cfg.target_utilisation:g}; no higher need for {cfg.cooldown_s:.0f} s"
+                  f"{cfg.target_utilisation:g}; no higher need forecast or seen for {cfg.cooldown_s:.0f} s"
             if capped:
                 why += f"; -{current - target} a window at most ({SCALE_DOWN_SHARE:.0%})"
         elif recommendation < current:

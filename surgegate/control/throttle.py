@@ -142,15 +142,19 @@ class ThrottlePolicy(WindowPolicy):
                 why = (f"window breaches the SLO (p99 {s.latency_p99_ms:,.0f} ms vs {cfg.slo_p99_ms:,.0f} ms, "
                        f"failures {100 * failures:.1f}% vs {100 * cfg.error_budget:.0f}%); " + why)
         level = self.levels.step(target, calm_target)
+        # the level steps down slowly (its label, and degraded answers), but admission follows the
+        # capacity at once: a tier is not shed, nor batch deferred, once the capacity has room
+        ration = min(level, target)
         if override is not None and override.level is not None:
-            level = override.level
-        rates = self._rates(level, demands, capacity)
+            level = ration = override.level
+        rates = self._rates(ration, demands, capacity)
         if breached:  # never admit more than last window while the SLO is breached
             rates = {k: min(v, self.previous.get(k, v)) for k, v in rates.items()}
         if breaker != "closed":
             rates = {k: v * self.breaker.probe_share for k, v in rates.items()}
         self.previous = rates
-        decision = self._decision(inputs, level, rates, demands, capacity, upper, breaker, why, override)
+        decision = self._decision(inputs, level, rates, demands, capacity, upper, breaker, why, override,
+                                  defer_batch=ration >= 1)
         return threshold, decision
 
     # ---------------------------------------------------------------- helpers
@@ -217,14 +221,18 @@ class ThrottlePolicy(WindowPolicy):
     def _rates(self, level: int, demands: list[ClassDemand], capacity: float) -> dict[str, float]:
         """Admitted rate per class, each within [0, capacity].
 
-        Level 0 rations nothing: every class may use all of the capacity. Levels
+        Level 0 rations nothing: every realtime class may use all of the
+        capacity, batch what the realtime forecast leaves of it. Levels
         1-3 allocate by priority, and a tier's realtime class never gets less
         than its reserved floor, so its traffic is admitted at once even when
         it was idle and others borrowed the reservation. Level 4 gives all of
         the capacity to the top tier's realtime class and nothing to the rest.
         """
         if level == 0:
-            return {d.name: capacity for d in demands}
+            # batch (fresh or replayed from the deferral lane) shares what realtime leaves, by demand
+            spare = max(0.0, capacity - sum(d.demand for d in demands if d.name.endswith("/realtime")))
+            return {d.name: _share(spare, d, [b for b in demands if b.name.endswith("/batch")])
+                    if d.name.endswith("/batch") else capacity for d in demands}
         if level >= 4:
             top = min(demands, key=lambda d: (self.config.tier_rank(d.name.split("/")[0]),
                                               d.name.endswith("/batch")))
@@ -232,11 +240,16 @@ class ThrottlePolicy(WindowPolicy):
         top_tier = min((d.name.split("/")[0] for d in demands), key=self.config.tier_rank)
         protected = f"{top_tier}/realtime"
         granted = allocate(capacity, demands, protected=protected)
-        return {d.name: min(capacity, max(granted[d.name], d.floor)) for d in demands}
+        # what the forecast leaves over is anyone's: a class that grows within the window takes it
+        # before it is refused; the top tier's realtime class may take all of the capacity
+        left = max(0.0, capacity - sum(granted.values()))
+        others = [d for d in demands if d.name != protected]
+        return {d.name: capacity if d.name == protected
+                else min(capacity, max(granted[d.name] + _share(left, d, others), d.floor)) for d in demands}
 
     def _decision(self, inputs: DecisionInputs, level: int, rates: dict[str, float], demands: list[ClassDemand],
                   capacity: float, upper: float, breaker: BreakerState, why: str,
-                  override: Override | None) -> ThrottleDecision:
+                  override: Override | None, *, defer_batch: bool) -> ThrottleDecision:
         cfg = self.config
         tiers: dict[str, TierLimit] = {}
         for tier in sorted({d.name.split("/")[0] for d in demands}):
@@ -245,7 +258,7 @@ class ThrottlePolicy(WindowPolicy):
             tiers[tier] = TierLimit(realtime_rps=round(rt, 3), batch_rps=round(batch, 3),
                                     burst=round(max(1.0, (rt + batch) * BURST_SECONDS), 3),
                                     max_tokens=cfg.degraded_max_tokens if degraded else None)
-        tenants = self._tenant_limits(inputs, level, sum(rates.values()))
+        tenants = self._tenant_limits(inputs, level, min(capacity, sum(rates.values())))
         version = decision_version(inputs.window_start)
         issued = inputs.window_start + inputs.window_ms
         limited = [f"{t} realtime {lim.realtime_rps:,.0f} rps" for t, lim in tiers.items()
@@ -264,7 +277,7 @@ class ThrottlePolicy(WindowPolicy):
         return ThrottleDecision(
             service=cfg.service, version=version, issued_at=issued,
             valid_until=issued + cfg.lease_windows * inputs.window_ms, level=level, mode=cfg.mode,
-            tiers=tiers, tenants=tenants, defer_batch=level >= 1, breaker=breaker,
+            tiers=tiers, tenants=tenants, defer_batch=defer_batch, breaker=breaker,
             forecast_upper_rps=round(upper, 3), safe_rps=round(capacity, 3), reason=reason,
             override=override.id if override is not None else None,
         )
@@ -290,6 +303,14 @@ class ThrottlePolicy(WindowPolicy):
         # are governed by their tier's buckets
         return {t: TenantLimit(rate_rps=round(shares[t], 3), burst=round(max(1.0, shares[t] * BURST_SECONDS), 3))
                 for t, (rate, _) in demands.items() if rate > NOISY_TENANT * fair}
+
+
+def _share(amount: float, d: ClassDemand, among: list[ClassDemand]) -> float:
+    """``d``'s part of ``amount``, in proportion to demand among ``among`` (evenly when none has any)."""
+    total = sum(max(0.0, c.demand) for c in among)
+    if total <= 0:
+        return amount / len(among) if among else amount
+    return amount * max(0.0, d.demand) / total
 
 
 def _tokens_per_request(s: TrafficStats) -> float:

@@ -77,6 +77,14 @@ class ReplicaProfile:
         check(self.max_num_seqs >= 1, "max_num_seqs", self.max_num_seqs, "must be >= 1")
         check(self.max_batched_tokens >= 1, "max_batched_tokens", self.max_batched_tokens, "must be >= 1")
 
+    def decode_step(self, context_tokens: float) -> float:
+        """Seconds of one iteration's decode: the weights read once, plus ``context_tokens`` of KV cache."""
+        return self.decode_step_s + self.decode_per_kilotoken_s * context_tokens / 1000
+
+    def iteration_s(self, prefill_tokens: float, context_tokens: float, busy: bool = True) -> float:
+        """Seconds of one iteration that prefills ``prefill_tokens`` and decodes over ``context_tokens``."""
+        return prefill_tokens / self.prefill_tokens_per_s + (self.decode_step(context_tokens) if busy else 0.0)
+
     @classmethod
     def llama3_8b_a100(cls) -> ReplicaProfile:
         """Llama-3-8B (BF16) on one A100-SXM 80GB under vLLM: the defaults, derived in the module docstring."""
@@ -196,10 +204,7 @@ class Replica:
             admitted.append(head)
             prefill += head.context
             budget -= head.context + 1
-        context = sum(s.context for s in decoding)
-        duration = prefill / p.prefill_tokens_per_s
-        if decoding or admitted:
-            duration += p.decode_step_s + p.decode_per_kilotoken_s * context / 1000
+        duration = p.iteration_s(prefill, sum(s.context for s in decoding), busy=bool(decoding or admitted))
         emitted = []
         for seq in decoding + admitted:
             first = seq.generated == 0

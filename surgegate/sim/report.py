@@ -1,51 +1,125 @@
-"""Compare policies on workloads: a markdown table and one PNG per workload."""
+"""Compare policies on workloads: each at its default and swept over its main knob, to cost at equal SLO.
+
+For every policy the sweep runs its knob over :data:`SWEEPS` and keeps the
+fewest replica-hours at which the top tier met its realtime SLO in at least
+:data:`ISO_SLO` of the windows (the *iso-SLO cost*). The report puts that
+next to the default settings' table, with one plot per workload of the whole
+sweep (replica-hours against top-tier attainment).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from surgegate.settings import DEFAULT_WINDOW_S
-from surgegate.sim.policies import FleetBounds, HpaPolicy, KpaPolicy, Policy, StaticPolicy, SurgegatePolicy
-from surgegate.sim.run import Result, simulate
+from surgegate.sim.policies import (
+    FleetBounds,
+    HpaPolicy,
+    KpaPolicy,
+    Policy,
+    StaticPolicy,
+    SurgegatePolicy,
+    WithAdmission,
+)
+from surgegate.sim.run import Result, fleet_bounds, simulate
 from surgegate.sim.service import TIER_ORDER, ServiceModel
 from surgegate.sim.workload import Workload
 
-POLICIES = ("surgegate", "hpa", "kpa", "static")
+#: Every policy compared; ``+admission``: the baseline behind surgegate's tier-aware admission.
+POLICIES = ("surgegate", "hpa-gpu", "keda-queue", "kpa", "static",
+            "hpa-gpu+admission", "keda-queue+admission", "kpa+admission", "static+admission")
+BASELINES = ("hpa-gpu", "keda-queue", "kpa", "static")
+#: top-tier attainment a setting must reach to count at equal SLO
+ISO_SLO = 0.999
+#: each policy's knob values; kpa in shares of a replica's in-flight requests at capacity, static in
+#: shares of the peak's need, the others as they are configured
+SWEEPS: dict[str, tuple[float, ...]] = {
+    "surgegate": (0.5, 0.6, 0.7, 0.8, 0.9),
+    "hpa-gpu": (0.5, 0.7, 0.9, 0.95, 0.99),
+    "keda-queue": (0.5, 2.0, 5.0, 10.0, 20.0),
+    "kpa": (0.3, 0.45, 0.6, 0.75, 0.9),
+    "static": (0.8, 0.9, 1.0, 1.1, 1.25),
+}
+#: the knob value a policy ships with (the "default settings" table)
+DEFAULTS: dict[str, float] = {"surgegate": 0.7, "hpa-gpu": 0.7, "keda-queue": 5.0, "kpa": 0.7, "static": 1.0}
 
 
 def make_policy(name: str, workload: Workload, model: ServiceModel, bounds: FleetBounds, *,
-                window_s: int = DEFAULT_WINDOW_S) -> Policy:
-    """A fresh policy; the static fleet is provisioned for the workload's peak at the target utilisation."""
-    if name == "surgegate":
-        return SurgegatePolicy(bounds, slo_p99_ms=model.slo_p99_ms, window_s=window_s)
-    if name == "hpa":
-        return HpaPolicy(bounds)
-    if name == "kpa":
-        return KpaPolicy(bounds, model.concurrency)
-    if name == "static":
-        peak = workload.peak_10s()
-        return StaticPolicy(bounds, max(bounds.min_replicas,
-                                        math.ceil(peak / (bounds.replica_rps * bounds.target_utilisation))))
-    raise ValueError(f"policy={name!r}: one of {', '.join(POLICIES)}")
+                knob: float | None = None, window_s: int = DEFAULT_WINDOW_S) -> Policy:
+    """A fresh policy at ``knob`` (None: its default)."""
+    base, _, admission = name.partition("+")
+    if base not in SWEEPS or admission not in ("", "admission"):
+        raise ValueError(f"policy={name!r}: one of {', '.join(POLICIES)}")
+    value = DEFAULTS[base] if knob is None else knob
+    policy: Policy
+    if base == "surgegate":
+        if admission:
+            raise ValueError("policy='surgegate+admission': surgegate has its admission already")
+        return SurgegatePolicy(bounds, window_s=window_s, target_utilisation=value)
+    if base == "hpa-gpu":
+        policy = HpaPolicy(bounds, "gpu", value)
+    elif base == "keda-queue":
+        policy = HpaPolicy(bounds, "queue", value)
+    elif base == "kpa":
+        policy = KpaPolicy(bounds, value * bounds.replica_concurrency)
+        policy.knob, policy.knob_value = "share of a replica's in-flight requests at capacity", value
+    else:
+        need = workload.peak_10s() / bounds.replica_rps
+        policy = StaticPolicy(bounds, max(1, math.ceil(value * need)))
+        policy.knob, policy.knob_value = "share of the peak's need", value
+    return WithAdmission(bounds, policy) if admission else policy
 
 
-def run_all(workload: Workload, policies: tuple[str, ...], *, model: ServiceModel, bounds: FleetBounds,
-            seed: int, window_s: int = DEFAULT_WINDOW_S,
-            progress: Callable[[str, int, int], None] | None = None) -> list[Result]:
-    """Each policy on ``workload``, one after the other."""
-    out = []
-    for name in policies:
-        policy = make_policy(name, workload, model, bounds, window_s=window_s)
+@dataclasses.dataclass
+class Comparison:
+    """One workload: the default settings' runs and every policy's sweep."""
 
-        def tick(done: int, total: int, name: str = name) -> None:
-            if progress is not None:
-                progress(f"{workload.name}/{name}", done, total)
+    workload: Workload
+    bounds: FleetBounds
+    defaults: list[Result]
+    sweeps: dict[str, list[Result]]
 
-        out.append(simulate(workload, policy, model=model, bounds=bounds, seed=seed, window_s=window_s,
-                            progress=tick))
-    return out
+    def iso(self, policy: str) -> Result | None:
+        """The cheapest run of ``policy``'s sweep that met the top tier's SLO in ISO_SLO of windows."""
+        ok = [r for r in self.sweeps.get(policy, []) if r.slo_attainment(TIER_ORDER[0]) >= ISO_SLO]
+        return min(ok, key=lambda r: r.replica_hours) if ok else None
+
+
+Task = tuple[Workload, str, float | None, ServiceModel, FleetBounds, int, int]
+
+
+def _run(task: Task) -> Result:
+    workload, name, knob, model, bounds, seed, window_s = task
+    policy = make_policy(name, workload, model, bounds, knob=knob, window_s=window_s)
+    result = simulate(workload, policy, model=model, bounds=bounds, seed=seed, window_s=window_s)
+    result.policy = name
+    return result
+
+
+def compare(workload: Workload, policies: Iterable[str], *, model: ServiceModel, seed: int = 0,
+            window_s: int = DEFAULT_WINDOW_S, sweep: bool = True,
+            mapper: Callable[[Callable[[Task], Result], list[Task]], Iterable[Result]] = map) -> Comparison:
+    """Every policy at its default and, with ``sweep``, over its knob. ``mapper`` may run them in parallel."""
+    bounds = fleet_bounds(workload, model, window_s=window_s)
+    policies = tuple(policies)
+    tasks: list[Task] = [(workload, p, None, model, bounds, seed, window_s) for p in policies]
+    if sweep:
+        tasks += [(workload, p, v, model, bounds, seed, window_s) for p in policies for v in SWEEPS[p.split("+")[0]]]
+    results = list(mapper(_run, tasks))
+    defaults = results[:len(policies)]
+    sweeps: dict[str, list[Result]] = {p: [] for p in policies}
+    for task, result in zip(tasks[len(policies):], results[len(policies):]):
+        sweeps[task[1]].append(result)
+    return Comparison(workload, bounds, defaults, sweeps)
+
+
+def run_all(workload: Workload, policies: tuple[str, ...], *, model: ServiceModel, seed: int = 0,
+            window_s: int = DEFAULT_WINDOW_S) -> list[Result]:
+    """Each policy at its default settings on ``workload``."""
+    return compare(workload, policies, model=model, seed=seed, window_s=window_s, sweep=False).defaults
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
@@ -56,86 +130,142 @@ def _s(x: float | None) -> str:
     return "never" if x is None else f"{x:.0f} s"
 
 
-def table(workload: Workload, results: list[Result]) -> str:
-    """Markdown: one row per policy, then how surgegate fares against the targets."""
-    kind = "synthetic" if workload.synthetic else "real trace, scaled"
+def forced_rejection(workload: Workload, bounds: FleetBounds, window_s: int = DEFAULT_WINDOW_S) -> float:
+    """The share of requests that no fleet within the bounds could serve: demand above the largest fleet."""
+    top = bounds.max_replicas * bounds.replica_rps
+    over = total = 0.0
+    for i in range(0, workload.seconds, window_s):
+        chunk = workload.rate[i:i + window_s]
+        rate = sum(chunk) / len(chunk)
+        over += max(0.0, rate - top) * len(chunk)
+        total += rate * len(chunk)
+    return over / total if total else 0.0
+
+
+def table(comparison: Comparison) -> str:
+    """Markdown: the iso-SLO table, the default settings' table, and the verdicts."""
+    w, bounds = comparison.workload, comparison.bounds
+    kind = "synthetic" if w.synthetic else "real trace, scaled"
+    prompt, output = w.mean_lengths()
     lines = [
-        f"### {workload.name} ({kind}; {workload.seconds / 3600:.1f} h, busiest 10 s at "
-        f"{workload.peak_10s():,.0f} rps)", "",
-        "| policy | realtime SLO attainment enterprise / pro / free | goodput rps | rejected (e / p / f) | "
-        "deferred (e / p / f) | timed out | mean util | steady util | replica-hours | cost $ | first reaction | "
-        "SLO recovered |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"### {w.name} ({kind}; {w.seconds / 3600:.1f} h, busiest 10 s at {w.peak_10s():,.0f} rps, "
+        f"{prompt:,.0f} prompt / {output:,.0f} output tokens)", "",
+        f"Replicas {bounds.min_replicas:,}-{bounds.max_replicas:,}"
+        f"{' (the GPU quota)' if w.quota_share is not None else ''}, {bounds.replica_rps:.2f} rps each within "
+        f"the SLO, cold start {bounds.cold_start_s:.0f} s; top-tier TTFT target {bounds.ttft_slo_ms / 1000:.2f} s.",
+        "",
     ]
-    for r in results:
+    if comparison.sweeps:
+        lines += ["**Cost at equal SLO** (the fewest replica-hours at which the top tier met its SLO in "
+                  f"{_pct(ISO_SLO)} of windows, over each policy's sweep):", "",
+                  "| policy | knob | value | replica-hours | SLO attainment e / p / f | goodput rps | rejected |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, runs in comparison.sweeps.items():
+            iso = comparison.iso(name)
+            if iso is None:
+                best = max(runs, key=lambda r: r.slo_attainment(TIER_ORDER[0]))
+                reached = _pct(best.slo_attainment(TIER_ORDER[0]), 2)
+                lines.append(f"| {name} | {best.knob} | never reached (best {reached} at {best.knob_value:g}) "
+                             f"| - | - | - | - |")
+                continue
+            att = " / ".join(_pct(iso.slo_attainment(t), 2) for t in TIER_ORDER)
+            lines.append(f"| {name} | {iso.knob} | {iso.knob_value:g} | {iso.replica_hours:,.0f} | {att} | "
+                         f"{iso.goodput_rps:,.0f} | {_pct(iso.share('rejected'), 2)} |")
+        lines.append("")
+    lines += [
+        "**Default settings:**", "",
+        "| policy | SLO attainment e / p / f | goodput rps | rejected (e / p / f) | deferred | timed out | "
+        "mean util | replica-hours | cost $ | first reaction | SLO recovered |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in comparison.defaults:
         first, recovered = r.onset_response()
         att = " / ".join(_pct(r.slo_attainment(t), 2) for t in TIER_ORDER)
-        shed = {what: " / ".join(_pct(r.tier_share(what, t), 1) for t in TIER_ORDER)
-                for what in ("rejected", "deferred")}
+        shed = " / ".join(_pct(r.tier_share("rejected", t), 1) for t in TIER_ORDER)
         lines.append(
-            f"| {r.policy} | {att} | {r.goodput_rps:,.0f} | {_pct(r.share('rejected'), 2)} ({shed['rejected']}) | "
-            f"{_pct(r.share('deferred'), 2)} ({shed['deferred']}) | {_pct(r.share('timed_out'), 2)} | "
-            f"{_pct(r.mean_utilisation)} | "
-            f"{_pct(r.steady_utilisation())} | {r.replica_hours:,.1f} | {r.cost():,.0f} | "
+            f"| {r.policy} | {att} | {r.goodput_rps:,.0f} | {_pct(r.share('rejected'), 2)} ({shed}) | "
+            f"{_pct(r.share('deferred'), 2)} | {_pct(r.share('timed_out'), 2)} | {_pct(r.mean_utilisation)} | "
+            f"{r.replica_hours:,.0f} | {r.cost():,.0f} | "
             f"{_s(first) if r.onset_s is not None else 'n/a'} | {_s(recovered) if r.onset_s is not None else 'n/a'} |")
-    lines += ["", *verdicts(results), ""]
+    lines += ["", *verdicts(comparison), ""]
     return "\n".join(lines)
 
 
-def verdicts(results: list[Result]) -> list[str]:
+def verdicts(comparison: Comparison) -> list[str]:
     """surgegate against the targets, each met or missed with its figures."""
-    by = {r.policy: r for r in results}
+    by = {r.policy: r for r in comparison.defaults}
     sg = by.get("surgegate")
     if sg is None:
         return []
+    top = TIER_ORDER[0]
     out = []
-    top = sg.slo_attainment(TIER_ORDER[0])
-    out.append(f"- Top-tier realtime SLO attainment {_pct(top, 2)} (target >= 99.9%): "
-               f"{'met' if top >= 0.999 else 'missed'}.")
-    hpa = by.get("hpa")
-    if hpa is not None:
-        ratio = sg.replica_hours / hpa.replica_hours if hpa.replica_hours else math.nan
-        equal = top >= hpa.slo_attainment(TIER_ORDER[0])
-        out.append(f"- Replica-hours {sg.replica_hours:,.1f} = {_pct(ratio)} of HPA's {hpa.replica_hours:,.1f} "
-                   f"at {'equal or better' if equal else 'worse'} top-tier attainment (target <= 80%): "
-                   f"{'met' if ratio <= 0.8 and equal else 'missed'}.")
-    steady = sg.steady_utilisation()
-    out.append(f"- Steady-state utilisation {_pct(steady)} (target 65-75%): "
-               f"{'met' if 0.65 <= steady <= 0.75 else 'missed'}.")
-    static = by.get("static")
-    if static is not None:
-        out.append(f"- The static fleet's mean utilisation: {_pct(static.mean_utilisation)} "
-                   f"(expected under 40% where load varies).")
+    att = sg.slo_attainment(top)
+    out.append(f"- Top-tier realtime SLO attainment at the default settings {_pct(att, 2)} (target >= 99.9%): "
+               f"{'met' if att >= ISO_SLO else 'missed'}.")
+    if comparison.sweeps:
+        mine = comparison.iso("surgegate")
+        rivals = [(name, comparison.iso(name)) for name in BASELINES if name in comparison.sweeps]
+        reached = [(name, r) for name, r in rivals if r is not None]
+        if mine is None:
+            out.append("- Cost at equal SLO: surgegate never reached 99.9% of windows for the top tier in its sweep: "
+                       "missed.")
+        elif not reached:
+            out.append(f"- Cost at equal SLO: surgegate {mine.replica_hours:,.0f} replica-hours; no baseline reached "
+                       f"99.9% in its sweep: met (nothing cheaper meets the SLO).")
+        else:
+            name, cheapest = min(reached, key=lambda nr: nr[1].replica_hours)
+            ratio = mine.replica_hours / cheapest.replica_hours
+            out.append(f"- Cost at equal SLO: surgegate {mine.replica_hours:,.0f} replica-hours = {ratio:.2f} of the "
+                       f"cheapest tuned baseline's ({name}, {cheapest.replica_hours:,.0f}) (target <= 0.85): "
+                       f"{'met' if ratio <= 0.85 else 'missed'}.")
+    forced = forced_rejection(comparison.workload, comparison.bounds, sg.window_s)
+    rejected = sg.share("rejected")
+    out.append(f"- Rejected {_pct(rejected, 2)} of requests; demand above the largest fleet forces "
+               f"{_pct(forced, 2)} (target: no more than forced, 0.1 points of slack): "
+               f"{'met' if rejected <= forced + 0.001 else 'missed'}.")
+    if comparison.workload.quota_share is not None:
+        others = ", ".join(f"{r.policy} {_pct(r.slo_attainment(top), 2)}" for r in comparison.defaults
+                           if r.policy != "surgegate")
+        out.append(f"- GPU quota below peak: top tier {_pct(att, 2)} under surgegate; {others}.")
     return out
 
 
-def plot(workload: Workload, results: list[Result], path: Path) -> Path:
-    """Load, capacity, admitted rate, replicas and level over time; one panel per policy."""
+def plot(comparison: Comparison, path: Path) -> Path:
+    """Two panels: the default runs over time (surgegate and the cheapest baselines), and the sweep."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(results), 1, figsize=(12, 2.6 * len(results)), sharex=True, squeeze=False)
-    for ax, r in zip(axes[:, 0], results):
-        hours = [row.t / 3600 for row in r.rows]
-        ax.plot(hours, [row.demand for row in r.rows], lw=0.8, color="tab:gray", label="demand rps")
-        ax.plot(hours, [row.admitted for row in r.rows], lw=0.8, color="tab:blue", label="admitted rps")
-        ax.plot(hours, [row.capacity_rps for row in r.rows], lw=0.8, color="tab:green", label="capacity rps")
+    shown = [r for r in comparison.defaults if "+" not in r.policy]
+    fig, axes = plt.subplots(len(shown) + 1, 1, figsize=(12, 2.4 * (len(shown) + 1)), squeeze=False)
+    for ax, r in zip(axes[:-1, 0], shown):
+        hours = [row.t / 3600 for row in r.all_rows]
+        ax.plot(hours, [row.demand for row in r.all_rows], lw=0.8, color="tab:gray", label="demand rps")
+        ax.plot(hours, [row.admitted for row in r.all_rows], lw=0.8, color="tab:blue", label="admitted rps")
+        ax.plot(hours, [row.capacity_rps for row in r.all_rows], lw=0.8, color="tab:green",
+                label="capacity rps (ready x rate within SLO)")
+        missed = [row.t / 3600 for row in r.all_rows if not row.met(TIER_ORDER[0]) and row.demand_by_tier.get(
+            TIER_ORDER[0], 0) > 0]
+        ax.plot(missed, [0] * len(missed), "|", color="tab:red", ms=10, label="top tier missed")
         ax.set_ylabel("rps")
-        ax.set_title(f"{r.policy}: {r.replica_hours:,.0f} replica-hours, top-tier SLO "
+        ax.set_title(f"{r.policy} (default): {r.replica_hours:,.0f} replica-hours, top-tier SLO "
                      f"{_pct(r.slo_attainment(TIER_ORDER[0]), 2)}", fontsize=9)
-        twin = ax.twinx()
-        twin.plot(hours, [row.ready for row in r.rows], lw=0.8, color="tab:orange", label="ready replicas")
-        twin.step(hours, [row.level * 5 for row in r.rows], lw=0.8, color="tab:red", where="post",
-                  label="level x 5")
-        twin.set_ylabel("replicas / level x 5")
-        lines = ax.get_legend_handles_labels()
-        more = twin.get_legend_handles_labels()
-        ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left", fontsize=7, ncol=5)
-    axes[-1, 0].set_xlabel("hours")
-    fig.suptitle(f"{workload.name}: policies compared", fontsize=11)
+        ax.legend(loc="upper left", fontsize=7, ncol=4)
+    ax = axes[-1, 0]
+    for name, runs in comparison.sweeps.items():
+        pts = sorted((r.replica_hours, 100 * r.slo_attainment(TIER_ORDER[0])) for r in runs)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", lw=1, ms=3,
+                    ls="-" if "+" not in name else ":", label=name)
+    ax.axhline(100 * ISO_SLO, color="black", lw=0.6, ls="--")
+    ax.set_xlabel("replica-hours")
+    ax.set_ylabel("top-tier windows in SLO, %")
+    ax.set_ylim(max(0.0, ax.get_ylim()[0]), 100.5)
+    ax.set_title("each policy swept over its knob", fontsize=9)
+    ax.legend(fontsize=7, ncol=3)
+    fig.suptitle(f"{comparison.workload.name}: policies compared", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path

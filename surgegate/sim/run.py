@@ -1,26 +1,48 @@
-"""Run a workload against a policy on the simulated service, and score the run.
+"""Run a workload against a policy on the simulated LLM service, and score the run.
 
 Edges apply decisions with the edge gate's own :class:`~surgegate.admission.gate.Admission`
 on simulated time: each admit() call stands for ``k`` requests (the gate's
 ``share`` is 1/k), so a second at 120,000 rps costs about a hundred calls.
-Batch work that is deferred waits in a backlog and is offered again each
-second. Deterministic for a seed.
+Arrivals of every tier join one waiting queue as they come; the fleet is a
+:class:`~surgegate.llm.fluid.FluidPool` of the service's replica profile.
+Batch work that is deferred waits in a backlog and is offered again. Every
+policy, baselines included, runs through :func:`simulate`. Deterministic for a
+seed.
+
+Scoring, per tier: a window *meets* the tier's SLO when at most 1% of the
+tier's realtime requests missed it, a miss being a request rejected at the
+edge, one that timed out waiting, one whose time to first token exceeded the
+target, or one that decoded slower than the TPOT target. Goodput counts the
+requests served within their SLO.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import random
 from collections.abc import Callable
+from typing import cast
 
 from surgegate.admission.actions import ADMIT, DEFER
 from surgegate.admission.gate import Admission, Fallback, hold_after_s
 from surgegate.checks import check
+from surgegate.llm.fluid import (
+    FluidPool,
+    Second,
+    prefill_s,
+    prompt_quantile,
+    steady_tpot,
+    token_rates,
+    tpot_quantile,
+    ttft_miss_share,
+)
 from surgegate.schemas.aggregates import PoolStats, TrafficStats
+from surgegate.schemas.telemetry import RequestType
 from surgegate.settings import DEFAULT_WINDOW_S
 from surgegate.sim.policies import FleetBounds, Observation, Policy, Sample
-from surgegate.sim.service import TIER_ORDER, Fleet, Queues, ServiceModel
+from surgegate.sim.service import TIER_ORDER, Fleet, ServiceModel
 from surgegate.sim.workload import Workload
 
 #: admit() calls per simulated second at the workload's peak
@@ -28,6 +50,36 @@ CALLS_PER_SECOND = 120
 PRICE_RESERVED, PRICE_ON_DEMAND = 2.0, 4.0
 #: deferred work goes back to the service over at least this long
 BACKLOG_DRAIN_S = 60.0
+#: a window meets a tier's SLO when at most this share of its realtime requests missed
+MISS_BUDGET = 0.01
+#: every policy starts at its minimum fleet; the first minutes are not scored
+WARMUP_S = 300
+#: the replica bounds every policy shares: the peak's need times this, the trough's floor as a share of it
+HEADROOM, FLOOR_SHARE = 1.3, 0.02
+RT: RequestType = "realtime"
+BATCH: RequestType = "batch"
+
+
+def fleet_bounds(workload: Workload, model: ServiceModel, *, window_s: int = DEFAULT_WINDOW_S) -> FleetBounds:
+    """The bounds an operator would give every policy on this workload.
+
+    A replica's rate is what it serves within the top tier's TPOT target at the
+    lengths the service is sized for; the maximum is the peak's need with 30%
+    room (or the GPU quota, when the workload has one); the minimum 2% of it.
+    """
+    prompt, output = workload.mean_lengths()
+    rps = model.replica_rps(prompt, output)
+    need = workload.peak_10s() / rps
+    top = math.ceil(need * (workload.quota_share if workload.quota_share is not None else HEADROOM))
+    tpot = steady_tpot(model.profile, rps, prompt, output)
+    return FleetBounds(replica_rps=rps, min_replicas=max(1, math.ceil(need * FLOOR_SHARE)), max_replicas=max(1, top),
+                       cold_start_s=cold_start(workload, model), replica_concurrency=rps * output * tpot,
+                       ttft_slo_ms=round(model.ttft_target_s(TIER_ORDER[0], prompt) * 1000, 1),
+                       replica_tps=token_rates(model.profile, prompt, output, model.tpot_s[0]))
+
+
+def cold_start(workload: Workload, model: ServiceModel) -> float:
+    return workload.cold_start_s if workload.cold_start_s is not None else model.cold_start_s
 
 
 @dataclasses.dataclass
@@ -42,7 +94,13 @@ class WindowRow:
     deferred: float
     deferred_by_tier: dict[str, float]
     timed_out: float
-    p99_ms: dict[str, float | None]
+    ttft_p99_ms: dict[str, float | None]
+    tpot_p99_ms: float | None
+    #: realtime requests of each tier, and how many missed their SLO
+    demand_by_tier: dict[str, float]
+    missed_by_tier: dict[str, float]
+    all_by_tier: dict[str, float]
+    good: float
     ready: int
     paid: int
     desired: int
@@ -50,28 +108,38 @@ class WindowRow:
     level: int
     utilisation: float
     capacity_rps: float
-    demand_by_tier: dict[str, float]
-    all_by_tier: dict[str, float]
+    kv_cache: float
+    waiting: float
+
+    def met(self, tier: str) -> bool:
+        return self.missed_by_tier.get(tier, 0.0) <= MISS_BUDGET * self.demand_by_tier.get(tier, 0.0) + 1e-9
 
 
 @dataclasses.dataclass
 class Result:
+    """A run's windows; every score skips the first :data:`WARMUP_S` (``all_rows`` keeps them)."""
+
     workload: str
     policy: str
-    rows: list[WindowRow]
-    slo_p99_ms: float
+    all_rows: list[WindowRow]
     onset_s: int | None
     window_s: int = DEFAULT_WINDOW_S
+    knob: str = ""
+    knob_value: float = 0.0
+
+    @property
+    def rows(self) -> list[WindowRow]:
+        scored = [r for r in self.all_rows if r.t >= WARMUP_S]
+        return scored or self.all_rows
 
     # ------------------------------------------------------------ scores
 
     def slo_attainment(self, tier: str) -> float:
-        """Share of windows with realtime demand of ``tier`` whose p99 was within the SLO."""
+        """Share of windows with realtime demand of ``tier`` in which it met its SLO (rejections are misses)."""
         seen = [r for r in self.rows if r.demand_by_tier.get(tier, 0) > 0]
         if not seen:
             return 1.0
-        ok = sum(1 for r in seen if _within(r.p99_ms.get(tier), self.slo_p99_ms, missing=False))
-        return ok / len(seen)
+        return sum(1 for r in seen if r.met(tier)) / len(seen)
 
     @property
     def replica_hours(self) -> float:
@@ -114,9 +182,8 @@ class Result:
 
     @property
     def goodput_rps(self) -> float:
-        """Requests served per second in windows whose top-tier p99 met the SLO."""
-        good = sum(r.served for r in self.rows if _within(r.p99_ms.get(TIER_ORDER[0]), self.slo_p99_ms))
-        return good / len(self.rows)
+        """Requests served within their SLO, per second."""
+        return sum(r.good for r in self.rows) / (len(self.rows) * self.window_s)
 
     def onset_response(self) -> tuple[float | None, float | None]:
         """Seconds from the burst onset to the first reaction (more replicas or a level) and to SLO recovery.
@@ -132,27 +199,13 @@ class Result:
         base = next((r.desired for r in reversed(self.rows) if r.t < self.onset_s), after[0].desired)
         first = next((r.t - self.onset_s for r in after if r.desired > base or r.level > 0), None)
         top = TIER_ORDER[0]
-        broke = [i for i, r in enumerate(after) if not _within(r.p99_ms.get(top), self.slo_p99_ms)]
+        broke = [i for i, r in enumerate(after) if not r.met(top)]
         if not broke:
             return first, 0.0
         for i in range(broke[0], len(after) - 5):
-            window = after[i:i + 6]
-            if all(_within(r.p99_ms.get(top), self.slo_p99_ms) for r in window):
+            if all(r.met(top) for r in after[i:i + 6]):
                 return first, after[i].t - self.onset_s
         return first, None
-
-
-def _stats(window_s: int, served: float, lost: float, rejected: float, deferred: float, replayed: float,
-           realtime: float,
-           batch: float, p99: float | None, wait_ms: float) -> TrafficStats:
-    n = served + lost + rejected
-    p99v = p99 if p99 is not None else 0.0
-    return TrafficStats(
-        requests=int(n), rate_rps=round(n / window_s, 3), ok=int(served), error=0, timeout=int(lost),
-        throttled=int(rejected), realtime=int(realtime), batch=int(batch), latency_p50_ms=60.0,
-        latency_p90_ms=min(p99v, 200.0), latency_p99_ms=p99v, latency_max_ms=p99v, queue_wait_p99_ms=round(wait_ms, 3),
-        input_tokens=0, output_tokens=0, tokens_per_s=0.0, over_2s_share=0.1, cache_hits=0, deferred=int(deferred),
-        replayed=int(replayed), demand_rps=round(max(0.0, n - replayed + deferred) / window_s, 3))
 
 
 def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None = None,
@@ -161,10 +214,11 @@ def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None =
     """Step ``workload`` second by second through the edges, the fleet and ``policy``.
 
     ``window_s`` is the pipeline's window length: ``policy`` sees one Observation per window.
+    The fleet never exceeds ``bounds.max_replicas``, whatever the policy asks.
     """
     check(isinstance(window_s, int) and window_s >= 1, "window_s", window_s, "must be a whole number of seconds >= 1")
     model = model or ServiceModel()
-    bounds = bounds or FleetBounds(replica_rps=model.replica_rps())
+    bounds = bounds or fleet_bounds(workload, model, window_s=window_s)
     rng = random.Random(seed)
     k = max(1.0, max(workload.rate) / CALLS_PER_SECOND)
     tiers = tuple(TIER_ORDER)
@@ -174,10 +228,16 @@ def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None =
     fallback = Fallback(total_rps=limit / k) if limit is not None else Fallback()
     gate = Admission("chat", tiers, share=1.0 / k, fallback=fallback, clock=lambda: clock[0],
                      wall=lambda: clock[0], hold_after_s=hold_after_s(window_s))
-    fleet = Fleet(ready=policy.plan().replicas)
-    queues = Queues()
-    backlog = {t: 0.0 for t in tiers}
-    slow = 1.0
+    starts = dataclasses.replace(model, cold_start_s=cold_start(workload, model))
+    fleet = Fleet(ready=min(bounds.max_replicas, policy.plan().replicas))
+    rank = (lambda c: tiers.index(c[0]) + (len(tiers) if c[1] == BATCH else 0)) if model.engine_priority else None
+    pool = FluidPool(model.profile, timeout_s=model.timeout_s, rank=rank)
+    # deferred batch work per tier: (second deferred, requests)
+    backlog: dict[str, collections.deque[list[float]]] = {t: collections.deque() for t in tiers}
+    backlog_total = dict.fromkeys(tiers, 0.0)
+    ref_prompt, _ = workload.mean_lengths()
+    targets = _Targets(model, ref_prompt)
+    decoding = _Decoding()
     classes = list(workload.mix.items())
     rows: list[WindowRow] = []
     acc = _Window(tiers, window_s)
@@ -185,62 +245,138 @@ def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None =
     for t in range(workload.seconds):
         now = float(t)
         clock[0] = now
-        slow = workload.slow_factor.get(t, slow)
         if t in workload.failures:
             fleet.fail(workload.failures[t])
         fleet.advance(now)
         plan = policy.plan()
-        fleet.reconcile(plan.replicas, plan.warm, now, model)
+        fleet.reconcile(min(bounds.max_replicas, plan.replicas), min(plan.warm, bounds.max_replicas), now, starts)
         if plan.decision is not None and plan.decision.version != applied_version:
             gate.apply(plan.decision)
             applied_version = plan.decision.version
-        # arrivals at the edges
-        for (tier, rtype), share in classes:
-            calls = _round(workload.rate[t] * share / k, rng)
-            for _ in range(calls):
-                v = gate.admit("sim", tier, rtype)
-                acc.count(tier, rtype, v.action, k)
-                if v.action == ADMIT:
-                    queues.add((tier, rtype), k)
-                elif v.action == DEFER:
-                    backlog[tier] += k
+        prompt, output = workload.lengths(t)
+        # arrivals at the edges, interleaved: every class of this second joins the queue together
+        # the requests themselves are a flow; the gate decides for them in calls of about k, at least
+        # one a class and second (a quiet class is still admitted by the gate, not around it), and the
+        # calls of every class come interleaved, as arrivals do: no class is asked first
+        calls: list[int] = []
+        each: list[float] = []
+        for i, (_, share) in enumerate(classes):
+            arriving = workload.rate[t] * share
+            n = max(1, _round(arriving / k, rng))
+            calls += [i] * n
+            each.append(arriving / n)
+        rng.shuffle(calls)
+        admitted = [0] * len(classes)
+        deferred = [0] * len(classes)
+        for i in calls:
+            tier, rtype = classes[i][0]
+            action = gate.admit("sim", tier, rtype).action
+            acc.count(tier, rtype, action, each[i])
+            if action == ADMIT:
+                admitted[i] += 1
+            elif action == DEFER:
+                deferred[i] += 1
+        for i, ((tier, rtype), _) in enumerate(classes):
+            pool.submit((tier, rtype), admitted[i] * each[i], now=now, prompt=prompt, output=output)
+            if deferred[i]:
+                backlog[tier].append([now, deferred[i] * each[i]])
+                backlog_total[tier] += deferred[i] * each[i]
         # the deferred backlog is offered again, drained over a minute at the most (as an edge's
         # async queue with bounded concurrency would), so it does not return as one spike
         for tier in tiers:
-            for _ in range(min(_round(backlog[tier] / k / BACKLOG_DRAIN_S, rng) or int(backlog[tier] >= k),
-                               CALLS_PER_SECOND)):
-                if gate.admit("sim", tier, "batch", requeued=True).action != ADMIT:
+            if backlog_total[tier] <= 1e-9:
+                continue
+            offered = max(backlog_total[tier] / BACKLOG_DRAIN_S, min(k, backlog_total[tier]))
+            offers = max(1, min(_round(offered / k, rng), CALLS_PER_SECOND))
+            replayed = 0.0
+            for _ in range(offers):
+                if gate.admit("sim", tier, BATCH, requeued=True).action != ADMIT:
                     break
-                backlog[tier] -= k
-                queues.add((tier, "batch"), k)
-                acc.replayed[tier] += k
-        # the fleet serves
-        throughput = fleet.ready * model.replica_rps(slow)
-        served = queues.serve(throughput)
-        waits = queues.waits(throughput)
-        lost = queues.expire(waits, model.timeout_s, throughput)
-        waits = queues.waits(throughput)
-        p99_service = model.p99_service_ms(slow)
-        total_served = sum(served.values())
-        util = total_served / throughput if throughput > 0 else 0.0
-        in_system = total_served * model.mean_service_s(slow) + queues.total
-        acc.second(served, lost, waits, p99_service, util, throughput)
-        policy.second(Sample(now_s=now, ready=fleet.ready, utilisation=util, concurrency=in_system))
+                replayed += offered / offers
+            if replayed:
+                late = _take(backlog[tier], replayed, now - model.batch_deadline_s)
+                backlog_total[tier] = max(0.0, backlog_total[tier] - replayed)
+                pool.submit((tier, BATCH), replayed, now=now, prompt=prompt, output=output)
+                acc.replayed[tier] += replayed
+                acc.late[tier] += late
+        sec = pool.step(now, fleet.ready)
+        capacity = fleet.ready * bounds.replica_rps
+        acc.second(sec, targets, capacity, decoding)
+        policy.second(Sample(now_s=now, ready=fleet.ready, gpu_busy=sec.gpu_busy, running=sec.running,
+                             waiting=sec.waiting, kv_cache=sec.kv_cache_usage))
         if t % window_s == window_s - 1:
             start = t - window_s + 1
-            obs = acc.observation(start, fleet, queues)
-            policy.window(obs)
+            policy.window(acc.observation(start, fleet))
             plan = policy.plan()
             rows.append(acc.row(start, fleet, plan))
             acc = _Window(tiers, window_s)
             if progress is not None and len(rows) % 60 == 0:
                 progress(t + 1, workload.seconds)
-    return Result(workload.name, policy.name, rows, model.slo_p99_ms, workload.onset_s, window_s)
+    return Result(workload.name, policy.name, rows, workload.onset_s, window_s, policy.knob, policy.knob_value)
 
 
-def _within(p99_ms: float | None, slo_p99_ms: float, *, missing: bool = True) -> bool:
-    """A window's p99 within the SLO; a window that served nothing counts as ``missing``."""
-    return missing if p99_ms is None else p99_ms <= slo_p99_ms
+class _Targets:
+    """The SLO targets of a run, per tier."""
+
+    def __init__(self, model: ServiceModel, prompt_mean: float) -> None:
+        self.model = model
+        self.ttft = {t: model.ttft_target_s(t, prompt_mean) for t in TIER_ORDER}
+        self.tpot = {t: model.tpot_target_s(t) for t in TIER_ORDER}
+
+
+class _Decoding:
+    """Realtime requests decoding, judged on their time per output token when they complete.
+
+    A request that starts decoding in second ``t`` with ``output`` tokens
+    decodes for ``D`` seconds (``output`` times the TPOT it started at, at least
+    one, at most a minute); its TPOT is those seconds over the tokens a sequence
+    got in them (the harmonic mean of the per-second TPOTs), so a one-second
+    stall does not fail a request that decodes for ten.
+    """
+
+    def __init__(self) -> None:
+        self.t = 0
+        #: per second: 1 / TPOT, tokens a running sequence got
+        self.rates: list[float] = []
+        self.pending: collections.deque[tuple[int, int, str, float]] = collections.deque()
+
+    def admit(self, sec: Second, tier: str, n: float, output: float) -> None:
+        if n <= 0:
+            return
+        tpot = sec.tpot_s if sec.tpot_s is not None and math.isfinite(sec.tpot_s) else sec.decode_step_s
+        d = max(1, min(60, math.ceil(output * tpot)))
+        self.pending.append((self.t + d, self.t, tier, n))
+
+    def complete(self, tpot_s: float | None) -> list[tuple[str, float, float]]:
+        """Close this second (its TPOT); the requests done by its end: (tier, how many, their TPOT)."""
+        rate = 0.0 if tpot_s is None or not math.isfinite(tpot_s) or tpot_s <= 0 else 1 / tpot_s
+        self.rates.append(rate)
+        self.t += 1
+        done = []
+        keep: collections.deque[tuple[int, int, str, float]] = collections.deque()
+        for due, start, tier, n in self.pending:
+            if due <= self.t:
+                tokens = sum(self.rates[start:due])
+                done.append((tier, n, (due - start) / tokens if tokens > 0 else math.inf))
+            else:
+                keep.append((due, start, tier, n))
+        self.pending = keep
+        return done
+
+
+def _take(backlog: collections.deque[list[float]], n: float, deadline: float) -> float:
+    """Take ``n`` requests off the oldest end of ``backlog``; how many of them were deferred before ``deadline``."""
+    late = 0.0
+    while n > 1e-9 and backlog:
+        head = backlog[0]
+        take = min(n, head[1])
+        if head[0] < deadline:
+            late += take
+        head[1] -= take
+        n -= take
+        if head[1] <= 1e-9:
+            backlog.popleft()
+    return late
 
 
 def _round(x: float, rng: random.Random) -> int:
@@ -249,21 +385,35 @@ def _round(x: float, rng: random.Random) -> int:
     return whole + (rng.random() < x - whole)
 
 
+def _quantile(points: list[tuple[float, float]], q: float) -> float | None:
+    return tpot_quantile(points, q)
+
+
 class _Window:
     """What one window accumulates."""
 
     def __init__(self, tiers: tuple[str, ...], window_s: int) -> None:
         self.window_s = window_s
         self.tiers = tiers
-        self.demand = {(t, r): 0.0 for t in tiers for r in ("realtime", "batch")}
-        self.rejected = {(t, r): 0.0 for t in tiers for r in ("realtime", "batch")}
-        self.deferred = {t: 0.0 for t in tiers}
-        self.replayed = {t: 0.0 for t in tiers}
-        self.served = {(t, r): 0.0 for t in tiers for r in ("realtime", "batch")}
-        self.lost = {(t, r): 0.0 for t in tiers for r in ("realtime", "batch")}
-        self.p99: dict[str, float | None] = {t: None for t in tiers}
-        self.wait_ms = {t: 0.0 for t in tiers}
+        classes: list[tuple[str, str]] = [(t, r) for t in tiers for r in (RT, BATCH)]
+        self.demand: dict[tuple[str, str], float] = dict.fromkeys(classes, 0.0)
+        self.rejected: dict[tuple[str, str], float] = dict.fromkeys(classes, 0.0)
+        self.served: dict[tuple[str, str], float] = dict.fromkeys(classes, 0.0)
+        self.lost: dict[tuple[str, str], float] = dict.fromkeys(classes, 0.0)
+        self.missed = dict.fromkeys(tiers, 0.0)
+        self.deferred = dict.fromkeys(tiers, 0.0)
+        self.replayed = dict.fromkeys(tiers, 0.0)
+        self.late = dict.fromkeys(tiers, 0.0)
+        self.good = 0.0
+        self.ttft: dict[str, list[tuple[float, float]]] = {t: [] for t in tiers}
+        self.tpot: list[tuple[float, float]] = []
+        self.busy: list[float] = []
+        self.kv: list[float] = []
         self.util: list[float] = []
+        self.tokens = [0.0, 0.0]
+        self.generated = 0.0
+        self.waiting = 0.0
+        self.running = 0.0
         self.capacity = 0.0
 
     def count(self, tier: str, rtype: str, action: str, k: float) -> None:
@@ -272,55 +422,104 @@ class _Window:
             self.deferred[tier] += k
         elif action != ADMIT:
             self.rejected[(tier, rtype)] += k
+            if rtype == RT:
+                self.missed[tier] += k
 
-    def second(self, served, lost, waits, p99_service: float, util: float, throughput: float) -> None:
-        for c, n in served.items():
-            self.served[c] += n
-        for c, n in lost.items():
-            self.lost[c] += n
-        for tier in self.tiers:
-            c = (tier, "realtime")
-            if served[c] > 0:
-                p = waits[c] * 1000 + p99_service
-                self.wait_ms[tier] = max(self.wait_ms[tier], waits[c] * 1000)
-                self.p99[tier] = p if self.p99[tier] is None else max(self.p99[tier], p)
-        self.util.append(util)
-        self.capacity = throughput
+    def second(self, sec: Second, targets: _Targets, capacity: float, decoding: _Decoding) -> None:
+        profile = targets.model.profile
+        for a in sec.admitted:
+            tier, rtype = cast(tuple[str, str], a.cls)
+            self.served[(tier, rtype)] += a.n
+            self.tokens[0] += a.n * a.prompt
+            self.tokens[1] += a.n * a.output  # what usage reports for them
+            if rtype == RT:
+                # first token within target: then judged on its decode's TPOT when it completes
+                late = ttft_miss_share(profile, a.wait_s, a.prompt, sec.decode_step_s, targets.ttft[tier])
+                self.missed[tier] += a.n * late
+                decoding.admit(sec, tier, a.n * (1 - late), a.output)
+                longest = prompt_quantile(a.prompt, 0.99)
+                self.ttft[tier].append((a.wait_s + prefill_s(profile, longest, sec.decode_step_s), a.n))
+            else:
+                self.good += a.n if a.wait_s <= targets.model.batch_deadline_s else 0.0
+        for tier, good, tpot in decoding.complete(sec.tpot_s):
+            if tpot <= targets.tpot[tier]:
+                self.good += good
+            else:
+                self.missed[tier] += good
+        for cls, n in sec.timed_out.items():
+            tier, rtype = cast(tuple[str, str], cls)
+            self.lost[(tier, rtype)] += n
+            if rtype == RT:
+                self.missed[tier] += n
+        if sec.tpot_s is not None:
+            self.tpot.append((sec.tpot_s, sec.running))
+        self.generated += sec.output_tokens
+        self.busy.append(sec.gpu_busy)
+        self.kv.append(sec.kv_cache_usage)
+        served = sum(a.n for a in sec.admitted)
+        self.util.append(min(1.0, served / capacity) if capacity > 0 else 0.0)
+        self.waiting, self.running, self.capacity = sec.waiting, sec.running, capacity
 
-    def observation(self, start: int, fleet: Fleet, queues: Queues) -> Observation:
-        util = sum(self.util) / len(self.util)
-        tiers = {}
-        for tier in self.tiers:
-            rt, b = (tier, "realtime"), (tier, "batch")
-            tiers[tier] = _stats(self.window_s, self.served[rt] + self.served[b], self.lost[rt] + self.lost[b],
-                                 self.rejected[rt] + self.rejected[b], self.deferred[tier], self.replayed[tier],
-                                 self.served[rt] + self.lost[rt] + self.rejected[rt],
-                                 self.served[b] + self.lost[b] + self.rejected[b], self.p99[tier],
-                                 self.wait_ms[tier])
-        p99s = [p for p in self.p99.values() if p is not None]
-        service = _stats(self.window_s, sum(self.served.values()), sum(self.lost.values()), sum(self.rejected.values()),
-                         sum(self.deferred.values()), sum(self.replayed.values()),
-                         sum(s.realtime for s in tiers.values()),
-                         sum(s.batch for s in tiers.values()), max(p99s) if p99s else None,
-                         max(self.wait_ms.values()))
-        pool = PoolStats(samples=len(self.util), utilisation_mean=round(min(1.0, util), 6),
-                         utilisation_max=round(min(1.0, max(self.util)), 6), kv_cache_mean=0.0, kv_cache_max=0.0,
-                         queue_depth=int(queues.total), queue_depth_max=int(queues.total), running_requests=0,
-                         tokens_per_s=0.0, workers=fleet.ready + fleet.pending, ready_replicas=fleet.ready,
+    def _stats(self, classes: list[tuple[str, str]], ttft: list[tuple[float, float]], deferred: float,
+               replayed: float) -> TrafficStats:
+        w = self.window_s
+        served = sum(self.served[c] for c in classes)
+        lost = sum(self.lost[c] for c in classes)
+        rejected = sum(self.rejected[c] for c in classes)
+        n = served + lost + rejected
+        ttft_p99 = _quantile(ttft, 0.99)
+        ttft_p50 = _quantile(ttft, 0.5)
+        tpot = _quantile(self.tpot, 0.99)
+        share = served / (sum(self.served.values()) or 1.0)
+        tokens_in, tokens_out = self.tokens[0] * share, self.tokens[1] * share
+        p99 = ttft_p99 * 1000 if ttft_p99 is not None else 0.0
+        return TrafficStats(
+            requests=int(n), rate_rps=round(n / w, 3), ok=int(served), error=0, timeout=int(lost),
+            throttled=int(rejected), realtime=int(sum(self.served[c] + self.lost[c] + self.rejected[c]
+                                                      for c in classes if c[1] == RT)),
+            batch=int(sum(self.served[c] + self.lost[c] + self.rejected[c] for c in classes if c[1] == BATCH)),
+            # the simulated service's latency is its time to first token
+            latency_p50_ms=round(ttft_p50 * 1000, 3) if ttft_p50 is not None else 0.0, latency_p90_ms=round(p99, 3),
+            latency_p99_ms=round(p99, 3), latency_max_ms=round(p99, 3), queue_wait_p99_ms=0.0,
+            input_tokens=int(tokens_in), output_tokens=int(tokens_out),
+            tokens_per_s=round((tokens_in + tokens_out) / w, 3), over_2s_share=0.0, cache_hits=0,
+            deferred=int(deferred), replayed=int(replayed),
+            demand_rps=round(max(0.0, n - replayed + deferred) / w, 3),
+            ttft_p50_ms=round(ttft_p50 * 1000, 3) if ttft_p50 is not None else None,
+            ttft_p99_ms=round(p99, 3) if ttft_p99 is not None else None,
+            itl_p50_ms=None, itl_p99_ms=round(tpot * 1000, 3) if tpot is not None else None)
+
+    def observation(self, start: int, fleet: Fleet) -> Observation:
+        tiers = {t: self._stats([(t, RT), (t, BATCH)], self.ttft[t], self.deferred[t], self.replayed[t])
+                 for t in self.tiers}
+        service = self._stats(list(self.served), [p for t in self.tiers for p in self.ttft[t]],
+                              sum(self.deferred.values()), sum(self.replayed.values()))
+        busy = sum(self.busy) / len(self.busy)
+        pool = PoolStats(samples=len(self.busy), utilisation_mean=round(min(1.0, busy), 6),
+                         utilisation_max=round(min(1.0, max(self.busy)), 6),
+                         kv_cache_mean=round(sum(self.kv) / len(self.kv), 6), kv_cache_max=round(max(self.kv), 6),
+                         queue_depth=int(self.waiting), queue_depth_max=int(self.waiting),
+                         running_requests=int(self.running), tokens_per_s=round(self.generated / self.window_s, 3),
+                         workers=fleet.ready + fleet.pending, ready_replicas=fleet.ready,
                          cold_starting_replicas=fleet.pending)
         return Observation(window_start_ms=start * 1000, window_ms=self.window_s * 1000, service=service, tiers=tiers,
                            pool=pool)
 
     def row(self, start: int, fleet: Fleet, plan) -> WindowRow:
+        w = self.window_s
+        ttft = {t: (q * 1000 if (q := _quantile(self.ttft[t], 0.99)) is not None else None) for t in self.tiers}
+        tpot = _quantile(self.tpot, 0.99)
         return WindowRow(
-            t=start, demand=sum(self.demand.values()) / self.window_s,
-            admitted=sum(self.demand[c] - self.rejected[c] for c in self.demand) / self.window_s,
-            served=sum(self.served.values()) / self.window_s,
-            rejected={t: (self.rejected[(t, "realtime")] + self.rejected[(t, "batch")]) for t in self.tiers},
+            t=start, demand=sum(self.demand.values()) / w,
+            admitted=sum(self.demand[c] - self.rejected[c] for c in self.demand) / w,
+            served=sum(self.served.values()) / w,
+            rejected={t: (self.rejected[(t, RT)] + self.rejected[(t, BATCH)]) for t in self.tiers},
             deferred=sum(self.deferred.values()), deferred_by_tier=dict(self.deferred),
-            timed_out=sum(self.lost.values()), p99_ms=dict(self.p99),
+            timed_out=sum(self.lost.values()), ttft_p99_ms=ttft, tpot_p99_ms=tpot * 1000 if tpot is not None else None,
+            demand_by_tier={t: self.demand[(t, RT)] for t in self.tiers}, missed_by_tier=dict(self.missed),
+            all_by_tier={t: self.demand[(t, RT)] + self.demand[(t, BATCH)] for t in self.tiers},
+            good=max(0.0, self.good - sum(self.late.values())),  # replayed after the deadline: served, not good
             ready=fleet.ready, paid=fleet.paid, desired=plan.replicas, warm=fleet.warm, level=plan.level,
             utilisation=sum(self.util) / len(self.util), capacity_rps=self.capacity,
-            demand_by_tier={t: self.demand[(t, "realtime")] for t in self.tiers},
-            all_by_tier={t: self.demand[(t, "realtime")] + self.demand[(t, "batch")] for t in self.tiers},
+            kv_cache=max(self.kv), waiting=self.waiting,
         )

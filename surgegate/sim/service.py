@@ -1,70 +1,75 @@
-"""The simulated service: GPU replicas, cold starts, priority queues, long-tail service times.
+"""The simulated service: LLM replicas, their cold starts, and the SLOs their users have.
 
-A fluid model stepped once a simulated second, so three hours at 120,000 rps
-run in seconds:
+Replicas are :class:`~surgegate.llm.replica.ReplicaProfile` replicas stepped as
+a fluid (:mod:`surgegate.llm.fluid`): continuous batching, a KV-cache token
+budget, chunked prefill, one waiting queue. This module adds what is around
+them:
 
-- Each replica serves up to ``concurrency`` requests at once. A request's
-  service time is 90% log-normal (median 60 ms, p90 200 ms) and 10% uniform in
-  2-6 s. So a replica's throughput is ``concurrency / E[S]``, and the slow
-  tenth holds most of the slots.
-- Admitted requests queue by priority: each tier's realtime queue, top tier
-  first, then batch. Each second the fleet serves up to its throughput, in
-  that order. A class waits behind its own queue and every queue ahead of it
-  (Little's law: wait = queued / throughput).
-- A class's p99 latency in a second is its wait plus the service-time p99.
-  A request queued for longer than ``timeout_s`` gives up (a timeout).
-- Replicas asked for are ready after ``cold_start_s``, or after
-  ``warm_start_s`` when taken from the warm pool. Warm replicas are loaded
-  and idle, and are paid for.
+- Replicas asked for are ready after ``cold_start_s`` (loading a model: tens of
+  seconds to minutes), or after ``warm_start_s`` when taken from the warm pool.
+  Warm replicas are loaded and idle, and are paid for.
 - A Deployment-like controller keeps ready plus starting replicas at the
   target, so failed replicas are replaced (cold).
+- The users' SLOs per tier: time to first token and time per output token for
+  realtime requests, a deadline for batch ones (:class:`ServiceModel`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+
+from surgegate.checks import check
+from surgegate.llm.fluid import prefill_s, prompt_quantile, sustainable_rps
+from surgegate.llm.replica import ReplicaProfile
 
 TIER_ORDER = ("enterprise", "pro", "free")
 
 
 @dataclasses.dataclass(frozen=True)
 class ServiceModel:
-    """Physics of the simulated service."""
+    """The simulated LLM service: its replicas, their starts, and its users' SLOs.
 
-    concurrency: int = 2048
-    fast_median_ms: float = 60.0
-    fast_p90_ms: float = 200.0
-    slow_share: float = 0.1
-    slow_ms: tuple[float, float] = (2000.0, 6000.0)
+    SLOs, per tier (highest first): a realtime request meets its SLO when its
+    time to first token is within ``ttft_allowance_s`` plus the prefill time of
+    the workload's 99th-percentile prompt (so a service of long prompts is not
+    failed by its prompts alone), and its time per output token within
+    ``tpot_s``. A batch request meets it when it gets its first token within
+    ``batch_deadline_s`` of arriving, deferral included.
+    """
+
+    profile: ReplicaProfile = dataclasses.field(default_factory=ReplicaProfile.llama3_8b_a100)
     cold_start_s: float = 15.0
     warm_start_s: float = 0.8
-    timeout_s: float = 30.0
-    slo_p99_ms: float = 10_000.0
+    #: a request still waiting for a place in the batch this long gives up
+    timeout_s: float = 60.0
+    ttft_allowance_s: tuple[float, ...] = (1.0, 2.0, 4.0)
+    tpot_s: tuple[float, ...] = (0.1, 0.125, 0.15)
+    batch_deadline_s: float = 1800.0
+    #: the engine schedules by tier (vLLM's --scheduling-policy priority) instead of first come, first served
+    engine_priority: bool = False
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1 or not 0 <= self.slow_share < 1 or self.cold_start_s < 0 or self.timeout_s <= 0 \
-                or self.slo_p99_ms <= 0:
-            raise ValueError("service model: need concurrency >= 1, slow_share in [0, 1), cold_start_s >= 0, "
-                             "timeout_s > 0 and slo_p99_ms > 0")
+        check(self.cold_start_s >= 0, "cold_start_s", self.cold_start_s, "must be >= 0")
+        check(self.warm_start_s >= 0, "warm_start_s", self.warm_start_s, "must be >= 0")
+        check(self.timeout_s > 0, "timeout_s", self.timeout_s, "must be > 0")
+        check(len(self.ttft_allowance_s) == len(TIER_ORDER) and min(self.ttft_allowance_s) > 0,
+              "ttft_allowance_s", self.ttft_allowance_s, f"must be {len(TIER_ORDER)} values > 0")
+        check(len(self.tpot_s) == len(TIER_ORDER) and min(self.tpot_s) > 0, "tpot_s", self.tpot_s,
+              f"must be {len(TIER_ORDER)} values > 0")
+        check(self.batch_deadline_s > 0, "batch_deadline_s", self.batch_deadline_s, "must be > 0")
 
-    def mean_service_s(self, slow_factor: float = 1.0) -> float:
-        """E[S]: the log-normal body's mean and the slow tail's mean, weighted."""
-        sigma = math.log(self.fast_p90_ms / self.fast_median_ms) / 1.2816
-        fast = self.fast_median_ms * math.exp(sigma * sigma / 2)
-        slow = (self.slow_ms[0] + self.slow_ms[1]) / 2 * slow_factor
-        return ((1 - self.slow_share) * fast + self.slow_share * slow) / 1000
+    def ttft_target_s(self, tier: str, prompt_mean: float) -> float:
+        """The TTFT p99 target of ``tier``'s realtime requests on a workload of ``prompt_mean`` prompts."""
+        longest = prompt_quantile(prompt_mean, 0.99)
+        return self.ttft_allowance_s[TIER_ORDER.index(tier)] + prefill_s(self.profile, longest,
+                                                                          self.profile.decode_step_s)
 
-    def p99_service_ms(self, slow_factor: float = 1.0) -> float:
-        """The service time's 99th percentile (inside the slow tail when it holds more than 1%)."""
-        lo, hi = self.slow_ms[0] * slow_factor, self.slow_ms[1] * slow_factor
-        if self.slow_share <= 0.01:
-            return self.fast_p90_ms * 2
-        return hi - 0.01 * (hi - lo) / self.slow_share
+    def tpot_target_s(self, tier: str) -> float:
+        return self.tpot_s[TIER_ORDER.index(tier)]
 
-    def replica_rps(self, slow_factor: float = 1.0) -> float:
-        """One replica's throughput when every slot is busy."""
-        return self.concurrency / self.mean_service_s(slow_factor)
+    def replica_rps(self, prompt: float, output: float) -> float:
+        """What one replica serves in steady state within the top tier's TPOT target (a serving benchmark's figure)."""
+        return sustainable_rps(self.profile, prompt, output, self.tpot_s[0])
 
 
 @dataclasses.dataclass
@@ -136,50 +141,3 @@ def _cancel_latest(pending: list[tuple[float, int]], extra: int) -> int:
         if keep:
             pending.append((at, keep))
     return extra
-
-
-class Queues:
-    """Admitted requests waiting, per class, served in priority order."""
-
-    def __init__(self) -> None:
-        self.order = [(t, "realtime") for t in TIER_ORDER] + [(t, "batch") for t in TIER_ORDER]
-        self.waiting = {c: 0.0 for c in self.order}
-
-    def add(self, cls: tuple[str, str], n: float) -> None:
-        self.waiting[cls] += n
-
-    def serve(self, capacity: float) -> dict[tuple[str, str], float]:
-        """Serve up to ``capacity`` requests in priority order; what each class got."""
-        served = {}
-        left = capacity
-        for c in self.order:
-            take = min(self.waiting[c], left)
-            self.waiting[c] -= take
-            served[c] = take
-            left -= take
-        return served
-
-    def waits(self, throughput: float) -> dict[tuple[str, str], float]:
-        """Each class's wait in seconds: the queues at and ahead of it over throughput."""
-        out, ahead = {}, 0.0
-        for c in self.order:
-            ahead += self.waiting[c]
-            out[c] = ahead / throughput if throughput > 0 else math.inf
-        return out
-
-    def expire(self, waits: dict[tuple[str, str], float], timeout_s: float, throughput: float
-               ) -> dict[tuple[str, str], float]:
-        """Drop what would wait past ``timeout_s`` (lowest priority first); what each class lost."""
-        lost = {c: 0.0 for c in self.order}
-        budget = timeout_s * throughput  # requests that can be served within the timeout
-        ahead = 0.0
-        for c in self.order:
-            keep = max(0.0, min(self.waiting[c], budget - ahead))
-            lost[c] = self.waiting[c] - keep
-            self.waiting[c] = keep
-            ahead += keep
-        return lost
-
-    @property
-    def total(self) -> float:
-        return sum(self.waiting.values())

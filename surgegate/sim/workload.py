@@ -1,7 +1,11 @@
 """Workloads for the simulator: per-second arrival rates and the traffic mix.
 
-A workload is a rate per simulated second, plus what happens to the service
-meanwhile (slow requests doubling, replicas failing). Traces in
+A workload is a rate per simulated second with the requests' mean prompt and
+output lengths in tokens, plus what happens to the service meanwhile
+(replicas failing, a GPU quota, slow cold starts). Lengths come from a
+trace's token columns where it has them (per minute, count-weighted), else
+the Azure conversation trace's means (:data:`DEFAULT_PROMPT`,
+:data:`DEFAULT_OUTPUT`). Traces in
 ../shared/traces format are scaled to a target peak: the busiest 10 s window
 becomes ``peak_rps``. Their shape is kept as it is. Synthetic scenarios are
 named as synthetic.
@@ -25,24 +29,48 @@ DEFAULT_MIX: dict[tuple[str, RequestType], float] = {
 }
 
 
+#: Mean prompt and output tokens of the Azure LLM conversation trace (2023), for workloads without token counts.
+DEFAULT_PROMPT, DEFAULT_OUTPUT = 1155.0, 211.0
+
+
 @dataclasses.dataclass
 class Workload:
-    """``rate[t]`` requests/s in second ``t``; events that change the service."""
+    """``rate[t]`` requests/s in second ``t``, their mean lengths; events that change the service."""
 
     name: str
     rate: list[float]
     synthetic: bool
     mix: dict[tuple[str, RequestType], float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_MIX))
-    #: second -> factor on the slow requests' service time (a long-tail shift)
-    slow_factor: dict[int, float] = dataclasses.field(default_factory=dict)
+    #: mean prompt / output tokens per second (None: the defaults throughout)
+    prompt: list[float] | None = None
+    output: list[float] | None = None
     #: second -> share of the ready replicas that fail at that second
     failures: dict[int, float] = dataclasses.field(default_factory=dict)
     #: second the burst begins, when the scenario has one
     onset_s: int | None = None
+    #: the GPU quota as a share of what the peak needs (None: room to grow)
+    quota_share: float | None = None
+    #: a model load that takes this long (None: the service model's cold start)
+    cold_start_s: float | None = None
+    #: the lengths the operator sized and set the SLOs for (None: the workload's own means)
+    reference: tuple[float, float] | None = None
 
     @property
     def seconds(self) -> int:
         return len(self.rate)
+
+    def lengths(self, t: int) -> tuple[float, float]:
+        """Mean prompt and output tokens of the requests arriving in second ``t``."""
+        return (self.prompt[t] if self.prompt is not None else DEFAULT_PROMPT,
+                self.output[t] if self.output is not None else DEFAULT_OUTPUT)
+
+    def mean_lengths(self) -> tuple[float, float]:
+        """The lengths the service is sized for: ``reference``, else the request-weighted means."""
+        if self.reference is not None:
+            return self.reference
+        total = sum(self.rate) or 1.0
+        return (sum(r * self.lengths(t)[0] for t, r in enumerate(self.rate)) / total,
+                sum(r * self.lengths(t)[1] for t, r in enumerate(self.rate)) / total)
 
     def peak_10s(self) -> float:
         """The busiest 10 s window's mean rate."""
@@ -73,7 +101,31 @@ def from_trace(path: Path, peak_rps: float = 120_000.0, hours: float | None = No
     if hours is not None:
         rate = rate[: int(hours * 3600)]
     name = path.name.split(".")[0]
-    return scaled(name, rate, peak_rps, synthetic=False)
+    prompt, output = _lengths(bins, len(rate))
+    return scaled(name, rate, peak_rps, synthetic=False, prompt=prompt, output=output)
+
+
+def _lengths(bins: list, seconds: int, block_s: int = 60) -> tuple[list[float] | None, list[float] | None]:
+    """Per second, the count-weighted mean prompt and output tokens of its minute (None without token columns)."""
+    if not any(b.input_tokens or b.output_tokens for b in bins):
+        return None, None
+    t0 = bins[0].start_s
+    blocks = seconds // block_s + 1
+    sums = [[0.0, 0.0, 0.0] for _ in range(blocks)]
+    for b in bins:
+        i = int((b.start_s - t0) // block_s)
+        if i < blocks:
+            sums[i][0] += b.count
+            sums[i][1] += b.input_tokens
+            sums[i][2] += b.output_tokens
+    prompt, output = [], []
+    last = (DEFAULT_PROMPT, DEFAULT_OUTPUT)
+    for n, tin, tout in sums:
+        if n > 0:
+            last = (max(1.0, tin / n), max(1.0, tout / n))
+        prompt.append(last[0])
+        output.append(last[1])
+    return ([prompt[t // block_s] for t in range(seconds)], [output[t // block_s] for t in range(seconds)])
 
 
 def burst(peak_rps: float = 120_000.0, base_rps: float = 5_000.0, *, hold_s: int = 3 * 3600, ramp_s: int = 180,
@@ -122,10 +174,33 @@ def flash_crowd(peak_rps: float = 120_000.0, base_rps: float = 10_000.0, *, seed
 
 
 def long_tail_shift(rps: float = 60_000.0, *, seed: int = 0) -> Workload:
-    """Synthetic: steady load; after 20 minutes the slow requests take twice as long."""
+    """Synthetic: steady load; after 20 minutes answers run twice as long (output tokens x 2)."""
     rng = random.Random(seed)
     rate = [rps * (1 + 0.02 * rng.gauss(0, 1)) for _ in range(3600)]
-    return Workload("long_tail_shift", rate, True, slow_factor={1200: 2.0}, onset_s=1200)
+    output = [DEFAULT_OUTPUT * (2.0 if t >= 1200 else 1.0) for t in range(3600)]
+    return Workload("long_tail_shift", rate, True, output=output, onset_s=1200,
+                    reference=(DEFAULT_PROMPT, DEFAULT_OUTPUT))
+
+
+def token_heavy(rps: float = 60_000.0, *, seed: int = 0) -> Workload:
+    """Synthetic: steady request rate; after 20 minutes prompts are 2.5 times as long (documents pasted in)."""
+    rng = random.Random(seed)
+    rate = [rps * (1 + 0.02 * rng.gauss(0, 1)) for _ in range(3600)]
+    prompt = [DEFAULT_PROMPT * (2.5 if t >= 1200 else 1.0) for t in range(3600)]
+    return Workload("token_heavy", rate, True, prompt=prompt, onset_s=1200,
+                    reference=(DEFAULT_PROMPT, DEFAULT_OUTPUT))
+
+
+def gpu_quota(peak_rps: float = 120_000.0, *, seed: int = 0) -> Workload:
+    """Synthetic: the seed burst (one hour held) with a GPU quota of 70% of what its peak needs."""
+    w = burst(peak_rps, peak_rps / 24, hold_s=3600, seed=seed)
+    return dataclasses.replace(w, name="gpu_quota", quota_share=0.7)
+
+
+def slow_cold_start(peak_rps: float = 120_000.0, *, seed: int = 0) -> Workload:
+    """Synthetic: a flash crowd on a model that takes 180 s to load (0.8 s from the warm pool)."""
+    w = flash_crowd(peak_rps, peak_rps / 12, seed=seed)
+    return dataclasses.replace(w, name="slow_cold_start", cold_start_s=180.0)
 
 
 def replica_failures(rps: float = 80_000.0, *, seed: int = 0) -> Workload:
@@ -142,4 +217,7 @@ SCENARIOS = {
     "flash_crowd": lambda peak, seed: flash_crowd(peak, peak / 12, seed=seed),
     "long_tail_shift": lambda peak, seed: long_tail_shift(peak / 2, seed=seed),
     "replica_failures": lambda peak, seed: replica_failures(peak * 2 / 3, seed=seed),
+    "token_heavy": lambda peak, seed: token_heavy(peak / 2, seed=seed),
+    "gpu_quota": lambda peak, seed: gpu_quota(peak, seed=seed),
+    "slow_cold_start": lambda peak, seed: slow_cold_start(peak, seed=seed),
 }
