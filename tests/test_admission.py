@@ -259,3 +259,31 @@ def test_status_says_what_applies_and_why():
     st_ = g.status()
     assert st_["state"] == "live" and st_["version"] == 7 and st_["reason"] == "level 2: test"
     assert isinstance(Tally().totals, dict)
+
+
+def test_every_class_together_is_held_to_the_safe_capacity_refusing_all_but_the_top_tier_first():
+    clock = Clock()
+    g = gate(clock)
+    roomy = {t: TierLimit(realtime_rps=100, batch_rps=100, burst=100) for t in TIERS}
+    g.apply(decision(level=0, safe_rps=100.0, tiers=roomy, now=clock.t))
+    out = {t: {ADMIT: 0, REJECT: 0} for t in ("enterprise", "pro")}
+    # 90 a second of each tier for 20 s: each within its own rate, together more than the 100 safe
+    for _ in range(20 * 90):
+        for tier in ("enterprise", "pro"):
+            out[tier][g.admit("acme", tier).action] += 1
+        clock.t += 1 / 90
+    assert out["enterprise"][REJECT] == 0, "the top tier's realtime is never refused by the shared capacity"
+    admitted = out["enterprise"][ADMIT] + out["pro"][ADMIT]
+    assert admitted == pytest.approx(100 * 20 + 100, abs=3), "together: the safe rate plus one second's burst"
+    assert out["pro"][ADMIT] == pytest.approx(admitted - 20 * 90, abs=3), "pro gets what enterprise leaves"
+
+
+def test_a_forced_take_runs_a_bucket_into_debt_that_later_takers_repay():
+    b = Bucket(rate=10.0, burst=5.0, now=0.0)
+    for _ in range(9):
+        b.force(0.0)
+    assert b.available(0.0) == -4.0
+    for _ in range(3):
+        b.force(0.0)
+    assert b.available(0.0) == -5.0, "the debt is at most one burst"
+    assert b.take(0.0) == pytest.approx(0.6) and b.take(0.6) == 0.0

@@ -14,9 +14,14 @@ Which rules apply:
   :class:`Fallback` limits.
 
 A decision's rates are service-wide; an edge applies ``share`` of them (its
-part of the traffic). A decision with an older version never replaces a newer
-one. In shadow mode (the gate's or the decision's) every request is admitted
-and the verdict it would have had is recorded.
+part of the traffic). Besides each class's bucket, the decision's safe
+capacity is one bucket for the service: the classes' rates may each be
+generous (a class can grow into room the others leave), but together they
+never admit more than it; the top tier's realtime requests draw on it
+without being refused by it, so a surge everywhere is refused below them.
+A decision with an older version never replaces a newer one. In shadow mode
+(the gate's or the decision's) every request is admitted and the verdict it
+would have had is recorded.
 
 >>> from surgegate.schemas.decisions import ThrottleDecision, TierLimit
 >>> gate = Admission("chat", tiers=("pro", "free"), clock=lambda: 0.0, wall=lambda: 0.0)
@@ -53,6 +58,9 @@ HOLD_WINDOWS = 1.5
 MIN_RETRY_S, MAX_RETRY_S = 1.0, 60.0
 #: Retry-After for a class whose admitted rate is zero: the next decision may lift it.
 ZERO_RATE_RETRY_S = 10.0
+#: The decision's safe capacity is one bucket for the whole service, holding this many seconds of it: a
+#: surge inside a window, in every class at once, is refused beyond it for all but the top tier's realtime.
+SAFE_BURST_S = 1.0
 
 
 def hold_after_s(window_s: float) -> float:
@@ -90,6 +98,12 @@ class Bucket:
             return 0.0
         self.tokens = tokens
         return (1.0 - tokens) / self.rate if self.rate > 0 else ZERO_RATE_RETRY_S
+
+    def force(self, now: float) -> None:
+        """Take one token whatever is there: the balance may go down to ``-burst`` (a debt later takers repay)."""
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        self.tokens = max(-self.burst, min(tokens, self.burst) - 1.0)
+        self.stamp = now
 
     def available(self, now: float) -> float:
         """Tokens in the bucket at ``now``, refilled, without taking any."""
@@ -178,11 +192,11 @@ class _Rules:
     """One decision (or the fallback) turned into buckets."""
 
     __slots__ = ("version", "level", "valid_until_s", "shadow", "defer_batch", "tiers", "tenants", "total",
-                 "missing", "reason")
+                 "missing", "reason", "safe")
 
     def __init__(self, version: int, level: int, valid_until_s: float, shadow: bool, defer_batch: bool,
                  tiers: dict[str, _TierRules], tenants: dict[str, Bucket], total: Bucket | None,
-                 missing: Callable[[str], _TierRules], reason: str) -> None:
+                 missing: Callable[[str], _TierRules], reason: str, safe: Bucket | None = None) -> None:
         self.version = version
         self.level = level
         self.valid_until_s = valid_until_s
@@ -193,6 +207,9 @@ class _Rules:
         self.total = total
         self.missing = missing
         self.reason = reason
+        #: the decision's safe capacity, shared by every class: the top tier's realtime requests draw
+        #: on it without being refused, the rest are refused when it is spent
+        self.safe = safe
 
 
 def _carry(old: Bucket | None, rate: float, burst: float, now: float) -> Bucket:
@@ -290,8 +307,9 @@ class Admission:
             return made
 
         valid_until_s = now + (d.valid_until - self._wall() * 1000) / 1000
+        shared = _carry(old.safe if old is not None else None, safe, max(1.0, safe * SAFE_BURST_S), now)
         return _Rules(d.version, d.level, valid_until_s, d.mode == "shadow", d.defer_batch, tiers, tenants,
-                      None, missing, d.reason)
+                      None, missing, d.reason, shared)
 
     def _build_fallback(self, now: float) -> _Rules:
         fb = self.fallback
@@ -373,6 +391,15 @@ class Admission:
                         bucket.refund()
                         if tb is not None:
                             tb.refund()
+                if not wait and rules.safe is not None:
+                    if not batch and tier == self.tier_order[0]:
+                        rules.safe.force(now)
+                    else:
+                        wait = rules.safe.take(now)
+                        if wait:
+                            bucket.refund()
+                            if tb is not None:
+                                tb.refund()
             if wait:
                 action = DEFER if batch else REJECT
         cap = tr.max_tokens if tr.max_tokens is not None and tokens > tr.max_tokens else None

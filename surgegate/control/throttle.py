@@ -221,31 +221,40 @@ class ThrottlePolicy(WindowPolicy):
     def _rates(self, level: int, demands: list[ClassDemand], capacity: float) -> dict[str, float]:
         """Admitted rate per class, each within [0, capacity].
 
-        Level 0 rations nothing: every realtime class may use all of the
-        capacity, batch what the realtime forecast leaves of it. Levels
+        Level 0 rations nothing the forecast asks for: the top tier's realtime
+        class may use all of the capacity, another realtime class what the
+        other realtime forecasts leave, batch what all of them leave. Levels
         1-3 allocate by priority, and a tier's realtime class never gets less
         than its reserved floor, so its traffic is admitted at once even when
-        it was idle and others borrowed the reservation. Level 4 gives all of
-        the capacity to the top tier's realtime class and nothing to the rest.
+        it was idle and others borrowed the reservation; the top tier may take
+        all of it. Level 4 gives all of the capacity to
+        the top tier's realtime class and nothing to the rest.
         """
+        top_tier = min((d.name.split("/")[0] for d in demands), key=self.config.tier_rank)
+        protected = f"{top_tier}/realtime"
         if level == 0:
-            # batch (fresh or replayed from the deferral lane) shares what realtime leaves, by demand
-            spare = max(0.0, capacity - sum(d.demand for d in demands if d.name.endswith("/realtime")))
-            return {d.name: _share(spare, d, [b for b in demands if b.name.endswith("/batch")])
-                    if d.name.endswith("/batch") else capacity for d in demands}
+            # a realtime class may grow into all the capacity the others' forecasts leave (the top
+            # tier into all of it); batch (fresh or replayed from the deferral lane) shares what
+            # realtime leaves, by demand
+            realtime = sum(d.demand for d in demands if d.name.endswith("/realtime"))
+            spare = max(0.0, capacity - realtime)
+            batch = [b for b in demands if b.name.endswith("/batch")]
+            return {d.name: _share(spare, d, batch) if d.name.endswith("/batch")
+                    else capacity if d.name == protected else max(d.demand, capacity - (realtime - d.demand))
+                    for d in demands}
         if level >= 4:
             top = min(demands, key=lambda d: (self.config.tier_rank(d.name.split("/")[0]),
                                               d.name.endswith("/batch")))
             return {d.name: (capacity if d is top else 0.0) for d in demands}
-        top_tier = min((d.name.split("/")[0] for d in demands), key=self.config.tier_rank)
-        protected = f"{top_tier}/realtime"
         granted = allocate(capacity, demands, protected=protected)
-        # what the forecast leaves over is anyone's: a class that grows within the window takes it
-        # before it is refused; the top tier's realtime class may take all of the capacity
+        # what the forecast leaves over is shared by demand, so a class that grows within the window
+        # takes it before it is refused; the top tier's realtime class may take all of the capacity
+        # (the edges hold every class together to the safe capacity, refusing the others first)
         left = max(0.0, capacity - sum(granted.values()))
         others = [d for d in demands if d.name != protected]
-        return {d.name: capacity if d.name == protected
-                else min(capacity, max(granted[d.name] + _share(left, d, others), d.floor)) for d in demands}
+        rates = {d.name: min(capacity, max(granted[d.name] + _share(left, d, others), d.floor)) for d in others}
+        rates[protected] = capacity
+        return rates
 
     def _decision(self, inputs: DecisionInputs, level: int, rates: dict[str, float], demands: list[ClassDemand],
                   capacity: float, upper: float, breaker: BreakerState, why: str,
