@@ -186,3 +186,19 @@ def test_the_policy_reports_replicas_it_started_until_they_are_ready():
     policy.decide(ScalingInputs(window_start=0, window_ms=W, demand_rps=1400.0, ready_replicas=5))
     assert policy.starting(ready_replicas=5) == ((15_000, 5),)  # asked at 0, cold start 15 s
     assert policy.starting(ready_replicas=10) == ()
+
+
+def test_ttft_over_its_slo_with_nothing_waiting_holds_more_capacity_and_says_so():
+    policy = ScalingPolicy(CFG)
+
+    def step(w: int, over: float | None) -> ScalingDecision:
+        return policy.decide(ScalingInputs(window_start=w * W, window_ms=W, demand_rps=1_400.0, ready_replicas=20,
+                                           point_rps=(1_400.0,) * 6, upper_rps=(1_400.0,) * 6, ttft_over_ms=over))
+
+    assert step(0, None).desired_replicas == 20  # 1,400 rps at 70 a replica
+    breached = [step(1 + i, 300.0) for i in range(3)]
+    assert [d.desired_replicas for d in breached] == [22, 25, 27], "10% more capacity a breached window"
+    assert "TTFT p99 over its SLO by 300 ms with nothing waiting" in breached[-1].reason
+    relaxed = [step(10 + i, None) for i in range(120)]
+    assert relaxed[-1].desired_replicas == math.ceil(1_400 * 1.05 / 70) and policy.ttft_headroom == 1.0, \
+        "it relaxes as windows meet the SLO (to the scale-down headroom)"

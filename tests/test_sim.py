@@ -196,8 +196,12 @@ def test_fleet_bounds_follow_the_workloads_lengths_and_quota():
     assert plain.replica_tps is not None
     a, b = plain.replica_tps
     assert 1 / (DEFAULT_PROMPT / a + DEFAULT_OUTPUT / b) == pytest.approx(RPS, rel=0.01)
-    assert forced_rejection(SCENARIOS["gpu_quota"](10_000.0, 0), quota) > 0
-    assert forced_rejection(SCENARIOS["burst"](10_000.0, 0), plain) == 0
+    assert forced_rejection(SCENARIOS["gpu_quota"](10_000.0, 0), quota, MODEL) > 0
+    assert forced_rejection(SCENARIOS["burst"](10_000.0, 0), plain, MODEL) == 0
+    # longer prompts need more replicas at the same rate: the bounds follow the busiest window's lengths
+    heavy = fleet_bounds(SCENARIOS["token_heavy"](10_000.0, 0), MODEL)
+    assert heavy.max_replicas > 2 * fleet_bounds(SCENARIOS["long_tail_shift"](10_000.0, 0), MODEL).max_replicas / 1.5
+    assert forced_rejection(SCENARIOS["token_heavy"](10_000.0, 0), heavy, MODEL) == 0
 
 
 def test_a_run_is_deterministic_for_a_seed():

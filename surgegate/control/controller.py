@@ -102,6 +102,13 @@ class ServiceController:
         self._rate = rate if rate is not None else self._rate
         return self._rate
 
+    def _ttft_over(self, traffic: TrafficStats, pool: PoolStats | None) -> float | None:
+        """How far the window's TTFT p99 is over the SLO while the pool reports nothing waiting (else None)."""
+        slo, ttft = self.config.ttft_slo_ms, traffic.ttft_p99_ms
+        if slo is None or ttft is None or ttft <= slo or pool is None or not pool.workers or pool.queue_depth_max:
+            return None
+        return ttft - slo
+
     def step(self, window: ServiceWindow) -> ControlOutput:
         """The threshold and both decisions for the window after ``window``."""
         ready = self.ready_replicas(window.pool)
@@ -123,9 +130,10 @@ class ServiceController:
             window_start=window.window_start, window_ms=window.window_ms,
             demand_rps=traffic.demand,  # throttled requests included: throttling never hides a burst
             batch_rps=traffic.batch / (window.window_ms / 1000), deferred=traffic.deferred,
+            replayed_rps=traffic.replayed / (window.window_ms / 1000),
             ready_replicas=ready,
             cold_starting=pool.cold_starting_replicas if pool is not None and pool.workers else 0,
             upper_rps=tuple(forecast.upper_after(window.window_start)) if forecast is not None else (),
             point_rps=tuple(forecast.point_after(window.window_start)) if forecast is not None else (),
-            replica_rps=threshold.replica_rps))
+            replica_rps=threshold.replica_rps, ttft_over_ms=self._ttft_over(traffic, window.pool)))
         return ControlOutput(threshold=threshold, throttle=throttle, scaling=scaling)

@@ -7,7 +7,10 @@ it directly. A service is *saturated* when
 - its pool's KV cache is full (at least :data:`KV_FULL` at the window's peak)
   while requests wait and the queue is not shrinking: new requests can only
   queue or preempt running ones; or
-- its users' time to first token breaches the service's TTFT SLO (p99).
+- its users' time to first token breaches the service's TTFT SLO (p99),
+  unless the pool reports that nothing waited in the window: then the time is
+  the prompts' own prefill (longer prompts), which admitting less does not
+  shorten.
 
 The throttle policy treats a saturated window as a breach: it escalates and
 does not admit more than it served.
@@ -41,5 +44,7 @@ def saturation(pool: PoolStats | None, previous: PoolStats | None, *, ttft_p99_m
     if pool is not None and full and growing:
         return f"KV cache {pool.kv_cache_max:.0%} full with {pool.queue_depth} requests waiting"
     if ttft_slo_ms is not None and ttft_p99_ms is not None and ttft_p99_ms > ttft_slo_ms:
+        if pool is not None and pool.workers and pool.queue_depth_max == 0:
+            return None  # nothing waits: the prompts themselves are long, and admitting less cures nothing
         return f"TTFT p99 {ttft_p99_ms:,.0f} ms vs SLO {ttft_slo_ms:,.0f} ms"
     return None

@@ -16,6 +16,11 @@ the cold start, so it must be started for the load expected then.
   within the lead time (a replica stopped now takes that long to come back),
   held for ``cooldown_s`` against noise, with 5% headroom, at most 20% a window.
   A steady load that wobbles by less than that cannot make the pool flap.
+- TTFT is evidence too: a window whose TTFT p99 breached the SLO while
+  nothing waited means the replicas' prefill is too busy for the prompts
+  (longer prompts, say). Throttling cannot shorten that, more replicas can: the
+  capacity held per unit of load rises 10% for each such window (at most 2x)
+  and relaxes as windows meet the SLO. The reason says so.
 - Within [min_replicas, max_replicas]; zero traffic holds the minimum.
 - Capacity mix: reserved replicas for the sustained baseline, spot for the
   deferrable batch work, on-demand for the rest; overflow replicas on the
@@ -59,6 +64,9 @@ SCALE_DOWN_SHARE = 0.2
 TOLERANCE = 0.05
 #: Weight of a newly measured lead time in the learned one.
 LEAD_LEARNING_RATE = 0.3
+#: A window whose TTFT breached its SLO with nothing waiting raises the capacity held per unit of load by
+#: this factor (up to TTFT_HEADROOM_MAX); each window within the SLO takes a share of the rise back.
+TTFT_STEP, TTFT_HEADROOM_MAX, TTFT_RELAX = 1.1, 2.0, 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +134,11 @@ class ScalingInputs:
     deferred: int = 0
     upper_rps: tuple[float, ...] = ()
     point_rps: tuple[float, ...] = ()
+    #: deferred work the deferral lane replayed in the window, per second (not part of ``demand_rps``)
+    replayed_rps: float = 0.0
+    #: the window's TTFT p99 over the service's TTFT SLO while nothing waited: the replicas' prefill is
+    #: too busy for the prompts (more replicas shorten it; throttling cannot)
+    ttft_over_ms: float | None = None
     #: the per-replica rate the safe-capacity estimate has learned (None: the configured one)
     replica_rps: float | None = None
 
@@ -146,6 +159,8 @@ class ScalingPolicy(WindowPolicy):
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
         self.current: int | None = None
+        #: capacity held per unit of load beyond the target utilisation, learned from TTFT breaches
+        self.ttft_headroom = 1.0
         self.lead_s = config.cold_start_s
         self.last_version = -1
         # (window_start, recommendation) within the cooldown
@@ -181,10 +196,15 @@ class ScalingPolicy(WindowPolicy):
     def decide(self, inputs: ScalingInputs) -> ScalingDecision:
         cfg = self.config
         self._learn_lead(inputs)
-        per = (inputs.replica_rps or cfg.replica_rps) * cfg.target_utilisation
+        if inputs.ttft_over_ms is not None:
+            self.ttft_headroom = min(TTFT_HEADROOM_MAX, self.ttft_headroom * TTFT_STEP)
+        else:
+            self.ttft_headroom = max(1.0, self.ttft_headroom - TTFT_RELAX * (self.ttft_headroom - 1.0) - 1e-3)
+        per = (inputs.replica_rps or cfg.replica_rps) * cfg.target_utilisation / self.ttft_headroom
         current = self.current if self.current is not None else max(cfg.min_replicas, inputs.ready_replicas)
         lead = self.lead_windows(inputs.window_ms)
-        backlog = inputs.deferred / BACKLOG_DRAIN_S
+        # deferred work: what this window put on the deferral lane, and what the lane is draining now
+        backlog = inputs.deferred / BACKLOG_DRAIN_S + inputs.replayed_rps
         # the point forecast, or the upper bound where a forecast gives no point (an older producer)
         point = inputs.point_rps or inputs.upper_rps
         # look as far ahead as the cold start, plus the windows the step limit needs to get there
@@ -259,6 +279,10 @@ class ScalingPolicy(WindowPolicy):
             driver = f"demand {_n(inputs.demand_rps)} rps"
         if backlog > 0:
             driver += f" + deferred backlog {_n(backlog)} rps"
+        if self.ttft_headroom > 1.0:
+            why_ttft = f"TTFT p99 over its SLO by {inputs.ttft_over_ms:,.0f} ms with nothing waiting" \
+                if inputs.ttft_over_ms is not None else "TTFT was over its SLO"
+            driver += f" ({why_ttft}: {self.ttft_headroom - 1:.0%} more capacity held)"
         if target > current:
             why = f"scale {current} -> {target}: {driver} > {capacity}"
             if capped:

@@ -79,6 +79,7 @@ class Comparison:
 
     workload: Workload
     bounds: FleetBounds
+    model: ServiceModel
     defaults: list[Result]
     sweeps: dict[str, list[Result]]
 
@@ -113,7 +114,7 @@ def compare(workload: Workload, policies: Iterable[str], *, model: ServiceModel,
     sweeps: dict[str, list[Result]] = {p: [] for p in policies}
     for task, result in zip(tasks[len(policies):], results[len(policies):]):
         sweeps[task[1]].append(result)
-    return Comparison(workload, bounds, defaults, sweeps)
+    return Comparison(workload, bounds, model, defaults, sweeps)
 
 
 def run_all(workload: Workload, policies: tuple[str, ...], *, model: ServiceModel, seed: int = 0,
@@ -130,14 +131,19 @@ def _s(x: float | None) -> str:
     return "never" if x is None else f"{x:.0f} s"
 
 
-def forced_rejection(workload: Workload, bounds: FleetBounds, window_s: int = DEFAULT_WINDOW_S) -> float:
-    """The share of requests that no fleet within the bounds could serve: demand above the largest fleet."""
-    top = bounds.max_replicas * bounds.replica_rps
+def forced_rejection(workload: Workload, bounds: FleetBounds, model: ServiceModel,
+                     window_s: int = DEFAULT_WINDOW_S) -> float:
+    """The share of requests no fleet within the bounds could serve: demand above the largest fleet's capacity
+    at each window's request lengths."""
     over = total = 0.0
+    rates: dict[tuple[int, int], float] = {}
     for i in range(0, workload.seconds, window_s):
         chunk = workload.rate[i:i + window_s]
+        key = (round(workload.lengths(i)[0]), round(workload.lengths(i)[1]))
+        if key not in rates:
+            rates[key] = model.replica_rps(*key)
         rate = sum(chunk) / len(chunk)
-        over += max(0.0, rate - top) * len(chunk)
+        over += max(0.0, rate - bounds.max_replicas * rates[key]) * len(chunk)
         total += rate * len(chunk)
     return over / total if total else 0.0
 
@@ -218,7 +224,7 @@ def verdicts(comparison: Comparison) -> list[str]:
             out.append(f"- Cost at equal SLO: surgegate {mine.replica_hours:,.0f} replica-hours = {ratio:.2f} of the "
                        f"cheapest tuned baseline's ({name}, {cheapest.replica_hours:,.0f}) (target <= 0.85): "
                        f"{'met' if ratio <= 0.85 else 'missed'}.")
-    forced = forced_rejection(comparison.workload, comparison.bounds, sg.window_s)
+    forced = forced_rejection(comparison.workload, comparison.bounds, comparison.model, sg.window_s)
     rejected = sg.share("rejected")
     out.append(f"- Rejected {_pct(rejected, 2)} of requests; demand above the largest fleet forces "
                f"{_pct(forced, 2)} (target: no more than forced, 0.1 points of slack): "

@@ -64,18 +64,33 @@ def fleet_bounds(workload: Workload, model: ServiceModel, *, window_s: int = DEF
     """The bounds an operator would give every policy on this workload.
 
     A replica's rate is what it serves within the top tier's TPOT target at the
-    lengths the service is sized for; the maximum is the peak's need with 30%
-    room (or the GPU quota, when the workload has one); the minimum 2% of it.
+    lengths the service is sized for; the maximum is the busiest window's need
+    (at its own request lengths) with 30% room, or the GPU quota when the
+    workload has one; the minimum 2% of it.
     """
     prompt, output = workload.mean_lengths()
     rps = model.replica_rps(prompt, output)
-    need = workload.peak_10s() / rps
+    need = peak_need(workload, model, window_s)
     top = math.ceil(need * (workload.quota_share if workload.quota_share is not None else HEADROOM))
     tpot = steady_tpot(model.profile, rps, prompt, output)
     return FleetBounds(replica_rps=rps, min_replicas=max(1, math.ceil(need * FLOOR_SHARE)), max_replicas=max(1, top),
                        cold_start_s=cold_start(workload, model), replica_concurrency=rps * output * tpot,
                        ttft_slo_ms=round(model.ttft_target_s(TIER_ORDER[0], prompt) * 1000, 1),
                        replica_tps=token_rates(model.profile, prompt, output, model.tpot_s[0]))
+
+
+def peak_need(workload: Workload, model: ServiceModel, window_s: int = DEFAULT_WINDOW_S) -> float:
+    """Replicas the busiest window needs at the top tier's TPOT target, at that window's request lengths."""
+    rates: dict[tuple[float, float], float] = {}
+    need = 0.0
+    for i in range(0, workload.seconds, window_s):
+        chunk = workload.rate[i:i + window_s]
+        lengths = workload.lengths(i)
+        key = (round(lengths[0]), round(lengths[1]))
+        if key not in rates:
+            rates[key] = model.replica_rps(*key)
+        need = max(need, sum(chunk) / len(chunk) / rates[key])
+    return need
 
 
 def cold_start(workload: Workload, model: ServiceModel) -> float:
@@ -286,8 +301,10 @@ def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None =
         for tier in tiers:
             if backlog_total[tier] <= 1e-9:
                 continue
-            offered = max(backlog_total[tier] / BACKLOG_DRAIN_S, min(k, backlog_total[tier]))
-            offers = max(1, min(_round(offered / k, rng), CALLS_PER_SECOND))
+            # each call stands for k requests at most, as the gate counts it
+            offered = min(max(backlog_total[tier] / BACKLOG_DRAIN_S, min(k, backlog_total[tier])),
+                          CALLS_PER_SECOND * k)
+            offers = max(1, _round(offered / k, rng))
             replayed = 0.0
             for _ in range(offers):
                 if gate.admit("sim", tier, BATCH, requeued=True).action != ADMIT:
