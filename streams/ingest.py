@@ -58,12 +58,19 @@ class CutIntent(msgspec.Struct, frozen=True):
 
 
 class _PartitionWork:
-    __slots__ = ("aggregator", "first", "last")
+    """One source partition: its uncut aggregate, and how far its event time has got."""
+
+    __slots__ = ("aggregator", "first", "last", "max_ts", "caught_up", "last_at")
 
     def __init__(self, window_ms: int) -> None:
         self.aggregator = PartialAggregator(window_ms)
         self.first = -1
         self.last = -1
+        #: the newest event time read from it (clamped to the ingest clock plus the allowed skew)
+        self.max_ts = 0
+        #: read to its end (the broker said so), and when a record last came from it
+        self.caught_up = False
+        self.last_at = time.monotonic()
 
 
 def wall_clock_ms() -> int:
@@ -75,8 +82,9 @@ class IngestWorker:
     """One member of the ingest consumer group; run it in a thread or process.
 
     ``counters`` holds what happened (``events``, ``dead_letters``,
-    ``dead_letter.<reason>``, ``partials``, ``cuts``) for logs, benchmarks and
-    the Redis counter hash.
+    ``dead_letter.<reason>``, ``clock_ahead``: events stamped beyond the
+    allowed skew and placed at the ingest clock, ``partials``, ``cuts``) for
+    logs, benchmarks and the Redis counter hash.
     """
 
     def __init__(self, settings: Settings, *, member_id: str | None = None,
@@ -96,6 +104,7 @@ class IngestWorker:
         self._forced_cuts: dict[tuple[str, int], int] = {}
         self._max_event_ts = 0
         self._last_message_at = time.monotonic()
+        self._watermark = 0
         self._partials_partitions = 0
         self._stop = threading.Event()
         self._reported: Counter[str] = Counter()
@@ -109,7 +118,9 @@ class IngestWorker:
     def run(self) -> None:
         """Consume until :meth:`stop`; flushes and commits before returning."""
         consumer = self._consumer = Consumer(
-            consumer_config(self.settings, f"{self.settings.topic_prefix}ingest", self.member_id)
+            # end-of-partition events tell which partitions are read to their end (see watermark())
+            consumer_config(self.settings, f"{self.settings.topic_prefix}ingest", self.member_id,
+                            **{"enable.partition.eof": True})
         )
         consumer.subscribe([self.topics.requests, self.topics.metrics],
                            on_assign=self._on_assign, on_revoke=self._on_revoke)
@@ -141,13 +152,21 @@ class IngestWorker:
         work = self._work
         forced = self._forced_cuts
         max_ts = self._max_event_ts
-        events = 0
+        ahead = now + self.settings.max_skew_ms
+        events = skewed = 0
         key: tuple[str, int] | None = None
         part: _PartitionWork | None = None
+        arrived = time.monotonic()
         for msg in messages:
             err = msg.error()
             if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    eof = (cast(str, msg.topic()), cast(int, msg.partition()))
+                    at_end = work.get(eof)
+                    if at_end is None:
+                        at_end = work[eof] = _PartitionWork(self.settings.window_ms)
+                    at_end.caught_up = True
+                else:
                     log.warning("ingest consume error: %s", err.str())
                 continue
             topic, partition = cast(str, msg.topic()), cast(int, msg.partition())  # set on every record
@@ -159,6 +178,8 @@ class IngestWorker:
                     part = work[key] = _PartitionWork(self.settings.window_ms)
             offset = cast(int, msg.offset())
             assert part is not None  # looked up with the key above
+            part.caught_up = False
+            part.last_at = arrived
             if forced and key in forced and offset > forced[key]:
                 self.flush([key])
             if part.first < 0:
@@ -169,14 +190,22 @@ class IngestWorker:
             except InvalidEvent as exc:
                 self._dead_letter(msg, exc.reason, exc.detail, now)
             else:
+                if event.ts > ahead:
+                    # a clock far ahead of ours: the event happened about now, not in our future
+                    event = msgspec.structs.replace(event, ts=now)
+                    skewed += 1
                 part.aggregator.add(event)
                 events += 1
+                if event.ts > part.max_ts:
+                    part.max_ts = event.ts
                 if event.ts > max_ts:
                     max_ts = event.ts
             if forced and key in forced and offset == forced[key]:
                 self.flush([key])
         self._max_event_ts = max_ts
         self.counters["events"] += events
+        if skewed:
+            self.counters["clock_ahead"] += skewed
 
     def _dead_letter(self, msg: Message, reason: str, detail: str, now: int) -> None:
         value = msg.value() or b""
@@ -196,10 +225,28 @@ class IngestWorker:
     # ------------------------------------------------------------ cuts
 
     def watermark(self) -> int:
-        """Event-time progress: the newest event time, or wall clock once idle."""
-        if time.monotonic() - self._last_message_at >= self.settings.idle_after_s:
-            return max(self._max_event_ts, self.clock())
-        return self._max_event_ts
+        """Event-time progress, never backwards and never past the ingest clock.
+
+        While any partition this member reads still has records to read (a
+        backlog after an outage), the watermark is the lowest event time among
+        those partitions: windows close only as fast as the slowest backlog is
+        read. Once every partition is read to its end (the broker says so), it
+        is the newest event time read, and the wall clock after
+        ``idle_after_s`` without records. Event times were clamped to the
+        ingest clock plus ``max_skew_s`` on the way in: an edge with a clock far
+        ahead cannot close everyone's windows early.
+        """
+        now = self.clock()
+        parts = self._work.values()
+        behind = [p.max_ts for p in parts if not p.caught_up]
+        if behind:
+            mark = min(behind)
+        else:
+            mark = max((p.max_ts for p in parts), default=self._max_event_ts)
+            if time.monotonic() - self._last_message_at >= self.settings.idle_after_s:
+                mark = max(mark, now)
+        self._watermark = max(self._watermark, min(mark, now))
+        return self._watermark
 
     def flush(self, keys: list[tuple[str, int]] | None = None) -> None:
         """Publish the partials of the given (or all) partitions, then commit them."""

@@ -44,6 +44,9 @@ class Settings:
     window_s: float = float(DEFAULT_WINDOW_S)
     lateness_s: float = 5.0
     max_future_s: float = 300.0
+    #: an event stamped further ahead of the ingest clock than this (a skewed edge clock) is placed at the
+    #: ingest clock, and counted, instead of moving everyone's windows ahead
+    max_skew_s: float = 5.0
     flush_interval_s: float = 1.0
     idle_after_s: float = 2.0
     forecast_horizon: int = 30
@@ -74,6 +77,8 @@ class Settings:
             "must be within [0.05, 60]",
         )
         _check(0.1 <= self.idle_after_s <= 600.0, "IDLE_AFTER_S", self.idle_after_s, "must be within [0.1, 600]")
+        _check(0 <= self.max_skew_s <= self.max_future_s, "MAX_SKEW_S", self.max_skew_s,
+               f"must be within [0, MAX_FUTURE_S={self.max_future_s:g}]")
         _check(1 <= self.forecast_horizon <= 360, "FORECAST_HORIZON", self.forecast_horizon,
                "must be within [1, 360] windows")
         _check(0.5 <= self.forecast_coverage < 1.0, "FORECAST_COVERAGE", self.forecast_coverage,
@@ -110,6 +115,11 @@ class Settings:
     def lateness_ms(self) -> int:
         """Allowed lateness in milliseconds."""
         return int(self.lateness_s * 1000)
+
+    @property
+    def max_skew_ms(self) -> int:
+        """How far ahead of the ingest clock an event time counts as the sender's clock, not skew, in ms."""
+        return int(self.max_skew_s * 1000)
 
     @property
     def max_future_ms(self) -> int:

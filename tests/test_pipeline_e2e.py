@@ -46,12 +46,12 @@ def traffic(service: str, windows: range, per_window: int, seed: int) -> list[Re
     return out
 
 
-def reference(events, settings) -> dict[tuple[str, int], WindowStats]:
-    """What the pipeline must publish, computed in-process by the same pure code."""
+def reference(events, settings, until: int = T0 + 100 * W) -> dict[tuple[str, int], WindowStats]:
+    """What the pipeline must publish, computed in-process by the same pure code (windows before ``until``)."""
     agg = PartialAggregator(settings.window_ms)
     for ev in events:
         agg.add(ev)
-    stats = merge_all(agg.drain(SourceRange("x", 0, 0, 0)), settings.window_ms, T0 + 100 * W, 0)
+    stats = merge_all(agg.drain(SourceRange("x", 0, 0, 0)), settings.window_ms, until, 0)
     return {s.identity: s for s in stats if (s.traffic and s.traffic.requests) or (s.gpu and s.gpu.samples)}
 
 
@@ -236,5 +236,47 @@ def test_redis_down_does_not_stop_the_pipeline(settings, tmp_path):
         reader = TopicReader(settings, Topics(settings.topic_prefix).windows)
         reader.poll_until(lambda _: len(windows_of(reader, "service=chat")) >= 2, 90, "windows without Redis")
         assert worker.proc.poll() is None, worker.log()
+    finally:
+        worker.stop()
+
+
+def test_an_edge_with_a_clock_far_ahead_leaves_the_other_edges_windows_exact(settings, tmp_path):
+    # in real time, as in production: honest edges stamp events with the wall clock as they send them;
+    # one edge's clock runs 250 s ahead (inside the 300 s an event may be in the future)
+    topics = Topics(settings.topic_prefix)
+    reader = TopicReader(settings, topics.windows)
+    worker = WorkerProcess(settings, tmp_path / "w.log").start()
+    honest: list[RequestEvent] = []
+    skewed: list[RequestEvent] = []
+    rng = random.Random(41)
+
+    def event(ts: int, edge: str, service: str = "chat") -> RequestEvent:
+        return RequestEvent(ts=ts, service=service, tenant="acme", tier=rng.choice(["free", "pro", "enterprise"]),
+                            edge_id=edge, latency_ms=round(rng.uniform(5, 200), 3), queue_ms=0.0, status="ok",
+                            request_type="realtime", input_tokens=rng.randrange(1000), output_tokens=rng.randrange(500),
+                            cache_hit=False)
+    try:
+        with TelemetryProducer(settings, client_id="test-edges") as producer:
+            started = time.time()
+            while time.time() - started < 2.5 * W / 1000:
+                now = int(time.time() * 1000)
+                honest.append(event(now, "edge-1"))
+                producer.send_request(honest[-1])
+                if time.time() - started > W / 1000 and len(skewed) < 20:
+                    # another service's edge, so its own (clamped) events are not in chat's windows
+                    skewed.append(event(now + 250_000, "edge-skewed", "embed"))
+                    producer.send_request(skewed[-1])
+                time.sleep(0.02)
+        first, last = honest[0].ts, honest[-1].ts
+        whole = {k: v for k, v in reference(honest, settings, until=last + 100 * W).items()
+                 if k[0] == "service=chat" and k[1] >= first - first % W + W and k[1] + W <= last}
+        assert whole, "at least one window lies wholly inside the honest traffic"
+        reader.poll_until(lambda _: set(whole) <= set(windows_of(reader, "service=chat")), 60, "the honest windows")
+        got = windows_of(reader, "service=chat")
+        assert {k: got[k] for k in whole} == whole, "no window closed early, no honest event late"
+        r = redis.Redis.from_url(settings.redis)
+        key = Keys.for_topic_prefix(settings.topic_prefix).counters
+        eventually(lambda: int(r.hget(key, "clock_ahead") or 0) == len(skewed), 30,
+                   "every skewed event counted as clock_ahead")
     finally:
         worker.stop()
