@@ -274,7 +274,7 @@ def test_every_class_together_is_held_to_the_safe_capacity_refusing_all_but_the_
         clock.t += 1 / 90
     assert out["enterprise"][REJECT] == 0, "the top tier's realtime is never refused by the shared capacity"
     admitted = out["enterprise"][ADMIT] + out["pro"][ADMIT]
-    assert admitted == pytest.approx(100 * 20 + 100, abs=3), "together: the safe rate plus one second's burst"
+    assert admitted == pytest.approx(100 * 20 + 200, abs=3), "together: the safe rate plus two seconds of burst"
     assert out["pro"][ADMIT] == pytest.approx(admitted - 20 * 90, abs=3), "pro gets what enterprise leaves"
 
 

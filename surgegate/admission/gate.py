@@ -60,7 +60,7 @@ MIN_RETRY_S, MAX_RETRY_S = 1.0, 60.0
 ZERO_RATE_RETRY_S = 10.0
 #: The decision's safe capacity is one bucket for the whole service, holding this many seconds of it: a
 #: surge inside a window, in every class at once, is refused beyond it for all but the top tier's realtime.
-SAFE_BURST_S = 1.0
+SAFE_BURST_S = 2.0
 
 
 def hold_after_s(window_s: float) -> float:
