@@ -48,6 +48,9 @@ DEAD_LETTER_KEEP_BYTES = 64 * 1024
 BATCH_SIZE = 10_000
 POLL_TIMEOUT_S = 0.2
 CUT_LOOKUP_TIMEOUT_S = 5.0
+#: A partition nothing has come from for this long counts as read to its end even without the broker's
+#: end-of-partition signal (at least ``idle_after_s``).
+QUIET_AS_CAUGHT_UP_S = 5.0
 
 
 class CutIntent(msgspec.Struct, frozen=True):
@@ -230,19 +233,25 @@ class IngestWorker:
         While any partition this member reads still has records to read (a
         backlog after an outage), the watermark is the lowest event time among
         those partitions: windows close only as fast as the slowest backlog is
-        read. Once every partition is read to its end (the broker says so), it
-        is the newest event time read, and the wall clock after
-        ``idle_after_s`` without records. Event times were clamped to the
+        read. Once every partition is read to its end (the broker says so, or
+        nothing came from it for :data:`QUIET_AS_CAUGHT_UP_S`), it is the newest
+        event time read, and the wall clock after ``idle_after_s`` without
+        records. Event times were clamped to the
         ingest clock plus ``max_skew_s`` on the way in: an edge with a clock far
         ahead cannot close everyone's windows early.
         """
         now = self.clock()
         parts = self._work.values()
-        behind = [p.max_ts for p in parts if not p.caught_up]
+        if not parts:
+            return self._watermark  # nothing assigned yet (a restart joining its group): no progress to claim
+        # read to its end: the broker said so, or nothing has come from it for a while (a broker whose
+        # end offsets are off, as the embedded one's can be after batched writes, never says so)
+        quiet = time.monotonic() - max(self.settings.idle_after_s, QUIET_AS_CAUGHT_UP_S)
+        behind = [p.max_ts for p in parts if not p.caught_up and p.last_at > quiet]
         if behind:
             mark = min(behind)
         else:
-            mark = max((p.max_ts for p in parts), default=self._max_event_ts)
+            mark = max(p.max_ts for p in parts)
             if time.monotonic() - self._last_message_at >= self.settings.idle_after_s:
                 mark = max(mark, now)
         self._watermark = max(self._watermark, min(mark, now))
@@ -303,6 +312,9 @@ class IngestWorker:
     # ------------------------------------------------------------ rebalance
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            # not read to its end yet: it holds the watermark until its backlog is read (see watermark())
+            self._work.setdefault((tp.topic, tp.partition), _PartitionWork(self.settings.window_ms))
         committed = consumer.committed(partitions, timeout=CUT_LOOKUP_TIMEOUT_S)
         for tp in committed:
             start = tp.offset

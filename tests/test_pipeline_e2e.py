@@ -280,3 +280,42 @@ def test_an_edge_with_a_clock_far_ahead_leaves_the_other_edges_windows_exact(set
                    "every skewed event counted as clock_ahead")
     finally:
         worker.stop()
+
+
+def test_a_worker_back_from_a_30_s_outage_puts_its_backlog_into_the_right_windows(settings, tmp_path):
+    # real time: an edge keeps sending while the worker is away; the restarted worker must read its
+    # backlog before the wall clock closes the outage windows
+    reader = TopicReader(settings, Topics(settings.topic_prefix).windows)
+    rng = random.Random(51)
+    sent: list[RequestEvent] = []
+    worker = WorkerProcess(settings, tmp_path / "a.log").start()
+    try:
+        with TelemetryProducer(settings, client_id="test-edge-outage") as producer:
+            def run_for(seconds: float) -> None:
+                until = time.time() + seconds
+                while time.time() < until:
+                    sent.append(RequestEvent(
+                        ts=int(time.time() * 1000), service="chat", tenant="acme", tier=rng.choice(["free", "pro"]),
+                        edge_id="edge-1", latency_ms=round(rng.uniform(5, 200), 3), queue_ms=0.0, status="ok",
+                        request_type="realtime", input_tokens=rng.randrange(1000), output_tokens=rng.randrange(500),
+                        cache_hit=False))
+                    producer.send_request(sent[-1])
+                    time.sleep(0.02)
+
+            run_for(12)
+            worker.stop()  # a clean stop; then 30 s without a worker
+            outage_from = int(time.time() * 1000)
+            run_for(30)
+            outage_to = int(time.time() * 1000)
+            worker = WorkerProcess(settings, tmp_path / "b.log").start()
+            run_for(12)
+        first, last = sent[0].ts, sent[-1].ts
+        whole = {k: v for k, v in reference(sent, settings, until=last + 100 * W).items()
+                 if k[0] == "service=chat" and k[1] >= first - first % W + W and k[1] + W <= last}
+        outage = {k for k in whole if outage_from <= k[1] and k[1] + W <= outage_to}
+        assert len(outage) >= 2, "whole windows inside the outage"
+        reader.poll_until(lambda _: set(whole) <= set(windows_of(reader, "service=chat")), 90, "every window")
+        got = windows_of(reader, "service=chat")
+        assert {k: got[k] for k in whole} == whole, "the outage windows hold every event, none late"
+    finally:
+        worker.stop()
