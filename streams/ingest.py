@@ -312,9 +312,6 @@ class IngestWorker:
     # ------------------------------------------------------------ rebalance
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            # not read to its end yet: it holds the watermark until its backlog is read (see watermark())
-            self._work.setdefault((tp.topic, tp.partition), _PartitionWork(self.settings.window_ms))
         committed = consumer.committed(partitions, timeout=CUT_LOOKUP_TIMEOUT_S)
         for tp in committed:
             start = tp.offset
@@ -327,6 +324,13 @@ class IngestWorker:
                 self._forced_cuts[(tp.topic, tp.partition)] = intent.last
                 log.info("ingest %s: %s[%d] resumes an unfinished cut %d..%d", self.member_id, tp.topic,
                          tp.partition, intent.first, intent.last)
+        # not read to their end yet: they hold the watermark until their backlog is read (see watermark()),
+        # and the quiet and idle clocks start now, when reading can begin, not before the lookups above
+        now = time.monotonic()
+        for tp in partitions:
+            part = self._work.setdefault((tp.topic, tp.partition), _PartitionWork(self.settings.window_ms))
+            part.last_at = now
+        self._last_message_at = now
         log.info("ingest %s assigned %s", self.member_id, [(t.topic, t.partition) for t in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
