@@ -18,14 +18,20 @@ arrivals = st.lists(st.tuples(st.sampled_from(["a", "b"]), st.floats(0, 400), st
 fleets = st.lists(st.integers(0, 6), min_size=1, max_size=40)
 
 
+def drive(pool: FluidPool, arriving, replicas):
+    """Each second: its arrivals, then a step on that second's replicas; yields (replicas, second)."""
+    for t, (cls, n, prompt, output) in enumerate(arriving):
+        pool.submit(cls, n, now=float(t), prompt=prompt, output=output)
+        n_replicas = replicas[t % len(replicas)]
+        yield n_replicas, pool.step(float(t), n_replicas)
+
+
 @settings(max_examples=60, deadline=None)
 @given(arrivals, fleets)
 def test_requests_and_prompt_tokens_are_conserved(arriving, replicas):
     pool = FluidPool(PROFILE, timeout_s=15.0)
     admitted = timed_out = prefill = 0.0
-    for t, (cls, n, prompt, output) in enumerate(arriving):
-        pool.submit(cls, n, now=float(t), prompt=prompt, output=output)
-        sec = pool.step(float(t), replicas[t % len(replicas)])
+    for _, sec in drive(pool, arriving, replicas):
         admitted += sum(a.n for a in sec.admitted)
         timed_out += sum(sec.timed_out.values())
         prefill += sec.prefilled_tokens
@@ -41,10 +47,7 @@ def test_requests_and_prompt_tokens_are_conserved(arriving, replicas):
 @given(arrivals, fleets)
 def test_the_kv_cache_and_the_batch_are_never_overcommitted(arriving, replicas):
     pool = FluidPool(PROFILE)
-    for t, (cls, n, prompt, output) in enumerate(arriving):
-        pool.submit(cls, n, now=float(t), prompt=prompt, output=output)
-        n_replicas = replicas[t % len(replicas)]
-        sec = pool.step(float(t), n_replicas)
+    for n_replicas, sec in drive(pool, arriving, replicas):
         held = pool.running * pool.footprint
         assert held <= n_replicas * PROFILE.kv_cache_tokens * (1 + 1e-9) + 1e-6
         assert pool.running <= n_replicas * PROFILE.max_num_seqs * (1 + 1e-9) + 1e-6
@@ -56,9 +59,7 @@ def test_the_kv_cache_and_the_batch_are_never_overcommitted(arriving, replicas):
 @given(arrivals, fleets)
 def test_no_request_gets_its_first_token_before_its_prompt_is_prefilled(arriving, replicas):
     pool = FluidPool(PROFILE)
-    for t, (cls, n, prompt, output) in enumerate(arriving):
-        pool.submit(cls, n, now=float(t), prompt=prompt, output=output)
-        sec = pool.step(float(t), replicas[t % len(replicas)])
+    for _, sec in drive(pool, arriving, replicas):
         for a in sec.admitted:
             assert a.wait_s >= 0
             ttft = a.wait_s + prefill_s(PROFILE, a.prompt, sec.decode_step_s)

@@ -263,70 +263,71 @@ class FluidPool:
     def _admit(self, now: float, prefill_room: float, slots: float, kv_room: float,
                admitted: list[Admitted]) -> float:
         """Fill the batch from the head of the queue; the prompt tokens prefilled."""
-        used = 0.0
+        room = _Room(prefill_room, slots, kv_room)
         if self.preempted > _DUST:  # preempted sequences go first, as in vLLM
-            k = max(0.0, min(self.preempted, slots, kv_room / self.preempted_context,
-                             prefill_room / self.preempted_context))
+            context = self.preempted_context
+            k = room.fit(self.preempted, prefill=context, footprint=context)
             if k > _DUST:
                 # their prompt and output means are those of the running batch they left
                 self._join(k, self.run_prompt, self.run_output)
                 self.preempted -= k
-                used += k * self.preempted_context
-                slots -= k
-                kv_room -= k * self.preempted_context
+                room.spend(k, prefill=context, footprint=context)
             if self.preempted > _DUST:
-                return used
+                return room.used
             self.preempted = 0.0
-        if self.rank is not None:
-            return used + self._admit_by_rank(now, prefill_room - used, slots, kv_room, admitted)
-        for c in self.queue:  # in arrival order
-            footprint = c.prompt + c.output / 2
-            k = min(c.n, slots, kv_room / footprint, (prefill_room - used) / c.prompt)
-            if k <= _DUST:
-                break
-            share = k / c.n
-            for cls, m in list(c.counts.items()):
-                take = m * share
-                c.counts[cls] = m - take
-                admitted.append(Admitted(cls, take, max(0.0, now - c.arrived), c.prompt, c.output))
-            self._join(k, c.prompt, c.output)
-            used += k * c.prompt
-            slots -= k
-            kv_room -= k * footprint
-            if share < 1:
-                break
-        while self.queue and self.queue[0].n <= _DUST:
-            self.queue.popleft()
-        return used
-
-    def _admit_by_rank(self, now: float, prefill_room: float, slots: float, kv_room: float,
-                       admitted: list[Admitted]) -> float:
-        assert self.rank is not None
-        rank = self.rank
-        classes = sorted({cls for c in self.queue for cls in c.counts}, key=rank)
-        used = 0.0
-        for cls in classes:
-            for c in self.queue:
-                m = c.counts.get(cls, 0.0)
-                if m <= _DUST:
-                    continue
-                footprint = c.prompt + c.output / 2
-                k = min(m, slots, kv_room / footprint, (prefill_room - used) / c.prompt)
-                if k <= _DUST:
+        if self.rank is None:
+            for c in self.queue:  # in arrival order, every class of a second in proportion
+                k = self._take(c, None, c.n, room, now, admitted)
+                if k <= _DUST or k < c.n:
                     break
-                c.counts[cls] = m - k
-                admitted.append(Admitted(cls, k, max(0.0, now - c.arrived), c.prompt, c.output))
-                self._join(k, c.prompt, c.output)
-                used += k * c.prompt
-                slots -= k
-                kv_room -= k * footprint
+        else:
+            for cls in sorted({cls for c in self.queue for cls in c.counts}, key=self.rank):
+                for c in self.queue:  # the highest rank first, each in arrival order
+                    m = c.counts.get(cls, 0.0)
+                    if m > _DUST and self._take(c, cls, m, room, now, admitted) <= _DUST:
+                        break
         self.queue = collections.deque(c for c in self.queue if c.n > _DUST)
-        return used
+        return room.used
+
+    def _take(self, c: _Cohort, cls: Hashable | None, n: float, room: _Room, now: float,
+              admitted: list[Admitted]) -> float:
+        """Admit what fits of ``n`` requests of cohort ``c`` (of class ``cls``; None: all its classes in
+        proportion); how many were admitted."""
+        footprint = c.prompt + c.output / 2
+        k = room.fit(n, prefill=c.prompt, footprint=footprint)
+        if k <= _DUST:
+            return 0.0
+        share = k / n
+        for each in ([cls] if cls is not None else list(c.counts)):
+            take = c.counts[each] * share
+            c.counts[each] -= take
+            admitted.append(Admitted(each, take, max(0.0, now - c.arrived), c.prompt, c.output))
+        self._join(k, c.prompt, c.output)
+        room.spend(k, prefill=c.prompt, footprint=footprint)
+        return k
 
 
-def tpot_quantile(seconds: list[tuple[float, float]], q: float) -> float | None:
-    """The ``q`` quantile of TPOT over ``(tpot_s, weight)`` seconds, weighted (None when nothing ran)."""
-    pts = sorted((t, w) for t, w in seconds if w > 0)
+@dataclasses.dataclass
+class _Room:
+    """What one second's admission has left: prefill tokens, batch slots, KV-cache tokens."""
+
+    prefill: float
+    slots: float
+    kv: float
+    used: float = 0.0
+
+    def fit(self, n: float, *, prefill: float, footprint: float) -> float:
+        """How many of ``n`` sequences, each prefilling ``prefill`` and holding ``footprint`` tokens, fit."""
+        return max(0.0, min(n, self.slots, self.kv / footprint, (self.prefill - self.used) / prefill))
+
+    def spend(self, k: float, *, prefill: float, footprint: float) -> None:
+        self.used += k * prefill
+        self.slots -= k
+        self.kv -= k * footprint
+
+def weighted_quantile(points: list[tuple[float, float]], q: float) -> float | None:
+    """The ``q`` quantile of ``(value, weight)`` points (None when no point has weight)."""
+    pts = sorted((t, w) for t, w in points if w > 0)
     total = sum(w for _, w in pts)
     if not total:
         return None

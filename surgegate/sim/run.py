@@ -35,8 +35,8 @@ from surgegate.llm.fluid import (
     prompt_quantile,
     steady_tpot,
     token_rates,
-    tpot_quantile,
     ttft_miss_share,
+    weighted_quantile,
 )
 from surgegate.schemas.aggregates import PoolStats, TrafficStats
 from surgegate.schemas.telemetry import RequestType
@@ -402,10 +402,6 @@ def _round(x: float, rng: random.Random) -> int:
     return whole + (rng.random() < x - whole)
 
 
-def _quantile(points: list[tuple[float, float]], q: float) -> float | None:
-    return tpot_quantile(points, q)
-
-
 class _Window:
     """What one window accumulates."""
 
@@ -484,9 +480,9 @@ class _Window:
         lost = sum(self.lost[c] for c in classes)
         rejected = sum(self.rejected[c] for c in classes)
         n = served + lost + rejected
-        ttft_p99 = _quantile(ttft, 0.99)
-        ttft_p50 = _quantile(ttft, 0.5)
-        tpot = _quantile(self.tpot, 0.99)
+        ttft_p99 = weighted_quantile(ttft, 0.99)
+        ttft_p50 = weighted_quantile(ttft, 0.5)
+        tpot = weighted_quantile(self.tpot, 0.99)
         share = served / (sum(self.served.values()) or 1.0)
         tokens_in, tokens_out = self.tokens[0] * share, self.tokens[1] * share
         p99 = ttft_p99 * 1000 if ttft_p99 is not None else 0.0
@@ -524,8 +520,8 @@ class _Window:
 
     def row(self, start: int, fleet: Fleet, plan) -> WindowRow:
         w = self.window_s
-        ttft = {t: (q * 1000 if (q := _quantile(self.ttft[t], 0.99)) is not None else None) for t in self.tiers}
-        tpot = _quantile(self.tpot, 0.99)
+        ttft = {t: (q * 1000 if (q := weighted_quantile(self.ttft[t], 0.99)) is not None else None) for t in self.tiers}
+        tpot = weighted_quantile(self.tpot, 0.99)
         return WindowRow(
             t=start, demand=sum(self.demand.values()) / w,
             admitted=sum(self.demand[c] - self.rejected[c] for c in self.demand) / w,

@@ -175,19 +175,22 @@ def flash_crowd(peak_rps: float = 120_000.0, base_rps: float = 10_000.0, *, seed
 
 def long_tail_shift(rps: float = 60_000.0, *, seed: int = 0) -> Workload:
     """Synthetic: steady load; after 20 minutes answers run twice as long (output tokens x 2)."""
-    rng = random.Random(seed)
-    rate = [rps * (1 + 0.02 * rng.gauss(0, 1)) for _ in range(3600)]
-    output = [DEFAULT_OUTPUT * (2.0 if t >= 1200 else 1.0) for t in range(3600)]
-    return Workload("long_tail_shift", rate, True, output=output, onset_s=1200,
-                    reference=(DEFAULT_PROMPT, DEFAULT_OUTPUT))
+    return _lengths_shift("long_tail_shift", rps, seed, output_factor=2.0)
 
 
 def token_heavy(rps: float = 60_000.0, *, seed: int = 0) -> Workload:
     """Synthetic: steady request rate; after 20 minutes prompts are 2.5 times as long (documents pasted in)."""
+    return _lengths_shift("token_heavy", rps, seed, prompt_factor=2.5)
+
+
+def _lengths_shift(name: str, rps: float, seed: int, *, prompt_factor: float = 1.0, output_factor: float = 1.0,
+                   at_s: int = 1200, seconds: int = 3600) -> Workload:
+    """Steady load with 2% noise whose request lengths change at ``at_s``; sized and SLO'd for the lengths before."""
     rng = random.Random(seed)
-    rate = [rps * (1 + 0.02 * rng.gauss(0, 1)) for _ in range(3600)]
-    prompt = [DEFAULT_PROMPT * (2.5 if t >= 1200 else 1.0) for t in range(3600)]
-    return Workload("token_heavy", rate, True, prompt=prompt, onset_s=1200,
+    rate = [rps * (1 + 0.02 * rng.gauss(0, 1)) for _ in range(seconds)]
+    prompt = [DEFAULT_PROMPT * (prompt_factor if t >= at_s else 1.0) for t in range(seconds)]
+    output = [DEFAULT_OUTPUT * (output_factor if t >= at_s else 1.0) for t in range(seconds)]
+    return Workload(name, rate, True, prompt=prompt, output=output, onset_s=at_s,
                     reference=(DEFAULT_PROMPT, DEFAULT_OUTPUT))
 
 
