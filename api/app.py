@@ -114,6 +114,66 @@ class DecisionStream:
         self._clients.discard(queue)
 
 
+class OverrideBook:
+    """The overrides in force, read from the overrides topic itself (the audit log), not from Redis.
+
+    A thread follows the topic from its start; a pin adds an entry, a release
+    (``cancel``) removes it, and an expired one is left out when read. So an
+    override can be listed and released while Redis is down.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = Topics(settings.topic_prefix).overrides
+        self._stop = threading.Event()
+        self._active: dict[str, Override] = {}
+        self._decoder = msgspec.json.Decoder(Override)
+        self.records = 0
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        threading.Thread(target=self._follow, name="api-overrides", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _follow(self) -> None:
+        try:
+            follow_from_start(self.settings, self.topic, f"api-overrides-{uuid.uuid4().hex[:6]}", self._stop,
+                              self._on_record, self._on_error, fetch_wait_ms=100)
+        except Exception as exc:  # the API keeps serving; releases fall back to the Redis lookup
+            self.last_error = f"override log stopped: {exc}"
+            log.exception("override log stopped")
+
+    def _on_error(self, err: object) -> None:
+        self.last_error = str(err)
+
+    def _on_record(self, raw: bytes) -> None:
+        try:
+            self.apply(self._decoder.decode(raw))
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            self.last_error = f"unreadable override record: {exc}"
+            return
+        self.records += 1
+
+    def apply(self, override: Override) -> None:
+        """Take one record of the log into account (the API applies its own writes at once too)."""
+        if override.cancel:
+            self._active.pop(override.id, None)
+        else:
+            self._active[override.id] = override
+
+    def get(self, oid: str, now_ms: int) -> Override | None:
+        """The override ``oid`` if it is in force."""
+        found = self._active.get(oid)
+        return found if found is not None and found.expires_at > now_ms else None
+
+    def active(self, now_ms: int) -> list[Override]:
+        """Every override in force, oldest first."""
+        return sorted((o for o in list(self._active.values()) if o.expires_at > now_ms),
+                      key=lambda o: o.created_at)
+
+
 def _offer(queue: asyncio.Queue, item: tuple[str, bytes]) -> None:
     with contextlib.suppress(asyncio.QueueFull):  # a client too slow to read drops records, not the API
         queue.put_nowait(item)
@@ -130,16 +190,20 @@ class Api:
                                            socket_connect_timeout=REDIS_TIMEOUT_S)
         self.stream = DecisionStream(settings) if stream else None
         self.sender = KafkaSender(settings, "surgegate-api")
+        self.overrides = OverrideBook(settings)
         self.started = time.time()
         self.requests: dict[str, int] = {}
 
     async def start(self) -> None:
         if self.stream is not None:
             self.stream.start(asyncio.get_running_loop())
+        if self.settings.kafka:
+            self.overrides.start()
 
     async def close(self) -> None:
         if self.stream is not None:
             self.stream.stop()
+        self.overrides.stop()
         await self.redis.aclose()
         await asyncio.get_running_loop().run_in_executor(None, self.sender.flush, 5.0)
 
@@ -382,19 +446,26 @@ class Api:
         await self._publish_override(override)
         return web.json_response(msgspec.to_builtins(override), status=201)
 
+    async def list_overrides(self, request: web.Request) -> web.Response:
+        """The overrides in force, from the override log."""
+        active = self.overrides.active(int(time.time() * 1000))
+        return web.json_response({"overrides": msgspec.to_builtins(active)})
+
     async def cancel_override(self, request: web.Request) -> web.Response:
         author = self._authorised(request)
         oid = request.match_info["override_id"]
         if not _NAME.fullmatch(oid):
             raise ApiError(400, "override id is malformed", "override_id")
-        try:
-            saved = await self.redis.hget(self.keys.prefix + "overrides", oid)
-        except (redis.RedisError, OSError):
-            raise _redis_down() from None
-        if saved is None:
-            raise ApiError(404, f"no override {oid!r}", "override_id")
-        original = msgspec.json.decode(saved, type=Override)
         now = int(time.time() * 1000)
+        original = self.overrides.get(oid, now)  # the override log's own state: no Redis needed
+        if original is None:
+            try:  # an override the log follower has not read yet
+                saved = await self.redis.hget(self.keys.prefix + "overrides", oid)
+            except (redis.RedisError, OSError):
+                saved = None
+            if saved is None:
+                raise ApiError(404, f"no override {oid!r} in force", "override_id")
+            original = msgspec.json.decode(saved, type=Override)
         cancel = Override(id=oid, service=original.service, created_at=now, expires_at=max(now, original.expires_at),
                           author=author, reason=f"released through the API (was: {original.reason})"[:1000],
                           cancel=True)
@@ -414,6 +485,7 @@ class Api:
         except Exception as exc:  # DeliveryFailed, ProducerBufferFull: the pin did not reach the log
             raise ApiError(503, f"the override could not be written to the audit log: {type(exc).__name__}") \
                 from None
+        self.overrides.apply(override)
         with contextlib.suppress(redis.RedisError, OSError):  # the topic is the record; Redis is a lookup
             if override.cancel:
                 await self.redis.hdel(self.keys.prefix + "overrides", override.id)
@@ -550,6 +622,7 @@ def create_api(settings: Settings, *, stream: bool = True) -> web.Application:
     r.add_get("/v1/decisions/stream", api.decision_stream)
     r.add_get("/v1/decisions/{scope}", api.decision)
     r.add_get("/v1/history/{service}", api.history)
+    r.add_get("/v1/overrides", api.list_overrides)
     r.add_post("/v1/overrides", api.create_override)
     r.add_delete("/v1/overrides/{override_id}", api.cancel_override)
     r.add_get("/metrics", api.metrics)

@@ -70,7 +70,10 @@ def openapi_document() -> dict:
                     {"name": "tier", "in": "query", "required": False, "schema": {"type": "string"}}]),
             "/v1/decisions/stream": _get("Server-Sent Events: every new throttle and scaling decision", errors=(503,),
                                          content={"text/event-stream": {"schema": {"type": "string"}}}),
-            "/v1/overrides": {"post": {
+            "/v1/overrides": {"get": {
+                "summary": "The overrides in force, read from the override log (answers while Redis is down)",
+                "responses": {"200": {"description": "{\"overrides\": [...]}, oldest first", "content": _JSON}}},
+                "post": {
                 "summary": "Pin a service's level and/or admitted rate until it expires (audited on sg.overrides)",
                 "security": bearer,
                 "requestBody": {"required": True, "content": {"application/json": {"schema": override_body}}},
@@ -82,7 +85,8 @@ def openapi_document() -> dict:
                 "parameters": [{"name": "override_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "the release as written", "content": _JSON},
                               "400": _error("a malformed id"), "401": _error("missing or wrong token"),
-                              "404": _error("no such override"), "503": _error("the state store is unreachable")}}},
+                              "404": _error("no such override in force"),
+                              "503": _error("the audit log could not be written")}}},
             "/metrics": _get("Prometheus text: counters, levels, decision age, streamed records", errors=(),
                              content={"text/plain": {"schema": {"type": "string"}}}),
             "/openapi.json": _get("This document", errors=()),

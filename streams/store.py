@@ -3,13 +3,16 @@
 Redis is a convenience for the API and for edges that bootstrap before Kafka
 catches up; it is never in the pipeline's critical path. Every write here
 swallows Redis failures (counting them) and backs off for a while, so Redis
-down slows nothing and stops nothing.
+down slows nothing and stops nothing. What could not be written is kept (the
+windows up to :data:`BACKLOG_WINDOWS`, counter increments whole) and written
+when Redis answers again, so an outage leaves no hole in the history.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
 
 import redis
@@ -24,6 +27,10 @@ HISTORY_S = 3600
 #: After a Redis failure, writes are skipped for this long.
 BACKOFF_S = 5.0
 SOCKET_TIMEOUT_S = 0.5
+#: Windows kept for Redis while it is down, written when it returns; older ones are dropped (and counted).
+BACKLOG_WINDOWS = 20_000
+#: Backlogged windows written per round trip once Redis is back.
+BACKFILL_BATCH = 500
 
 
 class Keys:
@@ -138,6 +145,11 @@ class StateMirror:
                                              socket_connect_timeout=SOCKET_TIMEOUT_S)
         self._backoff = _Backoff()
         self.skipped = 0
+        #: windows not written yet (Redis down), oldest first; ``dropped`` counts those that did not fit
+        self._backlog: deque[tuple[str, int, bytes]] = deque(maxlen=BACKLOG_WINDOWS)
+        self.dropped = 0
+        self.backfilled = 0
+        self._pending: dict[str, int] = {}
 
     @property
     def errors(self) -> int:
@@ -145,20 +157,32 @@ class StateMirror:
         return self._backoff.errors
 
     async def put_window(self, scope: str, window_start: int, payload: bytes) -> bool:
-        """Record a closed window as latest and in the scope's history."""
+        """Record a closed window as latest and in the scope's history; kept for later while Redis is down."""
+        if len(self._backlog) == self._backlog.maxlen:
+            self.dropped += 1
+        self._backlog.append((scope, window_start, payload))
         if not self._backoff.ready():
             self.skipped += 1
             return False
         k = self.keys
+        written = 0
         try:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.sadd(k.scopes, scope)
-            pipe.set(k.latest_window(scope), payload)
-            pipe.zadd(k.window_history(scope), {payload: window_start})
-            pipe.zremrangebyrank(k.window_history(scope), 0, -self.history - 1)
-            await pipe.execute()
+            while self._backlog:
+                batch = [self._backlog[i] for i in range(min(BACKFILL_BATCH, len(self._backlog)))]
+                pipe = self._client.pipeline(transaction=False)
+                for scope_, start, raw in batch:
+                    pipe.sadd(k.scopes, scope_)
+                    pipe.zadd(k.window_history(scope_), {raw: start})
+                    pipe.zremrangebyrank(k.window_history(scope_), 0, -self.history - 1)
+                    pipe.set(k.latest_window(scope_), raw)
+                await pipe.execute()
+                for _ in batch:
+                    self._backlog.popleft()
+                written += len(batch)
+            self.backfilled += written - 1  # all but this window were missed while Redis was down
             return True
         except (redis.RedisError, OSError) as exc:
+            self.backfilled += max(0, written - 1)
             self._backoff.failed("window mirror", exc)
             self.skipped += 1
             return False
@@ -185,14 +209,18 @@ class StateMirror:
             return False
 
     async def incr(self, counts: Mapping[str, int]) -> None:
-        """Add to the pipeline counters, if Redis is reachable."""
-        if not self._backoff.ready():
+        """Add to the pipeline counters; kept and added later while Redis is down."""
+        for name, n in counts.items():
+            if n:
+                self._pending[name] = self._pending.get(name, 0) + n
+        if not self._pending or not self._backoff.ready():
             return
         try:
             pipe = self._client.pipeline(transaction=False)
-            for name, n in counts.items():
+            for name, n in self._pending.items():
                 pipe.hincrby(self.keys.counters, name, n)
             await pipe.execute()
+            self._pending.clear()
         except (redis.RedisError, OSError) as exc:
             self._backoff.failed("counter update", exc)
 

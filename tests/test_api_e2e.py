@@ -236,6 +236,65 @@ def test_redis_down_is_a_503_from_readyz_and_the_process_stays_up(settings):
         own.stop()
 
 
+def test_an_override_is_listed_and_released_while_redis_is_down(settings):
+    own = EmbeddedRedis().start()
+    s = settings.replace(redis=own.url, api_token=TOKEN)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    pin = {"service": "chat", "level": 3, "expires_in_s": 600, "reason": "incident 7"}
+
+    async def active(c: TestClient) -> list[str]:
+        return [o["id"] for o in (await (await c.get("/v1/overrides")).json())["overrides"]]
+
+    async def go():
+        c = await client_for(s)
+        try:
+            before = await (await c.post("/v1/overrides", json=pin, headers=auth)).json()
+            own.stop()
+            during = await c.post("/v1/overrides", json={**pin, "level": 4}, headers=auth)
+            assert during.status == 201, "the override topic is the record: Redis down does not stop a pin"
+            during_id = (await during.json())["id"]
+            assert await active(c) == [before["id"], during_id]
+            for oid in (before["id"], during_id):
+                released = await c.delete(f"/v1/overrides/{oid}", headers=auth)
+                assert released.status == 200, await released.text()
+                assert (await released.json())["cancel"] is True
+            assert await active(c) == []
+            assert (await c.delete(f"/v1/overrides/{before['id']}", headers=auth)).status == 404
+        finally:
+            await c.close()
+
+    try:
+        run(go())
+    finally:
+        own.stop()
+    audit = TopicReader(s, Topics(s.topic_prefix).overrides)
+    audit.poll_until(lambda m: len(m) >= 4, 20, "two pins and their releases on sg.overrides")
+    assert [o.cancel for o in audit.decoded(Override)] == [False, False, True, True]
+
+
+def test_a_fresh_api_lists_the_overrides_in_force_from_the_topic(api_settings):
+    async def go():
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        first = await client_for(api_settings)
+        try:
+            pin = await (await first.post("/v1/overrides", json={"service": "chat", "limit_rps": 50, "reason": "x"},
+                                          headers=auth)).json()
+        finally:
+            await first.close()
+        second = await client_for(api_settings)  # another instance: it knows the pin only from the topic
+        try:
+            deadline = time.monotonic() + 20
+            listed: list = []
+            while time.monotonic() < deadline and not listed:
+                listed = (await (await second.get("/v1/overrides")).json())["overrides"]
+                await asyncio.sleep(0.2)
+            assert [o["id"] for o in listed] == [pin["id"]] and listed[0]["limit_rps"] == 50
+        finally:
+            await second.close()
+
+    run(go())
+
+
 def test_the_openapi_document_validates_and_lists_every_route(api_settings):
     doc = openapi_document()
     validate(doc)
