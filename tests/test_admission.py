@@ -174,6 +174,23 @@ def test_fail_static_holds_the_last_decision_until_valid_until_then_falls_back()
     assert g.admit("acme", "enterprise").state == "live"
 
 
+def test_a_decision_that_arrives_late_in_its_lease_is_held_before_the_gate_falls_back():
+    # a decision delayed on its way has 8 s of its lease left: the gate holds after half of that (4 s, sooner
+    # than its usual 15 s) and keeps holding the decision until the lease ends, then falls back
+    clock = Clock()
+    g = gate(clock, hold_after_s=15.0)
+    g.apply(decision(valid_for_s=8.0, now=clock.t))
+    assert g.state() == "live"
+    clock.t += 3.9
+    assert g.state() == "live"
+    clock.t += 0.2
+    assert (g.state(), g.admit("acme", "pro").version) == ("holding", 1)
+    clock.t += 3.8
+    assert g.admit("acme", "pro").state == "holding"
+    clock.t += 0.2
+    assert (g.state(), g.admit("acme", "pro").version) == ("fallback", 0)
+
+
 def test_without_a_fallback_limit_the_fallback_admits_everything():
     clock = Clock()
     g = gate(clock)

@@ -8,8 +8,10 @@ or two and one or two token buckets.
 Which rules apply:
 
 - ``live``: the newest decision, while decisions keep arriving;
-- ``holding``: no decision for ``hold_after_s``; the last one still applies
-  until its ``valid_until`` (fail-static);
+- ``holding``: no decision for ``hold_after_s``, or for half of the lease
+  the last one had left when it arrived, whichever is sooner; the last one
+  still applies until its ``valid_until`` (fail-static), so a gate whose
+  decisions stop always holds before it falls back;
 - ``fallback``: past ``valid_until`` (or before any decision): the static
   :class:`Fallback` limits.
 
@@ -249,6 +251,8 @@ class Admission:
         self._wall = wall
         self.decision: ThrottleDecision | None = None
         self.applied_at = -math.inf
+        #: when the gate starts holding if no decision comes (see the module docstring)
+        self._hold_at = -math.inf
         self.tally = Tally()
         self.counts = {"applied": 0, "stale_versions": 0, "other_service": 0}
         self._rules: _Rules | None = None
@@ -265,14 +269,19 @@ class Admission:
             if decision.version < self.decision.version or decision != self.decision:
                 self.counts["stale_versions"] += 1
             else:
-                self.applied_at = self._clock()  # the same decision again (a restart) still says "alive"
+                self._applied(self._clock())  # the same decision again (a restart) still says "alive"
             return False
         now = self._clock()
         self._rules = self._build(decision, now)
         self.decision = decision
-        self.applied_at = now
+        self._applied(now)
         self.counts["applied"] += 1
         return True
+
+    def _applied(self, now: float) -> None:
+        self.applied_at = now
+        lease_left = self._rules.valid_until_s - now if self._rules is not None else 0.0
+        self._hold_at = now + min(self.hold_after_s, max(0.0, lease_left) / 2)
 
     def _build(self, d: ThrottleDecision, now: float) -> _Rules:
         old = self._rules
@@ -332,7 +341,7 @@ class Admission:
         now = self._clock()
         if self._in_force(now) is None:
             return "fallback"
-        return "live" if now - self.applied_at < self.hold_after_s else "holding"
+        return "live" if now < self._hold_at else "holding"
 
     def _in_force(self, now: float) -> _Rules | None:
         """The newest decision's rules while its lease lasts, else None (the fallback applies).
@@ -370,7 +379,7 @@ class Admission:
             rules = self._fallback_rules
             state = "fallback"
         else:
-            state = "live" if now - self.applied_at < self.hold_after_s else "holding"
+            state = "live" if now < self._hold_at else "holding"
         tr = rules.tiers.get(tier) or rules.missing(tier)
         batch = request_type == "batch"
         action, wait = ADMIT, 0.0
