@@ -21,21 +21,25 @@ def create_app(settings: Settings, *, mirror: StateMirror | None = None) -> faus
     Group timeouts are short because the embedded broker makes a join wait for
     the rebalance timeout; standby replicas are off because with them a single
     worker restores its own active table partitions as standbys and misses the
-    newest changelog record.
+    newest changelog record. The recovery consistency check is off: see below.
     """
     topics = Topics(settings.topic_prefix)
     app = faust.App(
         f"{settings.topic_prefix}surgegate",
-        broker=f"kafka://{settings.kafka.split(',')[0]}",
+        broker=[f"kafka://{host}" for host in settings.kafka.split(",")],
         store="memory://",
         web_enabled=False,
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication_factor,
         broker_session_timeout=6.0,
         broker_rebalance_timeout=6.0,
         broker_heartbeat_interval=1.0,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
+        # A broker that lost its topics (replaced by an empty one) brings the changelogs back empty, below the
+        # offsets this process already applied; the check would crash the worker, while the in-memory tables
+        # still hold the state. (The check guards RocksDB files against topics deleted under them.)
+        recovery_consistency_check=False,
         producer_linger_ms=5,
         producer_compression_type=None,
         logging_config=None,

@@ -79,6 +79,13 @@ class _Embedded:
         self._proc = None
         shutil.rmtree(self._dir, ignore_errors=True)
 
+    def kill(self) -> None:
+        """SIGKILL the process, as a crash would, and remove its files."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self.stop()
+
     @property
     def running(self) -> bool:
         """Whether the process is alive."""

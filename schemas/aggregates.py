@@ -54,12 +54,18 @@ class PoolAggregate(msgspec.Struct, frozen=True):
 
 
 class SourceRange(msgspec.Struct, frozen=True):
-    """The input a partial was computed from: one partition, an offset range."""
+    """The input a partial was computed from: one partition, an offset range.
+
+    ``log_id`` names the topic's incarnation (its Kafka topic id): a topic
+    re-created on a broker that lost it starts its offsets again at zero, and
+    ranges of the new log must not look like duplicates of the old one's.
+    """
 
     topic: str
     partition: Offset
     first_offset: Offset
     last_offset: Offset
+    log_id: str = ""
 
 
 class WindowPartial(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.WindowPartial/1"):

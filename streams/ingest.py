@@ -13,6 +13,11 @@ acknowledged. A consumer that takes over a partition whose committed offset
 equals the last intent's ``first`` cuts at exactly that intent's ``last``
 again, so every republished partial carries a source range the merge stage has
 seen and drops.
+
+A topic re-created by a broker that lost it (see
+:func:`~surgegate.streams.topics.keep_topics`) starts its offsets at zero
+again. Partials name the topic's incarnation (its topic id) in their source
+range, so the merge stage tells the new log's ranges from the old one's.
 """
 
 from __future__ import annotations
@@ -26,13 +31,22 @@ from collections.abc import Callable
 from typing import cast
 
 import msgspec
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
 
 from surgegate.errors import InvalidEvent
 from surgegate.schemas.aggregates import SourceRange, Watermark
 from surgegate.schemas.deadletter import DeadLetter
 from surgegate.settings import Settings
-from surgegate.streams.kafka import consumer_config
+from surgegate.streams.kafka import LOG_CHECK_S, admin_config, consumer_config, topic_ids
 from surgegate.streams.producer import KafkaSender
 from surgegate.streams.store import CounterSink, Keys, NullCounterSink
 from surgegate.streams.topics import Topics
@@ -51,6 +65,12 @@ CUT_LOOKUP_TIMEOUT_S = 5.0
 #: A partition nothing has come from for this long counts as read to its end even without the broker's
 #: end-of-partition signal (at least ``idle_after_s``).
 QUIET_AS_CAUGHT_UP_S = 5.0
+#: After the broker was last unreachable, this long passes before quiet counts as idle again: the senders'
+#: backlog (queued while it was away, sent by renewed producers) is on its way, and the wall clock must not
+#: close its windows first.
+BROKER_GRACE_S = 20.0
+#: Consumer errors that mean the broker cannot be reached.
+_UNREACHABLE = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
 
 
 class CutIntent(msgspec.Struct, frozen=True):
@@ -63,12 +83,14 @@ class CutIntent(msgspec.Struct, frozen=True):
 class _PartitionWork:
     """One source partition: its uncut aggregate, and how far its event time has got."""
 
-    __slots__ = ("aggregator", "first", "last", "max_ts", "caught_up", "last_at")
+    __slots__ = ("aggregator", "first", "last", "read", "max_ts", "caught_up", "last_at")
 
     def __init__(self, window_ms: int) -> None:
         self.aggregator = PartialAggregator(window_ms)
         self.first = -1
         self.last = -1
+        #: the last offset read, kept across cuts: an offset below it means the log was replaced
+        self.read = -1
         #: the newest event time read from it (clamped to the ingest clock plus the allowed skew)
         self.max_ts = 0
         #: read to its end (the broker said so), and when a record last came from it
@@ -103,10 +125,14 @@ class IngestWorker:
         self.counter_sink = (CounterSink(url, Keys.for_topic_prefix(settings.topic_prefix)) if url
                              else NullCounterSink())
         self._consumer: Consumer | None = None
+        self._admin = AdminClient(admin_config(settings))
+        #: topic -> its incarnation (Kafka topic id), stamped on every source range
+        self._log_ids: dict[str, str] = {}
         self._work: dict[tuple[str, int], _PartitionWork] = {}
         self._forced_cuts: dict[tuple[str, int], int] = {}
         self._max_event_ts = 0
         self._last_message_at = time.monotonic()
+        self._unreachable_at = -BROKER_GRACE_S
         self._watermark = 0
         self._partials_partitions = 0
         self._stop = threading.Event()
@@ -123,12 +149,13 @@ class IngestWorker:
         consumer = self._consumer = Consumer(
             # end-of-partition events tell which partitions are read to their end (see watermark())
             consumer_config(self.settings, f"{self.settings.topic_prefix}ingest", self.member_id,
-                            **{"enable.partition.eof": True})
+                            error_cb=self._on_consumer_error, **{"enable.partition.eof": True})
         )
         consumer.subscribe([self.topics.requests, self.topics.metrics],
                            on_assign=self._on_assign, on_revoke=self._on_revoke)
         interval = self.settings.flush_interval_s
         next_flush = time.monotonic() + interval
+        next_log_check = time.monotonic() + LOG_CHECK_S
         try:
             while not self._stop.is_set():
                 messages = consumer.consume(BATCH_SIZE, POLL_TIMEOUT_S)
@@ -139,6 +166,9 @@ class IngestWorker:
                 if time.monotonic() >= next_flush:
                     self.flush()
                     next_flush = time.monotonic() + interval
+                if time.monotonic() >= next_log_check:
+                    self.check_logs()
+                    next_log_check = time.monotonic() + LOG_CHECK_S
             self.flush()
         finally:
             consumer.close()
@@ -181,6 +211,9 @@ class IngestWorker:
                     part = work[key] = _PartitionWork(self.settings.window_ms)
             offset = cast(int, msg.offset())
             assert part is not None  # looked up with the key above
+            if offset <= part.read:
+                self._log_replaced(key, offset)
+            part.read = offset
             part.caught_up = False
             part.last_at = arrived
             if forced and key in forced and offset > forced[key]:
@@ -210,6 +243,54 @@ class IngestWorker:
         if skewed:
             self.counters["clock_ahead"] += skewed
 
+    def _on_consumer_error(self, err: KafkaError) -> None:
+        if err.code() in _UNREACHABLE:
+            self._unreachable_at = time.monotonic()
+        log.info("ingest %s: consumer: %s", self.member_id, err.str())
+
+    def _log_replaced(self, key: tuple[str, int], offset: int) -> None:
+        """Offsets went back: the topic was re-created. Cut what came from the old log, then name the new one."""
+        part = self._work[key]
+        log.warning("ingest %s: %s[%d] went back from offset %d to %d: the topic was re-created", self.member_id,
+                    key[0], key[1], part.read, offset)
+        self.counters["logs_replaced"] += 1
+        self.flush([key])
+        self._refresh_log_ids([key[0]])
+
+    def _refresh_log_ids(self, topics: list[str]) -> list[str]:
+        """Look the topics' ids up; returns those whose id changed (re-created since last looked at)."""
+        changed = []
+        for topic, topic_id in topic_ids(self._admin, topics, CUT_LOOKUP_TIMEOUT_S).items():
+            if self._log_ids.get(topic, topic_id) != topic_id:
+                log.warning("ingest %s: %s is a new log (topic id %s)", self.member_id, topic, topic_id)
+                changed.append(topic)
+            self._log_ids[topic] = topic_id
+        return changed
+
+    def check_logs(self) -> None:
+        """Read a re-created source topic from its start: a position left over from the old log would skip
+        the new one's first records (the broker resets it only while the new log is shorter)."""
+        consumer = self._consumer
+        ids = topic_ids(self._admin, [self.topics.requests, self.topics.metrics], CUT_LOOKUP_TIMEOUT_S)
+        for topic, topic_id in ids.items():
+            known = self._log_ids.get(topic)
+            if known is None or known == topic_id:
+                self._log_ids[topic] = topic_id
+                continue
+            log.warning("ingest %s: %s is a new log (topic id %s): reading it from the start", self.member_id,
+                        topic, topic_id)
+            keys = [key for key in self._work if key[0] == topic]
+            self.flush(keys)  # what came from the old log is cut under the old log's name
+            self._log_ids[topic] = topic_id
+            for key in keys:
+                self._work[key].read = -1
+                if consumer is not None:
+                    try:
+                        consumer.seek(TopicPartition(topic, key[1], OFFSET_BEGINNING))
+                    except KafkaException as exc:  # not fetching yet: its position is set when it starts
+                        log.info("ingest %s: seek %s[%d]: %s", self.member_id, topic, key[1], exc)
+            self.counters["logs_replaced"] += 1
+
     def _dead_letter(self, msg: Message, reason: str, detail: str, now: int) -> None:
         value = msg.value() or b""
         key = msg.key()
@@ -236,7 +317,8 @@ class IngestWorker:
         read. Once every partition is read to its end (the broker says so, or
         nothing came from it for :data:`QUIET_AS_CAUGHT_UP_S`), it is the newest
         event time read, and the wall clock after ``idle_after_s`` without
-        records. Event times were clamped to the
+        records, unless the broker was unreachable within :data:`BROKER_GRACE_S`
+        (quiet then means nothing could be read, not that nothing was sent). Event times were clamped to the
         ingest clock plus ``max_skew_s`` on the way in: an edge with a clock far
         ahead cannot close everyone's windows early.
         """
@@ -252,7 +334,8 @@ class IngestWorker:
             mark = min(behind)
         else:
             mark = max(p.max_ts for p in parts)
-            if time.monotonic() - self._last_message_at >= self.settings.idle_after_s:
+            idle = time.monotonic() - self._last_message_at >= self.settings.idle_after_s
+            if idle and time.monotonic() - self._unreachable_at >= BROKER_GRACE_S:
                 mark = max(mark, now)
         self._watermark = max(self._watermark, min(mark, now))
         return self._watermark
@@ -276,7 +359,7 @@ class IngestWorker:
         # 2. partials, then watermarks on every partials partition
         sent = 0
         for (topic, partition), part in with_data:
-            source = SourceRange(topic, partition, part.first, part.last)
+            source = SourceRange(topic, partition, part.first, part.last, self._log_ids.get(topic, ""))
             for partial in part.aggregator.drain(source):
                 self.sender.send(self.topics.partials, msgspec.json.encode(partial), key=partial.scope.encode())
                 sent += 1
@@ -293,7 +376,14 @@ class IngestWorker:
         self._report_counters()
 
     def _commit(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
-        consumer.commit(offsets=offsets, asynchronous=False)
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # the partials are published; a member that re-reads these records republishes ranges the merge
+            # stage has seen and drops, so a lost commit costs work, never exactness
+            self.counters["commit_failed"] += 1
+            log.warning("ingest %s: commit failed (%s); the range will be read again", self.member_id,
+                        exc.args[0].str() if exc.args else exc)
 
     def _send_watermarks(self) -> None:
         if not self._partials_partitions:
@@ -312,6 +402,7 @@ class IngestWorker:
     # ------------------------------------------------------------ rebalance
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._refresh_log_ids(sorted({tp.topic for tp in partitions}))
         committed = consumer.committed(partitions, timeout=CUT_LOOKUP_TIMEOUT_S)
         for tp in committed:
             start = tp.offset

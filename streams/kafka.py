@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -24,15 +25,20 @@ from surgegate.settings import Settings
 
 #: Where librdkafka's log lines go (see the module docstring).
 LIBRDKAFKA_LOG = logging.getLogger("surgegate.librdkafka")
+log = logging.getLogger(__name__)
 
 #: Producer waits this long to fill a batch; one-record batches saturate the broker.
 LINGER_MS = 5
 SESSION_TIMEOUT_MS = 6000
 MAX_POLL_INTERVAL_MS = 10000
+#: How long a record may wait for its delivery before it counts as failed (librdkafka's default).
+MESSAGE_TIMEOUT_MS = 300_000
 #: How long flush/close waits for outstanding deliveries.
 FLUSH_TIMEOUT_S = 30.0
 #: How long a command waits for the broker to answer before it gives up.
 PROBE_TIMEOUT_S = 5.0
+#: How often a long-lived reader checks that the topics it reads are still the logs it started on.
+LOG_CHECK_S = 5.0
 
 
 def admin_config(settings: Settings, **extra: Any) -> dict[str, Any]:
@@ -58,6 +64,24 @@ def probe_broker(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> int:
     return len(metadata.brokers)
 
 
+def topic_ids(admin: Any, topics: list[str], timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, str]:
+    """Each topic's id: a topic re-created (by a broker that lost it) has a new one, and its offsets start
+    again at zero. Topics the broker does not have, or a broker without topic ids, are left out."""
+    from confluent_kafka import KafkaException, TopicCollection
+
+    ids: dict[str, str] = {}
+    try:
+        described = admin.describe_topics(TopicCollection(topics), request_timeout=timeout_s)
+    except KafkaException:
+        return ids
+    for topic, future in described.items():
+        try:
+            ids[topic] = str(future.result(timeout=timeout_s).topic_id)
+        except KafkaException:
+            continue
+    return ids
+
+
 def producer_config(settings: Settings, client_id: str, **extra: Any) -> dict[str, Any]:
     """confluent-kafka producer settings."""
     return {
@@ -69,6 +93,7 @@ def producer_config(settings: Settings, client_id: str, **extra: Any) -> dict[st
         # Java-compatible key hashing, so Faust and confluent clients agree on partitions.
         "partitioner": "murmur2_random",
         "queue.buffering.max.messages": 500_000,
+        "message.timeout.ms": MESSAGE_TIMEOUT_MS,
         "logger": LIBRDKAFKA_LOG,
         **extra,
     }
@@ -97,14 +122,18 @@ def follow_from_start(settings: Settings, topic: str, client_id: str, stop: thre
 
     Subscribers of decisions use this: every partition is assigned, so no
     consumer group is joined and nothing waits for a rebalance. A topic that
-    does not exist yet is asked for again every second. Broker errors go to
+    does not exist yet is asked for again every second; a topic re-created
+    with a new id is read again from its start. Broker errors go to
     ``on_error``; tombstones are skipped.
     """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+    from confluent_kafka.admin import AdminClient
 
     consumer = Consumer(consumer_config(settings, group_id=f"{client_id}-{uuid.uuid4().hex[:8]}", client_id=client_id,
                                         error_cb=on_error, **{"fetch.wait.max.ms": fetch_wait_ms}))
-    try:
+    admin = AdminClient(admin_config(settings))
+
+    def assign_from_start() -> str | None:
         partitions: list[int] = []
         while not partitions and not stop.is_set():
             try:
@@ -116,8 +145,22 @@ def follow_from_start(settings: Settings, topic: str, client_id: str, stop: thre
                 partitions = sorted(meta.partitions)
             else:
                 stop.wait(1.0)
+        log_id = topic_ids(admin, [topic]).get(topic)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        return log_id
+
+    try:
+        log_id = assign_from_start()
+        next_check = time.monotonic() + LOG_CHECK_S
         while not stop.is_set():
+            if time.monotonic() >= next_check:
+                # the topic re-created (a broker that lost it): read the new log from its start, or its first
+                # records would be skipped by a position left over from the old one
+                now_id = topic_ids(admin, [topic]).get(topic)
+                if now_id is not None and now_id != log_id:
+                    log.warning("%s was re-created: reading it from the start", topic)
+                    log_id = assign_from_start()
+                next_check = time.monotonic() + LOG_CHECK_S
             msg = consumer.poll(0.1)
             if msg is None:
                 continue

@@ -4,17 +4,28 @@ Every record is validated against its schema before it is queued, so a bad
 record fails in the caller with a message naming the field, not later in the
 pipeline. Sends are batched (``linger.ms``); delivery reports are counted; a
 full local queue is retried a bounded number of times, then reported.
+
+A producer that stops delivering renews itself. librdkafka's idempotent
+producer keeps its producer id across reconnects; a broker that lost its state
+(replaced, or restarted without storage) answers every batch with "unknown
+producer id", librdkafka bumps the epoch locally and tries again, and nothing
+is ever delivered again. So when a fatal error is reported, or records have been
+waiting for :data:`STALL_S` with no delivery at all, the producer is replaced by
+a fresh one (which asks the broker for a new id), the records still queued in
+the old one are sent again through the new one, and those already in flight
+(whose fate is unknown) are counted as failed.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import msgspec
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from surgegate.errors import DeliveryFailed, InvalidEvent, ProducerBufferFull
 from surgegate.schemas.telemetry import MetricEvent, RequestEvent, RequestSummary
@@ -28,41 +39,65 @@ log = logging.getLogger(__name__)
 #: How often, and how long each time, a send waits for room in a full local queue.
 BUFFER_FULL_RETRIES = 50
 BUFFER_FULL_WAIT_S = 0.02
+#: Records waiting this long without a single delivery mean a wedged producer: it is renewed.
+STALL_S = 5.0
+#: How long a renewal waits for the old producer to hand back its queued records.
+RENEW_DRAIN_S = 5.0
 
 T = TypeVar("T", bound=msgspec.Struct)
 
 
 class KafkaSender:
-    """A lazily created confluent-kafka producer with bounded retry and delivery counts."""
+    """A lazily created confluent-kafka producer with bounded retry, delivery counts and self-renewal.
 
-    def __init__(self, settings: Settings, client_id: str, **config: Any) -> None:
+    ``delivered`` and ``failed`` count delivery reports; ``renewals`` counts
+    producers replaced because they stopped delivering (see the module docstring).
+    """
+
+    def __init__(self, settings: Settings, client_id: str, *, stall_s: float = STALL_S, **config: Any) -> None:
         self._config = producer_config(settings, client_id, error_cb=self._on_error, **config)
+        self._timeout_ms = int(self._config["message.timeout.ms"])
         self._producer: Producer | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self.stall_s = stall_s
         self.delivered = 0
         self.failed = 0
+        self.renewals = 0
         self.last_error: str | None = None
+        self._fatal = False
+        self._progress_at = time.monotonic()  # the last delivery, or when the queue was last empty
 
     @property
     def producer(self) -> Producer:
         """The underlying producer, created on first use."""
         if self._producer is None:
-            self._producer = Producer(self._config)
+            with self._lock:
+                if self._producer is None:
+                    self._producer = Producer(self._config)
+                    self._progress_at = time.monotonic()
         return self._producer
 
     def _on_error(self, err: KafkaError) -> None:
         self.last_error = err.str()
-        log.warning("kafka producer: %s", err.str())
+        if err.fatal():
+            self._fatal = True
+            log.error("kafka producer: fatal error, renewing the producer: %s", err.str())
+        else:
+            log.warning("kafka producer: %s", err.str())
 
-    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is None:
             self.delivered += 1
+            self._progress_at = time.monotonic()
+        elif err.code() == KafkaError._PURGE_QUEUE and self._producer is not None:
+            self._resend(msg)  # never sent by the producer being renewed: the new one sends it
         else:
             self.failed += 1
             self.last_error = err.str()
 
     def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
         """Queue one record; raises :class:`ProducerBufferFull` if the queue stays full."""
+        self._check_health()
         producer = self.producer
         kwargs: dict[str, Any] = {"key": key, "on_delivery": self._on_delivery}
         if partition is not None:
@@ -78,17 +113,79 @@ class KafkaSender:
             "the broker is slow or unreachable"
         )
 
+    def _resend(self, msg: Any) -> None:
+        _, created = msg.timestamp()
+        if created > 0 and time.time() * 1000 - created > self._timeout_ms:
+            # as old as the delivery timeout allows: it fails here as it would have in the old producer
+            self.failed += 1
+            self.last_error = "Local: Message timed out (while the producer was renewed)"
+            return
+        kwargs: dict[str, Any] = {"key": msg.key(), "on_delivery": self._on_delivery}
+        if created > 0:
+            kwargs["timestamp"] = created
+        partition = msg.partition()
+        if partition is not None and partition >= 0:
+            kwargs["partition"] = partition
+        try:
+            self.producer.produce(msg.topic(), msg.value(), **kwargs)
+        except (BufferError, KafkaException) as exc:
+            self.failed += 1
+            self.last_error = f"not sent again after a producer renewal: {exc}"
+
+    def _check_health(self) -> None:
+        producer = self._producer
+        if producer is None:
+            return
+        if self._fatal:
+            self.renew("a fatal producer error")
+        elif len(producer) == 0:
+            self._progress_at = time.monotonic()
+        elif time.monotonic() - self._progress_at >= self.stall_s:
+            self.renew(f"{len(producer)} records waiting {self.stall_s:g} s with no delivery")
+
+    def renew(self, why: str) -> None:
+        """Replace the producer with a fresh one; records it still queues are sent again by the new one."""
+        with self._lock:
+            old = self._producer
+            if old is None:
+                return
+            self._producer = Producer(self._config)
+            self._fatal = False
+            self._progress_at = time.monotonic()
+            self.renewals += 1
+            log.warning("kafka producer renewed (%s); %d records handed over", why, len(old))
+            # queued records come back as _PURGE_QUEUE and go to the new producer (see _on_delivery);
+            # in-flight ones as _PURGE_INFLIGHT: their fate is unknown, so they count as failed
+            old.purge(in_queue=True, in_flight=True, blocking=False)
+            deadline = time.monotonic() + RENEW_DRAIN_S
+            while len(old) and time.monotonic() < deadline:
+                old.poll(0.05)
+            if len(old):
+                self.failed += len(old)
+                self.last_error = f"{len(old)} records lost with a renewed producer"
+
     def poll(self) -> None:
-        """Serve delivery reports without blocking."""
+        """Serve delivery reports without blocking; renews a producer that stopped delivering."""
         if self._producer is not None:
             self._producer.poll(0)
+            self._check_health()
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> None:
-        """Wait for every queued record; raises :class:`DeliveryFailed` if any was lost."""
+        """Wait for every queued record; raises :class:`DeliveryFailed` if any was lost.
+
+        A producer that stops delivering while it waits is renewed, and the wait goes on with the new one.
+        """
         if self._producer is None:
             return
         failed_before = self.failed
-        remaining = self._producer.flush(timeout)
+        deadline = time.monotonic() + timeout
+        remaining = len(self._producer)
+        while True:
+            left = deadline - time.monotonic()
+            remaining = self.producer.flush(max(0.0, min(1.0, left)))
+            if not remaining or left <= 1.0:
+                break
+            self._check_health()
         if remaining:
             raise DeliveryFailed(f"{remaining} records not delivered within {timeout:.0f} s: {self.last_error}")
         if self.failed > failed_before:

@@ -1,9 +1,12 @@
-"""Every topic surgegate uses, declared once, and idempotent creation."""
+"""Every topic surgegate uses, declared once; idempotent creation, and a keeper that re-creates
+topics a broker lost (one replaced by an empty one, or restarted without storage)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+from collections.abc import Callable
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -15,6 +18,10 @@ from surgegate.streams.kafka import admin_config
 log = logging.getLogger(__name__)
 
 ADMIN_TIMEOUT_S = 15.0
+#: How often the keeper checks that every topic exists.
+KEEP_TOPICS_S = 5.0
+#: How long the decision history is kept.
+HISTORY_RETENTION_MS = 30 * 24 * 3600 * 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +31,7 @@ class TopicSpec:
     suffix: str
     carries: str
     compacted: bool = False
+    retention_ms: int | None = None
 
 
 TOPIC_SPECS: tuple[TopicSpec, ...] = (
@@ -36,7 +44,7 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("decisions.throttle", "ThrottleDecision keyed by service", compacted=True),
     TopicSpec("decisions.scaling", "ScalingDecision keyed by pool", compacted=True),
     TopicSpec("decisions.history", "every Threshold, ThrottleDecision and ScalingDecision, keyed by service or "
-              "pool and stamped with its issue time; never compacted"),
+              "pool and stamped with its issue time; never compacted", retention_ms=HISTORY_RETENTION_MS),
     TopicSpec("overrides", "Override keyed by scope"),
     TopicSpec("deadletter", "DeadLetter keyed by source topic"),
     # Internal: windows, forecasts and overrides re-keyed by service for the decide agent.
@@ -110,18 +118,18 @@ class Topics:
         return source_topic + ".cuts"
 
 
-def create_topics(settings: Settings, admin: AdminClient | None = None) -> dict[str, str]:
-    """Create every topic that does not exist yet; returns name -> created/exists."""
+def create_topics(settings: Settings, admin: AdminClient | None = None,
+                  changelogs: tuple[str, ...] = ()) -> dict[str, str]:
+    """Create every topic that does not exist yet (and the named compacted ``changelogs`` of the agents'
+    tables); returns name -> created/exists."""
     admin = admin or AdminClient(admin_config(settings))
     topics = Topics(settings.topic_prefix)
+    specs = [(topics.name(spec.suffix), spec) for spec in TOPIC_SPECS]
+    specs += [(name, TopicSpec(name, "an agent table's changelog", compacted=True)) for name in changelogs]
     new = [
-        NewTopic(
-            topics.name(spec.suffix),
-            num_partitions=settings.partitions,
-            replication_factor=1,
-            config={"cleanup.policy": "compact"} if spec.compacted else {},
-        )
-        for spec in TOPIC_SPECS
+        NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication_factor,
+                 config=topic_config(settings, spec))
+        for name, spec in specs
     ]
     result: dict[str, str] = {}
     for name, future in admin.create_topics(new, operation_timeout=ADMIN_TIMEOUT_S).items():
@@ -135,6 +143,42 @@ def create_topics(settings: Settings, admin: AdminClient | None = None) -> dict[
                 raise BrokerError(f"creating topic {name}: {exc.args[0].str()}") from exc
     log.info("topics: %s", result)
     return result
+
+
+def topic_config(settings: Settings, spec: TopicSpec) -> dict[str, str]:
+    """The broker-side configuration of one topic."""
+    config = {"cleanup.policy": "compact" if spec.compacted else "delete"}
+    if spec.retention_ms is not None:
+        config["retention.ms"] = str(spec.retention_ms)
+    if settings.replication_factor > 1:
+        config["min.insync.replicas"] = str(settings.min_insync_replicas)
+    return config
+
+
+def missing_topics(settings: Settings, admin: AdminClient, changelogs: tuple[str, ...] = ()) -> list[str]:
+    """The surgegate topics (and named changelogs) the broker does not have."""
+    metadata = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
+    topics = Topics(settings.topic_prefix)
+    wanted = [topics.name(spec.suffix) for spec in TOPIC_SPECS] + list(changelogs)
+    return [name for name in wanted if name not in metadata.topics]
+
+
+def keep_topics(settings: Settings, stop: threading.Event, interval_s: float = KEEP_TOPICS_S,
+                changelogs: tuple[str, ...] = (), on_recreated: Callable[[list[str]], None] | None = None) -> None:
+    """Until ``stop``: every ``interval_s``, create the topics the broker lost (the agents' table
+    ``changelogs`` too). A broker that does not answer is asked again next time; the clients reconnect by
+    themselves."""
+    admin = AdminClient(admin_config(settings))
+    while not stop.wait(interval_s):
+        try:
+            if missing_topics(settings, admin, changelogs):
+                created = [name for name, what in create_topics(settings, admin, changelogs).items()
+                           if what == "created"]
+                log.warning("topics missing on the broker, re-created: %s", ", ".join(created))
+                if on_recreated is not None and created:
+                    on_recreated(created)
+        except (KafkaException, BrokerError) as exc:
+            log.info("topic check: broker not answering (%s)", exc)
 
 
 def list_topics(settings: Settings) -> dict[str, int]:

@@ -70,33 +70,42 @@ def progress_bar(description: str, total: float, unit: str) -> Any:
 
 
 def run_worker(settings: Settings, *, ingest: bool = True) -> None:
-    """Run the Faust agents and, in a thread, an ingest consumer, until stopped."""
+    """Run the Faust agents and, in threads, an ingest consumer and the topic keeper, until stopped."""
     import faust
 
     from surgegate.agents.app import create_app
     from surgegate.streams.ingest import IngestWorker
     from surgegate.streams.store import Keys, StateMirror
+    from surgegate.streams.topics import keep_topics
 
     mirror = StateMirror(settings.redis, Keys.for_topic_prefix(settings.topic_prefix),
                          window_s=settings.window_s) if settings.redis else None
     app = create_app(settings, mirror=mirror)
     ingest_worker = IngestWorker(settings) if ingest else None
+    stop_keeper = threading.Event()
 
-    def on_death(exc: BaseException) -> None:
-        # A worker without its ingest consumer only looks healthy: end the process, so a supervisor restarts
-        # it. Crash-only is safe here: offsets are committed only after what they cover was published.
-        log.critical("ingest consumer stopped: %s: %s", type(exc).__name__, exc, exc_info=exc)
-        print(f"surgegate worker: the ingest consumer stopped: {type(exc).__name__}: {exc}", file=sys.stderr,
-              flush=True)
-        logging.shutdown()
-        os._exit(2)
+    def on_death(part: str) -> Callable[[BaseException], None]:
+        def died(exc: BaseException) -> None:
+            # A worker without one of its threads only looks healthy: end the process, so a supervisor restarts
+            # it. Crash-only is safe here: offsets are committed only after what they cover was published.
+            log.critical("%s stopped: %s: %s", part, type(exc).__name__, exc, exc_info=exc)
+            print(f"surgegate worker: the {part} stopped: {type(exc).__name__}: {exc}", file=sys.stderr,
+                  flush=True)
+            logging.shutdown()
+            os._exit(2)
+        return died
 
-    thread = supervised("ingest", ingest_worker.run, on_death) if ingest_worker is not None else None
+    changelogs = tuple(table.changelog_topic.get_topic_name() for table in app.tables.values())
+    supervised("topic-keeper", lambda: keep_topics(settings, stop_keeper, changelogs=changelogs),
+               on_death("topic keeper"))
+    thread = (supervised("ingest", ingest_worker.run, on_death("ingest consumer"))
+              if ingest_worker is not None else None)
     quiet = logging.getLogger().level > logging.INFO  # Faust's own lines only with --verbose
     worker = faust.Worker(app, loglevel="warning" if quiet else "info", quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()
     finally:
+        stop_keeper.set()
         if ingest_worker is not None and thread is not None:
             ingest_worker.stop()
             thread.join(30)
@@ -167,6 +176,25 @@ def _demo(settings: Settings, stop: threading.Event) -> None:
 
     with TelemetryProducer(settings, client_id="surgegate-demo") as producer:
         run_demo(producer, stop)
+
+
+def cmd_chaos(args: argparse.Namespace) -> None:
+    from surgegate.devtools.chaos import FAULTS, Chaos, Timing, table
+
+    faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
+    unknown = [f for f in faults if f not in FAULTS]
+    if unknown:
+        raise ValueError(f"--faults: unknown {', '.join(unknown)} (known: {', '.join(FAULTS)})")
+    timing = Timing.short() if args.short else Timing()
+    accounts = Chaos(timing, rate=args.rate, faults=faults,
+                     log=lambda line: print(line, file=sys.stderr, flush=True)).run()
+    text = table(accounts)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    unaccounted = sum(a.unaccounted for a in accounts)
+    if unaccounted:
+        raise SurgegateError(f"{unaccounted} events unaccounted for (see the table)")
 
 
 def cmd_topics(args: argparse.Namespace) -> None:
@@ -531,6 +559,15 @@ def build_parser() -> argparse.ArgumentParser:
     redis(worker, "the state mirror")
     worker.add_argument("--no-ingest", action="store_true", help="run the Faust agents only")
     worker.set_defaults(func=cmd_worker)
+
+    ch = command("chaos", "kill the worker, Redis, an edge and the broker of an embedded stack under load, and "
+                          "account for every event")
+    ch.add_argument("--faults", default=",".join(("worker", "redis", "edge", "broker")),
+                    help="the faults, in order (worker, redis, edge, broker)")
+    ch.add_argument("--rate", type=float, default=200.0, help="events per second from the load edges")
+    ch.add_argument("--short", action="store_true", help="shorter phases and outages (what CI runs)")
+    ch.add_argument("--out", help="also write the table to this file")
+    ch.set_defaults(func=cmd_chaos)
 
     topics = command("topics", "create or list topics")
     topics.add_argument("action", choices=["create", "list"], help="create every missing topic, or list them")

@@ -41,6 +41,9 @@ class Settings:
     redis: str = ""
     topic_prefix: str = "sg."
     partitions: int = 4
+    #: copies of each topic the broker keeps, and how many must have a record before it is acknowledged
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
     window_s: float = float(DEFAULT_WINDOW_S)
     lateness_s: float = 5.0
     max_future_s: float = 300.0
@@ -61,6 +64,10 @@ class Settings:
     def __post_init__(self) -> None:
         _check(self.partitions >= 1, "PARTITIONS", self.partitions, "must be >= 1")
         _check(self.partitions <= 1024, "PARTITIONS", self.partitions, "must be <= 1024")
+        _check(1 <= self.replication_factor <= 16, "REPLICATION_FACTOR", self.replication_factor,
+               "must be within [1, 16]")
+        _check(1 <= self.min_insync_replicas <= self.replication_factor, "MIN_INSYNC_REPLICAS",
+               self.min_insync_replicas, f"must be within [1, REPLICATION_FACTOR={self.replication_factor}]")
         _check(1.0 <= self.window_s <= 3600.0, "WINDOW_S", self.window_s, "must be within [1, 3600]")
         _check(
             (self.window_s * 1000) % 1000 == 0,

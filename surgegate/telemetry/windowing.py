@@ -411,10 +411,10 @@ class ScopeWindows(msgspec.Struct):
     Serialisable as a whole (msgspec), so the merge agent keeps it in a Faust
     table backed by a changelog and a restarted worker resumes it.
 
-    ``high_water`` holds, per source partition, the ``(last_offset,
-    window_start)`` of the newest partial merged: the ingest emits partials of
-    one source in increasing order of that pair, so anything at or below it
-    has been merged already.
+    ``high_water`` holds, per source partition (and incarnation of its log), the
+    ``(last_offset, window_start)`` of the newest partial merged: the ingest
+    emits partials of one source in increasing order of that pair, so anything
+    at or below it has been merged already.
     """
 
     scope: str
@@ -433,7 +433,7 @@ class ScopeWindows(msgspec.Struct):
                 f"this merge stage uses {self.window_ms}"
             )
         src = partial.source
-        source_key = f"{src.topic}:{src.partition}"
+        source_key = f"{src.topic}:{src.partition}" + (f"@{src.log_id}" if src.log_id else "")
         mark = (src.last_offset, partial.window_start)
         seen = self.high_water.get(source_key)
         if seen is not None and tuple(mark) <= tuple(seen):

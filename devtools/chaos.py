@@ -1,0 +1,447 @@
+"""``surgegate chaos``: faults injected into the embedded stack under load, and an account of every event.
+
+The stack is the one ``surgegate up`` runs: an embedded broker and Redis, a
+``surgegate worker`` process, and load edges (processes that send RequestEvents
+stamped now, one in :data:`INVALID_EVERY` of them malformed on purpose). Each
+phase stamps its events with its own service (``chaos-<fault>``), so the
+windows of that service hold exactly the phase's events. The faults, one per
+phase, while the edges keep sending:
+
+- ``worker``: the worker killed with SIGKILL, a new one started after the outage;
+- ``redis``: Redis stopped, an empty one started on its address after the outage;
+- ``edge``: one edge killed with SIGKILL, a new one started in its place;
+- ``broker``: the broker killed, an empty one started on its address after the outage.
+
+Nothing is restarted but what the fault killed. Per phase the account is:
+events produced (by the edges' own counts), in published windows, late
+(``late_events`` of the windows), dead-lettered, failed (counted by the
+producer that sent them), and lost, with the mechanism that can lose them:
+the SIGKILLed edge's records not yet acknowledged, and what a memory-only broker
+acknowledged in its last seconds and took with it. ``unaccounted`` is what
+nothing explains; it should be zero.
+
+An edge reports through a status file it rewrites every tick; the runner
+switches phases through a file the edges read every tick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from surgegate.devtools.embedded import EmbeddedBroker, EmbeddedRedis
+from surgegate.errors import DeliveryFailed
+from surgegate.schemas.aggregates import WindowStats
+from surgegate.schemas.deadletter import DeadLetter
+from surgegate.settings import Settings
+from surgegate.streams.kafka import follow_from_start
+from surgegate.streams.producer import KafkaSender
+from surgegate.streams.topics import Topics, create_topics
+
+#: One event in this many is malformed on purpose (no tier): it must be dead-lettered, not lost.
+INVALID_EVERY = 250
+TICKS_PER_S = 20
+FAULTS = ("worker", "redis", "edge", "broker")
+#: Lost with the killed broker is explained only up to what it acknowledged this long before it died.
+BROKER_LOSS_HORIZON_S = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """How long each part of a run takes."""
+
+    warmup_s: float = 20.0
+    before_fault_s: float = 5.0
+    outage_s: float = 10.0
+    after_fault_s: float = 25.0
+    drain_timeout_s: float = 120.0
+
+    @classmethod
+    def short(cls) -> Timing:
+        """The version CI runs."""
+        return cls(warmup_s=15.0, before_fault_s=3.0, outage_s=5.0, after_fault_s=20.0, drain_timeout_s=90.0)
+
+
+@dataclasses.dataclass
+class FaultAccount:
+    """What became of one phase's events."""
+
+    fault: str
+    produced: int = 0
+    in_windows: int = 0
+    late: int = 0
+    dead_lettered: int = 0
+    failed: int = 0
+    lost: int = 0
+    lost_bound: int = 0
+    worst_delay_s: float = 0.0
+    note: str = ""
+
+    @property
+    def unaccounted(self) -> int:
+        """Events nothing explains: produced, but neither in windows, late, dead-lettered, failed nor lost by
+        a mechanism that can lose them."""
+        return self.produced - self.in_windows - self.late - self.dead_lettered - self.failed - self.lost
+
+
+# ------------------------------------------------------------------ the load edge (a child process)
+
+
+def run_edge(name: str, rate: float, phase_file: Path, status_file: Path, settings: Settings) -> None:
+    """Send RequestEvents at ``rate`` per second, stamped now, for the service named in ``phase_file``.
+
+    Before the service changes, everything sent is flushed, so each phase's
+    delivered and failed counts are exact. ``status_file`` is rewritten every
+    tick: per phase ``sent`` and ``invalid``, and (once closed) ``delivered``
+    and ``failed``; plus the running totals.
+    """
+    sender = KafkaSender(settings, f"chaos-{name}")
+    topic = Topics(settings.topic_prefix).requests
+    encode = msgspec.json.encode
+    phases: dict[str, dict[str, int]] = {}
+    phase = ""
+    marks = (0, 0)
+    per_tick = rate / TICKS_PER_S
+    owed = 0.0
+    n = 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    next_tick = time.monotonic()
+    while not stop.is_set():
+        wanted = phase_file.read_text().strip() if phase_file.exists() else ""
+        if wanted != phase:
+            if phase:
+                with contextlib.suppress(DeliveryFailed):  # counted in sender.failed
+                    sender.flush(60)
+                phases[phase].update(delivered=sender.delivered - marks[0], failed=sender.failed - marks[1])
+            marks = (sender.delivered, sender.failed)
+            phase = wanted
+            phases.setdefault(phase, {"sent": 0, "invalid": 0})
+        owed += per_tick
+        now_ms = int(time.time() * 1000)
+        while owed >= 1.0 and phase:
+            owed -= 1.0
+            n += 1
+            event: dict[str, Any] = {"schema": "sg.RequestEvent/1", "ts": now_ms, "service": phase, "tenant": name,
+                                     "tier": "pro", "edge_id": name, "latency_ms": 40.0 + n % 50}
+            if n % INVALID_EVERY == 0:
+                del event["tier"]
+                phases[phase]["invalid"] += 1
+            # counted before it is queued: a kill between the two leaves it counted, never uncounted
+            phases[phase]["sent"] += 1
+            sender.send(topic, encode(event), key=name.encode())
+        sender.poll()
+        _write_json(status_file, {"phases": phases, "phase": phase, "delivered": sender.delivered,
+                                  "failed": sender.failed, "delivered_since_phase": sender.delivered - marks[0],
+                                  "failed_since_phase": sender.failed - marks[1], "renewals": sender.renewals})
+        next_tick += 1 / TICKS_PER_S
+        time.sleep(max(0.0, next_tick - time.monotonic()))
+    with contextlib.suppress(DeliveryFailed):
+        sender.flush(30)
+    if phase:
+        phases[phase].update(delivered=sender.delivered - marks[0], failed=sender.failed - marks[1])
+    _write_json(status_file, {"phases": phases, "phase": phase, "delivered": sender.delivered,
+                              "failed": sender.failed, "delivered_since_phase": 0, "failed_since_phase": 0,
+                              "renewals": sender.renewals, "stopped": True})
+
+
+def _write_json(path: Path, value: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+# ------------------------------------------------------------------ the runner
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SURGEGATE_")}
+    env.update({"SURGEGATE_KAFKA": settings.kafka, "SURGEGATE_REDIS": settings.redis,
+                "SURGEGATE_TOPIC_PREFIX": settings.topic_prefix, "SURGEGATE_PARTITIONS": str(settings.partitions),
+                "SURGEGATE_LATENESS_S": str(settings.lateness_s),
+                "SURGEGATE_FLUSH_INTERVAL_S": str(settings.flush_interval_s),
+                "SURGEGATE_IDLE_AFTER_S": str(settings.idle_after_s), "SURGEGATE_WORKER_ID": "chaos-worker"})
+    return env
+
+
+class _Follower:
+    """Keeps every service-level window and every dead letter published, across brokers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.windows: dict[tuple[str, int], tuple[int, int, float]] = {}
+        self.dead: dict[str, int] = defaultdict(int)
+        self._dead_seen: set[tuple[str, int, int, str]] = set()
+        self._stop = threading.Event()
+        topics = Topics(settings.topic_prefix)
+        self._lateness_ms = settings.lateness_ms
+        stats, letters = msgspec.json.Decoder(WindowStats), msgspec.json.Decoder(DeadLetter)
+        self._threads = [
+            threading.Thread(target=follow_from_start, daemon=True, args=(
+                settings, topics.windows, "chaos-windows", self._stop, lambda raw: self._window(stats.decode(raw)),
+                lambda err: None)),
+            threading.Thread(target=follow_from_start, daemon=True, args=(
+                settings, topics.deadletter, "chaos-dead", self._stop, lambda raw: self._letter(letters.decode(raw)),
+                lambda err: None)),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _window(self, w: WindowStats) -> None:
+        if w.kind != "traffic" or w.tenant is not None or w.tier is not None or w.service is None:
+            return
+        requests = w.traffic.requests if w.traffic is not None else 0
+        delay = time.time() - (w.window_end + self._lateness_ms) / 1000
+        self.windows[(w.service, w.window_start)] = (requests, w.late_events, delay)
+
+    def _letter(self, letter: DeadLetter) -> None:
+        import base64
+
+        try:
+            service = json.loads(base64.b64decode(letter.value_b64)).get("service", "?")
+        except (ValueError, AttributeError):
+            service = "?"
+        # a dead letter republished (the ingest re-reading a range) is counted once
+        identity = (letter.source_topic, letter.partition, letter.offset, service)
+        if identity not in self._dead_seen:
+            self._dead_seen.add(identity)
+            self.dead[service] += 1
+
+    def service_windows(self, service: str) -> list[tuple[int, int, int, float]]:
+        return sorted((start, n, late, delay) for (s, start), (n, late, delay) in list(self.windows.items())
+                      if s == service)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+
+
+class Chaos:
+    """The stack, the load and the faults; :meth:`run` returns one account per phase."""
+
+    def __init__(self, timing: Timing, rate: float = 200.0, edges: int = 2, faults: tuple[str, ...] = FAULTS,
+                 log: Callable[[str], None] = print) -> None:
+        self.timing = timing
+        self.rate = rate
+        self.edge_count = edges
+        self.faults = faults
+        self.log = log
+        self.dir = Path(tempfile.mkdtemp(prefix="surgegate-chaos-"))
+        self.broker = EmbeddedBroker()
+        self.redis = EmbeddedRedis()
+        self.settings = Settings(topic_prefix="chaos.", partitions=3, lateness_s=2.0, flush_interval_s=0.5,
+                                 idle_after_s=1.5)
+        self.worker: subprocess.Popen | None = None
+        self.edges: dict[str, subprocess.Popen] = {}
+        self.phase_file = self.dir / "phase"
+        self.killed_edges: dict[str, dict] = {}
+        self.fault_at: dict[str, float] = {}
+        self.broker_recent_acks = 0
+
+    # -------------------------------------------------------------- processes
+
+    def _start_worker(self) -> None:
+        out = open(self.dir / "worker.log", "ab")  # noqa: SIM115 - the child keeps it
+        self.worker = subprocess.Popen([sys.executable, "-m", "surgegate.cli", "worker"], env=_env(self.settings),
+                                       stdout=out, stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True)
+
+    def _start_edge(self, name: str) -> None:
+        out = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
+        self.edges[name] = subprocess.Popen(
+            [sys.executable, "-m", "surgegate.devtools.chaos", "--edge", name, "--rate",
+             str(self.rate / self.edge_count), "--phase-file", str(self.phase_file),
+             "--status-file", str(self._status(name))],
+            env=_env(self.settings), stdout=out, stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True)
+
+    def _status(self, name: str) -> Path:
+        return self.dir / f"{name}.json"
+
+    def _set_phase(self, phase: str) -> None:
+        tmp = self.phase_file.with_suffix(".tmp")
+        tmp.write_text(phase)
+        os.replace(tmp, self.phase_file)
+
+    # -------------------------------------------------------------- faults
+
+    def _inject(self, fault: str) -> None:
+        t = self.timing
+        self.fault_at[fault] = time.time()
+        if fault == "worker":
+            assert self.worker is not None
+            self.worker.kill()
+            self.worker.wait()
+            time.sleep(t.outage_s)
+            self._start_worker()
+        elif fault == "redis":
+            self.redis.stop()
+            time.sleep(t.outage_s)
+            self.redis = EmbeddedRedis(self.redis.port).start()
+        elif fault == "edge":
+            name = sorted(self.edges)[-1]
+            proc = self.edges.pop(name)
+            proc.kill()
+            proc.wait()
+            self.killed_edges[name] = _read_json(self._status(name))
+            self._start_edge(f"{name}r")
+        elif fault == "broker":
+            before = self._acked()
+            time.sleep(BROKER_LOSS_HORIZON_S)
+            # what it acknowledged in its last seconds (the edges' status lags a tick: a quarter second more)
+            self.broker_recent_acks = self._acked() - before + int(self.rate * 0.25)
+            self.broker.kill()
+            time.sleep(t.outage_s)
+            self.broker = EmbeddedBroker(self.broker.port).start()
+        else:
+            raise ValueError(f"unknown fault {fault!r} (known: {', '.join(FAULTS)})")
+
+    def _acked(self) -> int:
+        return sum(_read_json(self._status(name)).get("delivered", 0) for name in self.edges)
+
+    # -------------------------------------------------------------- the run
+
+    def run(self) -> list[FaultAccount]:
+        t = self.timing
+        self.broker.start()
+        self.redis.start()
+        self.settings = self.settings.replace(kafka=self.broker.bootstrap, redis=self.redis.url)
+        create_topics(self.settings)
+        follower = _Follower(self.settings)
+        phases = ["baseline", *self.faults]
+        try:
+            self._start_worker()
+            self._set_phase("chaos-baseline")
+            for i in range(self.edge_count):
+                self._start_edge(f"edge{i + 1}")
+            self.log(f"chaos: load {self.rate:g} events/s from {self.edge_count} edges; warming up "
+                     f"{t.warmup_s:g} s")
+            time.sleep(t.warmup_s)
+            for fault in self.faults:
+                self._set_phase(f"chaos-{fault}")
+                time.sleep(t.before_fault_s)
+                self.log(f"chaos: {fault} fault")
+                self._inject(fault)
+                time.sleep(t.after_fault_s)
+            self._set_phase("chaos-drain")
+            self.log("chaos: faults done; waiting for every phase's windows")
+            self._drain(follower, phases)
+        finally:
+            for proc in self.edges.values():
+                proc.terminate()
+            for proc in self.edges.values():
+                proc.wait(60)
+            if self.worker is not None:
+                self.worker.terminate()
+                try:
+                    self.worker.wait(30)
+                except subprocess.TimeoutExpired:
+                    self.worker.kill()
+            follower.stop()
+            self.broker.stop()
+            self.redis.stop()
+        return [self._account(follower, phase) for phase in phases]
+
+    def _produced(self, service: str) -> tuple[int, int, int, int]:
+        """(sent, delivered, failed, unacknowledged in a killed edge) for one phase, over every edge."""
+        sent = delivered = failed = unacked = 0
+        names = {p.stem for p in self.dir.glob("edge*.json")}
+        for name in names:
+            status = self.killed_edges.get(name) or _read_json(self._status(name))
+            phase = status.get("phases", {}).get(service)
+            if phase is None:
+                continue
+            sent += phase["sent"]
+            if "delivered" in phase:
+                delivered += phase["delivered"]
+                failed += phase["failed"]
+            else:  # the phase it was killed in: acknowledged so far, the rest died with it
+                delivered += status.get("delivered_since_phase", 0)
+                failed += status.get("failed_since_phase", 0)
+                unacked += phase["sent"] - status.get("delivered_since_phase", 0) - \
+                    status.get("failed_since_phase", 0)
+        return sent, delivered, failed, unacked
+
+    def _drain(self, follower: _Follower, phases: list[str]) -> None:
+        deadline = time.monotonic() + self.timing.drain_timeout_s
+        while time.monotonic() < deadline:
+            time.sleep(2)
+            done = True
+            for phase in phases:
+                _, delivered, _, _ = self._produced(f"chaos-{phase}")
+                seen = sum(n + late for _, n, late, _ in follower.service_windows(f"chaos-{phase}"))
+                seen += follower.dead.get(f"chaos-{phase}", 0)
+                if seen < delivered:
+                    done = False
+            if done:
+                time.sleep(3)  # a late straggler's window
+                return
+        self.log("chaos: not every delivered event reached a window before the drain timeout")
+
+    def _account(self, follower: _Follower, phase: str) -> FaultAccount:
+        service = f"chaos-{phase}"
+        sent, _delivered, failed, unacked = self._produced(service)
+        windows = follower.service_windows(service)
+        account = FaultAccount(fault=phase, produced=sent, failed=failed,
+                               in_windows=sum(n for _, n, _, _ in windows),
+                               late=sum(late for _, _, late, _ in windows),
+                               dead_lettered=follower.dead.get(service, 0),
+                               worst_delay_s=max((d for *_, d in windows), default=0.0))
+        remainder = account.unaccounted
+        if phase == "edge":
+            account.lost_bound = unacked
+            account.lost = max(0, min(remainder, unacked))
+            account.note = f"lost: unacknowledged in the SIGKILLed edge (at most {unacked})"
+        elif phase == "broker":
+            bound = int(self.broker_recent_acks)
+            account.lost_bound = bound
+            account.lost = max(0, min(remainder, bound))
+            account.note = (f"lost: acknowledged by the memory-only broker in its last "
+                            f"{BROKER_LOSS_HORIZON_S:g} s and not yet read (at most {bound})")
+        return account
+
+
+def table(accounts: list[FaultAccount]) -> str:
+    """The accounts as a Markdown table."""
+    head = ("| fault | produced | in windows | late | dead-lettered | failed (producer) | lost | unaccounted "
+            "| worst window delay |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = [f"| {a.fault} | {a.produced:,} | {a.in_windows:,} | {a.late:,} | {a.dead_lettered:,} | {a.failed:,} "
+            f"| {a.lost:,} | {a.unaccounted:,} | {a.worst_delay_s:.1f} s |" for a in accounts]
+    notes = [f"- {a.fault}: {a.note}" for a in accounts if a.note]
+    return "\n".join([head, *rows, "", *notes])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The load edge's entry point (the runner starts it as ``python -m surgegate.devtools.chaos --edge``)."""
+    p = argparse.ArgumentParser(prog="surgegate.devtools.chaos")
+    p.add_argument("--edge", required=True)
+    p.add_argument("--rate", type=float, required=True)
+    p.add_argument("--phase-file", type=Path, required=True)
+    p.add_argument("--status-file", type=Path, required=True)
+    args = p.parse_args(argv)
+    run_edge(args.edge, args.rate, args.phase_file, args.status_file, Settings.from_env(os.environ))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
