@@ -69,6 +69,10 @@ QUIET_AS_CAUGHT_UP_S = 5.0
 #: backlog (queued while it was away, sent by renewed producers) is on its way, and the wall clock must not
 #: close its windows first.
 BROKER_GRACE_S = 20.0
+#: How long an assignment waits for a cut-intent topic that does not exist (yet) before it resumes without.
+CUT_TOPIC_WAIT_S = 8.0
+#: Errors of a topic or partition the broker does not know.
+_UNKNOWN = {KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC}
 #: Consumer errors that mean the broker cannot be reached.
 _UNREACHABLE = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
 
@@ -435,8 +439,21 @@ class IngestWorker:
         cuts_topic = self.topics.cuts(topic)
         reader = Consumer(consumer_config(self.settings, f"{self.member_id}-cuts", f"{self.member_id}-cuts"))
         try:
-            low, high = reader.get_watermark_offsets(TopicPartition(cuts_topic, partition),
-                                                     timeout=CUT_LOOKUP_TIMEOUT_S)
+            deadline = time.monotonic() + CUT_TOPIC_WAIT_S
+            while True:
+                try:
+                    low, high = reader.get_watermark_offsets(TopicPartition(cuts_topic, partition),
+                                                             timeout=CUT_LOOKUP_TIMEOUT_S)
+                    break
+                except KafkaException as exc:
+                    if exc.args[0].code() not in _UNKNOWN or time.monotonic() >= deadline:
+                        if exc.args[0].code() in _UNKNOWN:
+                            # the broker lost the topic (the keeper re-creates it): it lost every intent with it
+                            log.warning("ingest %s: %s[%d] does not exist: no unfinished cut to resume",
+                                        self.member_id, cuts_topic, partition)
+                            return None
+                        raise
+                    time.sleep(0.5)  # a topic being re-created: its partitions appear in a moment
             if high <= low:
                 return None
             reader.assign([TopicPartition(cuts_topic, partition, high - 1)])

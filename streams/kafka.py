@@ -77,7 +77,7 @@ def topic_ids(admin: Any, topics: list[str], timeout_s: float = PROBE_TIMEOUT_S)
     for topic, future in described.items():
         try:
             ids[topic] = str(future.result(timeout=timeout_s).topic_id)
-        except KafkaException:
+        except (KafkaException, TimeoutError):  # the broker away: nothing learnt, asked again next time
             continue
     return ids
 
@@ -94,6 +94,9 @@ def producer_config(settings: Settings, client_id: str, **extra: Any) -> dict[st
         "partitioner": "murmur2_random",
         "queue.buffering.max.messages": 500_000,
         "message.timeout.ms": MESSAGE_TIMEOUT_MS,
+        # topics are created by `surgegate topics create` and the worker's keeper, with their partitions and
+        # settings; a broker's auto-created topic would have its own (the embedded one: 4 partitions)
+        "allow.auto.create.topics": False,
         "logger": LIBRDKAFKA_LOG,
         **extra,
     }

@@ -1,5 +1,5 @@
 """The `surgegate` command: up, worker, api, topics, replay, edge, scaler, fake-llm, simulate, eval-forecast,
-schemas."""
+chaos, schemas."""
 
 from __future__ import annotations
 
@@ -566,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the faults, in order (worker, redis, edge, broker)")
     ch.add_argument("--rate", type=float, default=200.0, help="events per second from the load edges")
     ch.add_argument("--short", action="store_true", help="shorter phases and outages (what CI runs)")
-    ch.add_argument("--out", help="also write the table to this file")
+    ch.add_argument("--out", help="also write the table to this file (default: print it only)")
     ch.set_defaults(func=cmd_chaos)
 
     topics = command("topics", "create or list topics")

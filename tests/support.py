@@ -6,14 +6,20 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 from confluent_kafka import Consumer, TopicPartition
 
+from surgegate.schemas.aggregates import WindowStats
 from surgegate.settings import Settings
+from surgegate.streams.kafka import follow_from_start
+from surgegate.streams.producer import TelemetryProducer
+from surgegate.streams.topics import Topics
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, on a window boundary
 W = 10_000
@@ -111,3 +117,60 @@ def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.2)
+
+
+class Edge:
+    """Sends RequestEvents stamped now at ``rate`` per second; counts what it sent per window."""
+
+    def __init__(self, settings: Settings, rate: float = 100.0) -> None:
+        self.rate = rate
+        self.producer = TelemetryProducer(settings, client_id="edge-under-test")
+        self.sent: Counter[int] = Counter()
+        self.sending = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Edge:
+        self.sending.set()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            if self.sending.is_set():
+                ts = int(time.time() * 1000)
+                self.producer.send_request({"ts": ts, "service": "chat", "tenant": f"t{i % 3}", "tier": "pro",
+                                            "edge_id": "edge-a", "latency_ms": 40.0})
+                self.sent[ts - ts % W] += 1
+                i += 1
+            self.producer.poll()
+            time.sleep(1 / self.rate)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+class WindowFollower:
+    """Keeps every service-level window published, across brokers (a new broker is read from its start)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.windows: dict[int, int] = {}
+        self.late: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._decoder = msgspec.json.Decoder(WindowStats)
+        topic = Topics(settings.topic_prefix).windows
+        self._thread = threading.Thread(target=follow_from_start, daemon=True, args=(
+            settings, topic, "window-follower", self._stop, self._on_value, lambda err: None))
+        self._thread.start()
+
+    def _on_value(self, raw: bytes) -> None:
+        w = self._decoder.decode(raw)
+        if w.kind == "traffic" and w.tenant is None and w.tier is None and w.traffic is not None:
+            self.windows[w.window_start] = w.traffic.requests
+            self.late[w.window_start] = w.late_events
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)

@@ -17,81 +17,21 @@ broker did.
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
-from collections import Counter
 
-import msgspec
 import pytest
 import redis
-from support import WorkerProcess, eventually
+from support import Edge, WindowFollower, WorkerProcess, eventually
 
 from surgegate.devtools.embedded import EmbeddedBroker
 from surgegate.errors import DeliveryFailed
-from surgegate.schemas.aggregates import WindowStats
 from surgegate.settings import Settings
-from surgegate.streams.kafka import follow_from_start
-from surgegate.streams.producer import TelemetryProducer
-from surgegate.streams.topics import Topics, create_topics
+from surgegate.streams.topics import create_topics
 
 pytestmark = pytest.mark.e2e
 
 RATE = 100  # events per second from the edge
 W_MS = 10_000
-
-
-class Edge:
-    """Sends RequestEvents stamped now at a steady rate; counts what it sent per window."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.producer = TelemetryProducer(settings, client_id="edge-under-test")
-        self.sent: Counter[int] = Counter()
-        self.sending = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> Edge:
-        self.sending.set()
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        i = 0
-        while not self._stop.is_set():
-            if self.sending.is_set():
-                ts = int(time.time() * 1000)
-                self.producer.send_request({"ts": ts, "service": "chat", "tenant": f"t{i % 3}", "tier": "pro",
-                                            "edge_id": "edge-a", "latency_ms": 40.0})
-                self.sent[ts - ts % W_MS] += 1
-                i += 1
-            self.producer.poll()
-            time.sleep(1 / RATE)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-
-class WindowFollower:
-    """Keeps every service-level window published, across brokers (a new broker is read from its start)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.windows: dict[int, int] = {}
-        self._stop = threading.Event()
-        self._decoder = msgspec.json.Decoder(WindowStats)
-        topic = Topics(settings.topic_prefix).windows
-        self._thread = threading.Thread(target=follow_from_start, daemon=True, args=(
-            settings, topic, "window-follower", self._stop, self._on_value, lambda err: None))
-        self._thread.start()
-
-    def _on_value(self, raw: bytes) -> None:
-        w = self._decoder.decode(raw)
-        if w.kind == "traffic" and w.tenant is None and w.tier is None and w.traffic is not None:
-            self.windows[w.window_start] = w.traffic.requests
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
 
 def _mid_window(at_s: float = 5.0) -> None:
@@ -109,7 +49,7 @@ def test_the_broker_replaced_by_an_empty_one_is_recovered_without_restarting_any
     create_topics(settings)
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     follower = WindowFollower(settings)
-    edge = Edge(settings).start()
+    edge = Edge(settings, RATE).start()
     try:
         time.sleep(15)
         # nothing in the old broker that only it holds: the edge pauses, what it sent is read and merged
