@@ -253,7 +253,9 @@ class Chaos:
         self.dir = Path(tempfile.mkdtemp(prefix="surgegate-chaos-"))
         self.broker = EmbeddedBroker()
         self.redis = EmbeddedRedis()
-        self.settings = Settings(topic_prefix="chaos.", partitions=3, lateness_s=2.0, flush_interval_s=0.5,
+        # 4 partitions: what the embedded broker gives a topic a client has it auto-create (Faust's clients do,
+        # when the broker comes back empty before the worker's keeper has re-created the topics)
+        self.settings = Settings(topic_prefix="chaos.", partitions=4, lateness_s=2.0, flush_interval_s=0.5,
                                  idle_after_s=1.5)
         self.worker: subprocess.Popen | None = None
         self.edges: dict[str, subprocess.Popen] = {}

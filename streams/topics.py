@@ -18,8 +18,11 @@ from surgegate.streams.kafka import admin_config
 log = logging.getLogger(__name__)
 
 ADMIN_TIMEOUT_S = 15.0
-#: How often the keeper checks that every topic exists.
+#: How often the keeper checks that every topic exists; while the broker does not answer, how often it asks
+#: again, and how long it waits for an answer.
 KEEP_TOPICS_S = 5.0
+KEEP_RETRY_S = 1.0
+KEEP_LOOKUP_TIMEOUT_S = 2.0
 #: How long the decision history is kept.
 HISTORY_RETENTION_MS = 30 * 24 * 3600 * 1000
 
@@ -155,30 +158,42 @@ def topic_config(settings: Settings, spec: TopicSpec) -> dict[str, str]:
     return config
 
 
-def missing_topics(settings: Settings, admin: AdminClient, changelogs: tuple[str, ...] = ()) -> list[str]:
-    """The surgegate topics (and named changelogs) the broker does not have."""
-    metadata = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
-    topics = Topics(settings.topic_prefix)
-    wanted = [topics.name(spec.suffix) for spec in TOPIC_SPECS] + list(changelogs)
-    return [name for name in wanted if name not in metadata.topics]
-
-
 def keep_topics(settings: Settings, stop: threading.Event, interval_s: float = KEEP_TOPICS_S,
                 changelogs: tuple[str, ...] = (), on_recreated: Callable[[list[str]], None] | None = None) -> None:
     """Until ``stop``: every ``interval_s``, create the topics the broker lost (the agents' table
-    ``changelogs`` too). A broker that does not answer is asked again next time; the clients reconnect by
-    themselves."""
+    ``changelogs`` too). While the broker does not answer it is asked every second, so topics are back
+    as soon as it is, before clients that ask a broker to auto-create them (Faust's do; a broker that
+    allows it gives them its own partition count). The clients reconnect by themselves."""
     admin = AdminClient(admin_config(settings))
-    while not stop.wait(interval_s):
+    topics = Topics(settings.topic_prefix)
+    wanted = [topics.name(spec.suffix) for spec in TOPIC_SPECS] + list(changelogs)
+    wait, reported_wrong = interval_s, set[str]()
+    while not stop.wait(wait):
         try:
-            if missing_topics(settings, admin, changelogs):
+            metadata = admin.list_topics(timeout=KEEP_LOOKUP_TIMEOUT_S)
+        except KafkaException as exc:
+            log.info("topic check: broker not answering (%s)", exc.args[0].str() if exc.args else exc)
+            wait = KEEP_RETRY_S
+            continue
+        wait = interval_s
+        try:
+            if any(name not in metadata.topics for name in wanted):
                 created = [name for name, what in create_topics(settings, admin, changelogs).items()
                            if what == "created"]
                 log.warning("topics missing on the broker, re-created: %s", ", ".join(created))
                 if on_recreated is not None and created:
                     on_recreated(created)
         except (KafkaException, BrokerError) as exc:
-            log.info("topic check: broker not answering (%s)", exc)
+            log.info("topic check: could not create topics (%s)", exc)
+            wait = KEEP_RETRY_S
+        wrong = {name for name in wanted if name in metadata.topics
+                 and len(metadata.topics[name].partitions) != settings.partitions}
+        if wrong - reported_wrong:
+            log.error("topics %s do not have %d partitions: a client had the broker create them first; "
+                      "disable the broker's topic auto-creation (the embedded broker cannot: it creates 4 "
+                      "partitions, so keep SURGEGATE_PARTITIONS at 4 there)", ", ".join(sorted(wrong)),
+                      settings.partitions)
+        reported_wrong = wrong
 
 
 def list_topics(settings: Settings) -> dict[str, int]:
