@@ -73,8 +73,8 @@ BROKER_GRACE_S = 20.0
 CUT_TOPIC_WAIT_S = 8.0
 #: Errors of a topic or partition the broker does not know.
 _UNKNOWN = {KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC}
-#: Consumer errors that mean the broker cannot be reached.
-_UNREACHABLE = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
+#: Consumer errors that mean the broker cannot be reached (one connection dropped and re-made is not that).
+_UNREACHABLE = {KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE}
 
 
 class CutIntent(msgspec.Struct, frozen=True):

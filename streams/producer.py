@@ -41,6 +41,8 @@ BUFFER_FULL_RETRIES = 50
 BUFFER_FULL_WAIT_S = 0.02
 #: Records waiting this long without a single delivery mean a wedged producer: it is renewed.
 STALL_S = 5.0
+#: How often a send or poll looks at whether the producer still delivers.
+HEALTH_CHECK_S = 1.0
 #: How long a renewal waits for the old producer to hand back its queued records.
 RENEW_DRAIN_S = 5.0
 
@@ -66,6 +68,7 @@ class KafkaSender:
         self.last_error: str | None = None
         self._fatal = False
         self._progress_at = time.monotonic()  # the last delivery, or when the queue was last empty
+        self._checked_at = 0.0
 
     @property
     def producer(self) -> Producer:
@@ -138,9 +141,17 @@ class KafkaSender:
             return
         if self._fatal:
             self.renew("a fatal producer error")
-        elif len(producer) == 0:
-            self._progress_at = time.monotonic()
-        elif time.monotonic() - self._progress_at >= self.stall_s:
+            return
+        now = time.monotonic()
+        if now - self._checked_at < HEALTH_CHECK_S:
+            return
+        self._checked_at = now
+        # delivery reports not yet served count in len(): serve them first, or a sender that polls rarely
+        # would look stalled while everything it sent was delivered
+        producer.poll(0)
+        if len(producer) == 0:
+            self._progress_at = now
+        elif now - self._progress_at >= self.stall_s:
             self.renew(f"{len(producer)} records waiting {self.stall_s:g} s with no delivery")
 
     def renew(self, why: str) -> None:

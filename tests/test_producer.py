@@ -56,3 +56,22 @@ def test_send_summary_refuses_sketches_that_do_not_match_the_counts(producer):
 def test_send_metric_refuses_utilisation_above_one(producer):
     with pytest.raises(InvalidEvent, match="utilisation"):
         producer.send_metric({"ts": 1, "pool": "a100", "worker_id": "w1", "utilisation": 1.5})
+
+
+@pytest.mark.e2e
+def test_a_sender_that_polls_rarely_is_not_taken_for_a_stalled_one(settings):
+    # delivery reports wait in the producer until served; a sender that sends a record now and then without
+    # polling must not look stalled (and be renewed) because of them
+    import time
+
+    from surgegate.streams.producer import KafkaSender
+
+    sender = KafkaSender(settings, "rare", stall_s=0.5)
+    topic = settings.topic_prefix + "metrics"
+    sender.send(topic, b"{}")
+    time.sleep(1.5)  # delivered by now, the report not served
+    sender.send(topic, b"{}")
+    time.sleep(1.5)
+    sender.send(topic, b"{}")
+    sender.flush(10)
+    assert (sender.renewals, sender.delivered, sender.failed) == (0, 3, 0)
