@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import aiohttp
 
-from surgegate.devtools.embedded import EmbeddedBroker
+from surgegate.devtools.embedded import EmbeddedBroker, free_port
 from surgegate.settings import Settings
 from surgegate.streams.topics import create_topics
 
@@ -45,12 +44,6 @@ BODY = {"model": "llama-3-8b", "messages": [{"role": "user", "content": "hello"}
 STREAM = {**BODY, "max_tokens": 4, "stream": True}
 #: capacity high enough that the gate's fallback never throttles the benchmark
 SERVICES = json.dumps({"chat": {"replica_rps": 1_000_000, "replicas": 10}})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:

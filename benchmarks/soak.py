@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from surgegate.devtools.embedded import EmbeddedBroker, EmbeddedRedis
+from surgegate.devtools.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from surgegate.settings import Settings
 from surgegate.streams.topics import create_topics
 
@@ -39,12 +38,6 @@ SAMPLE_S = 30.0
 BODY = {"model": "llama-3-8b", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
 SERVICES = json.dumps({"chat": {"replica_rps": 1_000_000, "replicas": 10}})
 DEFAULT_TRACE = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "azure_llm_2023_conv.csv.gz"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:

@@ -27,6 +27,7 @@ switches phases through a file the edges read every tick.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import dataclasses
 import json
@@ -163,8 +164,13 @@ def run_edge(name: str, rate: float, phase_file: Path, status_file: Path, settin
 
 
 def _write_json(path: Path, value: object) -> None:
+    _write_atomic(path, json.dumps(value))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` at once: a reader never sees half of it."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value))
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -218,8 +224,6 @@ class _Follower:
         self.windows[(w.service, w.window_start)] = (requests, w.late_events, delay)
 
     def _letter(self, letter: DeadLetter) -> None:
-        import base64
-
         try:
             service = json.loads(base64.b64decode(letter.value_b64)).get("service", "?")
         except (ValueError, AttributeError):
@@ -285,9 +289,7 @@ class Chaos:
         return self.dir / f"{name}.json"
 
     def _set_phase(self, phase: str) -> None:
-        tmp = self.phase_file.with_suffix(".tmp")
-        tmp.write_text(phase)
-        os.replace(tmp, self.phase_file)
+        _write_atomic(self.phase_file, phase)
 
     # -------------------------------------------------------------- faults
 

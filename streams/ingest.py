@@ -261,15 +261,12 @@ class IngestWorker:
         self.flush([key])
         self._refresh_log_ids([key[0]])
 
-    def _refresh_log_ids(self, topics: list[str]) -> list[str]:
-        """Look the topics' ids up; returns those whose id changed (re-created since last looked at)."""
-        changed = []
+    def _refresh_log_ids(self, topics: list[str]) -> None:
+        """Look the topics' ids up (a changed one: the topic was re-created since last looked at)."""
         for topic, topic_id in topic_ids(self._admin, topics, CUT_LOOKUP_TIMEOUT_S).items():
             if self._log_ids.get(topic, topic_id) != topic_id:
                 log.warning("ingest %s: %s is a new log (topic id %s)", self.member_id, topic, topic_id)
-                changed.append(topic)
             self._log_ids[topic] = topic_id
-        return changed
 
     def check_logs(self) -> None:
         """Read a re-created source topic from its start: a position left over from the old log would skip

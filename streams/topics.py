@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -159,7 +158,7 @@ def topic_config(settings: Settings, spec: TopicSpec) -> dict[str, str]:
 
 
 def keep_topics(settings: Settings, stop: threading.Event, interval_s: float = KEEP_TOPICS_S,
-                changelogs: tuple[str, ...] = (), on_recreated: Callable[[list[str]], None] | None = None) -> None:
+                changelogs: tuple[str, ...] = ()) -> None:
     """Until ``stop``: every ``interval_s``, create the topics the broker lost (the agents' table
     ``changelogs`` too). While the broker does not answer it is asked every second, so topics are back
     as soon as it is, before clients that ask a broker to auto-create them (Faust's do; a broker that
@@ -181,8 +180,6 @@ def keep_topics(settings: Settings, stop: threading.Event, interval_s: float = K
                 created = [name for name, what in create_topics(settings, admin, changelogs).items()
                            if what == "created"]
                 log.warning("topics missing on the broker, re-created: %s", ", ".join(created))
-                if on_recreated is not None and created:
-                    on_recreated(created)
         except (KafkaException, BrokerError) as exc:
             log.info("topic check: could not create topics (%s)", exc)
             wait = KEEP_RETRY_S
