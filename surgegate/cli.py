@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -354,6 +354,85 @@ def cmd_scaler(args: argparse.Namespace) -> None:
             pass
 
 
+def cmd_ratelimit(args: argparse.Namespace) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from surgegate.edge.gate import EdgeGate
+    from surgegate.edge.ratelimit import RateLimitService, start_server
+
+    settings = _settings(args)
+    _need_kafka(settings)
+    registry = CollectorRegistry()
+    gate = EdgeGate(settings, args.service, edge_id=args.edge_id, share=args.share, shadow=args.shadow,
+                    report=args.report).start()
+    try:
+        service = RateLimitService(gate, default_tenant=args.default_tenant, default_tier=args.default_tier,
+                                   registry=registry)
+    except ValueError as exc:
+        gate.close()
+        raise SettingsError(f"--default-tier: {exc}") from None
+    try:
+        serve_grpc(lambda: start_server(service, args.listen), args.listen, args.metrics_port, registry,
+                   lambda host, port: f"surgegate ratelimit {args.edge_id}: envoy.service.ratelimit.v3."
+                                      f"RateLimitService for service {args.service} on {host}:{port}"
+                                      f"{' (shadow)' if args.shadow else ''}")
+    finally:
+        gate.close()
+
+
+def serve_grpc(start: Callable[[], Awaitable[tuple[Any, int]]], listen: str, metrics_port: int,
+               registry: Any, banner: Callable[[str, int], str]) -> None:
+    """Serve a gRPC server (``start()`` makes it) until interrupted, and ``registry`` on ``metrics_port``'s
+    ``/metrics`` unless it is 0, both on ``listen``'s host."""
+    import asyncio
+
+    from prometheus_client import start_http_server
+
+    host = listen.rpartition(":")[0]
+    if metrics_port:
+        start_http_server(metrics_port, addr=host or "0.0.0.0", registry=registry)
+
+    async def serve() -> None:
+        server, port = await start()
+        print(banner(host, port) + (f", /metrics on port {metrics_port}" if metrics_port else ""), flush=True)
+        await server.wait_for_termination()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+def cmd_keda(args: argparse.Namespace) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from surgegate.gpu.keda import KedaScaler, PoolBook, PoolCollector, start_server
+    from surgegate.streams.kafka import follow_from_start
+    from surgegate.streams.topics import Topics
+
+    settings = _settings(args)
+    _need_kafka(settings)
+    book = PoolBook()
+    registry = CollectorRegistry()
+    registry.register(PoolCollector(book))
+    scaler = KedaScaler(book, registry)
+    stop = threading.Event()
+
+    def died(exc: BaseException) -> None:
+        # without its feed the scaler would serve a frozen fleet as if current: end, so a supervisor restarts it
+        log.critical("the scaling feed stopped: %s", exc, exc_info=exc)
+        print(f"surgegate keda: the scaling feed stopped: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        logging.shutdown()
+        os._exit(2)
+
+    supervised("scaling-feed", lambda: follow_from_start(
+        settings, Topics(settings.topic_prefix).scaling, "surgegate-keda", stop, book.offer,
+        lambda err: log.warning("scaling feed: %s", err), fetch_wait_ms=100), died)
+    try:
+        serve_grpc(lambda: start_server(scaler, args.listen), args.listen, args.metrics_port, registry,
+                   lambda host, port: f"surgegate keda: externalscaler.ExternalScaler on {host}:{port}")
+    finally:
+        stop.set()
+
+
 def cmd_scrape(args: argparse.Namespace) -> None:
     from surgegate.gpu.scraper import ServerScraper
     from surgegate.streams.producer import TelemetryProducer
@@ -618,6 +697,22 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--connections", type=int, default=1000, help="upstream connections kept at most")
     edge.set_defaults(func=cmd_edge)
 
+    rl = command("ratelimit", "answer Envoy's rate limit service calls (v3 ShouldRateLimit) with the edge gate")
+    broker(rl)
+    redis(rl, "decision bootstrap")
+    rl.add_argument("--service", default="chat", help="the service gated; Envoy's rate limit domain")
+    rl.add_argument("--listen", default="0.0.0.0:8081", metavar="HOST:PORT",
+                    help="the gRPC address (Envoy's rate limit cluster)")
+    rl.add_argument("--metrics-port", type=int, default=9443, help="serve /metrics on this port (0: none)")
+    rl.add_argument("--edge-id", default="ratelimit-1", help="this gate's name in its telemetry")
+    rl.add_argument("--share", type=float, default=1.0, help="this process's share of the service's traffic")
+    rl.add_argument("--shadow", action="store_true", help="answer OK to everything; record what would be refused")
+    rl.add_argument("--default-tenant", default="anonymous", help="tenant of a descriptor that names none")
+    rl.add_argument("--default-tier", help="tier of a descriptor that names none (default: the service's lowest)")
+    rl.add_argument("--report", choices=["summaries", "events", "off"], default="summaries",
+                    help="telemetry this gate sends")
+    rl.set_defaults(func=cmd_ratelimit)
+
     sc_ = command("scaler", "follow a GPU pool's scaling decisions and carry them out")
     broker(sc_)
     sc_.add_argument("--pool", required=True, help="the GPU pool to follow")
@@ -629,6 +724,14 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(default: none)")
     sc_.add_argument("--namespace", default="default", help="the Deployment's namespace")
     sc_.set_defaults(func=cmd_scaler)
+
+    keda = command("keda", "serve every pool's desired replicas to KEDA (external scaler, gRPC) and Prometheus")
+    broker(keda)
+    keda.add_argument("--listen", default="0.0.0.0:9441", metavar="HOST:PORT",
+                      help="the gRPC address (the ScaledObject's scalerAddress)")
+    keda.add_argument("--metrics-port", type=int, default=9442,
+                      help="serve the pools' gauges on this port's /metrics, on --listen's host (0: none)")
+    keda.set_defaults(func=cmd_keda)
 
     scrape = command("scrape", "publish an inference server's own metrics (vLLM, SGLang, TGI) as MetricEvents")
     broker(scrape)

@@ -23,7 +23,7 @@ LAYER = {
     "surgegate.cli": 4,
 }
 #: pure logic never imports these
-IO_LIBRARIES = ("faust", "aiohttp", "confluent_kafka", "redis", "aiokafka", "mode")
+IO_LIBRARIES = ("faust", "aiohttp", "confluent_kafka", "redis", "aiokafka", "mode", "grpc")
 
 
 def _modules() -> list[tuple[str, Path]]:
