@@ -30,6 +30,7 @@ import redis.asyncio as aredis
 from surgegate.admission.gate import Admission, Fallback, Verdict
 from surgegate.admission.gate import hold_after_s as _hold_after
 from surgegate.control.config import DEFAULT_TIERS, ServiceConfig
+from surgegate.edge.metrics import GateMetrics
 from surgegate.errors import DeliveryFailed, ProducerBufferFull
 from surgegate.schemas.decisions import ThrottleDecision
 from surgegate.schemas.telemetry import RequestEvent, RequestType, Status
@@ -62,7 +63,7 @@ class EdgeGate:
     def __init__(self, settings: Settings, service: str, *, edge_id: str, share: float = 1.0,
                  shadow: bool = False, tiers: tuple[str, ...] | None = None, fallback: Fallback | None = None,
                  report: Report = "summaries", bootstrap_from_redis: bool = True,
-                 hold_after_s: float | None = None) -> None:
+                 hold_after_s: float | None = None, metrics: GateMetrics | None = None) -> None:
         if report not in ("summaries", "events", "off"):
             raise ValueError(f"report={report!r}: must be summaries, events or off")
         config = settings.service_configs().get(service) or ServiceConfig(service=service)
@@ -78,6 +79,9 @@ class EdgeGate:
             fallback=fallback or Fallback.conservative(config, share), floor_share=config.floor_share,
             hold_after_s=hold_after_s if hold_after_s is not None else _hold_after(settings.window_s))
         self.bootstrap_from_redis = bootstrap_from_redis
+        #: Prometheus metrics, shared by the process's gates when given (else this gate's own registry)
+        self.metrics = metrics if metrics is not None else GateMetrics()
+        self.metrics.attach(self)
         self.feed: dict[str, Any] = {"records": 0, "bad_records": 0, "from_redis": 0, "errors": 0,
                                      "last_error": None}
         self.reported = {"summaries": 0, "events": 0, "send_failures": 0}
@@ -127,7 +131,11 @@ class EdgeGate:
     def admit(self, tenant: str, tier: str, request_type: RequestType = "realtime", tokens: int = 0,
               requeued: bool = False) -> Verdict:
         """admit / defer / reject for one request (see :meth:`Admission.admit`)."""
-        return self.admission.admit(tenant, tier, request_type, tokens, requeued)
+        verdict = self.admission.admit(tenant, tier, request_type, tokens, requeued)
+        would = verdict.would
+        self.metrics.verdict(self.service, tier, request_type,
+                             would if would == verdict.action else f"would_{would}")
+        return verdict
 
     def record(self, tenant: str, tier: str, request_type: RequestType, status: Status, latency_ms: float,
                queue_ms: float = 0.0, input_tokens: int = 0, output_tokens: int = 0, replayed: bool = False,
@@ -141,6 +149,9 @@ class EdgeGate:
                           ttft_ms=None if ttft_ms is None else max(0.0, ttft_ms),
                           itl_ms=None if itl_ms is None else max(0.0, itl_ms))
         self.admission.tally.served(ev)
+        self.metrics.served(self.service, tier, status, ev.latency_ms / 1000,
+                            None if ev.ttft_ms is None else ev.ttft_ms / 1000,
+                            None if ev.itl_ms is None else ev.itl_ms / 1000)
 
     def status(self) -> dict:
         """The admission status plus the feed's and the reporter's counters."""

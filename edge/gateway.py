@@ -47,6 +47,7 @@ from typing import Any, cast
 import aiohttp
 import msgspec
 from aiohttp import web
+from prometheus_client import generate_latest
 
 from surgegate.admission.actions import ADMIT, DEFER, REJECT
 from surgegate.admission.gate import UnknownTier, Verdict
@@ -577,6 +578,29 @@ def _verdict_headers(v: Verdict) -> dict[str, str]:
             "X-Surgegate-Would": v.would}
 
 
+#: Prometheus' text exposition format, the version every scraper reads
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _Merged:
+    """Several registries as one: gates of one process share one (as ``surgegate edge`` builds them), gates built
+    apart have their own, and one exposition must name each metric family once."""
+
+    def __init__(self, registries: list[Any]) -> None:
+        self.registries = registries
+
+    def collect(self) -> list[Any]:
+        families: dict[str, Any] = {}
+        for registry in self.registries:
+            for family in registry.collect():
+                known = families.get(family.name)
+                if known is None:
+                    families[family.name] = family
+                else:
+                    known.samples.extend(family.samples)
+        return list(families.values())
+
+
 def create_edge_app(gate: EdgeGate, upstream: str, *, models: Mapping[str, str] | None = None,
                     gates: Mapping[str, EdgeGate] | None = None, **options: Any) -> web.Application:
     """The gateway application; every gate must be started, and its owner closes it after the app.
@@ -631,8 +655,14 @@ def create_edge_app(gate: EdgeGate, upstream: str, *, models: Mapping[str, str] 
                 return await p.task_view(request)
         return await proxy.task_view(request)
 
+    registries = list({id(g.metrics.registry): g.metrics.registry for g in (gate, *(gates or {}).values())}.values())
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(_Merged(registries)), headers={"Content-Type": PROMETHEUS_TEXT})
+
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/_surgegate/status", status)
+    app.router.add_get("/_surgegate/metrics", metrics)
     app.router.add_get("/_surgegate/tasks/{task_id}", task_view)
     app.router.add_route("*", "/{tail:.*}", route)
     return app

@@ -295,6 +295,7 @@ def cmd_edge(args: argparse.Namespace) -> None:
 
     from surgegate.edge.gate import EdgeGate, GlobalQuota
     from surgegate.edge.gateway import create_edge_app
+    from surgegate.edge.metrics import GateMetrics
     from surgegate.streams.store import Keys
 
     settings = _settings(args)
@@ -308,10 +309,11 @@ def cmd_edge(args: argparse.Namespace) -> None:
     models = _json_option("--models", args.models) if args.models else {}
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in models.items()):
         raise SurgegateError("--models: expected an object of model name -> service name")
+    metrics = GateMetrics()
     gate = EdgeGate(settings, args.service, edge_id=args.edge_id, share=args.share, shadow=args.shadow,
-                    report=args.report).start()
+                    report=args.report, metrics=metrics).start()
     gates = {service: EdgeGate(settings, service, edge_id=args.edge_id, share=args.share, shadow=args.shadow,
-                               report=args.report).start()
+                               report=args.report, metrics=metrics).start()
              for service in sorted(set(models.values()) - {args.service})}
     keys = load_keys(args.keys) if args.keys else None
     app = create_edge_app(gate, args.upstream, models=models, gates=gates, tenants=tenants, keys=keys, quota=quota,
@@ -355,16 +357,16 @@ def cmd_scaler(args: argparse.Namespace) -> None:
 
 
 def cmd_ratelimit(args: argparse.Namespace) -> None:
-    from prometheus_client import CollectorRegistry
-
     from surgegate.edge.gate import EdgeGate
+    from surgegate.edge.metrics import GateMetrics
     from surgegate.edge.ratelimit import RateLimitService, start_server
 
     settings = _settings(args)
     _need_kafka(settings)
-    registry = CollectorRegistry()
+    metrics = GateMetrics()  # the gate's metrics and the service's answers, on one /metrics
+    registry = metrics.registry
     gate = EdgeGate(settings, args.service, edge_id=args.edge_id, share=args.share, shadow=args.shadow,
-                    report=args.report).start()
+                    report=args.report, metrics=metrics).start()
     try:
         service = RateLimitService(gate, default_tenant=args.default_tenant, default_tier=args.default_tier,
                                    registry=registry)

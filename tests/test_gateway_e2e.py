@@ -14,6 +14,7 @@ import msgspec
 import openai
 import pytest
 from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
 from support import TopicReader, eventually
 from test_edge_e2e import OPEN, decision, publish
 
@@ -296,17 +297,34 @@ def test_the_model_names_the_service_whose_decision_applies(settings):
             served = await client.chat.completions.create(model="llama-3-8b", messages=MESSAGES, max_tokens=3)
             with pytest.raises(openai.RateLimitError):
                 await client.embeddings.create(model="bge-small", input="refused by the embed service's decision")
-            async with aiohttp.ClientSession() as session, session.get(server.make_url("/_surgegate/status")) as r:
-                return served, await r.json()
+            async with aiohttp.ClientSession() as session:
+                async with session.get(server.make_url("/_surgegate/status")) as r:
+                    status = await r.json()
+                async with session.get(server.make_url("/_surgegate/metrics")) as r:
+                    assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+                    metrics = await r.text()
+                return served, status, metrics
         finally:
             await server.close()
             await upstream.close()
             chat.close()
             embed.close()
 
-    served, status = run(go())
+    served, status, metrics = run(go())
     assert served.choices and status["proxy"]["forwarded"] == 1
     assert status["services"]["embed"]["proxy"]["rejected"] == 1 and status["services"]["embed"]["service"] == "embed"
+    # both gates on one /metrics, each family named once
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(metrics) for s in family.samples}
+    assert samples[("surgegate_edge_verdicts_total", (("action", "admit"), ("request_type", "realtime"),
+                                                      ("service", "chat"), ("tier", "pro")))] == 1
+    assert samples[("surgegate_edge_verdicts_total", (("action", "reject"), ("request_type", "realtime"),
+                                                      ("service", "embed"), ("tier", "pro")))] == 1
+    assert samples[("surgegate_edge_requests_total", (("service", "chat"), ("status", "ok"), ("tier", "pro")))] == 1
+    assert samples[("surgegate_edge_request_duration_seconds_count", (("service", "chat"), ("tier", "pro")))] == 1
+    assert samples[("surgegate_edge_gate_state", (("service", "embed"), ("state", "live")))] == 1
+    assert ("surgegate_edge_level", (("service", "chat"),)) in samples
+    assert metrics.count("# TYPE surgegate_edge_verdicts_total counter") == 1
 
 
 def test_no_free_upstream_connection_is_overload_with_retry_after_not_an_upstream_timeout(settings):
