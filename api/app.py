@@ -21,7 +21,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import cast
 
 import msgspec
@@ -29,11 +29,15 @@ import redis
 import redis.asyncio as aredis
 from aiohttp import web
 from confluent_kafka.admin import AdminClient
+from prometheus_client import CollectorRegistry, generate_latest
 
+from surgegate.api.metrics import Families, Snapshot
 from surgegate.api.openapi import openapi_document
 from surgegate.control.history import LOOKBACK_MS, HistoryRecord, explain_at
+from surgegate.edge.metrics import PROMETHEUS_TEXT
 from surgegate.errors import BrokerError
-from surgegate.schemas.aggregates import WindowStats
+from surgegate.gpu.keda import PoolBook, PoolCollector
+from surgegate.schemas.aggregates import TrafficStats, WindowStats
 from surgegate.schemas.decisions import Override, ScalingDecision, ThrottleDecision
 from surgegate.settings import Settings
 from surgegate.streams.history import read_between
@@ -41,7 +45,7 @@ from surgegate.streams.kafka import admin_config, follow_from_start
 from surgegate.streams.producer import KafkaSender
 from surgegate.streams.store import Keys
 from surgegate.streams.topics import Topics
-from surgegate.telemetry.scopes import NAME_PATTERN, parse_scope, service_scope
+from surgegate.telemetry.scopes import NAME_PATTERN, parse_scope, service_scope, tier_scope
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,8 @@ class DecisionStream:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.records = 0
         self.last_error: str | None = None
+        #: the newest scaling decision per pool, as it streams by
+        self.pools = PoolBook()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -99,6 +105,8 @@ class DecisionStream:
 
     def _publish(self, kind: str, raw: bytes) -> None:
         self.records += 1
+        if kind == "scaling":
+            self.pools.offer(raw)
         loop = self._loop
         if loop is None:
             return
@@ -232,8 +240,8 @@ class Api:
 
     def _service(self, labels: dict[str, str], scope: str) -> str:
         if set(labels) != {"service"}:
-            raise ApiError(400, f"scope {scope!r}: thresholds and decisions are per service (service=NAME)",
-                           "scope")
+            raise ApiError(400, f"scope {scope!r}: thresholds are per service (service=NAME), decisions per service "
+                           "or pool (pool=NAME)", "scope")
         return labels["service"]
 
     @staticmethod
@@ -318,6 +326,14 @@ class Api:
         return await self._per_service(request, self.keys.latest_threshold, "threshold")
 
     async def decision(self, request: web.Request) -> web.Response:
+        scope, labels = self._scope(request)
+        if set(labels) == {"pool"}:  # a pool's newest scaling decision, from the decision stream
+            if self.stream is None:
+                raise ApiError(503, "scaling decisions come from the decision stream, off in this instance")
+            found = self.stream.pools.get(labels["pool"])
+            if found is None:
+                raise ApiError(404, f"unknown scope {scope!r}: no scaling decision", "scope")
+            return self._raw(msgspec.json.encode(found))
         return await self._per_service(request, self.keys.latest_decision, "decision")
 
     async def _per_service(self, request: web.Request, key: Callable[[str], str], what: str) -> web.Response:
@@ -495,80 +511,44 @@ class Api:
     # ------------------------------------------------------------ metrics and docs
 
     async def metrics(self, request: web.Request) -> web.Response:
-        lines = ["# HELP surgegate_up The API is serving.", "# TYPE surgegate_up gauge", "surgegate_up 1"]
+        registry = CollectorRegistry()
+        registry.register(Families(await self._snapshot()))
+        if self.stream is not None:
+            registry.register(PoolCollector(self.stream.pools))
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": PROMETHEUS_TEXT})
+
+    async def _snapshot(self) -> Snapshot:
+        """What /metrics reports, read now (Redis down: only that it is)."""
+        stream_records = self.stream.records if self.stream is not None else None
         try:
             counters = await self.redis.hgetall(self.keys.counters)
             scopes = await self.redis.scard(self.keys.scopes)
-            levels = {d.service: d for d in (msgspec.json.decode(p, type=ThrottleDecision)
-                                             for p in await self._latest_decisions())}
+            decisions = {d.service: d for d in (msgspec.json.decode(p, type=ThrottleDecision)
+                                                for p in await self._latest_decisions())}
+            traffic = await self._newest_traffic(decisions)
         except (redis.RedisError, OSError):
-            lines += ["# HELP surgegate_state_store_up Redis answers.", "# TYPE surgegate_state_store_up gauge",
-                      "surgegate_state_store_up 0"]
-            return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
-        lines += ["# HELP surgegate_state_store_up Redis answers.", "# TYPE surgegate_state_store_up gauge",
-                  "surgegate_state_store_up 1",
-                  "# HELP surgegate_scopes Scopes with mirrored windows.", "# TYPE surgegate_scopes gauge",
-                  f"surgegate_scopes {scopes}",
-                  "# HELP surgegate_events_total Pipeline counters (windows, decisions, dead letters, ...).",
-                  "# TYPE surgegate_events_total counter"]
-        timings: dict[str, dict[str, int]] = {}
-        for raw_name, value in sorted(counters.items()):
-            name = _text(raw_name)
-            if name.startswith("timing.") and name.count(".") == 2:
-                _, agent, unit = name.split(".")
-                timings.setdefault(agent, {})[unit] = int(value)
-                continue
-            lines.append(f'surgegate_events_total{{name="{_label(name)}"}} {int(value)}')
-        lines += ["# HELP surgegate_agent_seconds_total Time each agent spent on its work.",
-                  "# TYPE surgegate_agent_seconds_total counter"]
-        lines += [f'surgegate_agent_seconds_total{{agent="{_label(a)}"}} {t.get("us", 0) / 1e6:.6f}'
-                  for a, t in sorted(timings.items())]
-        lines += ["# HELP surgegate_agent_runs_total Units of work each agent did (windows, partials, decisions).",
-                  "# TYPE surgegate_agent_runs_total counter"]
-        lines += [f'surgegate_agent_runs_total{{agent="{_label(a)}"}} {t.get("runs", 0)}'
-                  for a, t in sorted(timings.items())]
+            return Snapshot(redis_up=False, stream_records=stream_records)
         worker = await self._check_worker()
-        if "newest_window_age_s" in worker:
-            lines += ["# HELP surgegate_window_lag_seconds Age of the newest closed window: the pipeline's lag "
-                      "behind the wall clock.", "# TYPE surgegate_window_lag_seconds gauge",
-                      f"surgegate_window_lag_seconds {worker['newest_window_age_s']}"]
-        lines += ["# HELP surgegate_level Degradation level of the newest decision per service.",
-                  "# TYPE surgegate_level gauge"]
-        lines += [f'surgegate_level{{service="{_label(s)}"}} {d.level}' for s, d in sorted(levels.items())]
-        lines += await self._llm_latency_lines(sorted(levels))
-        lines += ["# HELP surgegate_decision_age_seconds Seconds since the newest decision per service.",
-                  "# TYPE surgegate_decision_age_seconds gauge"]
         now = time.time()
-        lines += [f'surgegate_decision_age_seconds{{service="{_label(s)}"}} {now - d.issued_at / 1000:.1f}'
-                  for s, d in sorted(levels.items())]
-        if self.stream is not None:
-            lines += ["# HELP surgegate_stream_records_total Decision records the API has streamed.",
-                      "# TYPE surgegate_stream_records_total counter",
-                      f"surgegate_stream_records_total {self.stream.records}"]
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+        return Snapshot(redis_up=True, counters={_text(k): int(v) for k, v in counters.items()}, scopes=scopes,
+                        window_lag_s=worker.get("newest_window_age_s"), decisions=decisions,
+                        decision_age_s={s: now - d.issued_at / 1000 for s, d in decisions.items()},
+                        traffic=traffic, window_s=self.settings.window_s, stream_records=stream_records)
 
-    async def _llm_latency_lines(self, services: list[str]) -> list[str]:
-        """TTFT and inter-token latency quantiles of each service's newest window, as gauges."""
-        keys = [self.keys.latest_window(service_scope(s)) for s in services]
-        rows = []
-        for service, raw in zip(services, await self.redis.mget(keys) if keys else []):
+    async def _newest_traffic(self, decisions: Mapping[str, ThrottleDecision]
+                              ) -> dict[str, dict[str | None, TrafficStats]]:
+        """The newest mirrored window of each decided service and of each of its tiers."""
+        wanted = [(service, tier) for service, d in sorted(decisions.items()) for tier in (None, *sorted(d.tiers))]
+        keys = [self.keys.latest_window(service_scope(s) if t is None else tier_scope(s, t)) for s, t in wanted]
+        out: dict[str, dict[str | None, TrafficStats]] = {}
+        for (service, tier), raw in zip(wanted, await self.redis.mget(keys) if keys else []):
             try:
                 window = msgspec.json.decode(cast(bytes, raw), type=WindowStats) if raw is not None else None
             except msgspec.DecodeError:
                 continue
-            t = window.traffic if window is not None else None
-            if t is None or t.ttft_p50_ms is None:
-                continue
-            for metric, p50, p99 in (("ttft", t.ttft_p50_ms, t.ttft_p99_ms), ("itl", t.itl_p50_ms, t.itl_p99_ms)):
-                rows += [(metric, service, q, v) for q, v in (("0.5", p50), ("0.99", p99)) if v is not None]
-        lines = []
-        for metric, name, meaning in (("ttft", "surgegate_time_to_first_token_seconds", "Time to first token"),
-                                      ("itl", "surgegate_inter_token_latency_seconds", "Inter-token latency")):
-            lines += [f"# HELP {name} {meaning} of streamed responses in the newest window, per service.",
-                      f"# TYPE {name} gauge"]
-            lines += [f'{name}{{service="{_label(s)}",quantile="{q}"}} {v / 1000:.6f}'
-                      for m, s, q, v in rows if m == metric]
-        return lines
+            if window is not None and window.traffic is not None:
+                out.setdefault(service, {})[tier] = window.traffic
+        return out
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document())

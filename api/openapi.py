@@ -58,7 +58,8 @@ def openapi_document() -> dict:
             "/v1/thresholds/{scope}": _get("A service's newest threshold (safe capacity)", scope=True,
                                            errors=(400, 404, 503)),
             "/v1/decisions": _get("Every service's newest throttle decision, with its reason"),
-            "/v1/decisions/{scope}": _get("A service's newest throttle decision", scope=True, errors=(400, 404, 503)),
+            "/v1/decisions/{scope}": _get("A service's newest throttle decision (service=NAME) or a pool's newest "
+                                          "scaling decision (pool=NAME)", scope=True, errors=(400, 404, 503)),
             "/v1/history/{service}": _get(
                 "What was decided for a service at a moment, and why (the durable decision history); with tenant "
                 "and tier, what it meant for them", errors=(400, 404, 503), extra=[

@@ -53,6 +53,7 @@ from surgegate.admission.actions import ADMIT, DEFER, REJECT
 from surgegate.admission.gate import UnknownTier, Verdict
 from surgegate.admission.tokens import TokenBudgets
 from surgegate.edge.gate import EdgeGate, GlobalQuota
+from surgegate.edge.metrics import PROMETHEUS_TEXT
 from surgegate.llm.openai_wire import (
     MAX_TOKENS_LIMIT,
     OpenAIRequest,
@@ -576,10 +577,6 @@ def _verdict_headers(v: Verdict) -> dict[str, str]:
     return {"X-Surgegate-Version": str(v.version), "X-Surgegate-Level": str(v.level),
             "X-Surgegate-State": v.state, "X-Surgegate-Shadow": "1" if v.shadow else "0",
             "X-Surgegate-Would": v.would}
-
-
-#: Prometheus' text exposition format, the version every scraper reads
-PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _Merged:

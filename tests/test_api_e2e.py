@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 
 import msgspec
@@ -13,6 +12,7 @@ import redis
 from aiohttp.test_utils import TestClient, TestServer
 from confluent_kafka import Producer
 from openapi_spec_validator import validate
+from prometheus_client.parser import text_string_to_metric_families
 from support import TopicReader
 
 from surgegate.api.app import create_api
@@ -59,7 +59,15 @@ def seed(settings: Settings) -> None:
     r.set(k.latest_window("service=chat"), msgspec.json.encode(WindowStats(
         scope="service=chat", kind="traffic", window_start=start, window_end=start + 10_000, service="chat",
         traffic=traffic_stats(cell.to_wire(), 10_000))))
-    r.hset(k.counters, mapping={"windows.published": 42, "deadletter.invalid_field": 3,
+    tier = TrafficCell()  # the pro tier's newest window: 30 served, 20 throttled
+    for i in range(50):
+        tier.add_event(RequestEvent(ts=start, service="chat", tenant="a", tier="pro", edge_id="e", latency_ms=100.0,
+                                    status="ok" if i < 30 else "throttled"))
+    r.set(k.latest_window("service=chat,tier=pro"), msgspec.json.encode(WindowStats(
+        scope="service=chat,tier=pro", kind="traffic", window_start=start, window_end=start + 10_000,
+        service="chat", tier="pro", traffic=traffic_stats(tier.to_wire(), 10_000))))
+    r.hset(k.counters, mapping={"windows.published": 42, "dead_letter.invalid_field": 3, "dead_letters": 3,
+                                "partials.duplicate": 5, "decisions.published": 7, "scaling.published": 7,
                                 "timing.decide.us": 5000, "timing.decide.runs": 10})
 
 
@@ -99,17 +107,29 @@ def test_health_readiness_and_reads(api_settings):
             d = await (await c.get("/v1/decisions/service=chat")).json()
             assert d["version"] == 1 and d["reason"].startswith("level 0")
             assert [x["service"] for x in (await (await c.get("/v1/decisions")).json())["decisions"]] == ["chat"]
-            metrics = await (await c.get("/metrics")).text()
-            assert 'surgegate_events_total{name="windows.published"} 42' in metrics
-            assert 'surgegate_level{service="chat"} 0' in metrics
-            assert 'surgegate_agent_seconds_total{agent="decide"} 0.005000' in metrics
-            assert 'surgegate_agent_runs_total{agent="decide"} 10' in metrics
-            assert "surgegate_window_lag_seconds " in metrics
-            quantile = r'\{service="chat",quantile="0.5"\} ([0-9.]+)'
-            ttft = re.search(r"surgegate_time_to_first_token_seconds" + quantile, metrics)
-            itl = re.search(r"surgegate_inter_token_latency_seconds" + quantile, metrics)
-            assert ttft and 0.19 <= float(ttft.group(1)) <= 0.41, metrics  # the sketch's 1% accuracy
-            assert itl and 0.019 <= float(itl.group(1)) <= 0.041
+            response = await c.get("/metrics")
+            assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            m = samples(await response.text())
+            assert m["surgegate_windows_published_total", ()] == 42
+            assert m["surgegate_dead_letters_total", (("reason", "invalid_field"),)] == 3
+            assert not any(name == "surgegate_dead_letters_total" and not labels for name, labels in m)  # no sum
+            assert m["surgegate_partials_merged_total", (("outcome", "duplicate"),)] == 5
+            assert m["surgegate_decisions_published_total", (("kind", "scaling"),)] == 7
+            assert m["surgegate_level", (("service", "chat"),)] == 0
+            assert m["surgegate_safe_capacity_rps", (("service", "chat"),)] == 20.0
+            assert m["surgegate_forecast_upper_rps", (("service", "chat"),)] == 12.0
+            assert m["surgegate_tier_limit_rps", (("request_type", "realtime"), ("service", "chat"),
+                                                  ("tier", "pro"))] == 10
+            assert m["surgegate_tier_requests_per_second", (("outcome", "admitted"), ("service", "chat"),
+                                                            ("tier", "pro"))] == 3.0
+            assert m["surgegate_tier_requests_per_second", (("outcome", "throttled"), ("service", "chat"),
+                                                            ("tier", "pro"))] == 2.0
+            assert m["surgegate_agent_seconds_total", (("agent", "decide"),)] == 0.005
+            assert m["surgegate_agent_runs_total", (("agent", "decide"),)] == 10
+            assert ("surgegate_window_lag_seconds", ()) in m
+            ttft = m["surgegate_time_to_first_token_seconds", (("quantile", "0.5"), ("service", "chat"))]
+            itl = m["surgegate_inter_token_latency_seconds", (("quantile", "0.5"), ("service", "chat"))]
+            assert 0.19 <= ttft <= 0.41 and 0.019 <= itl <= 0.041  # the sketch's 1% accuracy
             page = await c.get("/")
             assert page.status == 200 and "/static/plotly.min.js" in await page.text()
             js = await c.get("/static/plotly.min.js")
@@ -130,6 +150,7 @@ def test_health_readiness_and_reads(api_settings):
     ("/v1/windows/service=chat?last=100000", 400, "last"),
     ("/v1/windows/bogus", 400, "scope"),
     ("/v1/decisions/service=chat,tier=pro", 400, "scope"),
+    ("/v1/decisions/pool=gpu-a", 503, None),  # pools come from the decision stream, off in this instance
 ])
 def test_unknown_scopes_are_404_and_malformed_parameters_400_naming_them(api_settings, path, status, parameter):
     async def go():
@@ -137,7 +158,7 @@ def test_unknown_scopes_are_404_and_malformed_parameters_400_naming_them(api_set
         try:
             resp = await c.get(path)
             body = await resp.json()
-            assert resp.status == status and body["parameter"] == parameter and body["error"]
+            assert resp.status == status and body.get("parameter") == parameter and body["error"]
         finally:
             await c.close()
 
@@ -212,6 +233,36 @@ def test_the_sse_stream_delivers_a_decision_published_on_the_broker(api_settings
     assert got.level == 2 and got.service == "chat"
 
 
+def test_a_pools_scaling_decision_is_read_by_scope_and_its_replicas_are_gauges(api_settings):
+    from test_keda import decision as scaling
+
+    async def go():
+        c = await client_for(api_settings, stream=True)
+        try:
+            assert (await c.get("/v1/decisions/pool=gpu-a")).status == 404
+            producer = Producer({"bootstrap.servers": api_settings.kafka, "log_level": 0})
+            producer.produce(Topics(api_settings.topic_prefix).scaling,
+                             msgspec.json.encode(scaling(version=3, desired=6, warm=2)), key=b"gpu-a")
+            producer.flush(10)
+            deadline = time.monotonic() + 20
+            while (resp := await c.get("/v1/decisions/pool=gpu-a")).status == 404 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            return await resp.json(), samples(await (await c.get("/metrics")).text())
+        finally:
+            await c.close()
+
+    found, m = run(go())
+    assert found["pool"] == "gpu-a" and found["version"] == 3 and found["desired_replicas"] == 6
+    assert m["surgegate_pool_desired_replicas", (("pool", "gpu-a"),)] == 6
+    assert m["surgegate_pool_warm_replicas", (("pool", "gpu-a"),)] == 2
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of a Prometheus exposition, parsed by prometheus_client: (name, sorted labels) -> value."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def test_redis_down_is_a_503_from_readyz_and_the_process_stays_up(settings):
     own = EmbeddedRedis().start()
     s = settings.replace(redis=own.url)
@@ -225,8 +276,8 @@ def test_redis_down_is_a_503_from_readyz_and_the_process_stays_up(settings):
             assert ready.status == 503 and body["checks"]["redis"]["ok"] is False
             assert (await c.get("/healthz")).status == 200, "still alive"
             assert (await c.get("/v1/scopes")).status == 503
-            metrics = await (await c.get("/metrics")).text()
-            assert "surgegate_state_store_up 0" in metrics
+            m = samples(await (await c.get("/metrics")).text())
+            assert m["surgegate_state_store_up", ()] == 0 and m["surgegate_up", ()] == 1
         finally:
             await c.close()
 
