@@ -15,6 +15,8 @@ from surgegate.streams.store import StateMirror
 
 #: Pushes happen at most this often; increments in between go with the next push.
 REPORT_EVERY_S = 1.0
+#: Every AgentCounters of this process (the agents' own, for the worker's /metrics)
+LIVE: list[AgentCounters] = []
 
 
 class AgentCounters(Counter):
@@ -25,6 +27,7 @@ class AgentCounters(Counter):
         self.mirror = mirror
         self._reported: Counter[str] = Counter()
         self._last = 0.0
+        LIVE.append(self)
 
     async def report(self) -> None:
         """Add the increments since the last push to ``<prefix>:counters`` (if Redis is up)."""

@@ -36,7 +36,7 @@ from surgegate.api.openapi import openapi_document
 from surgegate.control.history import LOOKBACK_MS, HistoryRecord, explain_at
 from surgegate.edge.metrics import PROMETHEUS_TEXT
 from surgegate.errors import BrokerError
-from surgegate.gpu.keda import PoolBook, PoolCollector
+from surgegate.gpu.pools import PoolBook, PoolCollector
 from surgegate.schemas.aggregates import TrafficStats, WindowStats
 from surgegate.schemas.decisions import Override, ScalingDecision, ThrottleDecision
 from surgegate.settings import Settings

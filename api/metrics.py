@@ -100,13 +100,8 @@ def _counter(name: str, value: int, out: dict[str, Any]) -> None:
     out[metric_name] = CounterMetricFamily(metric_name, f"Pipeline counter {name}", value=value)
 
 
-def families(s: Snapshot) -> Iterator[Metric]:
-    """Every family one scrape reports."""
-    yield GaugeMetricFamily("surgegate_up", "The API is serving", value=1)
-    yield GaugeMetricFamily("surgegate_state_store_up", "Redis answers", value=1 if s.redis_up else 0)
-    if not s.redis_up:
-        return
-    yield GaugeMetricFamily("surgegate_scopes", "Scopes with mirrored windows", value=s.scopes)
+def counter_families(counts: Mapping[str, int]) -> Iterator[Metric]:
+    """Pipeline counters (as kept in Redis, or one process's own) under their metric names (table above)."""
     counters: dict[str, Any] = {
         "agent_seconds": CounterMetricFamily("surgegate_agent_seconds", "Time each agent spent on its work",
                                              labels=["agent"]),
@@ -118,9 +113,19 @@ def families(s: Snapshot) -> Iterator[Metric]:
     }
     for _prefix, metric_name, label, text in _LABELLED:
         counters[metric_name] = CounterMetricFamily(metric_name, text, labels=[label])
-    for name, value in sorted(s.counters.items()):
+    for name, value in sorted(counts.items()):
         _counter(name, value, counters)
     yield from (family for family in counters.values() if family.samples)
+
+
+def families(s: Snapshot) -> Iterator[Metric]:
+    """Every family one scrape reports."""
+    yield GaugeMetricFamily("surgegate_up", "The API is serving", value=1)
+    yield GaugeMetricFamily("surgegate_state_store_up", "Redis answers", value=1 if s.redis_up else 0)
+    if not s.redis_up:
+        return
+    yield GaugeMetricFamily("surgegate_scopes", "Scopes with mirrored windows", value=s.scopes)
+    yield from counter_families(s.counters)
     if s.window_lag_s is not None:
         yield GaugeMetricFamily("surgegate_window_lag_seconds",
                                 "Age of the newest closed window: the pipeline's lag behind the wall clock",

@@ -24,12 +24,15 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import msgspec
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from surgegate.errors import SurgegateError
+from surgegate.gpu.pools import PoolBook, PoolCollector
 from surgegate.schemas.decisions import ScalingDecision
 from surgegate.schemas.telemetry import MetricEvent, WorkerState
 from surgegate.settings import Settings
@@ -123,6 +126,8 @@ class ScalingSubscriber:
         self.counts = {"records": 0, "applied": 0, "stale_versions": 0, "other_pools": 0, "bad_records": 0,
                        "scaler_errors": 0, "keep_warm": 0}
         self.last_error: str | None = None
+        #: the pool's newest decision with when it came, for /metrics
+        self.book = PoolBook()
         self._applied: tuple[int, int] | None = None
         self._decoder = msgspec.json.Decoder(ScalingDecision)
         self._stop = threading.Event()
@@ -144,6 +149,7 @@ class ScalingSubscriber:
             self.counts["stale_versions"] += d.version < self.decision.version
             return False
         self.decision = d
+        self.book.offer(raw)
         if self._applied == (d.desired_replicas, d.warm_pool):
             return False
         try:
@@ -204,6 +210,31 @@ class ScalingSubscriber:
 
     def _on_error(self, err: object) -> None:
         self.last_error = str(err)
+
+
+#: ScalingSubscriber.counts key -> (metric, help)
+SCALER_COUNTERS = {
+    "records": ("surgegate_scaler_records", "Scaling records read (every pool's)"),
+    "applied": ("surgegate_scaler_decisions_applied", "Decisions carried out (the replicas or warm pool changed)"),
+    "stale_versions": ("surgegate_scaler_stale_versions", "Records older than the decision in force, ignored"),
+    "bad_records": ("surgegate_scaler_bad_records", "Records that did not decode"),
+    "scaler_errors": ("surgegate_scaler_errors", "Scale or keep-warm calls that failed"),
+    "keep_warm": ("surgegate_scaler_keep_warm", "Keep-warm signals sent"),
+}
+
+
+class ScalerCollector(Collector):
+    """A pool scaler's counts and its pool's newest decision, as Prometheus metrics."""
+
+    def __init__(self, subscriber: ScalingSubscriber) -> None:
+        self.subscriber = subscriber
+        self.pools = PoolCollector(subscriber.book)
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.subscriber.counts
+        for key, (name, text) in SCALER_COUNTERS.items():
+            yield CounterMetricFamily(name, text, value=counts[key])
+        yield from self.pools.collect()
 
 
 class WorkerReporter:

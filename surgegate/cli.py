@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +69,9 @@ def progress_bar(description: str, total: float, unit: str) -> Any:
                 dynamic_ncols=True)
 
 
-def run_worker(settings: Settings, *, ingest: bool = True) -> None:
-    """Run the Faust agents and, in threads, an ingest consumer and the topic keeper, until stopped."""
+def run_worker(settings: Settings, *, ingest: bool = True, metrics_port: int = 0) -> None:
+    """Run the Faust agents and, in threads, an ingest consumer and the topic keeper, until stopped; with
+    ``metrics_port``, this process's counters on its ``/metrics``."""
     import faust
 
     from surgegate.agents.app import create_app
@@ -100,6 +101,8 @@ def run_worker(settings: Settings, *, ingest: bool = True) -> None:
                on_death("topic keeper"))
     thread = (supervised("ingest", ingest_worker.run, on_death("ingest consumer"))
               if ingest_worker is not None else None)
+    if metrics_port:
+        serve_worker_metrics(metrics_port, ingest_worker)
     quiet = logging.getLogger().level > logging.INFO  # Faust's own lines only with --verbose
     worker = faust.Worker(app, loglevel="warning" if quiet else "info", quiet=True, redirect_stdouts=False)
     try:
@@ -109,6 +112,33 @@ def run_worker(settings: Settings, *, ingest: bool = True) -> None:
         if ingest_worker is not None and thread is not None:
             ingest_worker.stop()
             thread.join(30)
+
+
+def serve_worker_metrics(port: int, ingest_worker: Any) -> None:
+    """This worker's own counters (its agents', its ingest consumer's) on ``port``'s ``/metrics``, under the
+    names the API uses for the whole pipeline's."""
+    from collections import Counter
+
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.core import GaugeMetricFamily
+
+    from surgegate.agents.counters import LIVE
+    from surgegate.api.metrics import counter_families
+
+    class WorkerCollector:
+        def collect(self) -> Iterator[Any]:
+            counts: Counter[str] = Counter()
+            for counters in list(LIVE):
+                counts.update(counters)
+            if ingest_worker is not None:
+                counts.update(ingest_worker.counters)
+            yield GaugeMetricFamily("surgegate_worker_up", "The worker process is running", value=1)
+            yield from counter_families(counts)
+
+    registry = CollectorRegistry()
+    registry.register(WorkerCollector())
+    start_http_server(port, registry=registry)
+    log.info("worker /metrics on port %d", port)
 
 
 def supervised(name: str, target: Callable[[], None], on_death: Callable[[BaseException], None]) -> threading.Thread:
@@ -128,7 +158,7 @@ def supervised(name: str, target: Callable[[], None], on_death: Callable[[BaseEx
 def cmd_worker(args: argparse.Namespace) -> None:
     settings = _settings(args)
     _need_kafka(settings)
-    run_worker(settings, ingest=not args.no_ingest)
+    run_worker(settings, ingest=not args.no_ingest, metrics_port=args.metrics_port)
 
 
 def cmd_up(args: argparse.Namespace) -> None:
@@ -333,7 +363,14 @@ def cmd_edge(args: argparse.Namespace) -> None:
 def cmd_scaler(args: argparse.Namespace) -> None:
     import shlex
 
-    from surgegate.gpu.scaler import CommandScaler, KubernetesScaler, LogScaler, Scaler, ScalingSubscriber
+    from surgegate.gpu.scaler import (
+        CommandScaler,
+        KubernetesScaler,
+        LogScaler,
+        Scaler,
+        ScalerCollector,
+        ScalingSubscriber,
+    )
 
     settings = _settings(args)
     _need_kafka(settings)
@@ -348,6 +385,12 @@ def cmd_scaler(args: argparse.Namespace) -> None:
         scaler = LogScaler()
     print(f"surgegate scaler: pool {args.pool} -> {type(scaler).__name__}", flush=True)
     with ScalingSubscriber(settings, args.pool, scaler) as subscriber:
+        if args.metrics_port:
+            from prometheus_client import CollectorRegistry, start_http_server
+
+            registry = CollectorRegistry()
+            registry.register(ScalerCollector(subscriber))
+            start_http_server(args.metrics_port, registry=registry)
         try:
             while True:
                 time.sleep(60)
@@ -406,7 +449,8 @@ def serve_grpc(start: Callable[[], Awaitable[tuple[Any, int]]], listen: str, met
 def cmd_keda(args: argparse.Namespace) -> None:
     from prometheus_client import CollectorRegistry
 
-    from surgegate.gpu.keda import KedaScaler, PoolBook, PoolCollector, start_server
+    from surgegate.gpu.keda import KedaScaler, start_server
+    from surgegate.gpu.pools import PoolBook, PoolCollector
     from surgegate.streams.kafka import follow_from_start
     from surgegate.streams.topics import Topics
 
@@ -639,6 +683,8 @@ def build_parser() -> argparse.ArgumentParser:
     broker(worker)
     redis(worker, "the state mirror")
     worker.add_argument("--no-ingest", action="store_true", help="run the Faust agents only")
+    worker.add_argument("--metrics-port", type=int, default=0,
+                        help="serve this worker's counters on this port's /metrics, e.g. 9440 (0: none)")
     worker.set_defaults(func=cmd_worker)
 
     ch = command("chaos", "kill the worker, Redis, an edge and the broker of an embedded stack under load, and "
@@ -725,6 +771,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc_.add_argument("--deployment", help="patch this Kubernetes Deployment's replicas, needs `kubernetes` "
                                           "(default: none)")
     sc_.add_argument("--namespace", default="default", help="the Deployment's namespace")
+    sc_.add_argument("--metrics-port", type=int, default=0,
+                     help="serve the scaler's counts and its pool's decision on this port's /metrics (0: none)")
     sc_.set_defaults(func=cmd_scaler)
 
     keda = command("keda", "serve every pool's desired replicas to KEDA (external scaler, gRPC) and Prometheus")

@@ -63,8 +63,9 @@ def worker_factory(settings, tmp_path):
     """Start `surgegate worker` processes for this test's settings; stopped at teardown."""
     started: list[WorkerProcess] = []
 
-    def start(name: str = "w1") -> WorkerProcess:
-        proc = WorkerProcess(settings, tmp_path / f"{name}-{len(started)}.log", worker_id=name).start()
+    def start(name: str = "w1", metrics_port: int = 0) -> WorkerProcess:
+        proc = WorkerProcess(settings, tmp_path / f"{name}-{len(started)}.log", worker_id=name,
+                             metrics_port=metrics_port).start()
         started.append(proc)
         return proc
 

@@ -28,10 +28,11 @@ W = 10_000
 class WorkerProcess:
     """`surgegate worker` as a child process, configured by environment only."""
 
-    def __init__(self, settings: Settings, log_path: Path, worker_id: str = "w1") -> None:
+    def __init__(self, settings: Settings, log_path: Path, worker_id: str = "w1", metrics_port: int = 0) -> None:
         self.settings = settings
         self.log_path = log_path
         self.worker_id = worker_id
+        self.metrics_port = metrics_port
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> WorkerProcess:
@@ -46,7 +47,8 @@ class WorkerProcess:
             "SURGEGATE_SERVICES": s.services,
         })
         with open(self.log_path, "ab") as out:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen([sys.executable, "-m", "surgegate.cli", "worker"], env=env, stdout=out,
+            self.proc = subprocess.Popen([sys.executable, "-m", "surgegate.cli", "worker",
+                                          "--metrics-port", str(self.metrics_port)], env=env, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True,
                                          cwd=self.log_path.parent)  # Faust's data directory lands beside the log
         return self

@@ -10,7 +10,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from surgegate.gpu import keda_proto as pb
-from surgegate.gpu.keda import PoolBook, PoolCollector, Target, target_from_metadata
+from surgegate.gpu.keda import Target, target_from_metadata
+from surgegate.gpu.pools import PoolBook, PoolCollector
 from surgegate.schemas.decisions import CapacityMix, Overflow, ScalingDecision
 
 
@@ -83,3 +84,23 @@ def test_the_gauges_show_every_pools_newest_decision():
     assert samples[("surgegate_pool_ready_replicas", (("pool", "gpu-a"),))] == 2
     assert samples[("surgegate_pool_overflow_replicas", (("overflow_pool", "gpu-b"), ("pool", "gpu-a")))] == 3
     assert 0 <= samples[("surgegate_pool_decision_age_seconds", (("pool", "gpu-a"),))] < 60
+
+
+def test_a_pool_scaler_shows_its_counts_and_its_pools_decision():
+    from surgegate.gpu.scaler import LogScaler, ScalerCollector, ScalingSubscriber
+    from surgegate.settings import Settings
+
+    subscriber = ScalingSubscriber(Settings(), "gpu-a", LogScaler())
+    subscriber.offer(msgspec.json.encode(decision(version=2, desired=5)))
+    subscriber.offer(msgspec.json.encode(decision(version=1, desired=9)))  # stale
+    subscriber.offer(msgspec.json.encode(decision(pool="gpu-b", version=9)))  # another pool's
+    registry = CollectorRegistry()
+    registry.register(ScalerCollector(subscriber))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(generate_latest(registry).decode())
+               for s in family.samples}
+    assert samples[("surgegate_scaler_records_total", ())] == 3
+    assert samples[("surgegate_scaler_decisions_applied_total", ())] == 1
+    assert samples[("surgegate_scaler_stale_versions_total", ())] == 1
+    assert samples[("surgegate_pool_desired_replicas", (("pool", "gpu-a"),))] == 5
+    assert ("surgegate_pool_desired_replicas", (("pool", "gpu-b"),)) not in samples

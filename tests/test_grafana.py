@@ -1,0 +1,90 @@
+"""The Grafana dashboard queries only metrics that surgegate's processes expose.
+
+Each process's metrics are built here as the process builds them (the edge
+gate's, the API's, the worker's counters, the KEDA scaler's, the rate limit
+service's, a pool scaler's), fed with enough to show every family, and read back
+through prometheus_client's parser; every ``surgegate_*`` name in the
+dashboard's queries must be among the samples.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import msgspec
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from test_admission import decision as throttle
+from test_keda import decision as scaling
+
+from surgegate.api.metrics import Families, Snapshot
+from surgegate.edge.gate import EdgeGate
+from surgegate.edge.metrics import GateMetrics
+from surgegate.edge.ratelimit import RateLimitService
+from surgegate.gpu.keda import KedaScaler
+from surgegate.gpu.pools import PoolBook, PoolCollector
+from surgegate.gpu.scaler import LogScaler, ScalerCollector, ScalingSubscriber
+from surgegate.schemas.decisions import Overflow
+from surgegate.schemas.telemetry import RequestEvent
+from surgegate.settings import Settings
+from surgegate.telemetry.windowing import TrafficCell, traffic_stats
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana" / "surgegate.json"
+#: every counter name the agents and the ingest consumers keep
+PIPELINE_COUNTERS = ("events", "partials", "cuts", "dead_letters", "dead_letter.invalid_field", "clock_ahead",
+                     "logs_replaced", "commit_failed", "partials.merged", "partials.duplicate", "late_events",
+                     "windows.published", "decisions.published", "scaling.published", "forecasts.published",
+                     "timing.decide.us", "timing.decide.runs")
+
+
+def names(registry) -> set[str]:
+    return {s.name for family in text_string_to_metric_families(generate_latest(registry).decode())
+            for s in family.samples}
+
+
+def exposed() -> set[str]:
+    out: set[str] = set()
+    # an edge gate, and the rate limit service on the same registry (as `surgegate ratelimit` builds them)
+    metrics = GateMetrics()
+    gate = EdgeGate(Settings(), "chat", edge_id="e", report="off", bootstrap_from_redis=False, metrics=metrics)
+    gate.offer(msgspec.json.encode(throttle(now=time.time(), valid_for_s=600)))
+    gate.admit("acme", "pro")
+    gate.record("acme", "pro", "realtime", "ok", 120.0, ttft_ms=30.0, itl_ms=8.0)
+    service = RateLimitService(gate, registry=metrics.registry)
+    service.answers.labels("OK").inc()
+    out |= names(metrics.registry)
+    # the API: pipeline counters, a decision, the newest windows, the pools
+    cell = TrafficCell()
+    cell.add_event(RequestEvent(ts=0, service="chat", tenant="a", tier="pro", edge_id="e", latency_ms=90.0,
+                                ttft_ms=20.0, itl_ms=5.0))
+    stats = traffic_stats(cell.to_wire(), 10_000)
+    book = PoolBook()
+    book.offer(msgspec.json.encode(scaling(overflow=Overflow(pool="gpu-b", replicas=2))))
+    api = CollectorRegistry()
+    api.register(Families(Snapshot(redis_up=True, counters=dict.fromkeys(PIPELINE_COUNTERS, 1), scopes=3,
+                                   window_lag_s=4.0, decisions={"chat": throttle()}, decision_age_s={"chat": 1.0},
+                                   traffic={"chat": {None: stats, "pro": stats}}, stream_records=5)))
+    api.register(PoolCollector(book))
+    out |= names(api)
+    # the KEDA scaler and a pool scaler
+    keda = CollectorRegistry()
+    KedaScaler(book, keda).calls.labels("GetMetrics", "OK").inc()
+    out |= names(keda)
+    subscriber = ScalingSubscriber(Settings(), "gpu-a", LogScaler())
+    scaler = CollectorRegistry()
+    scaler.register(ScalerCollector(subscriber))
+    out |= names(scaler)
+    return out
+
+
+def test_every_metric_the_dashboard_queries_is_exposed():
+    dashboard = json.loads(DASHBOARD.read_text())
+    queried = {name for panel in dashboard["panels"] for target in panel["targets"]
+               for name in re.findall(r"\bsurgegate_[a-z0-9_]+", target["expr"])}
+    assert len(queried) >= 30, queried  # the dashboard covers each process
+    missing = sorted(queried - exposed())
+    assert not missing, f"the dashboard queries metrics nothing exposes: {missing}"
+    assert all(target["expr"] for panel in dashboard["panels"] for target in panel["targets"])
