@@ -3,13 +3,15 @@
 :class:`ScalingSubscriber` reads the compacted sg.decisions.scaling from the
 beginning (partitions assigned, no group to join), keeps only its pool's newest
 version and calls a pluggable :class:`Scaler` whenever the desired replica
-count or warm pool changes:
+count, the warm pool or the overflow replicas change:
 
 - :class:`LogScaler` (the default) only logs;
 - :class:`CommandScaler` runs a command with the decision in its environment
   (``SG_POOL``, ``SG_DESIRED_REPLICAS``, ``SG_WARM_POOL``, ``SG_VERSION``, ``SG_REASON``);
-- :class:`KubernetesScaler` patches a Deployment's replica count through the
-  ``kubernetes`` client, when it is installed.
+- :class:`KubernetesScaler` sets a Deployment's replicas through the scale
+  subresource with the ``kubernetes`` client, and those of a standby
+  Deployment (the warm pool) and of the overflow pool's Deployment; it refuses a
+  Deployment an HPA scales (use ``surgegate keda`` there).
 
 :class:`WorkerReporter` is what a GPU worker runs beside its model server: a
 MetricEvent per interval with its state (cold-starting, ready, draining),
@@ -93,24 +95,66 @@ class CommandScaler:
 
 
 class KubernetesScaler:
-    """Patches ``deployment``'s replica count in ``namespace`` (in-cluster or kubeconfig credentials)."""
+    """Sets Deployments' replicas through their ``scale`` subresource (the official ``kubernetes`` client).
 
-    def __init__(self, deployment: str, namespace: str = "default") -> None:
+    ``deployment`` gets the desired replicas; ``warm_deployment`` (optional) is a
+    standby Deployment of loaded, idle replicas and gets the warm pool;
+    ``overflow_deployment`` (optional) is the secondary pool's and gets the
+    overflow replicas (0 when the decision asks none). A replica count already
+    in place is not written again.
+
+    A Deployment that a HorizontalPodAutoscaler scales is refused at start, by
+    name: patching it would fight the HPA; follow the decision through KEDA
+    (``surgegate keda``) instead. Credentials: in-cluster, else the kubeconfig;
+    ``api_client`` overrides both.
+    """
+
+    def __init__(self, deployment: str, namespace: str = "default", *, warm_deployment: str | None = None,
+                 overflow_deployment: str | None = None, api_client: object | None = None) -> None:
         try:
             from kubernetes import client, config
         except ImportError:
             raise SurgegateError("KubernetesScaler needs the kubernetes client: pip install kubernetes") from None
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        self._apps = client.AppsV1Api()
+        if api_client is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api_client = client.ApiClient()
+        self._apps = client.AppsV1Api(api_client)
+        self._autoscaling = client.AutoscalingV2Api(api_client)
         self.deployment = deployment
         self.namespace = namespace
+        self.warm_deployment = warm_deployment
+        self.overflow_deployment = overflow_deployment
+        self._refuse_hpa_owned()
+
+    def _targets(self) -> list[str]:
+        return [d for d in (self.deployment, self.warm_deployment, self.overflow_deployment) if d]
+
+    def _refuse_hpa_owned(self) -> None:
+        hpas = self._autoscaling.list_namespaced_horizontal_pod_autoscaler(self.namespace).items
+        for hpa in hpas:
+            ref = hpa.spec.scale_target_ref
+            if ref.kind == "Deployment" and ref.name in self._targets():
+                name = hpa.metadata.name if hpa.metadata is not None else "?"
+                raise SurgegateError(
+                    f"deployment {self.namespace}/{ref.name} is scaled by HorizontalPodAutoscaler {name}: "
+                    "patching it would fight the HPA; point a KEDA ScaledObject at `surgegate keda` instead "
+                    "(docs/control.md)")
 
     def scale(self, decision: ScalingDecision) -> None:
-        self._apps.patch_namespaced_deployment_scale(
-            self.deployment, self.namespace, {"spec": {"replicas": decision.desired_replicas}})
+        self._set(self.deployment, decision.desired_replicas)
+        if self.warm_deployment:
+            self._set(self.warm_deployment, decision.warm_pool)
+        if self.overflow_deployment:
+            self._set(self.overflow_deployment, decision.overflow.replicas if decision.overflow is not None else 0)
+
+    def _set(self, deployment: str, replicas: int) -> None:
+        current = self._apps.read_namespaced_deployment_scale(deployment, self.namespace)
+        if current.spec is not None and current.spec.replicas == replicas:
+            return
+        self._apps.patch_namespaced_deployment_scale(deployment, self.namespace, {"spec": {"replicas": replicas}})
 
 
 class ScalingSubscriber:
@@ -128,7 +172,7 @@ class ScalingSubscriber:
         self.last_error: str | None = None
         #: the pool's newest decision with when it came, for /metrics
         self.book = PoolBook()
-        self._applied: tuple[int, int] | None = None
+        self._applied: tuple[int, int, int] | None = None
         self._decoder = msgspec.json.Decoder(ScalingDecision)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -150,7 +194,8 @@ class ScalingSubscriber:
             return False
         self.decision = d
         self.book.offer(raw)
-        if self._applied == (d.desired_replicas, d.warm_pool):
+        wanted = (d.desired_replicas, d.warm_pool, d.overflow.replicas if d.overflow is not None else 0)
+        if self._applied == wanted:
             return False
         try:
             self.scaler.scale(d)
@@ -159,7 +204,7 @@ class ScalingSubscriber:
             self.last_error = f"scaler: {exc}"
             log.warning("pool %s: scaler failed on v%d: %s", self.pool, d.version, exc)
             return False
-        self._applied = (d.desired_replicas, d.warm_pool)
+        self._applied = wanted
         self.counts["applied"] += 1
         return True
 

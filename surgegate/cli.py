@@ -376,11 +376,14 @@ def cmd_scaler(args: argparse.Namespace) -> None:
     _need_kafka(settings)
     if args.command and args.deployment:
         raise SurgegateError("give --command or --deployment, not both")
+    if (args.warm_deployment or args.overflow_deployment) and not args.deployment:
+        raise SurgegateError("--warm-deployment and --overflow-deployment go with --deployment")
     if args.command:
         keep_warm = shlex.split(args.keep_warm_command) if args.keep_warm_command else None
         scaler: Scaler = CommandScaler(shlex.split(args.command), keep_warm_command=keep_warm)
     elif args.deployment:
-        scaler = KubernetesScaler(args.deployment, args.namespace)
+        scaler = KubernetesScaler(args.deployment, args.namespace, warm_deployment=args.warm_deployment,
+                                  overflow_deployment=args.overflow_deployment)
     else:
         scaler = LogScaler()
     print(f"surgegate scaler: pool {args.pool} -> {type(scaler).__name__}", flush=True)
@@ -768,9 +771,12 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(default: log the decisions only)")
     sc_.add_argument("--keep-warm-command", help="with --command: run this every window to keep idle replicas "
                                                  "warm (default: none)")
-    sc_.add_argument("--deployment", help="patch this Kubernetes Deployment's replicas, needs `kubernetes` "
-                                          "(default: none)")
-    sc_.add_argument("--namespace", default="default", help="the Deployment's namespace")
+    sc_.add_argument("--deployment", help="set this Kubernetes Deployment's replicas through its scale subresource; "
+                                          "refused if an HPA scales it (use `surgegate keda`) (default: none)")
+    sc_.add_argument("--warm-deployment", help="with --deployment: a standby Deployment that gets the warm pool")
+    sc_.add_argument("--overflow-deployment", help="with --deployment: the overflow pool's Deployment, which gets the "
+                                                   "overflow replicas (0 when none are asked)")
+    sc_.add_argument("--namespace", default="default", help="the Deployments' namespace")
     sc_.add_argument("--metrics-port", type=int, default=0,
                      help="serve the scaler's counts and its pool's decision on this port's /metrics (0: none)")
     sc_.set_defaults(func=cmd_scaler)
