@@ -773,9 +773,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "warm (default: none)")
     sc_.add_argument("--deployment", help="set this Kubernetes Deployment's replicas through its scale subresource; "
                                           "refused if an HPA scales it (use `surgegate keda`) (default: none)")
-    sc_.add_argument("--warm-deployment", help="with --deployment: a standby Deployment that gets the warm pool")
+    sc_.add_argument("--warm-deployment", help="with --deployment: a standby Deployment that gets the warm pool "
+                                               "(default: none)")
     sc_.add_argument("--overflow-deployment", help="with --deployment: the overflow pool's Deployment, which gets the "
-                                                   "overflow replicas (0 when none are asked)")
+                                                   "overflow replicas, 0 when none are asked (default: none)")
     sc_.add_argument("--namespace", default="default", help="the Deployments' namespace")
     sc_.add_argument("--metrics-port", type=int, default=0,
                      help="serve the scaler's counts and its pool's decision on this port's /metrics (0: none)")
