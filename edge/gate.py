@@ -32,6 +32,7 @@ from surgegate.admission.gate import hold_after_s as _hold_after
 from surgegate.control.config import DEFAULT_TIERS, ServiceConfig
 from surgegate.edge.metrics import GateMetrics
 from surgegate.errors import DeliveryFailed, ProducerBufferFull
+from surgegate.gpu.pools import PoolBook
 from surgegate.schemas.decisions import ThrottleDecision
 from surgegate.schemas.telemetry import RequestEvent, RequestType, Status
 from surgegate.settings import Settings
@@ -63,7 +64,8 @@ class EdgeGate:
     def __init__(self, settings: Settings, service: str, *, edge_id: str, share: float = 1.0,
                  shadow: bool = False, tiers: tuple[str, ...] | None = None, fallback: Fallback | None = None,
                  report: Report = "summaries", bootstrap_from_redis: bool = True,
-                 hold_after_s: float | None = None, metrics: GateMetrics | None = None) -> None:
+                 hold_after_s: float | None = None, metrics: GateMetrics | None = None,
+                 follow_scaling: bool = False) -> None:
         if report not in ("summaries", "events", "off"):
             raise ValueError(f"report={report!r}: must be summaries, events or off")
         config = settings.service_configs().get(service) or ServiceConfig(service=service)
@@ -82,6 +84,9 @@ class EdgeGate:
         #: Prometheus metrics, shared by the process's gates when given (else this gate's own registry)
         self.metrics = metrics if metrics is not None else GateMetrics()
         self.metrics.attach(self)
+        #: the service's pool's newest scaling decision (followed when ``follow_scaling``): whether it asks overflow
+        self.pools = PoolBook()
+        self.follow_scaling = follow_scaling
         self.feed: dict[str, Any] = {"records": 0, "bad_records": 0, "from_redis": 0, "errors": 0,
                                      "last_error": None}
         self.reported = {"summaries": 0, "events": 0, "send_failures": 0}
@@ -97,6 +102,8 @@ class EdgeGate:
         if self.bootstrap_from_redis and self.settings.redis:
             self._bootstrap_from_redis()
         self._spawn(self._follow_decisions, "decisions")
+        if self.follow_scaling:
+            self._spawn(self._follow_scaling, "scaling")
         if self.report != "off":
             self._producer = TelemetryProducer(self.settings, client_id=f"edge-{self.edge_id}")
             self._spawn(self._report_loop, "report")
@@ -194,6 +201,20 @@ class EdgeGate:
             self.feed["errors"] += 1
             self.feed["last_error"] = f"decision feed stopped: {exc}"
             log.exception("edge %s: decision feed stopped", self.edge_id)
+
+    def _follow_scaling(self) -> None:
+        try:
+            follow_from_start(self.settings, self.topics.scaling, f"edge-{self.edge_id}-scaling", self._stop,
+                              self.pools.offer, self._on_kafka_error, fetch_wait_ms=FETCH_WAIT_MS)
+        except Exception as exc:  # routing keeps to the last decision seen; say why the feed stopped
+            self.feed["errors"] += 1
+            self.feed["last_error"] = f"scaling feed stopped: {exc}"
+            log.exception("edge %s: scaling feed stopped", self.edge_id)
+
+    def overflow(self) -> int:
+        """Replicas the newest scaling decision of this service's pool asks of the overflow pool (0: none)."""
+        decision = self.pools.get(self.config.pool) if self.config.pool else None
+        return decision.overflow.replicas if decision is not None and decision.overflow is not None else 0
 
     def _on_record(self, raw: bytes) -> None:
         self.feed["records"] += 1

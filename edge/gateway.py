@@ -151,9 +151,13 @@ class EdgeProxy:
                  keys: Mapping[str, Identity] | None = None, default_tenant: str = "anonymous",
                  default_tier: str | None = None, quota: GlobalQuota | None = None,
                  deferred_capacity: int = 1000, timeout_s: float = 60.0, connect_timeout_s: float = 1.0,
-                 drain_concurrency: int = 16, connections: int = 1000) -> None:
+                 drain_concurrency: int = 16, connections: int = 1000, overflow_upstream: str | None = None) -> None:
         self.gate = gate
         self.upstream = upstream.rstrip("/")
+        #: where lower tiers and batch work go while the pool's scaling decision asks overflow replicas
+        self.overflow_upstream = overflow_upstream.rstrip("/") if overflow_upstream else None
+        if self.overflow_upstream and not gate.follow_scaling:
+            raise ValueError("overflow_upstream: the gate must follow scaling decisions (follow_scaling=True)")
         self.tenants = dict(tenants) if tenants is not None else None
         self.keys = dict(keys) if keys is not None else None
         tiers = gate.admission.tier_order  # highest first: the default is the lowest
@@ -369,6 +373,16 @@ class EdgeProxy:
 
     # ------------------------------------------------------------ upstream
 
+    def upstream_for(self, who: Identity, rtype: RequestType) -> str:
+        """The primary upstream, or the overflow one for lower tiers and batch work while the pool's decision asks
+        overflow replicas; the top tier's realtime traffic always stays on the primary pool."""
+        if self.overflow_upstream is None or self.gate.overflow() == 0:
+            return self.upstream
+        if rtype == "realtime" and who.tier == self.gate.admission.tier_order[0]:
+            return self.upstream
+        self.counts["to_overflow"] += 1
+        return self.overflow_upstream
+
     def _upstream_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
         return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
@@ -379,8 +393,8 @@ class EdgeProxy:
         assert self._session is not None, "the gateway's client session starts with the app"
         reply: dict[str, str] = {}
         try:
-            async with self._session.request(method, self.upstream + path, headers=self._upstream_headers(headers),
-                                             data=body) as resp:
+            async with self._session.request(method, self.upstream_for(who, rtype) + path,
+                                             headers=self._upstream_headers(headers), data=body) as resp:
                 payload = await resp.read()
                 reply = self._upstream_headers(resp.headers)
                 result = self._outcome(resp.status, body, payload)
@@ -403,7 +417,7 @@ class EdgeProxy:
         out: web.StreamResponse | None = None
         result = _Outcome(502, "error", 0, 0)  # replaced on every path below
         try:
-            async with self._session.request(request.method, self.upstream + request.path_qs,
+            async with self._session.request(request.method, self.upstream_for(who, rtype) + request.path_qs,
                                              headers=self._upstream_headers(request.headers), data=body) as resp:
                 if resp.status != 200:
                     payload = await resp.read()

@@ -340,16 +340,18 @@ def cmd_edge(args: argparse.Namespace) -> None:
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in models.items()):
         raise SurgegateError("--models: expected an object of model name -> service name")
     metrics = GateMetrics()
+    overflow = bool(args.overflow_upstream)
     gate = EdgeGate(settings, args.service, edge_id=args.edge_id, share=args.share, shadow=args.shadow,
-                    report=args.report, metrics=metrics).start()
+                    report=args.report, metrics=metrics, follow_scaling=overflow).start()
     gates = {service: EdgeGate(settings, service, edge_id=args.edge_id, share=args.share, shadow=args.shadow,
-                               report=args.report, metrics=metrics).start()
+                               report=args.report, metrics=metrics, follow_scaling=overflow).start()
              for service in sorted(set(models.values()) - {args.service})}
     keys = load_keys(args.keys) if args.keys else None
     app = create_edge_app(gate, args.upstream, models=models, gates=gates, tenants=tenants, keys=keys, quota=quota,
                           default_tenant=args.default_tenant, default_tier=args.default_tier,
                           deferred_capacity=args.deferred_capacity, timeout_s=args.timeout,
-                          connect_timeout_s=args.connect_timeout, connections=args.connections)
+                          connect_timeout_s=args.connect_timeout, connections=args.connections,
+                          overflow_upstream=args.overflow_upstream)
     print(f"surgegate edge {args.edge_id}: service {args.service} on http://{args.host}:{args.port} -> "
           f"{args.upstream}{' (shadow)' if args.shadow else ''}", flush=True)
     try:
@@ -722,6 +724,9 @@ def build_parser() -> argparse.ArgumentParser:
     broker(edge)
     redis(edge, "decision bootstrap and tenant contracts")
     edge.add_argument("--upstream", required=True, help="the service's base URL, e.g. http://127.0.0.1:9000")
+    edge.add_argument("--overflow-upstream", metavar="URL",
+                      help="the overflow pool's base URL: lower tiers and batch work go there while the pool's "
+                           "scaling decision asks overflow replicas (default: none)")
     edge.add_argument("--service", default="chat", help="service whose throttle decisions this edge applies")
     edge.add_argument("--models", metavar="JSON|FILE",
                       help='model name -> service, e.g. \'{"bge-small": "embed"}\'; a model not named goes to '

@@ -14,6 +14,7 @@ import msgspec
 import openai
 import pytest
 from aiohttp.test_utils import TestServer
+from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 from support import TopicReader, eventually
 from test_edge_e2e import OPEN, decision, publish
@@ -346,3 +347,68 @@ def test_no_free_upstream_connection_is_overload_with_retry_after_not_an_upstrea
     assert err.response.headers["retry-after"] == "1"
     assert counts["upstream_busy"] == 1 and counts.get("upstream_timeout", 0) == 0
 
+
+
+def test_lower_tiers_and_batch_go_to_the_overflow_pool_while_the_decision_asks_for_it(settings):
+    from test_keda import decision as scaling
+
+    from surgegate.schemas.decisions import Overflow
+
+    publish(settings, decision(1))
+
+    def publish_scaling(d) -> None:
+        producer = Producer({"bootstrap.servers": settings.kafka, "log_level": 0})
+        producer.produce(Topics(settings.topic_prefix).scaling, msgspec.json.encode(d), key=d.pool.encode())
+        assert producer.flush(10) == 0
+
+    async def served_by(upstreams: dict[str, TestServer]) -> dict[str, int]:
+        out = {}
+        async with aiohttp.ClientSession() as session:
+            for name, server in upstreams.items():
+                async with session.get(server.make_url("/_fake/stats")) as r:
+                    out[name] = (await r.json())["requests"]
+        return out
+
+    async def go():
+        gate = EdgeGate(settings, "chat", edge_id="gw", bootstrap_from_redis=False, report="off",
+                        follow_scaling=True).start()
+        upstreams = {name: TestServer(create_fake_llm_app(time_scale=0.01, seed=1, output_median=5))
+                     for name in ("primary", "overflow")}
+        for server in upstreams.values():
+            await server.start_server()
+        app = create_edge_app(gate, str(upstreams["primary"].make_url("")),
+                              overflow_upstream=str(upstreams["overflow"].make_url("")))
+        server = TestServer(app)
+        await server.start_server()
+
+        async def ask(tier: str, request_type: str = "realtime") -> None:
+            client = openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="x", max_retries=0,
+                                        default_headers={"X-Tenant": "acme", "X-Tier": tier,
+                                                         "X-Request-Type": request_type})
+            await client.chat.completions.create(model="llama-3-8b", messages=MESSAGES, max_tokens=2)
+
+        try:
+            eventually(lambda: gate.admission.decision is not None, 15, "the throttle decision")
+            await ask("pro")  # no overflow asked: everything on the primary
+            assert await served_by(upstreams) == {"primary": 1, "overflow": 0}
+            publish_scaling(scaling(pool="chat", version=1, desired=20,
+                                    overflow=Overflow(pool="cloud-b", replicas=4)))
+            eventually(lambda: gate.overflow() == 4, 15, "the scaling decision asking overflow")
+            await ask("enterprise")  # the top tier's realtime traffic stays on the primary
+            await ask("pro")
+            await ask("free")
+            await ask("enterprise", "batch")  # batch work goes, whatever the tier
+            assert await served_by(upstreams) == {"primary": 2, "overflow": 3}
+            publish_scaling(scaling(pool="chat", version=2, desired=20))
+            eventually(lambda: gate.overflow() == 0, 15, "the scaling decision without overflow")
+            await ask("free")
+            assert await served_by(upstreams) == {"primary": 3, "overflow": 3}
+            return app[PROXY].counts
+        finally:
+            await server.close()
+            for upstream in upstreams.values():
+                await upstream.close()
+            gate.close()
+
+    counts = run(go())
+    assert counts["to_overflow"] == 3 and counts["forwarded"] == 6
