@@ -53,6 +53,8 @@ REDIS_TIMEOUT_S = 0.5
 #: A worker whose newest mirrored window is older than this many windows is not fresh.
 FRESH_WINDOWS = 6
 MAX_LAST = 360
+#: /v1/history/{service}/recent looks back at most this many minutes
+MAX_RECENT_MINUTES = 1440
 #: Overrides last at most a day.
 MAX_OVERRIDE_S = 86_400
 SSE_KEEPALIVE_S = 15.0
@@ -376,6 +378,42 @@ class Api:
                            "at")
         return web.json_response({"service": service, **answer})
 
+    async def recent(self, request: web.Request) -> web.Response:
+        """Every throttle decision of a service, and scaling decision of its pool, issued in the last ``minutes``
+        (from the durable decision history), oldest first: what a dashboard shows when it opens."""
+        service = request.match_info["service"]
+        if not _NAME.fullmatch(service):
+            raise ApiError(400, "service must be a service name", "service")
+        raw = request.query.get("minutes", "15")
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_RECENT_MINUTES:
+            raise ApiError(400, f"minutes must be an integer within [1, {MAX_RECENT_MINUTES}]", "minutes")
+        config = self.settings.service_configs().get(service)
+        pool = config.pool if config is not None else service
+        now = int(time.time() * 1000)
+        try:
+            values = await asyncio.get_running_loop().run_in_executor(
+                None, read_between, self.settings, self.topics.history, now - int(raw) * 60_000, now,
+                frozenset({service.encode(), pool.encode()}))
+        except BrokerError as exc:
+            raise ApiError(503, f"the decision history could not be read: {exc}") from None
+        throttle, scaling = [], []
+        for value in values:
+            with contextlib.suppress(msgspec.DecodeError):  # a record of another kind or version: not ours
+                record = _HISTORY.decode(value)
+                if isinstance(record, ThrottleDecision) and record.service == service:
+                    throttle.append(record)
+                elif isinstance(record, ScalingDecision) and record.pool == pool:
+                    scaling.append(record)
+        return self._raw(msgspec.json.encode({"service": service, "pool": pool, "throttle": throttle,
+                                              "scaling": scaling}))
+
+    async def services(self, request: web.Request) -> web.Response:
+        """The configured services: pool, tiers and SLOs (what charts draw their target lines from)."""
+        return web.json_response({"services": {
+            name: {"pool": c.pool, "tiers": list(c.tiers), "slo_p99_ms": c.slo_p99_ms, "ttft_slo_ms": c.ttft_slo_ms,
+                   "mode": c.mode}
+            for name, c in sorted(self.settings.service_configs().items())}})
+
     async def decisions(self, request: web.Request) -> web.Response:
         try:
             out = await self._latest_decisions()
@@ -602,6 +640,8 @@ def create_api(settings: Settings, *, stream: bool = True) -> web.Application:
     r.add_get("/v1/decisions/stream", api.decision_stream)
     r.add_get("/v1/decisions/{scope}", api.decision)
     r.add_get("/v1/history/{service}", api.history)
+    r.add_get("/v1/history/{service}/recent", api.recent)
+    r.add_get("/v1/services", api.services)
     r.add_get("/v1/overrides", api.list_overrides)
     r.add_post("/v1/overrides", api.create_override)
     r.add_delete("/v1/overrides/{override_id}", api.cancel_override)

@@ -69,6 +69,14 @@ def openapi_document() -> dict:
                      "description": "epoch milliseconds"},
                     {"name": "tenant", "in": "query", "required": False, "schema": {"type": "string"}},
                     {"name": "tier", "in": "query", "required": False, "schema": {"type": "string"}}]),
+            "/v1/history/{service}/recent": _get(
+                "Every throttle decision of the service, and scaling decision of its pool, issued in the last "
+                "minutes, oldest first (from the durable decision history)", errors=(400, 503), extra=[
+                    {"name": "service", "in": "path", "required": True,
+                     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"}},
+                    {"name": "minutes", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1440, "default": 15}}]),
+            "/v1/services": _get("The configured services: pool, tiers, SLOs and mode", errors=()),
             "/v1/decisions/stream": _get("Server-Sent Events: every new throttle and scaling decision", errors=(503,),
                                          content={"text/event-stream": {"schema": {"type": "string"}}}),
             "/v1/overrides": {"get": {

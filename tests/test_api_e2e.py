@@ -353,3 +353,34 @@ def test_the_openapi_document_validates_and_lists_every_route(api_settings):
     routes = {(r.method.lower(), r.resource.canonical) for r in app.router.routes() if r.method != "HEAD"}
     documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
     assert routes == documented
+
+
+def test_recent_decisions_come_from_the_history_for_a_dashboard_that_opens(api_settings):
+    from test_keda import decision as scaling
+
+    producer = Producer({"bootstrap.servers": api_settings.kafka, "log_level": 0})
+    history = Topics(api_settings.topic_prefix).history
+    now = int(time.time() * 1000)
+    records = [(b"chat", decision(1), now - 120_000), (b"chat", decision(2, level=2), now - 60_000),
+               (b"chat", scaling(pool="chat", version=5, desired=4), now - 60_000),
+               (b"chat", decision(9), now - 3 * 3_600_000),  # older than asked
+               (b"search", decision(3).__replace__(service="search"), now - 30_000)]  # another service
+    for key, record, stamp in records:
+        producer.produce(history, msgspec.json.encode(record), key=key, timestamp=stamp)
+    assert producer.flush(10) == 0
+
+    async def go():
+        c = await client_for(api_settings)
+        try:
+            recent = await (await c.get("/v1/history/chat/recent?minutes=30")).json()
+            bad = await c.get("/v1/history/chat/recent?minutes=0")
+            services = await (await c.get("/v1/services")).json()
+            return recent, bad.status, (await bad.json())["parameter"], services
+        finally:
+            await c.close()
+
+    recent, bad_status, bad_parameter, services = run(go())
+    assert [d["version"] for d in recent["throttle"]] == [1, 2] and recent["throttle"][1]["level"] == 2
+    assert [d["desired_replicas"] for d in recent["scaling"]] == [4] and recent["pool"] == "chat"
+    assert bad_status == 400 and bad_parameter == "minutes"
+    assert isinstance(services["services"], dict)

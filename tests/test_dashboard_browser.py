@@ -7,6 +7,7 @@ screenshot is kept as ``artifacts/dashboard.png``.
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -57,6 +58,17 @@ def test_the_dashboard_renders_live_data_and_shows_a_new_decision_without_a_relo
                 raise
             time.sleep(0.2)
 
+    # the page opens once the durable history holds decisions made before it: they must show without any new one
+    deadline = time.monotonic() + 150
+    while True:
+        with urllib.request.urlopen(url + "v1/history/chat/recent?minutes=15", timeout=15) as response:
+            recent = json.loads(response.read())
+        if recent["throttle"] and recent["scaling"]:
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no decisions in the history after 150 s: {recent}")
+        time.sleep(2)
+
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
@@ -74,6 +86,23 @@ def test_the_dashboard_renders_live_data_and_shows_a_new_decision_without_a_relo
                     driver.save_screenshot(str(ARTIFACTS / "dashboard-failed.png"))
                     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
                 time.sleep(0.5)
+
+        # on load, before any new event: the decisions made before the page opened, from the history
+        wait("return window.dashboardState && window.dashboardState.loaded === true", 60, "the page to load")
+        loaded = driver.execute_script(
+            "const s = window.dashboardState; const r = document.getElementById('replicas').data;"
+            "const l = document.getElementById('level').data;"
+            "return {history: s.fromHistory, stream: s.fromStream, replicas: r ? r[0].x.length : 0,"
+            "        levels: l ? l[0].x.length : 0, list: document.querySelectorAll('#decision-list li').length};")
+        assert loaded["history"]["throttle"] >= 1 and loaded["history"]["scaling"] >= 1, loaded
+        assert loaded["replicas"] >= loaded["history"]["scaling"] >= 1, loaded  # a non-empty replicas chart
+        assert loaded["levels"] >= loaded["history"]["throttle"] and loaded["list"] >= 2, loaded
+        # the SLO line on the latency chart, the per-tier chart
+        assert driver.execute_script(
+            "return (document.getElementById('latency').layout.shapes || []).length") >= 1
+        wait("const d = document.getElementById('tiers').data;"
+             "return !!d && d.some(t => t.name.endsWith('admitted') && t.x.length > 0);", 60,
+             "admitted requests per tier")
 
         # the charts render data from the pipeline: observed load and latency windows, a forecast
         wait("const d = document.getElementById('load').data;"
