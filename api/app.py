@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 import redis
@@ -38,7 +38,7 @@ from surgegate.edge.metrics import PROMETHEUS_TEXT
 from surgegate.errors import BrokerError
 from surgegate.gpu.pools import PoolBook, PoolCollector
 from surgegate.schemas.aggregates import TrafficStats, WindowStats
-from surgegate.schemas.decisions import Override, ScalingDecision, ThrottleDecision
+from surgegate.schemas.decisions import Override, OverrideRequest, ScalingDecision, ThrottleDecision
 from surgegate.settings import Settings
 from surgegate.streams.history import read_between
 from surgegate.streams.kafka import admin_config, follow_from_start
@@ -56,7 +56,6 @@ MAX_LAST = 360
 #: /v1/history/{service}/recent looks back at most this many minutes
 MAX_RECENT_MINUTES = 1440
 #: Overrides last at most a day.
-MAX_OVERRIDE_S = 86_400
 SSE_KEEPALIVE_S = 15.0
 
 
@@ -460,43 +459,23 @@ class Api:
     async def create_override(self, request: web.Request) -> web.Response:
         author = self._authorised(request)
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested
-            raise ApiError(400, "the body must be a JSON object", "body") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "the body must be a JSON object", "body")
-        unknown = set(body) - {"service", "level", "limit_rps", "expires_in_s", "reason", "author"}
-        if unknown:
-            raise ApiError(400, f"unknown fields {sorted(unknown)}", sorted(unknown)[0])
-        service = body.get("service")
-        if not isinstance(service, str) or not _NAME.fullmatch(service):
-            raise ApiError(400, "service must be a service name", "service")
-        level, limit = body.get("level"), body.get("limit_rps")
-        if level is None and limit is None:
-            raise ApiError(400, "give level (0-4) and/or limit_rps", "level")
-        if level is not None and (not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= 4):
-            raise ApiError(400, "level must be an integer within [0, 4]", "level")
-        if limit is not None and (not isinstance(limit, (int, float)) or isinstance(limit, bool) or limit < 0):
-            raise ApiError(400, "limit_rps must be a number >= 0", "limit_rps")
-        expires_in = body.get("expires_in_s", 900)
-        if not isinstance(expires_in, (int, float)) or isinstance(expires_in, bool) or \
-                not 1 <= expires_in <= MAX_OVERRIDE_S:
-            raise ApiError(400, f"expires_in_s must be within [1, {MAX_OVERRIDE_S}]", "expires_in_s")
-        reason = body.get("reason")
-        if not isinstance(reason, str) or not reason.strip():
-            raise ApiError(400, "reason is required: say why, it is audited", "reason")
-        who = body.get("author", author)
-        if not isinstance(who, str) or not who.strip():
-            raise ApiError(400, "author must be a non-empty string", "author")
-        now = int(time.time() * 1000)
-        override = Override(id=uuid.uuid4().hex[:16], service=service, created_at=now,
-                            expires_at=now + int(expires_in * 1000), author=who[:200], reason=reason[:1000],
-                            level=level, limit_rps=float(limit) if limit is not None else None)
-        try:  # the wire type's own bounds, as the worker will decode it: NaN, Infinity, 2e12 are refused here
-            msgspec.convert(msgspec.to_builtins(override), Override)
+            body = msgspec.json.decode(await request.read(), type=dict[str, Any])
+        except msgspec.DecodeError as exc:
+            raise ApiError(400, f"the body must be a JSON object: {exc}", "body") from None
+        except RecursionError:  # absurdly nested values
+            raise ApiError(400, "the body must be a JSON object of the override's fields", "body") from None
+        if isinstance(body.get("level"), float) and body["level"].is_integer():
+            body["level"] = int(body["level"])  # JSON does not tell 1.0 from 1 (nor does the published schema)
+        try:  # the wire type's own bounds, those of the Override the worker decodes: nothing checked by hand
+            wanted = msgspec.convert(body, OverrideRequest)
         except msgspec.ValidationError as exc:
-            field = re.search(r"\$\.(\w+)", str(exc))
-            raise ApiError(400, f"override: {exc}", field.group(1) if field else "body") from None
+            raise ApiError(400, f"override: {exc}", _field_of(exc)) from None
+        if wanted.level is None and wanted.limit_rps is None:
+            raise ApiError(400, "give level (0-4) and/or limit_rps", "level")
+        now = int(time.time() * 1000)
+        override = Override(id=uuid.uuid4().hex[:16], service=wanted.service, created_at=now,
+                            expires_at=now + int(wanted.expires_in_s * 1000), author=wanted.author or author,
+                            reason=wanted.reason, level=wanted.level, limit_rps=wanted.limit_rps)
         await self._publish_override(override)
         return web.json_response(msgspec.to_builtins(override), status=201)
 
@@ -605,6 +584,13 @@ class Api:
 _HISTORY = msgspec.json.Decoder(HistoryRecord)
 _NAME = re.compile(NAME_PATTERN)
 API = web.AppKey("api", Api)
+
+
+def _field_of(exc: msgspec.ValidationError) -> str:
+    """The body field a validation error is about ("Expected ... - at `$.level`", "... unknown field `x`")."""
+    message = str(exc)
+    found = re.search(r"field `(\w+)`", message) or re.search(r"\$\.(\w+)", message)
+    return found.group(1) if found else "body"
 
 
 def _redis_down() -> web.HTTPException:

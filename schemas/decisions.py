@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
-from surgegate.schemas.fields import Count, EpochMs, Name, Rate
+from surgegate.schemas.fields import CheckedName, Count, EpochMs, Level, Name, Rate
 
 #: Whether edges enforce a decision or only record what it would have done.
 Mode = Literal["enforce", "shadow"]
@@ -82,9 +83,25 @@ class Override(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.Override
     expires_at: EpochMs
     author: str
     reason: str
-    level: int | None = None
+    level: Level | None = None
     limit_rps: Rate | None = None
     cancel: bool = False
+
+
+#: At most this long, in seconds, an override holds.
+MAX_OVERRIDE_S = 86_400
+
+
+class OverrideRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An operator's request to pin a service (the body of ``POST /v1/overrides``); at least one of ``level``
+    and ``limit_rps``. The API decodes it with exactly these bounds, those of :class:`Override` the worker reads."""
+
+    service: CheckedName
+    reason: Annotated[str, Meta(min_length=1, max_length=1000, pattern=r"\S", description="why; it is audited")]
+    level: Level | None = None
+    limit_rps: Rate | None = None
+    expires_in_s: Annotated[float, Meta(ge=1, le=MAX_OVERRIDE_S)] = 900.0
+    author: Annotated[str, Meta(min_length=1, max_length=200, pattern=r"\S")] | None = None
 
 
 class CapacityMix(msgspec.Struct, frozen=True):

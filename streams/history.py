@@ -35,7 +35,8 @@ def read_between(settings: Settings, topic: str, start_ms: int, end_ms: int,
             meta = consumer.list_topics(topic, timeout=5).topics.get(topic)
             if meta is None or meta.error is not None or not meta.partitions:
                 return []
-            wanted = [TopicPartition(topic, p, start_ms) for p in sorted(meta.partitions)]
+            # a negative time is a special offset to the broker (-1 newest, -2 oldest): the epoch is the earliest
+            wanted = [TopicPartition(topic, p, max(0, start_ms)) for p in sorted(meta.partitions)]
             starts = consumer.offsets_for_times(wanted, timeout=5)
             ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=5)[1] for tp in wanted}
         except KafkaException as exc:

@@ -180,10 +180,11 @@ def test_overrides_need_the_token_are_validated_and_audited_on_the_topic(api_set
                                ({"service": "chat", "reason": "x"}, "level"), ({**good, "colour": 1}, "colour")):
                 resp = await c.post("/v1/overrides", json=bad, headers=auth)
                 assert resp.status == 400 and (await resp.json())["parameter"] == field
-            for number in (b"NaN", b"Infinity", b"2e12"):  # json.loads takes them; the worker's wire type does not
+            # json.loads takes NaN and Infinity; they are not JSON, and 2e12 is beyond the worker's wire type
+            for number, field in ((b"NaN", "body"), (b"Infinity", "body"), (b"2e12", "limit_rps")):
                 body = b'{"service": "chat", "limit_rps": ' + number + b', "reason": "x"}'
                 resp = await c.post("/v1/overrides", data=body, headers=auth)
-                assert resp.status == 400 and (await resp.json())["parameter"] == "limit_rps", number
+                assert resp.status == 400 and (await resp.json())["parameter"] == field, number
             for broken in (b"{not json", b"[" * 100_000 + b"]" * 100_000):  # malformed, and absurdly nested
                 resp = await c.post("/v1/overrides", data=broken, headers=auth)
                 assert resp.status == 400 and (await resp.json())["parameter"] == "body"
