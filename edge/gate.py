@@ -175,7 +175,10 @@ class EdgeGate:
             self.feed["bad_records"] += 1
             self.feed["last_error"] = f"bad decision record: {exc}"
             return False
-        return self.admission.apply(decision)
+        applied = self.admission.apply(decision)
+        if applied:
+            self.metrics.decision_applied(self.service, time.time() - decision.issued_at / 1000)
+        return applied
 
     def _bootstrap_from_redis(self) -> None:
         key = Keys.for_topic_prefix(self.settings.topic_prefix).latest_decision(self.service)

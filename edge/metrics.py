@@ -13,6 +13,8 @@ routes models to several services has one gate each), on its own registry:
   ``surgegate_edge_ttft_seconds`` and ``surgegate_edge_inter_token_seconds``
   (labels ``service``, ``tier``): latency of forwarded requests, and for
   streamed ones the time to the first token and the mean gap between tokens;
+  ``surgegate_edge_decision_delay_seconds`` (label ``service``): from a
+  decision's issue to this edge applying it;
 - gauges read at scrape time from each gate: ``surgegate_edge_level``,
   ``surgegate_edge_decision_age_seconds``, ``surgegate_edge_decision_version``,
   ``surgegate_edge_gate_state{state}`` (1 for the state in force: live,
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 ITL_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
+#: seconds from a decision's issue to an edge applying it: within a window (10 s) when all is well
+DECISION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 STATES = ("live", "holding", "fallback")
 #: Prometheus' text exposition format, the version every scraper reads
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -63,6 +67,9 @@ class GateMetrics(Collector):
         self.itl = Histogram("surgegate_edge_inter_token_seconds",
                              "Mean gap between tokens of each streamed response", ["service", "tier"],
                              buckets=ITL_BUCKETS, registry=self.registry)
+        self.decision_delay = Histogram("surgegate_edge_decision_delay_seconds",
+                                        "From a decision's issue to this edge applying it", ["service"],
+                                        buckets=DECISION_BUCKETS, registry=self.registry)
         self._children: dict[tuple, Any] = {}
         self.registry.register(self)
 
@@ -90,6 +97,10 @@ class GateMetrics(Collector):
             self._child(self.ttft, (service, tier)).observe(ttft_s)
         if itl_s is not None:
             self._child(self.itl, (service, tier)).observe(itl_s)
+
+    def decision_applied(self, service: str, delay_s: float) -> None:
+        """A newer decision applied ``delay_s`` after it was issued."""
+        self._child(self.decision_delay, (service,)).observe(max(0.0, delay_s))
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         level = GaugeMetricFamily("surgegate_edge_level", "Degradation level of the decision in force",

@@ -50,7 +50,7 @@ def exposed() -> set[str]:
     # an edge gate, and the rate limit service on the same registry (as `surgegate ratelimit` builds them)
     metrics = GateMetrics()
     gate = EdgeGate(Settings(), "chat", edge_id="e", report="off", bootstrap_from_redis=False, metrics=metrics)
-    gate.offer(msgspec.json.encode(throttle(now=time.time(), valid_for_s=600)))
+    assert gate.offer(msgspec.json.encode(throttle(now=time.time(), valid_for_s=600)))
     gate.admit("acme", "pro")
     gate.record("acme", "pro", "realtime", "ok", 120.0, ttft_ms=30.0, itl_ms=8.0)
     service = RateLimitService(gate, registry=metrics.registry)
