@@ -5,10 +5,15 @@ table backed by a changelog, so a restarted worker resumes open windows and
 duplicate marks instead of losing or double-counting them. Watermarks from the
 ingest consumers arrive on every partition of sg.partials and close the windows
 of the scopes that partition holds.
+
+Closing publishes the windows and awaits their delivery before the states that
+say them closed go to the changelog: a worker killed in between comes back
+with them open and publishes them again, never without them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -108,12 +113,19 @@ class WindowMergeAgent:
         if watermark <= self._watermarks.get(partition, -1):
             return
         self._watermarks[partition] = watermark
+        sent, closing = [], []
         for scope, state in self._scopes(partition).items():
             closed = state.close(watermark, self.settings.lateness_ms)
             if not closed:
                 continue
             for stats in closed:
-                await self.sink.send(key=scope.encode(), value=msgspec.json.encode(stats))
+                sent.append(await self.sink.send(key=scope.encode(), value=msgspec.json.encode(stats)))
             self.counters["windows.published"] += len(closed)
+            closing.append(state)
+        if sent:
+            # the windows are on the broker before any state that says them closed goes to the changelog: a worker
+            # killed in between comes back with them open and publishes them again, never without them
+            await asyncio.gather(*sent)
+        for state in closing:
             self._save(partition, state)
         await self.counters.report()

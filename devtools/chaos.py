@@ -110,13 +110,15 @@ def run_edge(name: str, rate: float, phase_file: Path, status_file: Path, settin
 
     Before the service changes, everything sent is flushed, so each phase's
     delivered and failed counts are exact. ``status_file`` is rewritten every
-    tick: per phase ``sent`` and ``invalid``, and (once closed) ``delivered``
-    and ``failed``; plus the running totals.
+    tick: per phase ``sent`` (also ``by_window``: sent per event-time window
+    start) and ``invalid``, and (once closed) ``delivered`` and ``failed``; plus
+    the running totals.
     """
     sender = KafkaSender(settings, f"chaos-{name}")
     topic = Topics(settings.topic_prefix).requests
     encode = msgspec.json.encode
-    phases: dict[str, dict[str, int]] = {}
+    phases: dict[str, dict[str, Any]] = {}
+    window_ms = settings.window_ms
     phase = ""
     marks = (0, 0)
     per_tick = rate / TICKS_PER_S
@@ -134,7 +136,7 @@ def run_edge(name: str, rate: float, phase_file: Path, status_file: Path, settin
                 phases[phase].update(delivered=sender.delivered - marks[0], failed=sender.failed - marks[1])
             marks = (sender.delivered, sender.failed)
             phase = wanted
-            phases.setdefault(phase, {"sent": 0, "invalid": 0})
+            phases.setdefault(phase, {"sent": 0, "invalid": 0, "by_window": {}})
         owed += per_tick
         now_ms = int(time.time() * 1000)
         while owed >= 1.0 and phase:
@@ -147,6 +149,9 @@ def run_edge(name: str, rate: float, phase_file: Path, status_file: Path, settin
                 phases[phase]["invalid"] += 1
             # counted before it is queued: a kill between the two leaves it counted, never uncounted
             phases[phase]["sent"] += 1
+            by_window = phases[phase]["by_window"]
+            start = str(now_ms // window_ms * window_ms)
+            by_window[start] = by_window.get(start, 0) + 1
             sender.send(topic, encode(event), key=name.encode())
         sender.poll()
         _write_json(status_file, {"phases": phases, "phase": phase, "delivered": sender.delivered,
@@ -343,7 +348,7 @@ class Chaos:
             for i in range(self.edge_count):
                 self._start_edge(f"edge{i + 1}")
             self.log(f"chaos: load {self.rate:g} events/s from {self.edge_count} edges; warming up "
-                     f"{t.warmup_s:g} s")
+                     f"{t.warmup_s:g} s; logs and windows.json in {self.dir}")
             time.sleep(t.warmup_s)
             previous = "baseline"
             for fault in self.faults:
@@ -372,6 +377,12 @@ class Chaos:
             follower.stop()
             self.broker.stop()
             self.redis.stop()
+            # what each window held, beside what the edges sent into it (edge*.json): where a loss happened
+            _write_json(self.dir / "windows.json", {
+                "faults_at": self.fault_at,
+                "windows": {f"chaos-{phase}": {str(start): {"requests": n, "late": late, "delay_s": round(delay, 2)}
+                                               for start, n, late, delay in follower.service_windows(f"chaos-{phase}")}
+                            for phase in phases}})
         return [self._account(follower, phase) for phase in phases]
 
     def _invalid(self, service: str) -> int:
