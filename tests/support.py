@@ -176,3 +176,25 @@ class WindowFollower:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
+
+
+def serve_api(settings: Settings, timeout: float = 20.0) -> str:
+    """The status API in a thread (as `surgegate up` runs it) on a free loopback port, once it answers
+    /healthz; its base URL, without a trailing slash."""
+    import urllib.request
+
+    from surgegate.cli import serve_api_in_thread
+    from surgegate.devtools.embedded import free_port
+
+    port = free_port()
+    serve_api_in_thread(settings, "127.0.0.1", port)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=1)
+            return url
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

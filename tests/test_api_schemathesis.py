@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.request
 
 import msgspec
 import pytest
@@ -16,12 +15,11 @@ from confluent_kafka import Producer
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
+from support import serve_api
 from test_api_e2e import TOKEN
 from test_api_e2e import decision as throttle
 from test_keda import decision as scaling
 
-from surgegate.cli import serve_api_in_thread
-from surgegate.devtools.embedded import free_port
 from surgegate.schemas.aggregates import WindowStats
 from surgegate.schemas.telemetry import RequestEvent
 from surgegate.settings import Settings
@@ -61,19 +59,7 @@ def api_url(broker_bootstrap, redis_url):
                      timestamp=now - 5_000)
     producer.produce(topics.scaling, msgspec.json.encode(scaling(pool="gpu-a")), key=b"gpu-a")
     assert producer.flush(10) == 0
-    port = free_port()
-    serve_api_in_thread(s, "127.0.0.1", port)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            urllib.request.urlopen(url + "/healthz", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-    return url
+    return serve_api(s)
 
 
 def test_every_operation_conforms_to_the_openapi_document(api_url):

@@ -17,11 +17,10 @@ from pathlib import Path
 import msgspec
 import pytest
 from confluent_kafka import Producer
-from support import WorkerProcess
+from support import WorkerProcess, serve_api
 
-from surgegate.cli import DEMO_SERVICES, serve_api_in_thread
+from surgegate.cli import DEMO_SERVICES
 from surgegate.devtools.demo import run_demo
-from surgegate.devtools.embedded import free_port
 from surgegate.schemas.decisions import ThrottleDecision, TierLimit
 from surgegate.streams.producer import TelemetryProducer
 from surgegate.streams.topics import Topics
@@ -45,18 +44,7 @@ def test_the_dashboard_renders_live_data_and_shows_a_new_decision_without_a_relo
     producer = TelemetryProducer(settings, client_id="dashboard-traffic")
     traffic = threading.Thread(target=run_demo, args=(producer, stop), kwargs={"base_rps": 50.0}, daemon=True)
     traffic.start()
-    port = free_port()
-    serve_api_in_thread(settings, "127.0.0.1", port)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 20
-    while True:  # the API thread is listening
-        try:
-            urllib.request.urlopen(url + "healthz", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    url = serve_api(settings) + "/"
 
     # the page opens once the durable history holds decisions made before it: they must show without any new one
     deadline = time.monotonic() + 150
