@@ -14,6 +14,12 @@ waiting for :data:`STALL_S` with no delivery at all, the producer is replaced by
 a fresh one (which asks the broker for a new id), the records still queued in
 the old one are sent again through the new one, and those already in flight
 (whose fate is unknown) are counted as failed.
+
+A broker that lost its topics (replaced by an empty one) makes librdkafka refuse
+records for them once their absence has lasted ``topic.metadata.propagation.max.ms``.
+Such a record is not the caller's error: it waits in the sender, in order, until the
+topic is back (the worker's topic keeper re-creates lost topics) and is then
+queued, or counts as failed once it is as old as the delivery timeout.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, TypeVar
 
 import msgspec
@@ -45,6 +53,8 @@ STALL_S = 5.0
 HEALTH_CHECK_S = 1.0
 #: How long a renewal waits for the old producer to hand back its queued records.
 RENEW_DRAIN_S = 5.0
+#: Errors of ``produce()`` that mean "the broker does not know this topic (yet)": the record waits.
+TOPIC_UNKNOWN = frozenset({KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION})
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -53,12 +63,14 @@ class KafkaSender:
     """A lazily created confluent-kafka producer with bounded retry, delivery counts and self-renewal.
 
     ``delivered`` and ``failed`` count delivery reports; ``renewals`` counts
-    producers replaced because they stopped delivering (see the module docstring).
+    producers replaced because they stopped delivering; ``waiting`` is how many
+    records wait for their topic to come back (see the module docstring).
     """
 
     def __init__(self, settings: Settings, client_id: str, *, stall_s: float = STALL_S, **config: Any) -> None:
         self._config = producer_config(settings, client_id, error_cb=self._on_error, **config)
         self._timeout_ms = int(self._config["message.timeout.ms"])
+        self._max_queued = int(self._config["queue.buffering.max.messages"])
         self._producer: Producer | None = None
         self._lock = threading.RLock()
         self.stall_s = stall_s
@@ -69,6 +81,14 @@ class KafkaSender:
         self._fatal = False
         self._progress_at = time.monotonic()  # the last delivery, or when the queue was last empty
         self._checked_at = 0.0
+        # records for a topic the broker did not know, in order: (topic, value, produce kwargs with the timestamp)
+        self._parked: deque[tuple[str, bytes, dict[str, Any]]] = deque()
+        self._parked_logged_at = -1e9
+
+    @property
+    def waiting(self) -> int:
+        """Records waiting in the sender for their topic to exist again."""
+        return len(self._parked)
 
     @property
     def producer(self) -> Producer:
@@ -88,57 +108,117 @@ class KafkaSender:
         else:
             log.warning("kafka producer: %s", err.str())
 
-    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+    def _on_delivery(self, created_ms: int, err: KafkaError | None, msg: Any) -> None:
         if err is None:
             self.delivered += 1
             self._progress_at = time.monotonic()
         elif err.code() == KafkaError._PURGE_QUEUE and self._producer is not None:
-            self._resend(msg)  # never sent by the producer being renewed: the new one sends it
+            self._resend(msg, created_ms, err)  # never sent by the producer being renewed: the new one sends it
+        elif err.code() in TOPIC_UNKNOWN:
+            self._resend(msg, created_ms, err)  # refused, not written: it waits for its topic
         else:
             self.failed += 1
             self.last_error = err.str()
 
     def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
-        """Queue one record; raises :class:`ProducerBufferFull` if the queue stays full."""
+        """Queue one record; raises :class:`ProducerBufferFull` if the queue stays full.
+
+        A record for a topic the broker does not know waits in the sender (see the module docstring).
+        """
         self._check_health()
-        producer = self.producer
-        kwargs: dict[str, Any] = {"key": key, "on_delivery": self._on_delivery}
+        kwargs: dict[str, Any] = {"key": key, "timestamp": int(time.time() * 1000)}
         if partition is not None:
             kwargs["partition"] = partition
+        with self._lock:
+            if self._parked:  # behind the records already waiting, so one key's records stay in order
+                if len(self._parked) >= self._max_queued:
+                    raise ProducerBufferFull(f"{len(self._parked)} records wait for a topic the broker does "
+                                             f"not know ({self._parked[0][0]}); no room for more")
+                self._parked.append((topic, value, kwargs))
+                self._unpark()
+                return
+            self._produce(topic, value, kwargs)
+
+    def _produce(self, topic: str, value: bytes, kwargs: dict[str, Any], parked: bool = False) -> bool:
+        """Queue one record in the producer. A record whose topic the broker does not know is parked (unless
+        it is the ``parked`` one tried again) and False returned."""
+        producer = self.producer
         for _ in range(BUFFER_FULL_RETRIES):
             try:
-                producer.produce(topic, value, **kwargs)
-                return
+                # the report carries the send time: a refused record's own timestamp is not available
+                producer.produce(topic, value, on_delivery=partial(self._on_delivery, kwargs["timestamp"]),
+                                 **kwargs)
+                return True
             except BufferError:
                 producer.poll(BUFFER_FULL_WAIT_S)
+            except KafkaException as exc:
+                if exc.args[0].code() == KafkaError._FATAL:
+                    # the fatal error's callback is served by a later poll(): it may not have been seen yet
+                    self.renew(f"a fatal producer error ({exc.args[0].str()})")
+                    producer = self.producer
+                    continue
+                if exc.args[0].code() not in TOPIC_UNKNOWN:
+                    raise
+                self.last_error = exc.args[0].str()
+                if not parked:
+                    self._parked.append((topic, value, kwargs))
+                    if len(self._parked) == 1 and time.monotonic() - self._parked_logged_at > 30:
+                        self._parked_logged_at = time.monotonic()
+                        log.warning("kafka producer: the broker does not know %s; records wait for it (%s)",
+                                    topic, self.last_error)
+                return False
         raise ProducerBufferFull(
             f"producer queue for {topic} still full after {BUFFER_FULL_RETRIES} retries; "
             "the broker is slow or unreachable"
         )
 
-    def _resend(self, msg: Any) -> None:
-        _, created = msg.timestamp()
-        if created > 0 and time.time() * 1000 - created > self._timeout_ms:
-            # as old as the delivery timeout allows: it fails here as it would have in the old producer
+    def _expired(self, created_ms: int) -> bool:
+        return time.time() * 1000 - created_ms > self._timeout_ms
+
+    def _unpark(self) -> None:
+        """Queue the waiting records whose topic is back, in order; fail those as old as the delivery timeout."""
+        while self._parked:
+            topic, value, kwargs = self._parked[0]
+            if self._expired(kwargs["timestamp"]):
+                self._parked.popleft()
+                self.failed += 1
+                self.last_error = f"{topic} unknown to the broker for {self._timeout_ms / 1000:g} s"
+                continue
+            try:
+                if not self._produce(topic, value, kwargs, parked=True):
+                    return
+            except ProducerBufferFull:
+                return  # tried again on the next send or poll
+            except KafkaException as exc:  # refused for another reason now that the topic is back
+                self.failed += 1
+                self.last_error = f"refused once {topic} was back: {exc.args[0].str()}"
+            self._parked.popleft()
+        log.debug("kafka producer: the waiting records are queued")
+
+    def _resend(self, msg: Any, created: int, err: KafkaError) -> None:
+        """Queue again a record the producer gave back unsent (it may wait for its topic)."""
+        if self._expired(created):
+            # as old as the delivery timeout allows: it fails here as it would have in the producer
             self.failed += 1
-            self.last_error = "Local: Message timed out (while the producer was renewed)"
+            self.last_error = f"{msg.topic()}: not delivered within {self._timeout_ms / 1000:g} s ({err.str()})"
             return
-        kwargs: dict[str, Any] = {"key": msg.key(), "on_delivery": self._on_delivery}
-        if created > 0:
-            kwargs["timestamp"] = created
+        kwargs: dict[str, Any] = {"key": msg.key(), "timestamp": created}
         partition = msg.partition()
         if partition is not None and partition >= 0:
             kwargs["partition"] = partition
         try:
-            self.producer.produce(msg.topic(), msg.value(), **kwargs)
-        except (BufferError, KafkaException) as exc:
+            self._produce(msg.topic(), msg.value(), kwargs)
+        except (ProducerBufferFull, KafkaException) as exc:
             self.failed += 1
-            self.last_error = f"not sent again after a producer renewal: {exc}"
+            self.last_error = f"not sent again: {exc}"
 
     def _check_health(self) -> None:
         producer = self._producer
         if producer is None:
             return
+        if self._parked:
+            with self._lock:
+                self._unpark()
         if self._fatal:
             self.renew("a fatal producer error")
             return
@@ -190,13 +270,15 @@ class KafkaSender:
             return
         failed_before = self.failed
         deadline = time.monotonic() + timeout
-        remaining = len(self._producer)
         while True:
             left = deadline - time.monotonic()
             remaining = self.producer.flush(max(0.0, min(1.0, left)))
-            if not remaining or left <= 1.0:
+            if (not remaining and not self._parked) or left <= 1.0:
                 break
+            if self._parked and not remaining:
+                time.sleep(0.1)  # the producer is empty: the wait is for a topic to come back
             self._check_health()
+        remaining += len(self._parked)
         if remaining:
             raise DeliveryFailed(f"{remaining} records not delivered within {timeout:.0f} s: {self.last_error}")
         if self.failed > failed_before:

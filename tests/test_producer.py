@@ -75,3 +75,63 @@ def test_a_sender_that_polls_rarely_is_not_taken_for_a_stalled_one(settings):
     sender.send(topic, b"{}")
     sender.flush(10)
     assert (sender.renewals, sender.delivered, sender.failed) == (0, 3, 0)
+
+
+def _topic_back(settings, topic: str) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from surgegate.streams.kafka import admin_config
+
+    admin = AdminClient(admin_config(settings))
+    for future in admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)]).values():
+        future.result(15)
+
+
+def _until(check, timeout: float, what: str, sender) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what} (last error: {sender.last_error})"
+        sender.poll()
+        time.sleep(0.05)
+
+
+def test_records_for_a_topic_the_broker_does_not_know_wait_for_it_in_order(settings):
+    # a broker replaced by an empty one knows none of the topics until the worker's keeper re-creates them;
+    # librdkafka then refuses records for them: they wait in the sender, not in the caller's traceback
+    from support import TopicReader
+
+    from surgegate.streams.producer import KafkaSender
+
+    topic = settings.topic_prefix + "not-yet"
+    sender = KafkaSender(settings, "waits", **{"topic.metadata.propagation.max.ms": 10})
+    sender.send(topic, b"1", key=b"k")
+    _until(lambda: sender.waiting == 1, 30, "the record to wait for its topic", sender)
+    sender.send(topic, b"2", key=b"k")
+    sender.send(topic, b"3", key=b"k")
+    assert sender.waiting == 3
+    _topic_back(settings, topic)
+    _until(lambda: sender.waiting == 0, 30, "the waiting records to be queued", sender)
+    sender.flush(10)
+    assert (sender.delivered, sender.failed) == (3, 0)
+    reader = TopicReader(settings, topic)
+    assert [m.value() for m in reader.poll_until(lambda ms: len(ms) >= 3, 20)] == [b"1", b"2", b"3"]
+    reader.close()
+
+
+def test_a_record_whose_topic_never_comes_back_fails_at_the_delivery_timeout(settings):
+    import pytest as _pytest
+
+    from surgegate.errors import DeliveryFailed
+    from surgegate.streams.producer import KafkaSender
+
+    sender = KafkaSender(settings, "gives-up", **{"topic.metadata.propagation.max.ms": 10,
+                                                   "message.timeout.ms": 2000})
+    sender.send(settings.topic_prefix + "never", b"1")
+    _until(lambda: sender.waiting == 0 and sender.failed == 1, 30, "the record to fail", sender)
+    assert "unknown" in (sender.last_error or "").lower(), sender.last_error
+    with _pytest.raises(DeliveryFailed):
+        sender.send(settings.topic_prefix + "never", b"2")
+        sender.flush(10)
+    assert sender.failed == 2 and sender.delivered == 0
