@@ -39,11 +39,13 @@ from surgegate.errors import BrokerError
 from surgegate.gpu.pools import PoolBook, PoolCollector
 from surgegate.schemas.aggregates import TrafficStats, WindowStats
 from surgegate.schemas.decisions import Override, OverrideRequest, ScalingDecision, ThrottleDecision
+from surgegate.schemas.deferral import TASK_ID_PATTERN
 from surgegate.settings import Settings
 from surgegate.streams.history import read_between
 from surgegate.streams.kafka import admin_config, follow_from_start
 from surgegate.streams.producer import KafkaSender
 from surgegate.streams.store import Keys
+from surgegate.streams.tasks import TaskBook
 from surgegate.streams.topics import Topics
 from surgegate.telemetry.scopes import NAME_PATTERN, parse_scope, service_scope, tier_scope
 
@@ -200,6 +202,7 @@ class Api:
         self.stream = DecisionStream(settings) if stream else None
         self.sender = KafkaSender(settings, "surgegate-api")
         self.overrides = OverrideBook(settings)
+        self.tasks = TaskBook(settings.redis, prefix=self.keys.prefix, timeout_s=REDIS_TIMEOUT_S)
         self.started = time.time()
         self.requests: dict[str, int] = {}
 
@@ -214,6 +217,7 @@ class Api:
             self.stream.stop()
         self.overrides.stop()
         await self.redis.aclose()
+        await self.tasks.close()
         await asyncio.get_running_loop().run_in_executor(None, self.sender.flush, 5.0)
 
     # ------------------------------------------------------------ helpers
@@ -406,6 +410,19 @@ class Api:
         return self._raw(msgspec.json.encode({"service": service, "pool": pool, "throttle": throttle,
                                               "scaling": scaling}))
 
+    async def task(self, request: web.Request) -> web.Response:
+        """A deferred task's state, from the task states in Redis (the drainers and edges write them)."""
+        task_id = request.match_info["task_id"]
+        if not _TASK_ID.fullmatch(task_id):
+            raise ApiError(400, "task_id must be 32 lowercase hex digits", "task_id")
+        try:
+            view = await self.tasks.get(task_id)
+        except (redis.RedisError, OSError):
+            raise _redis_down() from None
+        if view is None:
+            raise ApiError(404, f"no task {task_id} (unknown, or its state expired)", "task_id")
+        return web.Response(body=msgspec.json.encode(view), content_type="application/json")
+
     async def services(self, request: web.Request) -> web.Response:
         """The configured services: pool, tiers and SLOs (what charts draw their target lines from)."""
         return web.json_response({"services": {
@@ -593,6 +610,9 @@ def _field_of(exc: msgspec.ValidationError) -> str:
     return found.group(1) if found else "body"
 
 
+_TASK_ID = re.compile(TASK_ID_PATTERN)
+
+
 def _redis_down() -> web.HTTPException:
     return ApiError(503, "the state store (Redis) is unreachable")
 
@@ -628,6 +648,7 @@ def create_api(settings: Settings, *, stream: bool = True) -> web.Application:
     r.add_get("/v1/history/{service}", api.history)
     r.add_get("/v1/history/{service}/recent", api.recent)
     r.add_get("/v1/services", api.services)
+    r.add_get("/v1/tasks/{task_id}", api.task)
     r.add_get("/v1/overrides", api.list_overrides)
     r.add_post("/v1/overrides", api.create_override)
     r.add_delete("/v1/overrides/{override_id}", api.cancel_override)

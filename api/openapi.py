@@ -21,6 +21,7 @@ from surgegate.schemas.decisions import (
     Threshold,
     ThrottleDecision,
 )
+from surgegate.schemas.deferral import TASK_ID_PATTERN, TaskView
 from surgegate.schemas.fields import CHECKED_NAME_PATTERN
 from surgegate.schemas.forecasts import Forecast
 
@@ -32,7 +33,7 @@ SCOPE_PATTERN = rf"^(service={_N}(,(tier|tenant)={_N})?|pool={_N})$"
 #: decisions are per service (throttle) or pool (scaling); thresholds per service
 DECISION_SCOPE_PATTERN = rf"^(service|pool)={_N}$"
 SERVICE_SCOPE_PATTERN = rf"^service={_N}$"
-_TYPES = (WindowStats, Forecast, Threshold, ThrottleDecision, ScalingDecision, Override, OverrideRequest)
+_TYPES = (WindowStats, Forecast, Threshold, ThrottleDecision, ScalingDecision, Override, OverrideRequest, TaskView)
 _MAX_LAST = 360
 _MAX_MINUTES = 1440
 
@@ -143,6 +144,10 @@ def openapi_document() -> dict:
                         scaling={"type": "array", "items": _ref("ScalingDecision")}),
                 errors=(400, 503), params=(_path("service"), _query("minutes", {
                     "type": "integer", "minimum": 1, "maximum": _MAX_MINUTES, "default": 15}))),
+            "/v1/tasks/{task_id}": _get(
+                "A deferred task's state (queued, running, done with the upstream's answer, failed or expired with "
+                "the reason), as every edge answers it", _ref("TaskView"), errors=(400, 404, 503),
+                params=(_path("task_id", TASK_ID_PATTERN),)),
             "/v1/services": _get("The configured services: pool, tiers, SLOs and mode",
                                  _object(services={"type": "object"}), errors=()),
             # Server-Sent Events: each event is named throttle or scaling, its data one decision as JSON

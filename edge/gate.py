@@ -146,19 +146,19 @@ class EdgeGate:
 
     def record(self, tenant: str, tier: str, request_type: RequestType, status: Status, latency_ms: float,
                queue_ms: float = 0.0, input_tokens: int = 0, output_tokens: int = 0, replayed: bool = False,
-               ttft_ms: float | None = None, itl_ms: float | None = None) -> None:
+               ttft_ms: float | None = None, itl_ms: float | None = None, cache_hit: bool = False) -> None:
         """The outcome of a request this edge forwarded; ``replayed`` for one run from the deferred queue,
-        ``ttft_ms`` / ``itl_ms`` for a streamed response."""
+        ``ttft_ms`` / ``itl_ms`` for a streamed response, ``cache_hit`` for one answered from the cache."""
         ev = RequestEvent(ts=int(time.time() * 1000), service=self.service, tenant=tenant, tier=tier,
                           edge_id=self.edge_id, latency_ms=max(0.0, latency_ms), request_type=request_type,
                           queue_ms=max(0.0, queue_ms), status=status, input_tokens=input_tokens,
-                          output_tokens=output_tokens, replayed=replayed,
+                          output_tokens=output_tokens, replayed=replayed, cache_hit=cache_hit,
                           ttft_ms=None if ttft_ms is None else max(0.0, ttft_ms),
                           itl_ms=None if itl_ms is None else max(0.0, itl_ms))
         self.admission.tally.served(ev)
         self.metrics.served(self.service, tier, status, ev.latency_ms / 1000,
                             None if ev.ttft_ms is None else ev.ttft_ms / 1000,
-                            None if ev.itl_ms is None else ev.itl_ms / 1000)
+                            None if ev.itl_ms is None else ev.itl_ms / 1000, cache_hit)
 
     def status(self) -> dict:
         """The admission status plus the feed's and the reporter's counters."""

@@ -46,14 +46,18 @@ from typing import Any, cast
 
 import aiohttp
 import msgspec
+import redis
 from aiohttp import web
 from prometheus_client import generate_latest
 
 from surgegate.admission.actions import ADMIT, DEFER, REJECT
 from surgegate.admission.gate import UnknownTier, Verdict
 from surgegate.admission.tokens import TokenBudgets
+from surgegate.edge.cache import CachedAnswer, ResponseCache
 from surgegate.edge.gate import EdgeGate, GlobalQuota
+from surgegate.edge.lane import DeferralLane, LaneUnavailable, kept_headers, new_task_id
 from surgegate.edge.metrics import PROMETHEUS_TEXT
+from surgegate.llm.caching import cacheable
 from surgegate.llm.openai_wire import (
     MAX_TOKENS_LIMIT,
     OpenAIRequest,
@@ -62,7 +66,9 @@ from surgegate.llm.openai_wire import (
     openai_error,
     with_token_cap,
 )
+from surgegate.schemas.deferral import TASK_ID_PATTERN, DeferredTask
 from surgegate.schemas.telemetry import RequestType, Status
+from surgegate.streams.tasks import TaskBook
 from surgegate.telemetry.scopes import NAME_PATTERN
 
 log = logging.getLogger(__name__)
@@ -75,12 +81,20 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
 INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 #: Upstream statuses that mean the server is overloaded, not that the request was bad.
 OVERLOAD_STATUSES = frozenset({429, 503})
-#: Finished deferred tasks kept for GET /_surgegate/tasks/{id}.
+#: Finished deferred tasks kept for GET /_surgegate/tasks/{id} (without the durable lane).
 TASKS_KEPT = 10_000
+#: A deferred task's deadline: the default, the request header that sets it (whole seconds) and its ceiling.
+DEFAULT_DEADLINE_S = 3600.0
+DEADLINE_HEADER = "X-Surgegate-Deadline"
+MAX_DEADLINE_S = 24 * 3600
 #: From this level on a refusal says the service is busy, not that the caller sent too much.
 BUSY_LEVEL = 3
 #: Bytes kept from the end of a stream to find its usage chunk.
 USAGE_TAIL_BYTES = 8192
+#: From this level on, tiers below the top one are served from the response cache only (misses are refused).
+CACHE_ONLY_LEVEL = 3
+#: The request header that opts in or out of the cache, and the answer header that says what it did.
+CACHE_HEADER = "X-Surgegate-Cache"
 
 GATE = web.AppKey("gate", EdgeGate)
 
@@ -151,8 +165,15 @@ class EdgeProxy:
                  keys: Mapping[str, Identity] | None = None, default_tenant: str = "anonymous",
                  default_tier: str | None = None, quota: GlobalQuota | None = None,
                  deferred_capacity: int = 1000, timeout_s: float = 60.0, connect_timeout_s: float = 1.0,
-                 drain_concurrency: int = 16, connections: int = 1000, overflow_upstream: str | None = None) -> None:
+                 drain_concurrency: int = 16, connections: int = 1000, overflow_upstream: str | None = None,
+                 cache: ResponseCache | None = None, lane: DeferralLane | None = None,
+                 deadline_s: float = DEFAULT_DEADLINE_S) -> None:
         self.gate = gate
+        #: the durable deferral lane (None: deferred work waits in this process's memory)
+        self.lane = lane
+        self.deadline_s = deadline_s
+        #: exact-match answers shared by the deployment's edges (None: no cache)
+        self.cache = cache
         self.upstream = upstream.rstrip("/")
         #: where lower tiers and batch work go while the pool's scaling decision asks overflow replicas
         self.overflow_upstream = overflow_upstream.rstrip("/") if overflow_upstream else None
@@ -188,6 +209,8 @@ class EdgeProxy:
         connector = aiohttp.TCPConnector(limit=self.connections, limit_per_host=self.connections)
         self._session = aiohttp.ClientSession(timeout=self.timeout, auto_decompress=False, connector=connector)
         self._drainer = asyncio.create_task(self._drain())
+        if self.lane is not None:
+            await self.lane.start()
 
     async def close(self) -> None:
         if self._drainer is not None:
@@ -198,6 +221,10 @@ class EdgeProxy:
             await self._session.close()
         if self.quota is not None:
             await self.quota.close()
+        if self.cache is not None:
+            await self.cache.close()
+        if self.lane is not None:
+            await self.lane.close()
 
     # ------------------------------------------------------------ classification
 
@@ -269,6 +296,13 @@ class EdgeProxy:
         except ValueError as exc:  # a body field of the wrong type or range, named in the message
             self.bad_requests["invalid_body"] += 1
             return _error_response(400, str(exc), "invalid_request_error", "invalid_body", _param_of(str(exc)))
+        cache_key = None
+        if inference and self.cache is not None and cacheable(parsed.temperature, request.headers.get(CACHE_HEADER)):
+            # a hit costs the upstream nothing: it is answered before admission, whatever the level
+            cache_key = self.cache.key(self.gate.service, who.tenant, request.path, body)
+            hit = await self.cache.get(cache_key)
+            if hit is not None:
+                return await self._serve_hit(request, who, rtype, hit)
         try:
             verdict = self.gate.admit(who.tenant, who.tier, rtype, tokens)
         except UnknownTier as exc:  # the registry named a tier the service lacks
@@ -276,10 +310,20 @@ class EdgeProxy:
             return _error_response(400, str(exc), "invalid_request_error", "unknown_tier", "X-Tier")
         if verdict.action == ADMIT and self.quota is not None:
             verdict = await self._global(who, rtype, verdict)
+        if verdict.action != REJECT and self._cache_only(who, verdict):
+            self.gate.admission.tally.count(who.tenant, who.tier, rtype, REJECT, verdict.shadow)
+            if not verdict.shadow:
+                self.counts["rejected_cache_only"] += 1
+                return self._refusal(
+                    Verdict(REJECT, 5.0, verdict.version, verdict.level, verdict.state, False, REJECT, None),
+                    who, rtype, f"The service is busy (degradation level {verdict.level}): tier {who.tier!r} is "
+                    f"served from the response cache only, and this request's answer is not in it.")
         if verdict.action == REJECT:
             self.counts["rejected"] += 1
             return self._refusal(verdict, who, rtype)
         if verdict.action == DEFER:
+            if self.lane is not None:
+                return await self._defer_durably(request, who, rtype, tokens, body, verdict)
             return self._defer(request, who, rtype, tokens, body, verdict)
         if verdict.max_tokens is not None and inference:
             body = with_token_cap(body, verdict.max_tokens)
@@ -292,10 +336,51 @@ class EdgeProxy:
                 return refused
         self.counts["forwarded"] += 1
         if parsed.stream:
-            return await self._relay_stream(request, who, rtype, verdict, body, parsed, reserved)
+            return await self._relay_stream(request, who, rtype, verdict, body, parsed, reserved, cache_key)
         status, headers, payload = await self._forward(who, rtype, verdict, request.method, request.path_qs,
                                                        request.headers, body, reserved=reserved)
-        return web.Response(status=status, headers={**headers, **_verdict_headers(verdict)}, body=payload)
+        extra = _verdict_headers(verdict)
+        if cache_key is not None:
+            extra[CACHE_HEADER] = "miss"
+            if status == 200:
+                await self._store(cache_key, CachedAnswer(200, headers.get("Content-Type", "application/json"),
+                                                          payload, False, time.time()))
+        return web.Response(status=status, headers={**headers, **extra}, body=payload)
+
+    # ------------------------------------------------------------ the response cache
+
+    def _cache_only(self, who: Identity, verdict: Verdict) -> bool:
+        """True when the level leaves this tier the cache only (a miss has just been seen, or none may be)."""
+        return (self.cache is not None and verdict.level >= CACHE_ONLY_LEVEL
+                and who.tier != self.gate.admission.tier_order[0])
+
+    async def _serve_hit(self, request: web.Request, who: Identity, rtype: RequestType,
+                         hit: CachedAnswer) -> web.StreamResponse:
+        started = time.perf_counter()
+        self.counts["cache_hits"] += 1
+        headers = {CACHE_HEADER: "hit", "Age": str(max(0, int(time.time() - hit.stored_at))),
+                   "Content-Type": hit.content_type}
+        usage = _stream_usage(hit.body[-USAGE_TAIL_BYTES:]) if hit.stream else _usage_of(hit.body)
+        prompt, produced = (n if isinstance(n := usage.get(k), int) else 0
+                            for k in ("prompt_tokens", "completion_tokens"))
+        if not hit.stream:
+            response: web.StreamResponse = web.Response(status=hit.status, body=hit.body, headers=headers)
+        else:  # replayed as the stream it was: one write per event
+            response = web.StreamResponse(status=hit.status, headers=headers)
+            await response.prepare(request)
+            for event in hit.body.split(b"\n\n"):
+                if event.strip():
+                    await response.write(event + b"\n\n")
+            await response.write_eof()
+        latency_ms = (time.perf_counter() - started) * 1000
+        self.gate.record(who.tenant, who.tier, rtype, "ok", latency_ms, input_tokens=prompt,
+                         output_tokens=produced, cache_hit=True)
+        return response
+
+    async def _store(self, key: str, answer: CachedAnswer) -> None:
+        assert self.cache is not None  # only called with a cache key
+        if await self.cache.put(self.gate.service, key, answer):
+            self.counts["cache_stored"] += 1
 
     def _reserve(self, who: Identity, rtype: RequestType, reserved: int, verdict: Verdict) -> web.Response | None:
         """Reserve the request's tokens from its tier and tenant budgets; a 429 (``type: tokens``) if they lack room."""
@@ -329,6 +414,38 @@ class EdgeProxy:
         self.counts["deferred"] += 1
         return web.json_response({"task_id": task.id, "state": "queued", "status_url":
                                   f"/_surgegate/tasks/{task.id}"}, status=202, headers=_verdict_headers(verdict))
+
+    async def _defer_durably(self, request: web.Request, who: Identity, rtype: RequestType, tokens: int,
+                             body: bytes, verdict: Verdict) -> web.Response:
+        """Write the request to the deferral lane; 202 with its task id once the broker has it."""
+        assert self.lane is not None  # only called with a lane
+        raw = request.headers.get(DEADLINE_HEADER)
+        if raw is None:
+            deadline_s = self.deadline_s
+        elif raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_DEADLINE_S:
+            deadline_s = int(raw)
+        else:
+            self.gate.admission.tally.moved(who.tenant, who.tier, rtype, DEFER, REJECT)
+            self.bad_requests["malformed_deadline"] += 1
+            return _error_response(400, f"header {DEADLINE_HEADER} must be whole seconds within "
+                                        f"[1, {MAX_DEADLINE_S}]", "invalid_request_error", "malformed_deadline",
+                                   DEADLINE_HEADER)
+        now = int(time.time() * 1000)
+        task = DeferredTask(id=new_task_id(), service=self.gate.service, tenant=who.tenant, tier=who.tier,
+                            method=request.method, path=request.path_qs, body=body, created_at=now,
+                            deadline=now + int(deadline_s * 1000), edge_id=self.gate.edge_id, tokens=tokens,
+                            headers=kept_headers(request.headers))
+        try:
+            view = await self.lane.submit(task)
+        except LaneUnavailable as exc:
+            self.gate.admission.tally.moved(who.tenant, who.tier, rtype, DEFER, REJECT)
+            self.counts["deferred_unavailable"] += 1
+            return _error_response(503, f"{exc}. Please retry after 5 s.", "server_error", "deferral_unavailable",
+                                   None, {"Retry-After": "5", "retry-after-ms": "5000", **_verdict_headers(verdict)})
+        self.counts["deferred"] += 1
+        return web.json_response({"task_id": task.id, "state": view.state, "deadline": task.deadline,
+                                  "status_url": f"/_surgegate/tasks/{task.id}"}, status=202,
+                                 headers=_verdict_headers(verdict))
 
     async def _global(self, who: Identity, rtype: RequestType, verdict: Verdict) -> Verdict:
         assert self.quota is not None  # only called with a quota
@@ -410,7 +527,8 @@ class EdgeProxy:
         return result.status, reply, payload
 
     async def _relay_stream(self, request: web.Request, who: Identity, rtype: RequestType, verdict: Verdict,
-                            body: bytes, parsed: OpenAIRequest, reserved: int = 0) -> web.StreamResponse:
+                            body: bytes, parsed: OpenAIRequest, reserved: int = 0,
+                            cache_key: str | None = None) -> web.StreamResponse:
         """Relay an SSE response chunk by chunk; a client that goes away ends the upstream request."""
         started = time.perf_counter()
         assert self._session is not None, "the gateway's client session starts with the app"
@@ -424,10 +542,15 @@ class EdgeProxy:
                     result = self._outcome(resp.status, body, payload)
                     return web.Response(status=resp.status, body=payload,
                                         headers={**self._upstream_headers(resp.headers), **_verdict_headers(verdict)})
-                out = web.StreamResponse(status=200, headers={**self._upstream_headers(resp.headers),
-                                                              **_verdict_headers(verdict)})
+                extra = _verdict_headers(verdict)
+                if cache_key is not None:
+                    extra[CACHE_HEADER] = "miss"
+                out = web.StreamResponse(status=200, headers={**self._upstream_headers(resp.headers), **extra})
                 await out.prepare(request)
                 chunks, tail, first = 0, b"", None
+                # the whole stream is kept for the cache while it stays within an entry's size
+                kept: list[bytes] | None = [] if cache_key is not None else None
+                size = 0
                 try:
                     async for data in resp.content.iter_any():
                         if first is None:
@@ -435,6 +558,12 @@ class EdgeProxy:
                         await out.write(data)
                         chunks += data.count(b"data: ")
                         tail = (tail + data)[-USAGE_TAIL_BYTES:]
+                        if kept is not None and self.cache is not None:
+                            size += len(data)
+                            if size <= self.cache.max_entry_bytes:
+                                kept.append(data)
+                            else:
+                                kept = None
                 except ConnectionResetError:  # the client went away: closing the response ends the upstream's
                     resp.close()
                     self.counts["client_disconnects"] += 1
@@ -450,6 +579,14 @@ class EdgeProxy:
                 prompt = usage["prompt_tokens"] if isinstance(usage.get("prompt_tokens"), int) else _estimate(body)
                 result = _Outcome(200, "ok", prompt, tokens, first, itl)
                 await out.write_eof()
+                if cache_key is not None:
+                    if kept is None:
+                        assert self.cache is not None  # a key is made only with a cache
+                        self.cache.counts["too_large"] += 1
+                    elif tail.rstrip().endswith(b"data: [DONE]"):  # only a stream that ended as it should
+                        await self._store(cache_key, CachedAnswer(200, resp.headers.get("Content-Type",
+                                                                                         "text/event-stream"),
+                                                                  b"".join(kept), True, time.time()))
                 return out
         except asyncio.CancelledError:  # the client went away while waiting (handler cancellation)
             self.counts["client_disconnects"] += 1
@@ -534,6 +671,8 @@ class EdgeProxy:
             self._drain_slots.release()
 
     async def task_view(self, request: web.Request) -> web.Response:
+        if self.lane is not None:
+            return await lane_task_view(self.lane.book, request.match_info["task_id"])
         task = self.tasks.get(request.match_info["task_id"])
         if task is None:
             return _error_response(404, "no such task (unknown, or expired from the task list)",
@@ -547,6 +686,25 @@ class EdgeProxy:
 
 
 PROXY = web.AppKey("proxy", EdgeProxy)
+
+
+_TASK_ID = re.compile(TASK_ID_PATTERN)
+
+
+async def lane_task_view(book: TaskBook, task_id: str) -> web.Response:
+    """A deferred task's state from Redis: 200, 400 for a malformed id, 404 unknown, 503 Redis down."""
+    if not _TASK_ID.fullmatch(task_id):
+        return _error_response(400, "task_id must be 32 lowercase hex digits", "invalid_request_error",
+                               "malformed_task_id", "task_id")
+    try:
+        view = await book.get(task_id)
+    except (redis.RedisError, OSError):
+        return _error_response(503, "task states are unavailable (Redis does not answer); retry shortly",
+                               "server_error", "tasks_unavailable", None, {"Retry-After": "1"})
+    if view is None:
+        return _error_response(404, "no such task (unknown, or its state expired)", "invalid_request_error",
+                               "unknown_task", "task_id")
+    return web.Response(body=msgspec.json.encode(view), content_type="application/json")
 
 
 def _estimate(body: bytes) -> int:

@@ -70,6 +70,8 @@ class GateMetrics(Collector):
         self.decision_delay = Histogram("surgegate_edge_decision_delay_seconds",
                                         "From a decision's issue to this edge applying it", ["service"],
                                         buckets=DECISION_BUCKETS, registry=self.registry)
+        self.cache_hits = Counter("surgegate_edge_cache_hits", "Requests answered from the response cache",
+                                  ["service", "tier"], registry=self.registry)
         self._children: dict[tuple, Any] = {}
         self.registry.register(self)
 
@@ -89,9 +91,11 @@ class GateMetrics(Collector):
         self._child(self.verdicts, (service, tier, request_type, action)).inc()
 
     def served(self, service: str, tier: str, status: str, latency_s: float, ttft_s: float | None,
-               itl_s: float | None) -> None:
-        """One forwarded request's outcome."""
+               itl_s: float | None, cache_hit: bool = False) -> None:
+        """One forwarded (or, ``cache_hit``, answered from the cache) request's outcome."""
         self._child(self.requests, (service, tier, status)).inc()
+        if cache_hit:
+            self._child(self.cache_hits, (service, tier)).inc()
         self._child(self.duration, (service, tier)).observe(latency_s)
         if ttft_s is not None:
             self._child(self.ttft, (service, tier)).observe(ttft_s)

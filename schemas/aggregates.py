@@ -117,8 +117,9 @@ class TrafficStats(msgspec.Struct, frozen=True):
     cache_hits: Count
     deferred: Count = 0
     replayed: Count = 0
-    #: new demand per second: every request that arrived (throttled and deferred ones
-    #: included), not the deferred ones replayed from the async queue
+    #: new demand per second on the servers: every request that arrived (throttled and
+    #: deferred ones included), not the deferred ones replayed from the async queue, nor
+    #: those answered from the response cache
     demand_rps: Rate | None = None
     #: time to first token and inter-token latency of streamed requests (None: none measured)
     ttft_p50_ms: Millis | None = None

@@ -17,6 +17,7 @@ import msgspec
 from surgegate.schemas.aggregates import Watermark, WindowPartial, WindowStats
 from surgegate.schemas.deadletter import DeadLetter
 from surgegate.schemas.decisions import Override, ScalingDecision, Threshold, ThrottleDecision
+from surgegate.schemas.deferral import DeferredTask
 from surgegate.schemas.forecasts import Forecast
 from surgegate.schemas.telemetry import MetricEvent, RequestEvent, RequestSummary
 
@@ -34,6 +35,7 @@ WIRE_TYPES: tuple[type[msgspec.Struct], ...] = (
     Override,
     ScalingDecision,
     DeadLetter,
+    DeferredTask,
 )
 
 SCHEMA_DIR = Path(__file__).resolve().parent

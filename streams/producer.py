@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
@@ -57,6 +57,8 @@ RENEW_DRAIN_S = 5.0
 TOPIC_UNKNOWN = frozenset({KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION})
 
 T = TypeVar("T", bound=msgspec.Struct)
+#: Told once per record: None when the broker has it, else why it was given up.
+Done = Callable[[str | None], None] | None
 
 
 class KafkaSender:
@@ -81,8 +83,9 @@ class KafkaSender:
         self._fatal = False
         self._progress_at = time.monotonic()  # the last delivery, or when the queue was last empty
         self._checked_at = 0.0
-        # records for a topic the broker did not know, in order: (topic, value, produce kwargs with the timestamp)
-        self._parked: deque[tuple[str, bytes, dict[str, Any]]] = deque()
+        # records for a topic the broker did not know, in order: (topic, value, produce kwargs with the timestamp,
+        # the sender's callback)
+        self._parked: deque[tuple[str, bytes, dict[str, Any], Done]] = deque()
         self._parked_logged_at = -1e9
 
     @property
@@ -108,22 +111,33 @@ class KafkaSender:
         else:
             log.warning("kafka producer: %s", err.str())
 
-    def _on_delivery(self, created_ms: int, err: KafkaError | None, msg: Any) -> None:
+    def _on_delivery(self, created_ms: int, done: Done, err: KafkaError | None, msg: Any) -> None:
         if err is None:
             self.delivered += 1
             self._progress_at = time.monotonic()
+            if done is not None:
+                done(None)
         elif err.code() == KafkaError._PURGE_QUEUE and self._producer is not None:
-            self._resend(msg, created_ms, err)  # never sent by the producer being renewed: the new one sends it
+            self._resend(msg, created_ms, err, done)  # never sent by the producer being renewed: the new one sends it
         elif err.code() in TOPIC_UNKNOWN:
-            self._resend(msg, created_ms, err)  # refused, not written: it waits for its topic
+            self._resend(msg, created_ms, err, done)  # refused, not written: it waits for its topic
         else:
-            self.failed += 1
-            self.last_error = err.str()
+            self._fail(err.str(), done)
 
-    def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
+    def _fail(self, why: str, done: Done) -> None:
+        """One record given up: counted, and its sender told."""
+        self.failed += 1
+        self.last_error = why
+        if done is not None:
+            done(why)
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None,
+             on_done: Done = None) -> None:
         """Queue one record; raises :class:`ProducerBufferFull` if the queue stays full.
 
         A record for a topic the broker does not know waits in the sender (see the module docstring).
+        ``on_done`` is called from a later :meth:`poll` (or :meth:`flush`) with None once the broker has the
+        record, or with the reason it was given up.
         """
         self._check_health()
         kwargs: dict[str, Any] = {"key": key, "timestamp": int(time.time() * 1000)}
@@ -134,19 +148,20 @@ class KafkaSender:
                 if len(self._parked) >= self._max_queued:
                     raise ProducerBufferFull(f"{len(self._parked)} records wait for a topic the broker does "
                                              f"not know ({self._parked[0][0]}); no room for more")
-                self._parked.append((topic, value, kwargs))
+                self._parked.append((topic, value, kwargs, on_done))
                 self._unpark()
                 return
-            self._produce(topic, value, kwargs)
+            self._produce(topic, value, kwargs, on_done)
 
-    def _produce(self, topic: str, value: bytes, kwargs: dict[str, Any], parked: bool = False) -> bool:
+    def _produce(self, topic: str, value: bytes, kwargs: dict[str, Any], done: Done = None,
+                 parked: bool = False) -> bool:
         """Queue one record in the producer. A record whose topic the broker does not know is parked (unless
         it is the ``parked`` one tried again) and False returned."""
         producer = self.producer
         for _ in range(BUFFER_FULL_RETRIES):
             try:
                 # the report carries the send time: a refused record's own timestamp is not available
-                producer.produce(topic, value, on_delivery=partial(self._on_delivery, kwargs["timestamp"]),
+                producer.produce(topic, value, on_delivery=partial(self._on_delivery, kwargs["timestamp"], done),
                                  **kwargs)
                 return True
             except BufferError:
@@ -161,7 +176,7 @@ class KafkaSender:
                     raise
                 self.last_error = exc.args[0].str()
                 if not parked:
-                    self._parked.append((topic, value, kwargs))
+                    self._parked.append((topic, value, kwargs, done))
                     if len(self._parked) == 1 and time.monotonic() - self._parked_logged_at > 30:
                         self._parked_logged_at = time.monotonic()
                         log.warning("kafka producer: the broker does not know %s; records wait for it (%s)",
@@ -178,39 +193,35 @@ class KafkaSender:
     def _unpark(self) -> None:
         """Queue the waiting records whose topic is back, in order; fail those as old as the delivery timeout."""
         while self._parked:
-            topic, value, kwargs = self._parked[0]
+            topic, value, kwargs, done = self._parked[0]
             if self._expired(kwargs["timestamp"]):
                 self._parked.popleft()
-                self.failed += 1
-                self.last_error = f"{topic} unknown to the broker for {self._timeout_ms / 1000:g} s"
+                self._fail(f"{topic} unknown to the broker for {self._timeout_ms / 1000:g} s", done)
                 continue
             try:
-                if not self._produce(topic, value, kwargs, parked=True):
+                if not self._produce(topic, value, kwargs, done, parked=True):
                     return
             except ProducerBufferFull:
                 return  # tried again on the next send or poll
             except KafkaException as exc:  # refused for another reason now that the topic is back
-                self.failed += 1
-                self.last_error = f"refused once {topic} was back: {exc.args[0].str()}"
+                self._fail(f"refused once {topic} was back: {exc.args[0].str()}", done)
             self._parked.popleft()
         log.debug("kafka producer: the waiting records are queued")
 
-    def _resend(self, msg: Any, created: int, err: KafkaError) -> None:
+    def _resend(self, msg: Any, created: int, err: KafkaError, done: Done) -> None:
         """Queue again a record the producer gave back unsent (it may wait for its topic)."""
         if self._expired(created):
             # as old as the delivery timeout allows: it fails here as it would have in the producer
-            self.failed += 1
-            self.last_error = f"{msg.topic()}: not delivered within {self._timeout_ms / 1000:g} s ({err.str()})"
+            self._fail(f"{msg.topic()}: not delivered within {self._timeout_ms / 1000:g} s ({err.str()})", done)
             return
         kwargs: dict[str, Any] = {"key": msg.key(), "timestamp": created}
         partition = msg.partition()
         if partition is not None and partition >= 0:
             kwargs["partition"] = partition
         try:
-            self._produce(msg.topic(), msg.value(), kwargs)
+            self._produce(msg.topic(), msg.value(), kwargs, done)
         except (ProducerBufferFull, KafkaException) as exc:
-            self.failed += 1
-            self.last_error = f"not sent again: {exc}"
+            self._fail(f"not sent again: {exc}", done)
 
     def _check_health(self) -> None:
         producer = self._producer

@@ -24,6 +24,8 @@ KEEP_RETRY_S = 1.0
 KEEP_LOOKUP_TIMEOUT_S = 2.0
 #: How long the decision history is kept.
 HISTORY_RETENTION_MS = 30 * 24 * 3600 * 1000
+#: Deferred tasks are kept a week: longer than any deadline the edge accepts.
+DEFERRED_RETENTION_MS = 7 * 24 * 3600 * 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +51,8 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
               "pool and stamped with its issue time; never compacted", retention_ms=HISTORY_RETENTION_MS),
     TopicSpec("overrides", "Override keyed by scope"),
     TopicSpec("deadletter", "DeadLetter keyed by source topic"),
+    TopicSpec("deferred", "DeferredTask keyed by tenant: batch work waiting for a drainer",
+              retention_ms=DEFERRED_RETENTION_MS),
     # Internal: windows, forecasts and overrides re-keyed by service for the decide agent.
     TopicSpec("control.inputs", "decide-agent inputs keyed by service"),
     # Internal: the ingest's cut intents, one partition per source partition.
@@ -114,6 +118,10 @@ class Topics:
     @property
     def deadletter(self) -> str:
         return self.name("deadletter")
+
+    @property
+    def deferred(self) -> str:
+        return self.name("deferred")
 
     def cuts(self, source_topic: str) -> str:
         """The cut-intent topic of a source topic."""

@@ -339,6 +339,25 @@ def cmd_edge(args: argparse.Namespace) -> None:
     models = _json_option("--models", args.models) if args.models else {}
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in models.items()):
         raise SurgegateError("--models: expected an object of model name -> service name")
+    cache = None
+    if args.cache:
+        from surgegate.edge.cache import ResponseCache
+
+        if not settings.redis:
+            raise SurgegateError("--cache needs Redis: set SURGEGATE_REDIS or pass --redis")
+        try:
+            cache = ResponseCache(settings.redis, prefix=Keys.for_topic_prefix(settings.topic_prefix).prefix,
+                                  ttl_s=args.cache_ttl, max_entries=args.cache_max_entries,
+                                  max_entry_bytes=args.cache_max_entry_bytes, shared_scope=args.cache_shared_scope)
+        except ValueError as exc:
+            raise SurgegateError(f"--cache-*: {exc}") from None
+    lane = None
+    if (args.deferral or ("lane" if settings.redis else "memory")) == "lane":
+        from surgegate.edge.lane import DeferralLane
+
+        if not settings.redis:
+            raise SurgegateError("--deferral lane keeps task states in Redis: set SURGEGATE_REDIS or pass --redis")
+        lane = DeferralLane(settings, args.edge_id)
     metrics = GateMetrics()
     overflow = bool(args.overflow_upstream)
     gate = EdgeGate(settings, args.service, edge_id=args.edge_id, share=args.share, shadow=args.shadow,
@@ -351,7 +370,8 @@ def cmd_edge(args: argparse.Namespace) -> None:
                           default_tenant=args.default_tenant, default_tier=args.default_tier,
                           deferred_capacity=args.deferred_capacity, timeout_s=args.timeout,
                           connect_timeout_s=args.connect_timeout, connections=args.connections,
-                          overflow_upstream=args.overflow_upstream)
+                          overflow_upstream=args.overflow_upstream, cache=cache, lane=lane,
+                          deadline_s=args.deadline)
     print(f"surgegate edge {args.edge_id}: service {args.service} on http://{args.host}:{args.port} -> "
           f"{args.upstream}{' (shadow)' if args.shadow else ''}", flush=True)
     try:
@@ -428,6 +448,39 @@ def cmd_ratelimit(args: argparse.Namespace) -> None:
                                       f"{' (shadow)' if args.shadow else ''}")
     finally:
         gate.close()
+
+
+def cmd_drain(args: argparse.Namespace) -> None:
+    import asyncio
+    import signal
+
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from surgegate.edge.drain import Drainer, DrainerCollector
+
+    settings = _settings(args)
+    _need_kafka(settings)
+    if not settings.redis:
+        raise SurgegateError("surgegate drain writes task states to Redis: set SURGEGATE_REDIS or pass --redis")
+    if args.concurrency < 1 or args.max_attempts < 1 or args.hold < 1:
+        raise SettingsError("--concurrency, --max-attempts and --hold must be at least 1")
+    drainer = Drainer(settings, args.service, args.upstream, drainer_id=args.drainer_id, share=args.share,
+                      concurrency=args.concurrency, max_attempts=args.max_attempts, hold=args.hold,
+                      timeout_s=args.timeout, upstream_key=os.environ.get("SURGEGATE_UPSTREAM_KEY") or None)
+    if args.metrics_port:
+        registry = CollectorRegistry()
+        registry.register(DrainerCollector(drainer))
+        start_http_server(args.metrics_port, registry=registry)
+    print(f"surgegate drain {args.drainer_id}: service {args.service} -> {args.upstream}"
+          f"{f', /metrics on port {args.metrics_port}' if args.metrics_port else ''}", flush=True)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, drainer.stop)
+        await drainer.run()
+
+    asyncio.run(main())
 
 
 def serve_grpc(start: Callable[[], Awaitable[tuple[Any, int]]], listen: str, metrics_port: int,
@@ -751,7 +804,39 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--connect-timeout", type=float, default=1.0,
                       help="seconds to wait for a free upstream connection before answering 503 (overload)")
     edge.add_argument("--connections", type=int, default=1000, help="upstream connections kept at most")
+    edge.add_argument("--deferral", choices=["lane", "memory"],
+                      help="where deferred batch work waits: the durable lane (sg.deferred, task states in Redis, run "
+                           "by `surgegate drain`) or this process's memory (default: lane when Redis is set)")
+    edge.add_argument("--deadline", type=float, default=3600.0,
+                      help="seconds a deferred task may wait before it expires (X-Surgegate-Deadline sets it per "
+                           "request)")
+    edge.add_argument("--cache", action="store_true",
+                      help="answer repeated deterministic requests (temperature 0, or X-Surgegate-Cache: on) from a "
+                           "response cache in Redis shared by the edges; from level 3 lower tiers get cached answers "
+                           "only")
+    edge.add_argument("--cache-ttl", type=float, default=300.0, help="seconds a cached answer is kept")
+    edge.add_argument("--cache-max-entries", type=int, default=10_000, help="cached answers kept per service")
+    edge.add_argument("--cache-max-entry-bytes", type=int, default=128 * 1024,
+                      help="a larger answer (or stream) is not cached")
+    edge.add_argument("--cache-shared-scope", metavar="NAME",
+                      help="one cache scope for every tenant of the service (default: none, each tenant reads only "
+                           "its own answers)")
     edge.set_defaults(func=cmd_edge)
+
+    dr = command("drain", "run deferred batch tasks from the deferral lane at the batch rate the decision allows")
+    broker(dr)
+    redis(dr, "task states")
+    dr.add_argument("--service", default="chat", help="the service whose deferred tasks this drainer runs")
+    dr.add_argument("--upstream", required=True, help="the service's base URL, e.g. http://127.0.0.1:9000 (its "
+                                                      "bearer key, if it needs one, from SURGEGATE_UPSTREAM_KEY)")
+    dr.add_argument("--drainer-id", default="drain-1", help="this drainer's name in its telemetry")
+    dr.add_argument("--share", type=float, default=1.0, help="this drainer's share of the service's batch rate")
+    dr.add_argument("--concurrency", type=int, default=16, help="tasks running upstream at once")
+    dr.add_argument("--max-attempts", type=int, default=5, help="tries of a task the upstream answers with overload")
+    dr.add_argument("--hold", type=int, default=1000, help="tasks held in memory (reading pauses beyond)")
+    dr.add_argument("--timeout", type=float, default=300.0, help="upstream timeout of one try, in seconds")
+    dr.add_argument("--metrics-port", type=int, default=0, help="serve the backlog on this port's /metrics (0: none)")
+    dr.set_defaults(func=cmd_drain)
 
     rl = command("ratelimit", "answer Envoy's rate limit service calls (v3 ShouldRateLimit) with the edge gate")
     broker(rl)

@@ -198,3 +198,59 @@ def serve_api(settings: Settings, timeout: float = 20.0) -> str:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+class Child:
+    """A `surgegate <command>` child process configured by ``settings``' environment, logging to ``log_path``."""
+
+    def __init__(self, settings: Settings, log_path: Path, *command: str) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.command = command
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Child:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SURGEGATE_")}
+        s = self.settings
+        env.update({"SURGEGATE_KAFKA": s.kafka, "SURGEGATE_REDIS": s.redis, "SURGEGATE_TOPIC_PREFIX": s.topic_prefix,
+                    "SURGEGATE_PARTITIONS": str(s.partitions)})
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "surgegate.cli", *self.command], env=env, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def wait_http(self, url: str, timeout: float = 30.0) -> None:
+        """Until ``url`` answers 200; fails with the log if the child dies or never answers."""
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc is not None and self.proc.poll() is None, f"{self.command[0]} died:\n{self.log()}"
+            try:
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url} did not answer within {timeout:.0f} s:\n{self.log()}")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""

@@ -28,7 +28,9 @@ from surgegate.streams.topics import Topics
 
 pytestmark = pytest.mark.e2e
 
-KEYS = {"sk-acme-pro": Identity("acme", "pro"), "sk-tight": Identity("tight", "pro", tokens_per_minute=600)}
+KEYS = {"sk-acme-pro": Identity("acme", "pro"), "sk-tight": Identity("tight", "pro", tokens_per_minute=600),
+        "sk-beta-pro": Identity("beta", "pro"), "sk-acme-free": Identity("acme", "free"),
+        "sk-acme-enterprise": Identity("acme", "enterprise")}
 MESSAGES = [{"role": "user", "content": "How busy is the service right now?"}]
 
 

@@ -93,7 +93,8 @@ class ThrottlePolicy(WindowPolicy):
         seconds = inputs.window_ms / 1000
         ready = inputs.pool.ready_replicas if inputs.pool and inputs.pool.workers else cfg.replicas
         util = inputs.pool.utilisation_mean if inputs.pool and inputs.pool.workers else None
-        served_rps = (s.ok + s.error + s.timeout) / seconds
+        # what the servers answered: cache hits never reached them (cache-aware capacity)
+        served_rps = max(0, s.ok + s.error + s.timeout - s.cache_hits) / seconds
         threshold = self.capacity.update(window_start=inputs.window_start, served_rps=served_rps,
                                          p99_ms=s.latency_p99_ms, ready_replicas=ready, utilisation=util,
                                          tokens_per_s=s.tokens_per_s, queue_wait_ms=s.queue_wait_p99_ms)

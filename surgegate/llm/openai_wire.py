@@ -1,7 +1,8 @@
 """The OpenAI HTTP API as admission sees it: the request fields that matter, errors, rate-limit headers.
 
 Only what admission reads is decoded (``model``, ``stream``, ``max_tokens``,
-``max_completion_tokens``, ``n``, ``stream_options.include_usage``); every
+``max_completion_tokens``, ``n``, ``stream_options.include_usage``, and
+``temperature``, which says whether an answer may be cached); every
 other field passes through untouched. A field of the wrong type is a
 ``ValueError`` naming it (``$.max_tokens``), which the gateway answers as a
 400 in OpenAI's error shape.
@@ -54,6 +55,7 @@ class OpenAIRequest(msgspec.Struct, frozen=True):
     max_completion_tokens: _Tokens | None = None
     n: Annotated[int, Meta(ge=1, le=128)] = 1
     stream_options: StreamOptions | None = None
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
 
     @classmethod
     def decode(cls, body: bytes) -> OpenAIRequest:

@@ -364,7 +364,8 @@ def traffic_stats(agg: TrafficAggregate, window_ms: int) -> TrafficStats:
         tokens_per_s=round((agg.input_tokens + agg.output_tokens) / seconds, 3),
         over_2s_share=round(agg.over_2s / served, 6) if served else 0.0,
         cache_hits=agg.cache_hits, deferred=agg.deferred, replayed=agg.replayed,
-        demand_rps=round(max(0, requests - agg.replayed + agg.deferred) / seconds, 3),
+        # a cache hit costs the upstream nothing: demand is what the servers must answer
+        demand_rps=round(max(0, requests - agg.replayed + agg.deferred - agg.cache_hits) / seconds, 3),
         ttft_p50_ms=_r(ttft.quantile(0.5)) if ttft.count else None,
         ttft_p99_ms=_r(ttft.quantile(0.99)) if ttft.count else None,
         itl_p50_ms=_r(itl.quantile(0.5)) if itl.count else None,

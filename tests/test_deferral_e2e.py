@@ -1,0 +1,200 @@
+"""The durable deferral lane: `surgegate edge` processes, `surgegate drain`, the status API, the official client.
+
+Batch requests deferred by one edge survive that edge's SIGKILL: they are on
+``sg.deferred`` before the client gets its 202, a drainer runs each once, and
+every edge and the status API answer each task's state from Redis. The drainer
+starts tasks at the batch rate of the decision in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+
+import msgspec
+import openai
+import pytest
+from support import Child, eventually, serve_api
+from test_edge_e2e import OPEN, decision, publish
+
+from surgegate.devtools.embedded import free_port
+from surgegate.schemas.decisions import TierLimit
+
+pytestmark = pytest.mark.e2e
+
+MESSAGES = [{"role": "user", "content": "Summarise yesterday's tickets."}]
+#: batch work deferred: the edges give every batch request a task id
+DEFERRING = msgspec.structs.replace(decision(1, OPEN), defer_batch=True)
+
+
+def _get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+class Lane:
+    """A fake LLM server and the processes in front of it, each a child process."""
+
+    def __init__(self, settings, tmp_path) -> None:
+        self.settings, self.tmp_path = settings, tmp_path
+        self.children: list[Child] = []
+        port = free_port()
+        self.upstream = f"http://127.0.0.1:{port}"
+        self.fake = self._child("fake", "fake-llm", "--port", str(port), "--time-scale", "0.01", "--seed", "1",
+                                "--output-median", "20")
+        self.fake.wait_http(self.upstream + "/v1/models")
+
+    def _child(self, name: str, *command: str) -> Child:
+        child = Child(self.settings, self.tmp_path / f"{name}.log", *command).start()
+        self.children.append(child)
+        return child
+
+    def edge(self, name: str) -> tuple[Child, str]:
+        port = free_port()
+        child = self._child(name, "edge", "--upstream", self.upstream, "--port", str(port), "--edge-id", name,
+                            "--report", "off", "--deferral", "lane")
+        base = f"http://127.0.0.1:{port}"
+        child.wait_http(base + "/_surgegate/status")
+        eventually(lambda: _get(base + "/_surgegate/status")[1].get("version") is not None, 20,
+                   f"{name} to apply a decision")
+        return child, base
+
+    def drainer(self, name: str = "drain-1", *options: str) -> Child:
+        return self._child(name, "drain", "--upstream", self.upstream, "--drainer-id", name, *options)
+
+    def stats(self) -> dict:
+        return _get(self.upstream + "/_fake/stats")[1]
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+
+
+async def _submit(base: str, n: int, tier_key: str = "pro") -> list[str]:
+    """``n`` batch requests through the official client; the task ids of their 202s."""
+    client = openai.AsyncOpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+    ids = []
+    for i in range(n):
+        raw = await client.chat.completions.with_raw_response.create(
+            model="llama-3-8b", messages=[*MESSAGES, {"role": "user", "content": f"batch {i}"}], max_tokens=20,
+            extra_headers={"X-Request-Type": "batch", "X-Tenant": f"t{i % 3}", "X-Tier": tier_key})
+        assert raw.status_code == 202, raw.http_response.text
+        body = raw.http_response.json()
+        assert body["state"] == "queued" and body["status_url"] == f"/_surgegate/tasks/{body['task_id']}"
+        ids.append(body["task_id"])
+    await client.close()
+    return ids
+
+
+def test_tasks_deferred_by_an_edge_killed_afterwards_all_complete_once_answered_by_any_edge_and_the_api(
+        settings, tmp_path):
+    publish(settings, DEFERRING)
+    lane = Lane(settings, tmp_path)
+    try:
+        edge_a, base_a = lane.edge("edge-a")
+        ids = asyncio.run(_submit(base_a, 24))
+        assert _get(f"{base_a}/_surgegate/tasks/{ids[0]}")[1]["state"] == "queued"
+        edge_a.kill()  # the edge that accepted every task dies with nothing flushed by hand
+        _, base_b = lane.edge("edge-b")
+        api = serve_api(settings)
+        # the queued state is shared: the other edge and the API know the tasks before any runs
+        assert _get(f"{base_b}/_surgegate/tasks/{ids[-1]}") == _get(f"{api}/v1/tasks/{ids[-1]}")
+        assert _get(f"{api}/v1/tasks/{ids[-1]}")[1]["state"] == "queued"
+        lane.drainer()
+        publish(settings, decision(2, OPEN))  # batch work admitted again
+
+        def states() -> set[str]:
+            return {_get(f"{base_b}/_surgegate/tasks/{i}")[1].get("state") for i in ids}
+
+        eventually(lambda: states() == {"done"}, 90, f"every task done (now {states()}; drainer log: "
+                                                     f"{lane.children[-1].log()[-2000:]})")
+        for i in ids:
+            at_edge, at_api = _get(f"{base_b}/_surgegate/tasks/{i}"), _get(f"{api}/v1/tasks/{i}")
+            assert at_edge == at_api and at_edge[0] == 200
+            view = at_edge[1]
+            assert view["status"] == 200 and view["attempts"] == 1
+            answer = openai.types.chat.ChatCompletion.model_validate_json(view["result"])
+            assert answer.choices[0].message.content and answer.usage.completion_tokens >= 1
+        assert lane.stats()["completed"] == len(ids)  # none ran twice
+        code, missing = _get(f"{api}/v1/tasks/{'0' * 32}")
+        assert code == 404 and missing["parameter"] == "task_id"
+        assert _get(f"{base_b}/_surgegate/tasks/not-a-task")[0] == 400
+    finally:
+        lane.stop()
+
+
+def test_the_drainer_starts_tasks_at_the_batch_rate_of_the_decision_in_force(settings, tmp_path):
+    publish(settings, DEFERRING)
+    lane = Lane(settings, tmp_path)
+    try:
+        _, base = lane.edge("edge-a")
+        ids = asyncio.run(_submit(base, 30))
+        rate, burst = 2.0, 1.0
+        slow = {**OPEN, "pro": TierLimit(realtime_rps=1000, batch_rps=rate, burst=burst)}
+        publish(settings, decision(2, slow))
+        lane.drainer()
+        views: dict[str, dict] = {}
+
+        def all_done() -> bool:
+            for i in ids:
+                if views.get(i, {}).get("state") != "done":
+                    views[i] = _get(f"{base}/_surgegate/tasks/{i}")[1]
+            return all(v.get("state") == "done" for v in views.values())
+
+        eventually(all_done, 90, "every task done")
+        # each task's running state is written as it starts: its first attempt's time is when admission let it go
+        finished = sorted(v["updated_at"] for v in views.values())
+        span_s = (finished[-1] - finished[0]) / 1000
+        assert span_s >= (len(ids) - burst - 1) / rate * 0.9, span_s  # not faster than the decision allows
+        per_window: dict[int, int] = {}
+        for t in finished:
+            per_window[t // 10_000] = per_window.get(t // 10_000, 0) + 1
+        assert max(per_window.values()) <= rate * 10 + burst + 1, per_window
+    finally:
+        lane.stop()
+
+
+def test_a_task_state_only_moves_forward_and_the_first_answer_stands(redis_url):
+    from surgegate.schemas.deferral import TaskView
+    from surgegate.streams.tasks import TaskBook
+
+    async def go():
+        book = TaskBook(redis_url, prefix="forward-test:")
+        base = TaskView(id="a" * 32, state="queued", service="chat", tenant="t", tier="pro", created_at=1,
+                        deadline=2**40)
+        try:
+            running = await book.put(msgspec.structs.replace(base, state="running", attempts=1))
+            late_queued = await book.put(base)  # the edge's write arrives after the drainer's
+            first = await book.put(msgspec.structs.replace(base, state="done", status=200, result="one", attempts=1))
+            second = await book.put(msgspec.structs.replace(base, state="done", status=200, result="two", attempts=2))
+            rerun = await book.put(msgspec.structs.replace(base, state="running", attempts=2))
+            return running, late_queued, first, second, rerun, await book.get(base.id)
+        finally:
+            await book.close()
+
+    running, late_queued, first, second, rerun, kept = asyncio.run(go())
+    assert running.state == late_queued.state == "running"
+    assert first.result == second.result == rerun.result == kept.result == "one"
+    assert kept.state == "done" and kept.attempts == 1
+
+
+def test_a_task_the_upstream_keeps_failing_fails_after_its_tries_with_the_reason(settings, tmp_path):
+    publish(settings, DEFERRING)
+    lane = Lane(settings, tmp_path)
+    try:
+        failing = f"http://127.0.0.1:{free_port()}"  # nothing listens there: every try is refused
+        _, base = lane.edge("edge-a")
+        [task] = asyncio.run(_submit(base, 1))
+        lane._child("drain-failing", "drain", "--upstream", failing, "--max-attempts", "2")
+        publish(settings, decision(2, OPEN))
+        eventually(lambda: _get(f"{base}/_surgegate/tasks/{task}")[1]["state"] == "failed", 60, "the task to fail")
+        view = _get(f"{base}/_surgegate/tasks/{task}")[1]
+        assert view["attempts"] == 2 and view["status"] is None
+        assert view["reason"].startswith("the upstream failed: ") and view["reason"].endswith("(2 tries)")
+    finally:
+        lane.stop()
