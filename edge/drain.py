@@ -21,7 +21,12 @@ rate), and the group spreads the partitions among them. Each one:
   written is not run again (at least once; answered once).
 
 What it ran is reported like an edge's traffic (``replayed`` request events),
-so the windows see deferred work run and not as new demand.
+so the windows see deferred work run and not as new demand. Every
+:data:`REPORT_S` it reports its backlog (tasks held and not yet read, their
+tokens, the oldest one's age, and the rate that starts every held task by its
+deadline) as a ``drainer`` MetricEvent for the service's pool: the pool's
+windows carry the backlog, and the scaling policy plans capacity to drain it
+in time.
 """
 
 from __future__ import annotations
@@ -47,10 +52,10 @@ from surgegate.edge.gate import EdgeGate
 from surgegate.llm.openai_wire import with_token_cap
 from surgegate.schemas.deadletter import DeadLetter
 from surgegate.schemas.deferral import FINAL_STATES, DeferredTask, TaskView
-from surgegate.schemas.telemetry import Status
+from surgegate.schemas.telemetry import MetricEvent, Status
 from surgegate.settings import Settings
 from surgegate.streams.kafka import consumer_config
-from surgegate.streams.producer import KafkaSender
+from surgegate.streams.producer import TelemetryProducer
 from surgegate.streams.store import Keys
 from surgegate.streams.tasks import TaskBook
 from surgegate.streams.topics import Topics
@@ -62,6 +67,8 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: How often offsets are committed, and how long the scheduler waits when no task may start.
 COMMIT_S = 1.0
 IDLE_S = 0.02
+#: How often the backlog is reported (to the pool's windows) and the partitions' unread tasks counted.
+REPORT_S = 5.0
 #: The paths whose body carries an output budget the level may cap.
 INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
@@ -95,7 +102,10 @@ class Drainer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._arrived: asyncio.Event | None = None
         self._decoder = msgspec.json.Decoder(DeferredTask)
-        self._sender = KafkaSender(settings, f"{drainer_id}-deadletters")
+        self._producer = TelemetryProducer(settings, client_id=drainer_id)
+        self._sender = self._producer.sender
+        self.pool = self.gate.config.pool
+        self.unread = 0  # tasks on the assigned partitions not read yet (counted by the consumer thread)
         self._consumer_thread: threading.Thread | None = None
         self.failure: BaseException | None = None  # what ended the consumer thread, if anything did
 
@@ -117,7 +127,7 @@ class Drainer:
 
         consumer.subscribe([self.topics.deferred], on_revoke=revoked, on_lost=revoked)
         paused = False
-        committed_at = time.monotonic()
+        committed_at = counted_at = time.monotonic()
         try:
             while not self._stop.is_set():
                 for msg in consumer.consume(100, 0.2):
@@ -139,6 +149,9 @@ class Drainer:
                 if time.monotonic() - committed_at >= COMMIT_S:
                     self._commit(consumer)
                     committed_at = time.monotonic()
+                if time.monotonic() - counted_at >= REPORT_S:
+                    self.unread = self._count_unread(consumer)
+                    counted_at = time.monotonic()
             self._commit(consumer)
         except BaseException as exc:
             self.failure = exc
@@ -146,6 +159,30 @@ class Drainer:
             raise
         finally:
             consumer.close()
+
+    def _count_unread(self, consumer: Any) -> int:
+        """Tasks on the assigned partitions past what was read (the broker's end offsets, asked)."""
+        from confluent_kafka import KafkaException
+
+        try:
+            unread = 0
+            for tp in consumer.position(consumer.assignment()):
+                _, high = consumer.get_watermark_offsets(tp, timeout=1.0)
+                unread += max(0, high - tp.offset) if tp.offset >= 0 else 0
+            return unread
+        except KafkaException:
+            return self.unread  # the broker away: the last count stands
+
+    def _report(self) -> None:
+        """The backlog as a drainer MetricEvent for the pool's windows."""
+        now = int(time.time() * 1000)
+        tasks, tokens, oldest_ms = self.backlog.stats(now)
+        per_task = tokens / tasks if tasks else 0.0
+        self._producer.send_metric(MetricEvent(
+            ts=now, pool=self.pool, worker_id=self.drainer_id, utilisation=0.0, kind="drainer",
+            queue_depth=tasks + self.unread, backlog_tokens=round(tokens + per_task * self.unread),
+            backlog_oldest_ms=min(float(oldest_ms), 86_400_000.0),
+            backlog_required_rps=round(self.backlog.required_rps(now), 3)))
 
     def _commit(self, consumer: Any, only: set[int] | None = None) -> None:
         from confluent_kafka import KafkaException, TopicPartition
@@ -213,12 +250,16 @@ class Drainer:
         slots = asyncio.Semaphore(self.concurrency)
         running: set[asyncio.Task] = set()
         connector = aiohttp.TCPConnector(limit=self.concurrency)
+        reported_at = 0.0
         async with aiohttp.ClientSession(timeout=self.timeout, auto_decompress=False, connector=connector) as session:
             try:
                 while not self._stop.is_set():
                     if not self._consumer_thread.is_alive():
                         raise RuntimeError(f"the drainer's consumer stopped: {self.failure!r}")
                     self._sender.poll()
+                    if time.monotonic() - reported_at >= REPORT_S:
+                        self._report()
+                        reported_at = time.monotonic()
                     started = await self._start_one(session, slots, running)
                     if not started:
                         self._arrived.clear()

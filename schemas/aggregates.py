@@ -41,6 +41,16 @@ class WorkerSample(msgspec.Struct, frozen=True, array_like=True):
     tokens_per_s: Rate
 
 
+class DrainerSample(msgspec.Struct, frozen=True, array_like=True):
+    """A drainer's latest backlog report within a window: the newest ``ts`` wins a merge."""
+
+    ts: EpochMs
+    tasks: Count
+    tokens: Count
+    oldest_ms: Millis
+    required_rps: Rate
+
+
 class PoolAggregate(msgspec.Struct, frozen=True):
     """Mergeable GPU-pool aggregate over part of a window."""
 
@@ -51,6 +61,8 @@ class PoolAggregate(msgspec.Struct, frozen=True):
     kv_cache_max: Fraction = 0.0
     queue_depth_max: Count = 0
     workers: dict[str, WorkerSample] = msgspec.field(default_factory=dict)
+    #: the deferral lane's drainers of the pool's service, latest report each
+    drainers: dict[str, DrainerSample] = msgspec.field(default_factory=dict)
 
 
 class SourceRange(msgspec.Struct, frozen=True):
@@ -152,6 +164,12 @@ class PoolStats(msgspec.Struct, frozen=True):
     workers: Count
     ready_replicas: Count
     cold_starting_replicas: Count
+    #: the deferral lane's backlog over its drainers: tasks, their output tokens, the oldest one's age, and the
+    #: rate that finishes every held task by its deadline
+    backlog_tasks: Count = 0
+    backlog_tokens: Count = 0
+    backlog_oldest_ms: Millis = 0.0
+    backlog_required_rps: Rate = 0.0
 
 
 class WindowStats(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.WindowStats/1"):

@@ -113,18 +113,28 @@ class RequestSummary(msgspec.Struct, frozen=True, gc=False, tag_field="schema", 
 
 
 class MetricEvent(msgspec.Struct, frozen=True, gc=False, tag_field="schema", tag="sg.MetricEvent/1"):
-    """A GPU worker's (or an edge's) periodic report of its own state."""
+    """A GPU worker's (or an edge's, or a drainer's) periodic report of its own state.
+
+    A drainer (``kind: drainer``) reports the deferral lane's backlog for the
+    service's pool: ``queue_depth`` tasks (held and not yet read),
+    ``backlog_tokens`` output tokens they asked for, the age of the oldest and
+    the rate that finishes every held task by its deadline. Its report is
+    kept apart from the replicas' (utilisation, KV cache, replica states).
+    """
 
     ts: EpochMs
     pool: Name
     worker_id: Name
     utilisation: Fraction
-    kind: Literal["gpu_worker", "edge"] = "gpu_worker"
+    kind: Literal["gpu_worker", "edge", "drainer"] = "gpu_worker"
     state: WorkerState = "ready"
     queue_depth: Count = 0
     kv_cache_use: Fraction = 0.0
     running_requests: Count = 0
     tokens_per_s: Rate = 0.0
+    backlog_tokens: Count = 0
+    backlog_oldest_ms: Millis = 0.0
+    backlog_required_rps: Rate = 0.0
 
 
 #: Everything an edge or worker may send.

@@ -16,11 +16,13 @@ import urllib.request
 import msgspec
 import openai
 import pytest
-from support import Child, eventually, serve_api
+from support import Child, TopicReader, eventually, serve_api
 from test_edge_e2e import OPEN, decision, publish
 
 from surgegate.devtools.embedded import free_port
 from surgegate.schemas.decisions import TierLimit
+from surgegate.schemas.telemetry import MetricEvent
+from surgegate.streams.topics import Topics
 
 pytestmark = pytest.mark.e2e
 
@@ -155,6 +157,13 @@ def test_the_drainer_starts_tasks_at_the_batch_rate_of_the_decision_in_force(set
         for t in finished:
             per_window[t // 10_000] = per_window.get(t // 10_000, 0) + 1
         assert max(per_window.values()) <= rate * 10 + burst + 1, per_window
+        # the backlog went to the pool's windows as the drainer's reports
+        reader = TopicReader(settings, Topics(settings.topic_prefix).metrics)
+        reports = [m for m in reader.read_to_end() if b'"drainer"' in m.value()]
+        reader.close()
+        backlog = [msgspec.json.decode(m.value(), type=MetricEvent) for m in reports]
+        assert backlog and max(r.queue_depth for r in backlog) > 0, backlog
+        assert {r.pool for r in backlog} == {"chat"} and max(r.backlog_required_rps for r in backlog) > 0
     finally:
         lane.stop()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import msgspec
@@ -86,6 +87,19 @@ def test_throttled_and_deferred_demand_raise_the_target():
     assert with_throttled.desired_replicas > admitted
     assert with_throttled.desired_replicas == math.ceil((2500 + 6000 / 60) / 70)
     assert "deferred backlog 100 rps" in with_throttled.reason
+
+
+def test_a_backlog_due_soon_is_planned_for_by_its_deadlines_and_named():
+    # 1,000 rps of demand, and a deferral lane whose drainers need 400 rps to start every task by its deadline
+    base = ScalingInputs(window_start=0, window_ms=W, demand_rps=1000.0, ready_replicas=15)
+    plain = ScalingPolicy(CFG).decide(base)
+    due = ScalingPolicy(CFG).decide(dataclasses.replace(base, backlog_required_rps=400.0))
+    assert plain.desired_replicas == math.ceil(1000 / 70)
+    assert due.desired_replicas == math.ceil(1400 / 70)
+    assert "deferred backlog 400 rps to meet its deadlines" in due.reason
+    # what the window deferred counts instead when it asks more: never both
+    both = ScalingPolicy(CFG).decide(dataclasses.replace(base, backlog_required_rps=50.0, deferred=6000))
+    assert both.desired_replicas == math.ceil((1000 + 6000 / 60) / 70)
 
 
 def test_zero_traffic_holds_the_minimum_and_warm_pool():

@@ -166,6 +166,26 @@ def test_pool_windows_report_latest_state_per_worker():
     assert (g.queue_depth, g.queue_depth_max) == (6, 5)
 
 
+def test_drainers_backlog_reports_are_summed_apart_from_the_replicas():
+    agg = PartialAggregator(W)
+    agg.add(MetricEvent(ts=T0 + 1, pool="a100", worker_id="w1", utilisation=0.6, queue_depth=2))
+    drainer = {"pool": "a100", "utilisation": 0.0, "kind": "drainer"}
+    agg.add(MetricEvent(ts=T0 + 2, worker_id="d1", queue_depth=40, backlog_tokens=4000, backlog_oldest_ms=9000.0,
+                        backlog_required_rps=1.5, **drainer))
+    agg.add(MetricEvent(ts=T0 + 5, worker_id="d1", queue_depth=30, backlog_tokens=3000, backlog_oldest_ms=8000.0,
+                        backlog_required_rps=1.0, **drainer))
+    first = agg.drain(SourceRange("sg.metrics", 0, 0, 2))
+    agg.add(MetricEvent(ts=T0 + 3, worker_id="d2", queue_depth=5, backlog_tokens=500, backlog_oldest_ms=20000.0,
+                        backlog_required_rps=0.25, **drainer))
+    [stats] = merge_all(first + agg.drain(SourceRange("sg.metrics", 1, 0, 0)), W, T0 + W, 0)
+    g = stats.gpu
+    # the replica's figures are its own: a drainer is not a replica
+    assert (g.workers, g.samples, g.queue_depth, g.utilisation_mean) == (1, 1, 2, pytest.approx(0.6))
+    # each drainer's latest report, summed across partials
+    assert (g.backlog_tasks, g.backlog_tokens, g.backlog_oldest_ms, g.backlog_required_rps) == (35, 3500, 20000.0,
+                                                                                                1.25)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.floats(min_value=0.0, max_value=3_600_000.0), min_size=1, max_size=300),
        st.floats(min_value=0.0, max_value=1.0))

@@ -18,6 +18,8 @@ partition (at least once; the task's final state in Redis is written once).
 ['t3', 't1']
 >>> b.take("t3").id, len(b), b.stats(now_ms=10)
 ('t3', 2, (2, 20, 9))
+>>> round(b.required_rps(now_ms=0), 3)  # t1 due in 5 s (1 / 5 s), both by 9 s (2 / 9 s): the more
+0.222
 >>> book = OffsetBook()
 >>> for offset in (4, 5, 6):
 ...     book.hold(0, offset)
@@ -121,6 +123,12 @@ class Backlog:
         for h in gone:
             del self._held[h.id]
         return gone
+
+    def required_rps(self, now_ms: int) -> float:
+        """The start rate that gets every held task going by its deadline: the most tasks due by any deadline
+        over the time left until it (a deadline already passed counts as one second away)."""
+        deadlines = sorted(h.deadline for h in self._held.values())
+        return max(((i + 1) / max(1.0, (d - now_ms) / 1000) for i, d in enumerate(deadlines)), default=0.0)
 
     def stats(self, now_ms: int) -> tuple[int, int, int]:
         """(tasks, tokens, age in ms of the oldest) of the held tasks."""

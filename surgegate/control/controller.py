@@ -135,5 +135,6 @@ class ServiceController:
             cold_starting=pool.cold_starting_replicas if pool is not None and pool.workers else 0,
             upper_rps=tuple(forecast.upper_after(window.window_start)) if forecast is not None else (),
             point_rps=tuple(forecast.point_after(window.window_start)) if forecast is not None else (),
-            replica_rps=threshold.replica_rps, ttft_over_ms=self._ttft_over(traffic, window.pool)))
+            replica_rps=threshold.replica_rps, ttft_over_ms=self._ttft_over(traffic, window.pool),
+            backlog_required_rps=window.pool.backlog_required_rps if window.pool is not None else 0.0))
         return ControlOutput(threshold=threshold, throttle=throttle, scaling=scaling)

@@ -136,6 +136,8 @@ class ScalingInputs:
     point_rps: tuple[float, ...] = ()
     #: deferred work the deferral lane replayed in the window, per second (not part of ``demand_rps``)
     replayed_rps: float = 0.0
+    #: the rate that finishes the deferral lane's backlog by its deadlines (its drainers' reports)
+    backlog_required_rps: float = 0.0
     #: the window's TTFT p99 over the service's TTFT SLO while nothing waited: the replicas' prefill is
     #: too busy for the prompts (more replicas shorten it; throttling cannot)
     ttft_over_ms: float | None = None
@@ -203,8 +205,9 @@ class ScalingPolicy(WindowPolicy):
         per = (inputs.replica_rps or cfg.replica_rps) * cfg.target_utilisation / self.ttft_headroom
         current = self.current if self.current is not None else max(cfg.min_replicas, inputs.ready_replicas)
         lead = self.lead_windows(inputs.window_ms)
-        # deferred work: what this window put on the deferral lane, and what the lane is draining now
-        backlog = inputs.deferred / BACKLOG_DRAIN_S + inputs.replayed_rps
+        # deferred work: what this window put on the deferral lane and what the lane is draining now, or
+        # (when more) the rate that finishes the lane's whole backlog by its deadlines
+        backlog = max(inputs.deferred / BACKLOG_DRAIN_S + inputs.replayed_rps, inputs.backlog_required_rps)
         # the point forecast, or the upper bound where a forecast gives no point (an older producer)
         point = inputs.point_rps or inputs.upper_rps
         # look as far ahead as the cold start, plus the windows the step limit needs to get there
@@ -278,7 +281,8 @@ class ScalingPolicy(WindowPolicy):
         else:
             driver = f"demand {_n(inputs.demand_rps)} rps"
         if backlog > 0:
-            driver += f" + deferred backlog {_n(backlog)} rps"
+            by_deadline = inputs.backlog_required_rps >= backlog
+            driver += f" + deferred backlog {_n(backlog)} rps{' to meet its deadlines' if by_deadline else ''}"
         if self.ttft_headroom > 1.0:
             why_ttft = f"TTFT p99 over its SLO by {inputs.ttft_over_ms:,.0f} ms with nothing waiting" \
                 if inputs.ttft_over_ms is not None else "TTFT was over its SLO"

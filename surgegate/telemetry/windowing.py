@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 from surgegate.schemas.aggregates import (
+    DrainerSample,
     PoolAggregate,
     PoolStats,
     SourceRange,
@@ -191,7 +192,7 @@ _STATUS_INDEX = {"ok": 0, "error": 1, "timeout": 2, "throttled": 3}
 class PoolCell:
     """Mutable GPU-pool accumulator for one (pool, window)."""
 
-    __slots__ = ("samples", "util_sum", "util_max", "kv_sum", "kv_max", "queue_max", "workers")
+    __slots__ = ("samples", "util_sum", "util_max", "kv_sum", "kv_max", "queue_max", "workers", "drainers")
 
     def __init__(self) -> None:
         self.samples = 0
@@ -201,9 +202,14 @@ class PoolCell:
         self.kv_max = 0.0
         self.queue_max = 0
         self.workers: dict[str, WorkerSample] = {}
+        self.drainers: dict[str, DrainerSample] = {}
 
     def add_metric(self, m: MetricEvent) -> None:
-        """Fold one MetricEvent in."""
+        """Fold one MetricEvent in (a drainer's backlog report apart from the replicas')."""
+        if m.kind == "drainer":
+            _keep_latest(self.drainers, m.worker_id, DrainerSample(m.ts, m.queue_depth, m.backlog_tokens,
+                                                                   m.backlog_oldest_ms, m.backlog_required_rps))
+            return
         self.samples += 1
         self.util_sum += m.utilisation
         self.util_max = max(self.util_max, m.utilisation)
@@ -218,11 +224,11 @@ class PoolCell:
         return PoolAggregate(
             samples=self.samples, utilisation_sum=self.util_sum, utilisation_max=self.util_max,
             kv_cache_sum=self.kv_sum, kv_cache_max=self.kv_max, queue_depth_max=self.queue_max,
-            workers=dict(self.workers),
+            workers=dict(self.workers), drainers=dict(self.drainers),
         )
 
 
-def _keep_latest(workers: dict[str, WorkerSample], worker: str, sample: WorkerSample) -> None:
+def _keep_latest(workers: dict[str, Any], worker: str, sample: Any) -> None:
     # Newest report wins; ties go to the larger tuple so merge order never matters.
     old = workers.get(worker)
     if old is None or (sample.ts, msgspec.json.encode(sample)) > (old.ts, msgspec.json.encode(old)):
@@ -332,6 +338,9 @@ def merge_pool(a: PoolAggregate, b: PoolAggregate) -> PoolAggregate:
     workers = dict(a.workers)
     for worker, sample in b.workers.items():
         _keep_latest(workers, worker, sample)
+    drainers = dict(a.drainers)
+    for drainer, report in b.drainers.items():
+        _keep_latest(drainers, drainer, report)
     return PoolAggregate(
         samples=a.samples + b.samples,
         utilisation_sum=a.utilisation_sum + b.utilisation_sum,
@@ -339,7 +348,7 @@ def merge_pool(a: PoolAggregate, b: PoolAggregate) -> PoolAggregate:
         kv_cache_sum=a.kv_cache_sum + b.kv_cache_sum,
         kv_cache_max=max(a.kv_cache_max, b.kv_cache_max),
         queue_depth_max=max(a.queue_depth_max, b.queue_depth_max),
-        workers=workers,
+        workers=workers, drainers=drainers,
     )
 
 
@@ -377,6 +386,7 @@ def pool_stats(agg: PoolAggregate) -> PoolStats:
     """WindowStats' GPU-pool figures from a merged aggregate."""
     n = agg.samples
     latest = list(agg.workers.values())
+    drainers = list(agg.drainers.values())
     return PoolStats(
         samples=n,
         utilisation_mean=round(agg.utilisation_sum / n, 6) if n else 0.0,
@@ -390,6 +400,10 @@ def pool_stats(agg: PoolAggregate) -> PoolStats:
         workers=len(latest),
         ready_replicas=sum(1 for w in latest if w.state == "ready"),
         cold_starting_replicas=sum(1 for w in latest if w.state == "cold_starting"),
+        backlog_tasks=sum(d.tasks for d in drainers),
+        backlog_tokens=sum(d.tokens for d in drainers),
+        backlog_oldest_ms=max((d.oldest_ms for d in drainers), default=0.0),
+        backlog_required_rps=round(sum(d.required_rps for d in drainers), 3),
     )
 
 
