@@ -57,7 +57,7 @@ from surgegate.edge.cache import CachedAnswer, ResponseCache
 from surgegate.edge.gate import EdgeGate, GlobalQuota
 from surgegate.edge.lane import DeferralLane, LaneUnavailable, kept_headers, new_task_id
 from surgegate.edge.metrics import PROMETHEUS_TEXT
-from surgegate.llm.caching import cacheable
+from surgegate.llm.caching import CACHE_ONLY_LEVEL, cacheable
 from surgegate.llm.openai_wire import (
     MAX_TOKENS_LIMIT,
     OpenAIRequest,
@@ -91,8 +91,6 @@ MAX_DEADLINE_S = 24 * 3600
 BUSY_LEVEL = 3
 #: Bytes kept from the end of a stream to find its usage chunk.
 USAGE_TAIL_BYTES = 8192
-#: From this level on, tiers below the top one are served from the response cache only (misses are refused).
-CACHE_ONLY_LEVEL = 3
 #: The request header that opts in or out of the cache, and the answer header that says what it did.
 CACHE_HEADER = "X-Surgegate-Cache"
 
@@ -310,7 +308,7 @@ class EdgeProxy:
             return _error_response(400, str(exc), "invalid_request_error", "unknown_tier", "X-Tier")
         if verdict.action == ADMIT and self.quota is not None:
             verdict = await self._global(who, rtype, verdict)
-        if verdict.action != REJECT and self._cache_only(who, verdict):
+        if verdict.action == ADMIT and self._cache_only(who, verdict):  # deferred work costs nothing now: it waits
             self.gate.admission.tally.count(who.tenant, who.tier, rtype, REJECT, verdict.shadow)
             if not verdict.shadow:
                 self.counts["rejected_cache_only"] += 1
@@ -360,9 +358,6 @@ class EdgeProxy:
         self.counts["cache_hits"] += 1
         headers = {CACHE_HEADER: "hit", "Age": str(max(0, int(time.time() - hit.stored_at))),
                    "Content-Type": hit.content_type}
-        usage = _stream_usage(hit.body[-USAGE_TAIL_BYTES:]) if hit.stream else _usage_of(hit.body)
-        prompt, produced = (n if isinstance(n := usage.get(k), int) else 0
-                            for k in ("prompt_tokens", "completion_tokens"))
         if not hit.stream:
             response: web.StreamResponse = web.Response(status=hit.status, body=hit.body, headers=headers)
         else:  # replayed as the stream it was: one write per event
@@ -373,8 +368,8 @@ class EdgeProxy:
                     await response.write(event + b"\n\n")
             await response.write_eof()
         latency_ms = (time.perf_counter() - started) * 1000
-        self.gate.record(who.tenant, who.tier, rtype, "ok", latency_ms, input_tokens=prompt,
-                         output_tokens=produced, cache_hit=True)
+        # no tokens: the servers generated none for it (capacity and token rates count the misses only)
+        self.gate.record(who.tenant, who.tier, rtype, "ok", latency_ms, cache_hit=True)
         return response
 
     async def _store(self, key: str, answer: CachedAnswer) -> None:

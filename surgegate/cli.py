@@ -577,7 +577,11 @@ def cmd_simulate(args: argparse.Namespace) -> None:
             raise SurgegateError(f"{option}={value!r}: must be > 0")
     if args.jobs < 1:
         raise SurgegateError(f"--jobs={args.jobs!r}: must be >= 1")
-    model = ServiceModel(cold_start_s=args.cold_start, engine_priority=args.engine_priority)
+    try:
+        model = ServiceModel(cold_start_s=args.cold_start, engine_priority=args.engine_priority,
+                             cache_hit_ratio=args.cache_hit_ratio, deferral=args.deferral)
+    except ValueError as exc:
+        raise SurgegateError(f"--cache-hit-ratio / --deferral: {exc}") from None
     workloads = [SCENARIOS[name](args.peak, args.seed) for name in args.scenario or ()]
     workloads += [from_trace(Path(t), args.peak, hours=args.hours) for t in args.trace or ()]
     if not workloads:
@@ -616,7 +620,9 @@ def cmd_simulate(args: argparse.Namespace) -> None:
                   f"({p.prefill_tokens_per_s:,.0f} prefill tokens/s, {1000 * p.decode_step_s:.1f} ms decode step, "
                   f"{p.kv_cache_tokens:,} tokens of KV cache, {p.max_num_seqs} sequences); cold start "
                   f"{model.cold_start_s:.0f} s unless the scenario says otherwise, {model.warm_start_s:.1f} s from the "
-                  f"warm pool; engine scheduling {'by tier' if model.engine_priority else 'first come, first served'}. "
+                  f"warm pool; engine scheduling {'by tier' if model.engine_priority else 'first come, first served'}; "
+                  f"response cache hit ratio {model.cache_hit_ratio:.0%}; deferred batch work in "
+                  f"{'the durable deferral lane' if model.deferral == 'lane' else 'an in-memory queue at each edge'}. "
                   f"SLOs per tier (enterprise / pro / free): TTFT within "
                   f"{' / '.join(f'{x:g}' for x in model.ttft_allowance_s)} s plus the prefill of a 99th-percentile "
                   f"prompt, TPOT within {' / '.join(f'{1000 * x:.0f}' for x in model.tpot_s)} ms; a window meets a "
@@ -924,6 +930,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--cold-start", type=float, default=15.0, help="seconds until a new replica serves")
     sim.add_argument("--engine-priority", action="store_true",
                      help="replicas schedule by tier (vLLM's priority scheduling), not first come, first served")
+    sim.add_argument("--cache-hit-ratio", type=float, default=0.0,
+                     help="share of requests the edges' response cache answers (0 <= ratio < 1)")
+    sim.add_argument("--deferral", choices=["queue", "lane"], default="queue",
+                     help="deferred batch work waits in the edges' in-memory queue, or in the durable deferral lane "
+                          "(drained at the admitted batch rate, deadlines kept, backlog reported to scaling)")
     sim.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="simulations run in parallel")
     sim.add_argument("--seed", type=int, default=0, help="seed of the workload and the service")
     sim.add_argument("--out", default="simulation", help="directory for the markdown report and PNGs")

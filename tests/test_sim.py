@@ -250,6 +250,8 @@ def test_the_report_finds_the_cheapest_setting_at_equal_slo_and_says_which_targe
     (lambda: FleetBounds(replica_rps=100.0, min_replicas=9, max_replicas=3), "min_replicas=9"),
     (lambda: ServiceModel(tpot_s=(0.1,)), "tpot_s"),
     (lambda: ServiceModel(timeout_s=0), "timeout_s"),
+    (lambda: ServiceModel(cache_hit_ratio=1.0), "cache_hit_ratio"),
+    (lambda: ServiceModel(deferral="disk"), "deferral"),
     (lambda: make_policy("hpa-cpu", steady(1.0), MODEL, BOUNDS), "policy='hpa-cpu'"),
     (lambda: HpaPolicy(BOUNDS, "gpu", 1.5), "target=1.5"),
 ])
@@ -273,3 +275,80 @@ def test_scaling_in_cancels_the_latest_starts_first_then_stops_ready_replicas():
     assert (fleet.ready, fleet.starting) == (5, [(15.0, 2)])
     fleet.reconcile(3, 0, now=7.0, model=model)   # the last start and 2 ready replicas go
     assert (fleet.ready, fleet.starting) == (3, [])
+
+
+def test_cache_hits_cost_the_replicas_nothing_and_meet_their_slo():
+    cached = ServiceModel(cache_hit_ratio=0.5)
+    load = 0.6 * 20 * RPS
+    r = simulate(steady(load), StaticPolicy(BOUNDS, 20), model=cached, bounds=BOUNDS)
+    plain = simulate(steady(load), StaticPolicy(BOUNDS, 20), model=MODEL, bounds=BOUNDS)
+    assert r.mean_utilisation == pytest.approx(plain.mean_utilisation / 2, abs=0.03)
+    assert r.goodput_rps == pytest.approx(plain.goodput_rps, rel=0.02)  # the hits are served, within their SLO
+    # twice the load on the same fleet: the half the cache answers keeps it within capacity
+    over = simulate(steady(2 * load), StaticPolicy(BOUNDS, 20), model=cached, bounds=BOUNDS)
+    assert all(over.slo_attainment(t) == 1.0 for t in ("enterprise", "pro", "free"))
+
+
+def test_surgegate_buys_fewer_replicas_for_what_the_cache_answers():
+    # 30% of the requests answered by the cache: demand, capacity and token rates count the misses only
+    w = SCENARIOS["flash_crowd"](40 * RPS, 3)
+    bounds = fleet_bounds(w, MODEL)
+    paid = {}
+    for ratio in (0.0, 0.3):
+        model = ServiceModel(cache_hit_ratio=ratio)
+        r = simulate(w, make_policy("surgegate", w, model, bounds), model=model, bounds=bounds, seed=5)
+        assert r.slo_attainment("enterprise") >= 0.99
+        paid[ratio] = sum(row.paid for row in r.rows)
+    assert paid[0.3] < 0.85 * paid[0.0], paid
+
+
+class _Level3(StaticPolicy):
+    """A fixed fleet behind a decision at level 3 that admits every tier."""
+
+    def plan(self):
+        import dataclasses
+
+        from surgegate.schemas.decisions import ThrottleDecision, TierLimit
+
+        open_tier = TierLimit(realtime_rps=1e9, batch_rps=1e9, burst=1e9)
+        decision = ThrottleDecision(service="chat", version=1, issued_at=0, valid_until=10**12, level=3,
+                                    mode="enforce", tiers={t: open_tier for t in ("enterprise", "pro", "free")},
+                                    tenants={}, defer_batch=False, breaker="closed", forecast_upper_rps=0.0,
+                                    safe_rps=1e9, reason="level 3")
+        return dataclasses.replace(super().plan(), decision=decision)
+
+
+def test_at_level_3_the_lower_tiers_get_cache_hits_only_and_their_misses_are_refused():
+    load = 0.5 * 20 * RPS
+    r = simulate(steady(load), _Level3(BOUNDS, 20), model=ServiceModel(cache_hit_ratio=0.25), bounds=BOUNDS)
+    assert r.tier_share("rejected", "enterprise") == 0
+    for tier in ("pro", "free"):
+        assert r.tier_share("rejected", tier) == pytest.approx(0.75, abs=0.02)
+    without_cache = simulate(steady(load), _Level3(BOUNDS, 20), model=MODEL, bounds=BOUNDS)
+    assert without_cache.share("rejected") == 0  # no cache configured: level 3 means what it did before
+
+
+def test_the_deferral_lane_drains_at_the_admitted_rate_expires_late_tasks_and_reports_its_backlog():
+    lane = ServiceModel(deferral="lane", batch_deadline_s=120.0)
+    seen = []
+
+    class Watching(WithAdmission):
+        def window(self, obs):
+            seen.append(obs.pool)
+            super().window(obs)
+
+    # twice the capacity of a fixed fleet: admission defers batch work; the lane keeps it until its deadline
+    r = simulate(steady(2 * 12 * RPS), Watching(BOUNDS, StaticPolicy(BOUNDS, 12)), model=lane, bounds=BOUNDS)
+    assert r.share("deferred") > 0
+    assert max(p.backlog_tasks for p in seen) > 0 and max(p.backlog_required_rps for p in seen) > 0
+    assert r.share("timed_out") > 0  # deferred work past its deadline expired rather than ran late
+    queue = simulate(steady(2 * 12 * RPS), WithAdmission(BOUNDS, StaticPolicy(BOUNDS, 12)),
+                     model=ServiceModel(batch_deadline_s=120.0), bounds=BOUNDS)
+    assert r.goodput_rps >= queue.goodput_rps * 0.98  # never worse than the in-memory queue at the same SLO
+
+
+def test_a_run_without_a_sweep_reports_the_default_settings_only():
+    w = steady(0.5 * 20 * RPS, seconds=WARMUP_S + 120)
+    text = table(compare(w, ("surgegate",), model=MODEL, sweep=False))
+    assert "**Default settings:**" in text and "| surgegate |" in text
+    assert "Cost at equal SLO" not in text

@@ -29,6 +29,8 @@ import msgspec
 IGNORED_FIELDS = frozenset({"user", "stream_options"})
 #: ``X-Surgegate-Cache`` values.
 OPT_IN, OPT_OUT = "on", "off"
+#: From this degradation level on, tiers below the top one are served from the cache only: a miss is refused.
+CACHE_ONLY_LEVEL = 3
 
 
 def cacheable(temperature: float | None, header: str | None) -> bool:

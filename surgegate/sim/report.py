@@ -161,7 +161,7 @@ def table(comparison: Comparison) -> str:
         f"the SLO, cold start {bounds.cold_start_s:.0f} s; top-tier TTFT target {bounds.ttft_slo_ms / 1000:.2f} s.",
         "",
     ]
-    if comparison.sweeps:
+    if any(comparison.sweeps.values()):  # without a sweep (one run per policy) there is no cost at equal SLO
         lines += ["**Cost at equal SLO** (the fewest replica-hours at which the top tier met its SLO in "
                   f"{_pct(ISO_SLO)} of windows, over each policy's sweep):", "",
                   "| policy | knob | value | replica-hours | SLO attainment e / p / f | goodput rps | rejected |",
@@ -208,7 +208,7 @@ def verdicts(comparison: Comparison) -> list[str]:
     att = sg.slo_attainment(top)
     out.append(f"- Top-tier realtime SLO attainment at the default settings {_pct(att, 2)} (target >= 99.9%): "
                f"{'met' if att >= ISO_SLO else 'missed'}.")
-    if comparison.sweeps:
+    if any(comparison.sweeps.values()):
         mine = comparison.iso("surgegate")
         rivals = [(name, comparison.iso(name)) for name in BASELINES if name in comparison.sweeps]
         reached = [(name, r) for name, r in rivals if r is not None]

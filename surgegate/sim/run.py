@@ -25,9 +25,10 @@ import random
 from collections.abc import Callable
 from typing import cast
 
-from surgegate.admission.actions import ADMIT, DEFER
+from surgegate.admission.actions import ADMIT, DEFER, REJECT
 from surgegate.admission.gate import Admission, Fallback, hold_after_s
 from surgegate.checks import check
+from surgegate.llm.caching import CACHE_ONLY_LEVEL
 from surgegate.llm.fluid import (
     FluidPool,
     Second,
@@ -250,6 +251,7 @@ def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None =
     # deferred batch work per tier: (second deferred, requests)
     backlog: dict[str, collections.deque[list[float]]] = {t: collections.deque() for t in tiers}
     backlog_total = dict.fromkeys(tiers, 0.0)
+    lane = model.deferral == "lane"
     ref_prompt, _ = workload.mean_lengths()
     targets = _Targets(model, ref_prompt)
     decoding = _Decoding()
@@ -275,17 +277,24 @@ def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None =
         # calls of every class come interleaved, as arrivals do: no class is asked first
         calls: list[int] = []
         each: list[float] = []
-        for i, (_, share) in enumerate(classes):
+        for i, ((tier, rtype), share) in enumerate(classes):
             arriving = workload.rate[t] * share
-            n = max(1, _round(arriving / k, rng))
+            # the response cache answers its share at the edge: neither the gate nor a replica sees those
+            hits = arriving * model.cache_hit_ratio
+            if hits:
+                acc.hit(tier, rtype, hits)
+            n = max(1, _round((arriving - hits) / k, rng))
             calls += [i] * n
-            each.append(arriving / n)
+            each.append((arriving - hits) / n)
         rng.shuffle(calls)
         admitted = [0] * len(classes)
         deferred = [0] * len(classes)
         for i in calls:
             tier, rtype = classes[i][0]
-            action = gate.admit("sim", tier, rtype).action
+            verdict = gate.admit("sim", tier, rtype)
+            action = verdict.action
+            if model.cache_hit_ratio and action == ADMIT and verdict.level >= CACHE_ONLY_LEVEL and tier != tiers[0]:
+                action = REJECT  # cache only: this miss is refused, as the edge does
             acc.count(tier, rtype, action, each[i])
             if action == ADMIT:
                 admitted[i] += 1
@@ -296,14 +305,21 @@ def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None =
             if deferred[i]:
                 backlog[tier].append([now, deferred[i] * each[i]])
                 backlog_total[tier] += deferred[i] * each[i]
-        # the deferred backlog is offered again, drained over a minute at the most (as an edge's
-        # async queue with bounded concurrency would), so it does not return as one spike
+        # the deferred backlog is offered again. The in-memory queue drains it over a minute at the most (as
+        # an edge's async queue with bounded concurrency would), so it does not return as one spike; the
+        # lane's drainers offer all of it, highest tier first, and a task past its deadline expires
         for tier in tiers:
+            if lane:
+                expired = _take(backlog[tier], backlog_total[tier], now - model.batch_deadline_s, only_before=True)
+                if expired:
+                    backlog_total[tier] = max(0.0, backlog_total[tier] - expired)
+                    acc.expired += expired  # never run: not a timeout the replicas caused
             if backlog_total[tier] <= 1e-9:
                 continue
             # each call stands for k requests at most, as the gate counts it
-            offered = min(max(backlog_total[tier] / BACKLOG_DRAIN_S, min(k, backlog_total[tier])),
-                          CALLS_PER_SECOND * k)
+            drain = backlog_total[tier] if lane else max(backlog_total[tier] / BACKLOG_DRAIN_S,
+                                                         min(k, backlog_total[tier]))
+            offered = min(drain, CALLS_PER_SECOND * k)
             offers = max(1, _round(offered / k, rng))
             replayed = 0.0
             for _ in range(offers):
@@ -323,7 +339,8 @@ def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None =
                              waiting=sec.waiting, kv_cache=sec.kv_cache_usage))
         if t % window_s == window_s - 1:
             start = t - window_s + 1
-            policy.window(acc.observation(start, fleet))
+            policy.window(acc.observation(start, fleet, _backlog(backlog, now, model.batch_deadline_s) if lane
+                                          else (0, 0.0)))
             plan = policy.plan()
             rows.append(acc.row(start, fleet, plan))
             acc = _Window(tiers, window_s)
@@ -381,11 +398,14 @@ class _Decoding:
         return done
 
 
-def _take(backlog: collections.deque[list[float]], n: float, deadline: float) -> float:
-    """Take ``n`` requests off the oldest end of ``backlog``; how many of them were deferred before ``deadline``."""
+def _take(backlog: collections.deque[list[float]], n: float, deadline: float, only_before: bool = False) -> float:
+    """Take ``n`` requests off the oldest end of ``backlog`` (``only_before``: only those deferred before
+    ``deadline``); how many of them were deferred before ``deadline``."""
     late = 0.0
     while n > 1e-9 and backlog:
         head = backlog[0]
+        if only_before and head[0] >= deadline:
+            break
         take = min(n, head[1])
         if head[0] < deadline:
             late += take
@@ -394,6 +414,16 @@ def _take(backlog: collections.deque[list[float]], n: float, deadline: float) ->
         if head[1] <= 1e-9:
             backlog.popleft()
     return late
+
+
+def _backlog(backlog: dict[str, collections.deque[list[float]]], now: float, deadline_s: float) -> tuple[int, float]:
+    """(requests waiting, the start rate that meets every one's deadline), as the lane's drainers report it."""
+    entries = sorted((t0, n) for queue in backlog.values() for t0, n in queue)
+    total, required = 0.0, 0.0
+    for t0, n in entries:
+        total += n
+        required = max(required, total / max(1.0, t0 + deadline_s - now))
+    return int(total), required
 
 
 def _round(x: float, rng: random.Random) -> int:
@@ -415,6 +445,8 @@ class _Window:
         self.lost: dict[tuple[str, str], float] = dict.fromkeys(classes, 0.0)
         self.missed = dict.fromkeys(tiers, 0.0)
         self.deferred = dict.fromkeys(tiers, 0.0)
+        self.hits: dict[tuple[str, str], float] = dict.fromkeys(classes, 0.0)
+        self.expired = 0.0  # deferred tasks whose deadline passed before they ran (the lane)
         self.replayed = dict.fromkeys(tiers, 0.0)
         self.late = dict.fromkeys(tiers, 0.0)
         self.good = 0.0
@@ -428,6 +460,12 @@ class _Window:
         self.waiting = 0.0
         self.running = 0.0
         self.capacity = 0.0
+
+    def hit(self, tier: str, rtype: str, n: float) -> None:
+        """``n`` requests answered from the response cache: served at once, within their SLO."""
+        self.demand[(tier, rtype)] += n
+        self.hits[(tier, rtype)] += n
+        self.good += n
 
     def count(self, tier: str, rtype: str, action: str, k: float) -> None:
         self.demand[(tier, rtype)] += k
@@ -476,33 +514,35 @@ class _Window:
     def _stats(self, classes: list[tuple[str, str]], ttft: list[tuple[float, float]], deferred: float,
                replayed: float) -> TrafficStats:
         w = self.window_s
-        served = sum(self.served[c] for c in classes)
+        hits = sum(self.hits[c] for c in classes)
+        served = sum(self.served[c] for c in classes) + hits
         lost = sum(self.lost[c] for c in classes)
         rejected = sum(self.rejected[c] for c in classes)
         n = served + lost + rejected
         ttft_p99 = weighted_quantile(ttft, 0.99)
         ttft_p50 = weighted_quantile(ttft, 0.5)
         tpot = weighted_quantile(self.tpot, 0.99)
-        share = served / (sum(self.served.values()) or 1.0)
+        share = (served - hits) / (sum(self.served.values()) or 1.0)  # tokens: what the replicas served
         tokens_in, tokens_out = self.tokens[0] * share, self.tokens[1] * share
         p99 = ttft_p99 * 1000 if ttft_p99 is not None else 0.0
         return TrafficStats(
             requests=int(n), rate_rps=round(n / w, 3), ok=int(served), error=0, timeout=int(lost),
-            throttled=int(rejected), realtime=int(sum(self.served[c] + self.lost[c] + self.rejected[c]
+            throttled=int(rejected), realtime=int(sum(self.served[c] + self.hits[c] + self.lost[c] + self.rejected[c]
                                                       for c in classes if c[1] == RT)),
-            batch=int(sum(self.served[c] + self.lost[c] + self.rejected[c] for c in classes if c[1] == BATCH)),
+            batch=int(sum(self.served[c] + self.hits[c] + self.lost[c] + self.rejected[c]
+                          for c in classes if c[1] == BATCH)),
             # the simulated service's latency is its time to first token
             latency_p50_ms=round(ttft_p50 * 1000, 3) if ttft_p50 is not None else 0.0, latency_p90_ms=round(p99, 3),
             latency_p99_ms=round(p99, 3), latency_max_ms=round(p99, 3), queue_wait_p99_ms=0.0,
             input_tokens=int(tokens_in), output_tokens=int(tokens_out),
-            tokens_per_s=round((tokens_in + tokens_out) / w, 3), over_2s_share=0.0, cache_hits=0,
+            tokens_per_s=round((tokens_in + tokens_out) / w, 3), over_2s_share=0.0, cache_hits=int(hits),
             deferred=int(deferred), replayed=int(replayed),
-            demand_rps=round(max(0.0, n - replayed + deferred) / w, 3),
+            demand_rps=round(max(0.0, n - replayed + deferred - hits) / w, 3),
             ttft_p50_ms=round(ttft_p50 * 1000, 3) if ttft_p50 is not None else None,
             ttft_p99_ms=round(p99, 3) if ttft_p99 is not None else None,
             itl_p50_ms=None, itl_p99_ms=round(tpot * 1000, 3) if tpot is not None else None)
 
-    def observation(self, start: int, fleet: Fleet) -> Observation:
+    def observation(self, start: int, fleet: Fleet, backlog: tuple[int, float] = (0, 0.0)) -> Observation:
         tiers = {t: self._stats([(t, RT), (t, BATCH)], self.ttft[t], self.deferred[t], self.replayed[t])
                  for t in self.tiers}
         service = self._stats(list(self.served), [p for t in self.tiers for p in self.ttft[t]],
@@ -514,7 +554,8 @@ class _Window:
                          queue_depth=int(self.waiting), queue_depth_max=int(self.waiting),
                          running_requests=int(self.running), tokens_per_s=round(self.generated / self.window_s, 3),
                          workers=fleet.ready + fleet.pending, ready_replicas=fleet.ready,
-                         cold_starting_replicas=fleet.pending)
+                         cold_starting_replicas=fleet.pending, backlog_tasks=backlog[0],
+                         backlog_required_rps=round(backlog[1], 3))
         return Observation(window_start_ms=start * 1000, window_ms=self.window_s * 1000, service=service, tiers=tiers,
                            pool=pool)
 
@@ -525,10 +566,11 @@ class _Window:
         return WindowRow(
             t=start, demand=sum(self.demand.values()) / w,
             admitted=sum(self.demand[c] - self.rejected[c] for c in self.demand) / w,
-            served=sum(self.served.values()) / w,
+            served=(sum(self.served.values()) + sum(self.hits.values())) / w,
             rejected={t: (self.rejected[(t, RT)] + self.rejected[(t, BATCH)]) for t in self.tiers},
             deferred=sum(self.deferred.values()), deferred_by_tier=dict(self.deferred),
-            timed_out=sum(self.lost.values()), ttft_p99_ms=ttft, tpot_p99_ms=tpot * 1000 if tpot is not None else None,
+            timed_out=sum(self.lost.values()) + self.expired, ttft_p99_ms=ttft,
+            tpot_p99_ms=tpot * 1000 if tpot is not None else None,
             demand_by_tier={t: self.demand[(t, RT)] for t in self.tiers}, missed_by_tier=dict(self.missed),
             all_by_tier={t: self.demand[(t, RT)] + self.demand[(t, BATCH)] for t in self.tiers},
             good=max(0.0, self.good - sum(self.late.values())),  # replayed after the deadline: served, not good

@@ -47,6 +47,14 @@ class ServiceModel:
     batch_deadline_s: float = 1800.0
     #: the engine schedules by tier (vLLM's --scheduling-policy priority) instead of first come, first served
     engine_priority: bool = False
+    #: the share of every class's requests the edges' response cache answers (repeated deterministic requests);
+    #: a hit costs the replicas nothing and meets its SLO, and from level 3 the lower tiers' misses are refused
+    cache_hit_ratio: float = 0.0
+    #: where deferred batch work waits: ``queue``, an edge's in-memory queue that offers it again over a minute
+    #: or more; ``lane``, the durable deferral lane: drainers start tasks as fast as the decision's batch rate
+    #: admits them, highest tier first, a task whose deadline passes expires, and the backlog is reported to
+    #: the policy (tasks, and the rate that meets every deadline)
+    deferral: str = "queue"
 
     def __post_init__(self) -> None:
         check(self.cold_start_s >= 0, "cold_start_s", self.cold_start_s, "must be >= 0")
@@ -57,6 +65,8 @@ class ServiceModel:
         check(len(self.tpot_s) == len(TIER_ORDER) and min(self.tpot_s) > 0, "tpot_s", self.tpot_s,
               f"must be {len(TIER_ORDER)} values > 0")
         check(self.batch_deadline_s > 0, "batch_deadline_s", self.batch_deadline_s, "must be > 0")
+        check(0.0 <= self.cache_hit_ratio < 1.0, "cache_hit_ratio", self.cache_hit_ratio, "must be within [0, 1)")
+        check(self.deferral in ("queue", "lane"), "deferral", self.deferral, "must be queue or lane")
 
     def ttft_target_s(self, tier: str, prompt_mean: float) -> float:
         """The TTFT p99 target of ``tier``'s realtime requests on a workload of ``prompt_mean`` prompts."""
