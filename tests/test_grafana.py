@@ -2,7 +2,7 @@
 
 Each process's metrics are built here as the process builds them (the edge
 gate's, the API's, the worker's counters, the KEDA scaler's, the rate limit
-service's, a pool scaler's), fed with enough to show every family, and read back
+service's, a pool scaler's, a drainer's), fed with enough to show every family, and read back
 through prometheus_client's parser; every ``surgegate_*`` name in the
 dashboard's queries must be among the samples.
 """
@@ -21,6 +21,7 @@ from test_admission import decision as throttle
 from test_keda import decision as scaling
 
 from surgegate.api.metrics import Families, Snapshot
+from surgegate.edge.drain import Drainer, DrainerCollector
 from surgegate.edge.gate import EdgeGate
 from surgegate.edge.metrics import GateMetrics
 from surgegate.edge.ratelimit import RateLimitService
@@ -53,6 +54,7 @@ def exposed() -> set[str]:
     assert gate.offer(msgspec.json.encode(throttle(now=time.time(), valid_for_s=600)))
     gate.admit("acme", "pro")
     gate.record("acme", "pro", "realtime", "ok", 120.0, ttft_ms=30.0, itl_ms=8.0)
+    gate.record("acme", "pro", "realtime", "ok", 0.4, cache_hit=True)
     service = RateLimitService(gate, registry=metrics.registry)
     service.answers.labels("OK").inc()
     out |= names(metrics.registry)
@@ -77,6 +79,11 @@ def exposed() -> set[str]:
     scaler = CollectorRegistry()
     scaler.register(ScalerCollector(subscriber))
     out |= names(scaler)
+    # a drainer (`surgegate drain --metrics-port`): nothing is connected until it runs
+    drainer = Drainer(Settings(redis="redis://127.0.0.1:9/0"), "chat", "http://127.0.0.1:9")
+    drained = CollectorRegistry()
+    drained.register(DrainerCollector(drainer))
+    out |= names(drained)
     return out
 
 
