@@ -165,7 +165,7 @@ class KafkaSender:
                                  **kwargs)
                 return True
             except BufferError:
-                producer.poll(BUFFER_FULL_WAIT_S)
+                self._serve(producer, BUFFER_FULL_WAIT_S)
             except KafkaException as exc:
                 if exc.args[0].code() == KafkaError._FATAL:
                     # the fatal error's callback is served by a later poll(): it may not have been seen yet
@@ -239,11 +239,29 @@ class KafkaSender:
         self._checked_at = now
         # delivery reports not yet served count in len(): serve them first, or a sender that polls rarely
         # would look stalled while everything it sent was delivered
-        producer.poll(0)
+        self._serve(producer, 0)
+        if self._fatal:
+            self.renew("a fatal producer error")
+            return
         if len(producer) == 0:
             self._progress_at = now
         elif now - self._progress_at >= self.stall_s:
             self.renew(f"{len(producer)} records waiting {self.stall_s:g} s with no delivery")
+
+    def _serve(self, producer: Producer, timeout: float) -> None:
+        """Serve ``producer``'s callbacks; a fatal error it raises marks the producer for renewal instead."""
+        try:
+            producer.poll(timeout)
+        except KafkaException as exc:
+            self._fatal_raised(exc)
+
+    def _fatal_raised(self, exc: KafkaException) -> None:
+        error = exc.args[0] if exc.args else None
+        if not (isinstance(error, KafkaError) and (error.fatal() or error.code() == KafkaError._FATAL)):
+            raise exc
+        self._fatal = True
+        self.last_error = error.str()
+        log.error("kafka producer: fatal error raised, renewing the producer: %s", error.str())
 
     def renew(self, why: str) -> None:
         """Replace the producer with a fresh one; records it still queues are sent again by the new one."""
@@ -258,10 +276,14 @@ class KafkaSender:
             log.warning("kafka producer renewed (%s); %d records handed over", why, len(old))
             # queued records come back as _PURGE_QUEUE and go to the new producer (see _on_delivery);
             # in-flight ones as _PURGE_INFLIGHT: their fate is unknown, so they count as failed
-            old.purge(in_queue=True, in_flight=True, blocking=False)
+            try:
+                old.purge(in_queue=True, in_flight=True, blocking=False)
+            except KafkaException as exc:  # a producer in a fatal state may refuse even this: its records count
+                log.warning("kafka producer: the old producer could not be purged (%s)", exc)
             deadline = time.monotonic() + RENEW_DRAIN_S
             while len(old) and time.monotonic() < deadline:
-                old.poll(0.05)
+                self._serve(old, 0.05)
+            self._fatal = False  # the old producer's fatal error, seen while it was drained, is not the new one's
             if len(old):
                 self.failed += len(old)
                 self.last_error = f"{len(old)} records lost with a renewed producer"
@@ -269,7 +291,7 @@ class KafkaSender:
     def poll(self) -> None:
         """Serve delivery reports without blocking; renews a producer that stopped delivering."""
         if self._producer is not None:
-            self._producer.poll(0)
+            self._serve(self._producer, 0)
             self._check_health()
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> None:
@@ -283,7 +305,11 @@ class KafkaSender:
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
-            remaining = self.producer.flush(max(0.0, min(1.0, left)))
+            try:
+                remaining = self.producer.flush(max(0.0, min(1.0, left)))
+            except KafkaException as exc:  # a fatal error raised by the wait: renewed, and the wait goes on
+                self._fatal_raised(exc)
+                remaining = len(self.producer)
             if (not remaining and not self._parked) or left <= 1.0:
                 break
             if self._parked and not remaining:

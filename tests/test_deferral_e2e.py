@@ -27,8 +27,11 @@ from surgegate.streams.topics import Topics
 pytestmark = pytest.mark.e2e
 
 MESSAGES = [{"role": "user", "content": "Summarise yesterday's tickets."}]
-#: batch work deferred: the edges give every batch request a task id
-DEFERRING = msgspec.structs.replace(decision(1, OPEN), defer_batch=True)
+
+
+def deferring():
+    """A decision that defers all batch work: the edges give every batch request a task id (valid from now)."""
+    return msgspec.structs.replace(decision(1, OPEN), defer_batch=True)
 
 
 def _get(url: str) -> tuple[int, dict]:
@@ -95,7 +98,7 @@ async def _submit(base: str, n: int, tier_key: str = "pro") -> list[str]:
 
 def test_tasks_deferred_by_an_edge_killed_afterwards_all_complete_once_answered_by_any_edge_and_the_api(
         settings, tmp_path):
-    publish(settings, DEFERRING)
+    publish(settings, deferring())
     lane = Lane(settings, tmp_path)
     try:
         edge_a, base_a = lane.edge("edge-a")
@@ -131,7 +134,7 @@ def test_tasks_deferred_by_an_edge_killed_afterwards_all_complete_once_answered_
 
 
 def test_the_drainer_starts_tasks_at_the_batch_rate_of_the_decision_in_force(settings, tmp_path):
-    publish(settings, DEFERRING)
+    publish(settings, deferring())
     lane = Lane(settings, tmp_path)
     try:
         _, base = lane.edge("edge-a")
@@ -193,7 +196,7 @@ def test_a_task_state_only_moves_forward_and_the_first_answer_stands(redis_url):
 
 
 def test_a_task_the_upstream_keeps_failing_fails_after_its_tries_with_the_reason(settings, tmp_path):
-    publish(settings, DEFERRING)
+    publish(settings, deferring())
     lane = Lane(settings, tmp_path)
     try:
         failing = f"http://127.0.0.1:{free_port()}"  # nothing listens there: every try is refused
@@ -210,7 +213,7 @@ def test_a_task_the_upstream_keeps_failing_fails_after_its_tries_with_the_reason
 
 
 def test_a_drainer_killed_mid_drain_loses_no_task_and_changes_no_answer(settings, tmp_path):
-    publish(settings, DEFERRING)
+    publish(settings, deferring())
     lane = Lane(settings, tmp_path)
     try:
         _, base = lane.edge("edge-a")
