@@ -15,14 +15,23 @@ from surgegate.streams.store import StateMirror
 from surgegate.streams.topics import Topics
 
 
-def create_app(settings: Settings, *, mirror: StateMirror | None = None) -> faust.App:
+def create_app(settings: Settings, *, mirror: StateMirror | None = None,
+               one_record_batches: bool = False) -> faust.App:
     """Build the Faust app: window merge, forecast, decide and Redis-mirror agents.
 
     Group timeouts are short because the embedded broker makes a join wait for
     the rebalance timeout; standby replicas are off because with them a single
     worker restores its own active table partitions as standbys and misses the
     newest changelog record. The recovery consistency check is off: see below.
+
+    ``one_record_batches`` sends every record in a batch of its own, for a
+    broker that reports a partition's end wrongly after a multi-record batch
+    (the embedded one: see :func:`~surgegate.streams.kafka.end_offsets_trusted`).
+    Faust restores a table by reading its changelog up to that end; one record
+    per batch keeps the end right, so a restarted worker restores every state
+    it wrote, at the cost of a round trip per record and partition.
     """
+    batching: dict[str, Any] = {"producer_max_batch_size": 1} if one_record_batches else {}
     topics = Topics(settings.topic_prefix)
     app = faust.App(
         f"{settings.topic_prefix}surgegate",
@@ -43,6 +52,7 @@ def create_app(settings: Settings, *, mirror: StateMirror | None = None) -> faus
         producer_linger_ms=5,
         producer_compression_type=None,
         logging_config=None,
+        **batching,
     )
     partials = app.topic(topics.partials, key_type=bytes, value_type=bytes,
                          key_serializer="raw", value_serializer="raw")

@@ -37,6 +37,8 @@ MESSAGE_TIMEOUT_MS = 300_000
 FLUSH_TIMEOUT_S = 30.0
 #: How long a command waits for the broker to answer before it gives up.
 PROBE_TIMEOUT_S = 5.0
+#: The cluster id the embedded broker (Tansu) reports.
+TANSU_CLUSTER_ID = "tansu_cluster"
 #: How often a long-lived reader checks that the topics it reads are still the logs it started on.
 LOG_CHECK_S = 5.0
 
@@ -62,6 +64,20 @@ def probe_broker(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> int:
         raise BrokerUnavailable(f"no Kafka broker answered at {settings.kafka} within {timeout_s:g} s "
                                 f"({detail}); check SURGEGATE_KAFKA or --kafka") from None
     return len(metadata.brokers)
+
+
+def end_offsets_trusted(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """False for a broker that reports a partition's end wrongly after a multi-record batch: the embedded broker
+    (Tansu, told by its cluster id) answers ``ListOffsets`` with the batch's first offset plus one (a batch of
+    10 then one of 3: 11, not 13). A broker that does not answer is taken for one that does it right."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        metadata = AdminClient(admin_config(settings)).list_topics(timeout=timeout_s)
+    except KafkaException:
+        return True
+    return metadata.cluster_id != TANSU_CLUSTER_ID
 
 
 def topic_ids(admin: Any, topics: list[str], timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, str]:

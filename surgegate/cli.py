@@ -76,12 +76,17 @@ def run_worker(settings: Settings, *, ingest: bool = True, metrics_port: int = 0
 
     from surgegate.agents.app import create_app
     from surgegate.streams.ingest import IngestWorker
+    from surgegate.streams.kafka import end_offsets_trusted
     from surgegate.streams.store import Keys, StateMirror
     from surgegate.streams.topics import keep_topics
 
     mirror = StateMirror(settings.redis, Keys.for_topic_prefix(settings.topic_prefix),
                          window_s=settings.window_s) if settings.redis else None
-    app = create_app(settings, mirror=mirror)
+    one_record_batches = not end_offsets_trusted(settings)
+    if one_record_batches:
+        log.info("the broker reports a partition's end wrongly after multi-record batches (the embedded broker): "
+                 "the agents send one record per batch, so a restarted worker restores all its state")
+    app = create_app(settings, mirror=mirror, one_record_batches=one_record_batches)
     ingest_worker = IngestWorker(settings) if ingest else None
     stop_keeper = threading.Event()
 

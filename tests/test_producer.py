@@ -135,3 +135,15 @@ def test_a_record_whose_topic_never_comes_back_fails_at_the_delivery_timeout(set
         sender.send(settings.topic_prefix + "never", b"2")
         sender.flush(10)
     assert sender.failed == 2 and sender.delivered == 0
+
+
+def test_the_embedded_broker_is_told_apart_as_one_whose_end_offsets_are_wrong_after_batches(settings):
+    # Faust restores a table up to the end the broker reports: the worker sends one record per batch to a broker
+    # that reports it wrongly (the embedded one), and batches as usual to any other
+    from surgegate.agents.app import create_app
+    from surgegate.streams.kafka import end_offsets_trusted
+
+    assert end_offsets_trusted(settings) is False
+    assert end_offsets_trusted(Settings(kafka="127.0.0.1:9"), timeout_s=0.5) is True  # no answer: a Kafka
+    assert create_app(settings, one_record_batches=True).conf.producer_max_batch_size == 1
+    assert create_app(settings).conf.producer_max_batch_size > 1000
