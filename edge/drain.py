@@ -48,6 +48,7 @@ from prometheus_client.registry import Collector
 
 from surgegate.admission.actions import ADMIT
 from surgegate.admission.backlog import Backlog, Held, OffsetBook, retry_delay_s
+from surgegate.admission.gate import UnknownTier
 from surgegate.edge.gate import EdgeGate
 from surgegate.llm.openai_wire import with_token_cap
 from surgegate.schemas.deadletter import DeadLetter
@@ -293,7 +294,12 @@ class Drainer:
                 await self._finish(held, "expired", reason=f"deadline passed before it could run "
                                                            f"({held.attempts} tries)")
                 return True
-            verdict = self.gate.admission.admit(task.tenant, task.tier, "batch", task.tokens, requeued=True)
+            try:
+                verdict = self.gate.admission.admit(task.tenant, task.tier, "batch", task.tokens, requeued=True)
+            except UnknownTier as exc:  # the service's tiers changed since the edge took it: it cannot run
+                self.backlog.take(held.id)
+                await self._finish(held, "failed", reason=str(exc))
+                return True
             if verdict.action != ADMIT:
                 continue
             self.backlog.take(held.id)
@@ -306,32 +312,47 @@ class Drainer:
 
     async def _run(self, session: aiohttp.ClientSession, held: Held, max_tokens: int | None,
                    slots: asyncio.Semaphore) -> None:
-        task: DeferredTask = held.item[0]
         try:
-            known = await self._state(task.id)
-            if known is not None and known.state in FINAL_STATES:  # finished by a drainer before a handover
-                self.counts["already_final"] += 1
-                self._release(held.item[1], held.item[2])
-                return
-            held.attempts += 1
-            await self._write(self._view(task, "running", held.attempts))
-            status, payload, why = await self._call(session, task, max_tokens)
-            if why is None:
-                await self._finish(held, "done", status=status, result=payload.decode("utf-8", "replace"))
-                return
-            now = int(time.time() * 1000)
-            delay_ms = int(retry_delay_s(held.attempts) * 1000)
+            await self._try(session, held, max_tokens)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # not the upstream's doing: the task is tried again, and fails in the end
+            log.exception("drainer %s: task %s: %s", self.drainer_id, held.id, exc)
+            self.counts["errors"] += 1
             if held.attempts >= self.max_attempts:
-                await self._finish(held, "failed", status=status, reason=f"{why} ({held.attempts} tries)")
-            elif now + delay_ms >= task.deadline:
-                await self._finish(held, "expired", status=status,
-                                   reason=f"{why}; the deadline comes before the next try ({held.attempts} tries)")
+                await self._finish(held, "failed", reason=f"the drainer failed: {type(exc).__name__}: {exc}")
             else:
-                self.counts["retried"] += 1
-                held.not_before = now + delay_ms
+                held.not_before = int(time.time() * 1000) + int(retry_delay_s(held.attempts + 1) * 1000)
+                held.attempts += 1
                 self.backlog.add(held)
         finally:
             slots.release()
+
+    async def _try(self, session: aiohttp.ClientSession, held: Held, max_tokens: int | None) -> None:
+        """One try of a held task: skipped if already final, else run, then finished or held for a retry."""
+        task: DeferredTask = held.item[0]
+        known = await self._state(task.id)
+        if known is not None and known.state in FINAL_STATES:  # finished by a drainer before a handover
+            self.counts["already_final"] += 1
+            self._release(held.item[1], held.item[2])
+            return
+        held.attempts += 1
+        await self._write(self._view(task, "running", held.attempts))
+        status, payload, why = await self._call(session, task, max_tokens)
+        if why is None:
+            await self._finish(held, "done", status=status, result=payload.decode("utf-8", "replace"))
+            return
+        now = int(time.time() * 1000)
+        delay_ms = int(retry_delay_s(held.attempts) * 1000)
+        if held.attempts >= self.max_attempts:
+            await self._finish(held, "failed", status=status, reason=f"{why} ({held.attempts} tries)")
+        elif now + delay_ms >= task.deadline:
+            await self._finish(held, "expired", status=status,
+                               reason=f"{why}; the deadline comes before the next try ({held.attempts} tries)")
+        else:
+            self.counts["retried"] += 1
+            held.not_before = now + delay_ms
+            self.backlog.add(held)
 
     async def _call(self, session: aiohttp.ClientSession, task: DeferredTask,
                     max_tokens: int | None) -> tuple[int | None, bytes, str | None]:

@@ -129,3 +129,33 @@ def test_at_level_3_lower_tiers_get_cached_answers_only_and_misses_are_refused_w
     assert refused.response.headers["X-Surgegate-Level"] == "3"
     assert top.parse().choices[0].message.content  # the top tier still reaches the upstream
     assert stats["completed"] == 2
+
+
+def test_hits_are_counted_in_the_windows_and_left_out_of_the_demand(settings, worker_factory):
+    from support import TopicReader
+
+    from surgegate.schemas.aggregates import WindowStats
+    from surgegate.streams.topics import Topics
+
+    publish(settings, decision(1))
+    worker_factory()
+
+    async def go():
+        async with Stack(settings, report="summaries", cache=_cache(settings)) as s:
+            ask = s.client().chat.completions.with_raw_response.create
+            for _ in range(3):  # one miss, then two hits
+                await ask(model="llama-3-8b", messages=MESSAGES, max_tokens=20, temperature=0)
+
+    run(go())
+    reader = TopicReader(settings, Topics(settings.topic_prefix).windows)
+
+    def served(_) -> list:
+        return [w for w in reader.decoded(WindowStats) if w.scope == "service=chat" and w.traffic.ok]
+
+    reader.poll_until(lambda m: sum(w.traffic.ok for w in served(m)) >= 3, 60, "windows with the three requests")
+    windows = served(None)
+    reader.close()
+    assert sum(w.traffic.ok for w in windows) == 3 and sum(w.traffic.cache_hits for w in windows) == 2
+    # demand on the servers: the one miss (a window is 10 s, demand_rps per second)
+    assert sum(w.traffic.demand * (w.window_end - w.window_start) / 1000 for w in windows) == pytest.approx(1.0)
+    assert sum(w.traffic.output_tokens for w in windows) >= 1  # the miss's tokens; the hits add none
