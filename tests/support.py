@@ -25,33 +25,49 @@ T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, on a window boundary
 W = 10_000
 
 
-class WorkerProcess:
-    """`surgegate worker` as a child process, configured by environment only."""
+class Child:
+    """A `surgegate <command>` child process configured by ``settings``' environment (and ``extra_env``),
+    logging to ``log_path``; it runs in ``log_path``'s folder."""
 
-    def __init__(self, settings: Settings, log_path: Path, worker_id: str = "w1", metrics_port: int = 0) -> None:
+    def __init__(self, settings: Settings, log_path: Path, *command: str, extra_env: dict[str, str] | None = None
+                 ) -> None:
         self.settings = settings
         self.log_path = log_path
-        self.worker_id = worker_id
-        self.metrics_port = metrics_port
+        self.command = command
+        self.extra_env = extra_env or {}
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> WorkerProcess:
+    def start(self) -> Child:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SURGEGATE_")}
         s = self.settings
-        env.update({
-            "SURGEGATE_KAFKA": s.kafka, "SURGEGATE_REDIS": s.redis, "SURGEGATE_TOPIC_PREFIX": s.topic_prefix,
-            "SURGEGATE_PARTITIONS": str(s.partitions), "SURGEGATE_LATENESS_S": str(s.lateness_s),
-            "SURGEGATE_FLUSH_INTERVAL_S": str(s.flush_interval_s), "SURGEGATE_IDLE_AFTER_S": str(s.idle_after_s),
-            "SURGEGATE_WORKER_ID": self.worker_id, "SURGEGATE_WINDOW_S": str(int(s.window_s)),
-            "SURGEGATE_FORECAST_CHECKPOINT_WINDOWS": str(s.forecast_checkpoint_windows),
-            "SURGEGATE_SERVICES": s.services,
-        })
+        env.update({"SURGEGATE_KAFKA": s.kafka, "SURGEGATE_REDIS": s.redis, "SURGEGATE_TOPIC_PREFIX": s.topic_prefix,
+                    "SURGEGATE_PARTITIONS": str(s.partitions), **self.extra_env})
         with open(self.log_path, "ab") as out:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen([sys.executable, "-m", "surgegate.cli", "worker",
-                                          "--metrics-port", str(self.metrics_port)], env=env, stdout=out,
+            self.proc = subprocess.Popen([sys.executable, "-m", "surgegate.cli", *self.command], env=env, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True,
-                                         cwd=self.log_path.parent)  # Faust's data directory lands beside the log
+                                         cwd=self.log_path.parent)  # a worker's Faust data lands beside the log
         return self
+
+    def wait_http(self, url: str, timeout: float = 30.0) -> None:
+        """Until ``url`` answers 200; fails with the log if the child dies or never answers."""
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc is not None and self.proc.poll() is None, f"{self.command[0]} died:\n{self.log()}"
+            try:
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url} did not answer within {timeout:.0f} s:\n{self.log()}")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        self.stop(signal.SIGKILL)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -64,7 +80,27 @@ class WorkerProcess:
             self.proc.wait()
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
+        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
+
+
+class WorkerProcess(Child):
+    """`surgegate worker` as a child process, configured by environment only."""
+
+    def __init__(self, settings: Settings, log_path: Path, worker_id: str = "w1", metrics_port: int = 0) -> None:
+        s = settings
+        super().__init__(settings, log_path, "worker", "--metrics-port", str(metrics_port), extra_env={
+            "SURGEGATE_LATENESS_S": str(s.lateness_s), "SURGEGATE_FLUSH_INTERVAL_S": str(s.flush_interval_s),
+            "SURGEGATE_IDLE_AFTER_S": str(s.idle_after_s), "SURGEGATE_WORKER_ID": worker_id,
+            "SURGEGATE_WINDOW_S": str(int(s.window_s)),
+            "SURGEGATE_FORECAST_CHECKPOINT_WINDOWS": str(s.forecast_checkpoint_windows),
+            "SURGEGATE_SERVICES": s.services,
+        })
+        self.worker_id = worker_id
+        self.metrics_port = metrics_port
+
+    def start(self) -> WorkerProcess:
+        super().start()
+        return self
 
 
 class TopicReader:
@@ -199,58 +235,3 @@ def serve_api(settings: Settings, timeout: float = 20.0) -> str:
                 raise
             time.sleep(0.2)
 
-
-class Child:
-    """A `surgegate <command>` child process configured by ``settings``' environment, logging to ``log_path``."""
-
-    def __init__(self, settings: Settings, log_path: Path, *command: str) -> None:
-        self.settings = settings
-        self.log_path = log_path
-        self.command = command
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Child:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SURGEGATE_")}
-        s = self.settings
-        env.update({"SURGEGATE_KAFKA": s.kafka, "SURGEGATE_REDIS": s.redis, "SURGEGATE_TOPIC_PREFIX": s.topic_prefix,
-                    "SURGEGATE_PARTITIONS": str(s.partitions)})
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "surgegate.cli", *self.command], env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        return self
-
-    def wait_http(self, url: str, timeout: float = 30.0) -> None:
-        """Until ``url`` answers 200; fails with the log if the child dies or never answers."""
-        import urllib.request
-
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc is not None and self.proc.poll() is None, f"{self.command[0]} died:\n{self.log()}"
-            try:
-                with urllib.request.urlopen(url, timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{url} did not answer within {timeout:.0f} s:\n{self.log()}")
-            time.sleep(0.2)
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""

@@ -42,6 +42,15 @@ def _get(url: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
+def _views(base: str, ids: list[str]) -> dict[str, dict]:
+    """Each task's state as the edge at ``base`` answers it."""
+    return {i: _get(f"{base}/_surgegate/tasks/{i}")[1] for i in ids}
+
+
+def _states(base: str, ids: list[str]) -> set[str | None]:
+    return {v.get("state") for v in _views(base, ids).values()}
+
+
 class Lane:
     """A fake LLM server and the processes in front of it, each a child process."""
 
@@ -113,11 +122,8 @@ def test_tasks_deferred_by_an_edge_killed_afterwards_all_complete_once_answered_
         lane.drainer()
         publish(settings, decision(2, OPEN))  # batch work admitted again
 
-        def states() -> set[str]:
-            return {_get(f"{base_b}/_surgegate/tasks/{i}")[1].get("state") for i in ids}
-
-        eventually(lambda: states() == {"done"}, 90, f"every task done (now {states()}; drainer log: "
-                                                     f"{lane.children[-1].log()[-2000:]})")
+        eventually(lambda: _states(base_b, ids) == {"done"}, 90,
+                   f"every task done (drainer log: {lane.children[-1].log()[-2000:]})")
         for i in ids:
             at_edge, at_api = _get(f"{base_b}/_surgegate/tasks/{i}"), _get(f"{api}/v1/tasks/{i}")
             assert at_edge == at_api and at_edge[0] == 200
@@ -143,17 +149,9 @@ def test_the_drainer_starts_tasks_at_the_batch_rate_of_the_decision_in_force(set
         slow = {**OPEN, "pro": TierLimit(realtime_rps=1000, batch_rps=rate, burst=burst)}
         publish(settings, decision(2, slow))
         lane.drainer()
-        views: dict[str, dict] = {}
-
-        def all_done() -> bool:
-            for i in ids:
-                if views.get(i, {}).get("state") != "done":
-                    views[i] = _get(f"{base}/_surgegate/tasks/{i}")[1]
-            return all(v.get("state") == "done" for v in views.values())
-
-        eventually(all_done, 90, "every task done")
-        # each task's running state is written as it starts: its first attempt's time is when admission let it go
-        finished = sorted(v["updated_at"] for v in views.values())
+        eventually(lambda: _states(base, ids) == {"done"}, 90, "every task done")
+        # a done task's state is written as it finishes: its time follows when admission let it go
+        finished = sorted(v["updated_at"] for v in _views(base, ids).values())
         span_s = (finished[-1] - finished[0]) / 1000
         assert span_s >= (len(ids) - burst - 1) / rate * 0.9, span_s  # not faster than the decision allows
         per_window: dict[int, int] = {}
@@ -222,8 +220,7 @@ def test_a_drainer_killed_mid_drain_loses_no_task_and_changes_no_answer(settings
         first = lane.drainer("drain-1", "--concurrency", "2")
 
         def answers() -> dict[str, dict]:
-            views = {i: _get(f"{base}/_surgegate/tasks/{i}")[1] for i in ids}
-            return {i: v for i, v in views.items() if v.get("state") == "done"}
+            return {i: v for i, v in _views(base, ids).items() if v.get("state") == "done"}
 
         eventually(lambda: len(answers()) >= 10, 60, "ten tasks done by the first drainer")
         first.kill()  # mid-drain: tasks held, some running, offsets not committed past them
