@@ -37,8 +37,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar, cast
 
 import aiohttp
 import msgspec
@@ -52,16 +52,17 @@ from surgegate.admission.gate import UnknownTier
 from surgegate.edge.gate import EdgeGate
 from surgegate.llm.openai_wire import with_token_cap
 from surgegate.schemas.deadletter import DeadLetter
-from surgegate.schemas.deferral import FINAL_STATES, DeferredTask, TaskView
+from surgegate.schemas.deferral import FINAL_STATES, DeferredTask, TaskState, TaskView
 from surgegate.schemas.telemetry import MetricEvent, Status
 from surgegate.settings import Settings
 from surgegate.streams.kafka import consumer_config
 from surgegate.streams.producer import TelemetryProducer
 from surgegate.streams.store import Keys
-from surgegate.streams.tasks import TaskBook
+from surgegate.streams.tasks import TaskBook, view_of
 from surgegate.streams.topics import Topics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Upstream answers that mean "not now" (overload, or the request timed out there): tried again later.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -337,7 +338,7 @@ class Drainer:
             self._release(held.item[1], held.item[2])
             return
         held.attempts += 1
-        await self._write(self._view(task, "running", held.attempts))
+        await self._write(view_of(task, "running", held.attempts))
         status, payload, why = await self._call(session, task, max_tokens)
         if why is None:
             await self._finish(held, "done", status=status, result=payload.decode("utf-8", "replace"))
@@ -384,40 +385,32 @@ class Drainer:
                          replayed=True)
         return status, payload, why
 
-    def _view(self, task: DeferredTask, state: Any, attempts: int, **fields: Any) -> TaskView:
-        return TaskView(id=task.id, state=state, service=task.service, tenant=task.tenant, tier=task.tier,
-                        created_at=task.created_at, deadline=task.deadline, attempts=attempts,
-                        updated_at=int(time.time() * 1000), **fields)
-
-    async def _finish(self, held: Held, state: str, **fields: Any) -> None:
+    async def _finish(self, held: Held, state: TaskState, **fields: Any) -> None:
         task: DeferredTask = held.item[0]
-        final = await self._write(self._view(task, state, held.attempts, **fields))
+        final = await self._write(view_of(task, state, held.attempts, **fields))
         self.counts[state] += 1
         if final.state != state or final.status != fields.get("status"):
             self.counts["answered_before"] += 1  # another drainer's answer stands
         self._release(held.item[1], held.item[2])
 
     async def _state(self, task_id: str) -> TaskView | None:
-        while True:
-            try:
-                return await self.book.get(task_id)
-            except (redis.RedisError, OSError) as exc:
-                await self._redis_down(exc)
+        return await self._outlasting_redis(lambda: self.book.get(task_id))
 
     async def _write(self, view: TaskView) -> TaskView:
         """Write a state, waiting out a Redis outage: a finished task's offset is released only once written."""
+        return await self._outlasting_redis(lambda: self.book.put(view))
+
+    async def _outlasting_redis(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``'s answer, asked again every second while Redis does not answer (until the drainer stops)."""
         while True:
             try:
-                return await self.book.put(view)
+                return await call()
             except (redis.RedisError, OSError) as exc:
-                await self._redis_down(exc)
-
-    async def _redis_down(self, exc: BaseException) -> None:
-        self.counts["redis_errors"] += 1
-        log.warning("drainer %s: Redis does not answer (%s); trying again in 1 s", self.drainer_id, exc)
-        if self._stop.is_set():
-            raise asyncio.CancelledError
-        await asyncio.sleep(1.0)
+                self.counts["redis_errors"] += 1
+                log.warning("drainer %s: Redis does not answer (%s); trying again in 1 s", self.drainer_id, exc)
+                if self._stop.is_set():
+                    raise asyncio.CancelledError from exc
+                await asyncio.sleep(1.0)
 
 
 def _usage(payload: bytes) -> dict[str, int]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping
@@ -25,7 +24,7 @@ from surgegate.schemas.deferral import DeferredTask, TaskView
 from surgegate.settings import Settings
 from surgegate.streams.producer import KafkaSender
 from surgegate.streams.store import Keys
-from surgegate.streams.tasks import TaskBook
+from surgegate.streams.tasks import TaskBook, view_of
 from surgegate.streams.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -108,8 +107,7 @@ class DeferralLane:
             self.counts["refused"] += 1
             raise LaneUnavailable(f"the broker did not take the task: {why}")
         self.counts["accepted"] += 1
-        view = TaskView(id=task.id, state="queued", service=task.service, tenant=task.tenant, tier=task.tier,
-                        created_at=task.created_at, deadline=task.deadline, updated_at=int(time.time() * 1000))
+        view = view_of(task, "queued")
         try:
             return await self.book.put(view)
         except (redis.RedisError, OSError) as exc:

@@ -148,8 +148,7 @@ class KafkaSender:
                 if len(self._parked) >= self._max_queued:
                     raise ProducerBufferFull(f"{len(self._parked)} records wait for a topic the broker does "
                                              f"not know ({self._parked[0][0]}); no room for more")
-                self._parked.append((topic, value, kwargs, on_done))
-                self._unpark()
+                self._parked.append((topic, value, kwargs, on_done))  # _check_health just tried the queue's head
                 return
             self._produce(topic, value, kwargs, on_done)
 

@@ -11,11 +11,12 @@ still has that one answer. The check and the write are one Lua script.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import msgspec
 import redis.asyncio as aredis
 
-from surgegate.schemas.deferral import TaskView
+from surgegate.schemas.deferral import DeferredTask, TaskState, TaskView
 
 #: How long a task's state is kept after its last change.
 TASK_TTL_S = 24 * 3600
@@ -36,6 +37,13 @@ return ARGV[1]
 """
 
 RANK = {"queued": 0, "running": 1, "done": 2, "failed": 2, "expired": 2}
+
+
+def view_of(task: DeferredTask, state: TaskState, attempts: int = 0, **fields: Any) -> TaskView:
+    """``task`` in ``state`` as of now (``fields``: status, result, reason)."""
+    return TaskView(id=task.id, state=state, service=task.service, tenant=task.tenant, tier=task.tier,
+                    created_at=task.created_at, deadline=task.deadline, attempts=attempts,
+                    updated_at=int(time.time() * 1000), **fields)
 
 
 class TaskBook:
