@@ -57,7 +57,7 @@ from surgegate.edge.cache import CachedAnswer, ResponseCache
 from surgegate.edge.gate import EdgeGate, GlobalQuota
 from surgegate.edge.lane import DeferralLane, LaneUnavailable, kept_headers, new_task_id
 from surgegate.edge.metrics import PROMETHEUS_TEXT
-from surgegate.llm.caching import CACHE_ONLY_LEVEL, cacheable
+from surgegate.llm.caching import CACHE_ONLY_LEVEL, OPT_IN, OPT_OUT, cacheable
 from surgegate.llm.openai_wire import (
     MAX_TOKENS_LIMIT,
     OpenAIRequest,
@@ -288,6 +288,9 @@ class EdgeProxy:
             body = await request.read()
             parsed = OpenAIRequest.decode(body) if inference else OpenAIRequest()
             tokens = self.token_budget(request, parsed)
+            if request.headers.get(CACHE_HEADER, OPT_IN) not in (OPT_IN, OPT_OUT):
+                raise BadRequest(400, "malformed_cache_header", f"header {CACHE_HEADER} must be {OPT_IN} or {OPT_OUT}",
+                                 CACHE_HEADER)
         except BadRequest as exc:
             self.bad_requests[exc.code] += 1
             return _error_response(exc.status, str(exc), "invalid_request_error", exc.code, exc.param)

@@ -159,3 +159,18 @@ def test_hits_are_counted_in_the_windows_and_left_out_of_the_demand(settings, wo
     # demand on the servers: the one miss (a window is 10 s, demand_rps per second)
     assert sum(w.traffic.demand * (w.window_end - w.window_start) / 1000 for w in windows) == pytest.approx(1.0)
     assert sum(w.traffic.output_tokens for w in windows) >= 1  # the miss's tokens; the hits add none
+
+
+def test_a_cache_header_that_is_neither_on_nor_off_is_a_400_naming_it(settings):
+    publish(settings, decision(1))
+
+    async def go():
+        async with Stack(settings, cache=_cache(settings)) as s:
+            with pytest.raises(openai.BadRequestError) as bad:
+                await s.client().chat.completions.create(model="llama-3-8b", messages=MESSAGES, max_tokens=5,
+                                                         extra_headers={"X-Surgegate-Cache": "maybe"})
+            return bad.value, await s.fake_stats()
+
+    bad, stats = run(go())
+    assert bad.code == "malformed_cache_header" and bad.param == "X-Surgegate-Cache"
+    assert stats["completed"] == 0
