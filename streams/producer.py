@@ -87,6 +87,7 @@ class KafkaSender:
         # the sender's callback)
         self._parked: deque[tuple[str, bytes, dict[str, Any], Done]] = deque()
         self._parked_logged_at = -1e9
+        self._first_report = partial(self._on_delivery, None, None)
 
     @property
     def waiting(self) -> int:
@@ -111,7 +112,8 @@ class KafkaSender:
         else:
             log.warning("kafka producer: %s", err.str())
 
-    def _on_delivery(self, created_ms: int, done: Done, err: KafkaError | None, msg: Any) -> None:
+    def _on_delivery(self, created_ms: int | None, done: Done, err: KafkaError | None, msg: Any) -> None:
+        """A delivery report; ``created_ms`` is when a record sent again was first sent (None: a first send)."""
         if err is None:
             self.delivered += 1
             self._progress_at = time.monotonic()
@@ -140,14 +142,18 @@ class KafkaSender:
         record, or with the reason it was given up.
         """
         self._check_health()
-        kwargs: dict[str, Any] = {"key": key, "timestamp": int(time.time() * 1000)}
+        kwargs: dict[str, Any] = {"key": key}
         if partition is not None:
             kwargs["partition"] = partition
+        if not self._parked:  # the hot path: nothing waits for a topic
+            self._produce(topic, value, kwargs, on_done)
+            return
         with self._lock:
             if self._parked:  # behind the records already waiting, so one key's records stay in order
                 if len(self._parked) >= self._max_queued:
                     raise ProducerBufferFull(f"{len(self._parked)} records wait for a topic the broker does "
                                              f"not know ({self._parked[0][0]}); no room for more")
+                kwargs["timestamp"] = int(time.time() * 1000)
                 self._parked.append((topic, value, kwargs, on_done))  # _check_health just tried the queue's head
                 return
             self._produce(topic, value, kwargs, on_done)
@@ -159,9 +165,11 @@ class KafkaSender:
         producer = self.producer
         for _ in range(BUFFER_FULL_RETRIES):
             try:
-                # the report carries the send time: a refused record's own timestamp is not available
-                producer.produce(topic, value, on_delivery=partial(self._on_delivery, kwargs["timestamp"], done),
-                                 **kwargs)
+                # a record sent again, or one whose sender waits for it, has its own report (which carries the
+                # first send's time: a refused record's own timestamp is not available); a first send shares one
+                report = self._first_report if done is None and "timestamp" not in kwargs else \
+                    partial(self._on_delivery, kwargs.get("timestamp"), done)
+                producer.produce(topic, value, on_delivery=report, **kwargs)
                 return True
             except BufferError:
                 self._serve(producer, BUFFER_FULL_WAIT_S)
@@ -175,6 +183,7 @@ class KafkaSender:
                     raise
                 self.last_error = exc.args[0].str()
                 if not parked:
+                    kwargs.setdefault("timestamp", int(time.time() * 1000))  # its wait counts from now
                     self._parked.append((topic, value, kwargs, done))
                     if len(self._parked) == 1 and time.monotonic() - self._parked_logged_at > 30:
                         self._parked_logged_at = time.monotonic()
@@ -207,8 +216,11 @@ class KafkaSender:
             self._parked.popleft()
         log.debug("kafka producer: the waiting records are queued")
 
-    def _resend(self, msg: Any, created: int, err: KafkaError, done: Done) -> None:
+    def _resend(self, msg: Any, created: int | None, err: KafkaError, done: Done) -> None:
         """Queue again a record the producer gave back unsent (it may wait for its topic)."""
+        if created is None:  # a first send: its own timestamp, or, refused before it had one, from now on
+            _, stamped = msg.timestamp()
+            created = stamped if stamped > 0 else int(time.time() * 1000)
         if self._expired(created):
             # as old as the delivery timeout allows: it fails here as it would have in the producer
             self._fail(f"{msg.topic()}: not delivered within {self._timeout_ms / 1000:g} s ({err.str()})", done)
