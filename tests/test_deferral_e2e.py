@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -135,6 +136,39 @@ def test_tasks_deferred_by_an_edge_killed_afterwards_all_complete_once_answered_
         code, missing = _get(f"{api}/v1/tasks/{'0' * 32}")
         assert code == 404 and missing["parameter"] == "task_id"
         assert _get(f"{base_b}/_surgegate/tasks/not-a-task")[0] == 400
+    finally:
+        lane.stop()
+
+
+def test_a_deadline_header_is_whole_seconds_within_a_day_or_a_400_naming_it(settings, tmp_path):
+    publish(settings, deferring())
+    lane = Lane(settings, tmp_path)
+
+    async def go(base: str) -> tuple[list[openai.BadRequestError], dict]:
+        client = openai.AsyncOpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        batch = {"X-Request-Type": "batch", "X-Tenant": "t0", "X-Tier": "pro"}
+        refused = []
+        for bad in ("0", "86401", "-5", "1.5", "soon"):
+            with pytest.raises(openai.BadRequestError) as exc:
+                await client.chat.completions.create(model="llama-3-8b", messages=MESSAGES, max_tokens=5,
+                                                     extra_headers={**batch, "X-Surgegate-Deadline": bad})
+            refused.append(exc.value)
+        raw = await client.chat.completions.with_raw_response.create(
+            model="llama-3-8b", messages=MESSAGES, max_tokens=5,
+            extra_headers={**batch, "X-Surgegate-Deadline": "120"})
+        await client.close()
+        return refused, raw.http_response.json()
+
+    try:
+        _, base = lane.edge("edge-a")
+        before = time.time() * 1000
+        refused, accepted = asyncio.run(go(base))
+        for err in refused:
+            assert err.status_code == 400 and err.code == "malformed_deadline"
+            assert err.param == "X-Surgegate-Deadline"
+        assert accepted["state"] == "queued"
+        assert before + 120_000 <= accepted["deadline"] <= time.time() * 1000 + 120_000
+        assert lane.stats()["completed"] == 0  # nothing refused, nor the deferred task, reached the upstream
     finally:
         lane.stop()
 
