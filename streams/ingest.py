@@ -342,14 +342,25 @@ class IngestWorker:
         return self._watermark
 
     def flush(self, keys: list[tuple[str, int]] | None = None) -> None:
-        """Publish the partials of the given (or all) partitions, then commit them."""
+        """Publish the partials of the given (or all) partitions, then commit them.
+
+        A flush of all partitions leaves out a partition still reading an
+        unfinished cut: cut anywhere short of where the member before cut it,
+        its partials would carry lower offsets than those that member
+        published, and the merge stage would drop a window that member never
+        sent as one it had already seen.
+        """
         consumer = self._consumer
+        every = keys is None
         keys = list(self._work) if keys is None else keys
         cuts: list[tuple[tuple[str, int], _PartitionWork]] = []
         for key in keys:
             part = self._work.get(key)
-            if part is not None and part.first >= 0:
-                cuts.append((key, part))
+            if part is None or part.first < 0:
+                continue
+            if every and part.last < self._forced_cuts.get(key, -1):
+                continue  # cut when its last record is read (process())
+            cuts.append((key, part))
         with_data = [(k, p) for k, p in cuts if p.aggregator]
         # 1. intents first, acknowledged before any partial is sent
         for (topic, partition), part in with_data:
@@ -427,7 +438,12 @@ class IngestWorker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        self.flush([k for k in keys if k in self._work])
+        unfinished = {k for k in keys if k in self._work and self._work[k].last < self._forced_cuts.get(k, -1)}
+        if unfinished:
+            # nothing of it published, nothing committed: the next owner reads it again and cuts where it must
+            log.info("ingest %s: %s revoked before its unfinished cut was read whole: left to the next owner",
+                     self.member_id, sorted(unfinished))
+        self.flush([k for k in keys if k in self._work and k not in unfinished])
         for key in keys:
             self._work.pop(key, None)
             self._forced_cuts.pop(key, None)

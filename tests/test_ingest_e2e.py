@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import msgspec
@@ -82,3 +83,65 @@ def test_partials_republished_after_a_crash_are_recognised_not_double_counted(se
             if w.traffic.requests:
                 merged[w.identity] = w
     assert merged == reference(events, s)
+
+
+class CrashMidPublish(IngestWorker):
+    """Dies while publishing its first cut: a scope's first window is sent, its next window is not."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        send, partials = self.sender.send, self.topics.partials
+        previous: list[bytes] = []
+
+        def send_until_a_scope_is_half_sent(topic, value, key=None, **kw):
+            if topic == partials and key is not None and not key.startswith(b"~"):
+                if previous and previous[-1] == key:
+                    raise RuntimeError("simulated crash in the middle of a scope's partials")
+                previous.append(key)
+            return send(topic, value, key=key, **kw)
+
+        self.sender.send = send_until_a_scope_is_half_sent
+
+
+class SlowReader(IngestWorker):
+    """Takes a while over each batch, so flushes fall due between batches."""
+
+    batches = 0
+
+    def process(self, messages):
+        self.batches += 1
+        time.sleep(0.02)
+        super().process(messages)
+
+
+def test_a_cut_left_half_published_is_cut_again_at_the_same_offset_whatever_the_batches(settings, monkeypatch):
+    """The member taking over reads the unfinished range over several small batches, with flushes due between
+    them: it must still cut where the dead member did, or a window the dead one never sent is taken for one it
+    did (the same source, a lower offset) and dropped as a duplicate."""
+    events = traffic("chat", range(3), 700, seed=5)
+    send(settings, events)
+    partials = TopicReader(settings, Topics(settings.topic_prefix).partials)
+    crashed = CrashMidPublish(settings.replace(idle_after_s=600.0), member_id="ingest-a")
+    with pytest.raises(RuntimeError, match="middle of a scope"):
+        crashed.run()
+
+    monkeypatch.setattr("surgegate.streams.ingest.BATCH_SIZE", 40)  # the range comes back in many small batches
+    healthy = SlowReader(settings.replace(idle_after_s=600.0, flush_interval_s=0.05), member_id="ingest-b")
+    run_until(healthy, lambda: partials.poll_until(
+        lambda _: healthy.counters["events"] >= len(events) and healthy.counters["partials"] > 0, 60,
+        "the second consumer to finish"))
+    assert healthy.batches > 10  # the range came back in many batches, a flush due after every other one
+    partials.read_to_end()
+
+    states: dict[str, ScopeWindows] = {}
+    outcomes: Counter[str] = Counter()
+    for m in partials.messages:
+        if b'"sg.Watermark/1"' in m.value():
+            continue
+        p = msgspec.json.decode(m.value(), type=WindowPartial)
+        state = states.setdefault(p.scope, ScopeWindows(scope=p.scope, window_ms=settings.window_ms))
+        outcomes[state.add(p)] += 1
+    assert outcomes["duplicate"] > 0 and outcomes["late"] == 0
+    merged = {w.identity: w for state in states.values() for w in state.close(T0 + 100 * settings.window_ms, 0)
+              if w.traffic.requests}
+    assert merged == reference(events, settings)
