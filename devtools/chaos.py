@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import redis
 
 from surgegate.devtools.embedded import EmbeddedBroker, EmbeddedRedis
 from surgegate.errors import DeliveryFailed
@@ -52,6 +53,7 @@ from surgegate.schemas.deadletter import DeadLetter
 from surgegate.settings import Settings
 from surgegate.streams.kafka import follow_from_start
 from surgegate.streams.producer import KafkaSender
+from surgegate.streams.store import Keys
 from surgegate.streams.topics import Topics, create_topics
 
 #: One event in this many is malformed on purpose (no tier): it must be dead-lettered, not lost.
@@ -204,6 +206,8 @@ class _Follower:
 
     def __init__(self, settings: Settings) -> None:
         self.windows: dict[tuple[str, int], tuple[int, int, float]] = {}
+        #: every publication of each window, the newest last: a window published again after a restart shows here
+        self.publications: dict[tuple[str, int], list[tuple[int, int, float]]] = defaultdict(list)
         self.dead: dict[str, int] = defaultdict(int)
         self._dead_seen: set[tuple[str, int, int, str]] = set()
         self._stop = threading.Event()
@@ -227,6 +231,7 @@ class _Follower:
         requests = w.traffic.requests if w.traffic is not None else 0
         delay = time.time() - (w.window_end + self._lateness_ms) / 1000
         self.windows[(w.service, w.window_start)] = (requests, w.late_events, delay)
+        self.publications[(w.service, w.window_start)].append((requests, w.late_events, round(delay, 2)))
 
     def _letter(self, letter: DeadLetter) -> None:
         try:
@@ -375,15 +380,31 @@ class Chaos:
                 except subprocess.TimeoutExpired:
                     self.worker.kill()
             follower.stop()
+            counters = self._counters()
             self.broker.stop()
             self.redis.stop()
-            # what each window held, beside what the edges sent into it (edge*.json): where a loss happened
+            # what each window held, beside what the edges sent into it (edge*.json), every publication of it, and
+            # the pipeline's counters (duplicate and late partials among them): where a loss happened
             _write_json(self.dir / "windows.json", {
                 "faults_at": self.fault_at,
-                "windows": {f"chaos-{phase}": {str(start): {"requests": n, "late": late, "delay_s": round(delay, 2)}
+                "windows": {f"chaos-{phase}": {str(start): {"requests": n, "late": late, "delay_s": round(delay, 2),
+                                                            "published": follower.publications[(f"chaos-{phase}",
+                                                                                                start)]}
                                                for start, n, late, delay in follower.service_windows(f"chaos-{phase}")}
-                            for phase in phases}})
+                            for phase in phases},
+                "counters": counters})
         return [self._account(follower, phase) for phase in phases]
+
+    def _counters(self) -> dict[str, int]:
+        """The pipeline's counter hash in Redis (since the last Redis fault), or nothing if it cannot be read."""
+        client = redis.Redis.from_url(self.redis.url, socket_timeout=5)
+        try:
+            raw = client.hgetall(Keys.for_topic_prefix(self.settings.topic_prefix).counters)
+        except redis.RedisError:
+            return {}
+        finally:
+            client.close()
+        return {k.decode(): int(v) for k, v in sorted(raw.items())}
 
     def _invalid(self, service: str) -> int:
         names = {p.stem for p in self.dir.glob("edge*.json")}
