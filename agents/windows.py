@@ -104,6 +104,10 @@ class WindowMergeAgent:
             state = scopes[partial.scope] = ScopeWindows(scope=partial.scope, window_ms=self.settings.window_ms)
         outcome = state.add(partial)
         self.counters[f"partials.{outcome}"] += 1
+        if outcome != "merged":
+            log.debug("merge_windows: %s partial %s@%d from %s[%d] %d..%d (%d events)", outcome, partial.scope,
+                      partial.window_start, partial.source.topic, partial.source.partition,
+                      partial.source.first_offset, partial.source.last_offset, partial.events)
         if outcome == "late":
             self.counters["late_events"] += partial.events
         if outcome != "duplicate":
@@ -119,6 +123,8 @@ class WindowMergeAgent:
             if not closed:
                 continue
             for stats in closed:
+                log.debug("merge_windows: watermark %d on partials[%d] closes %s@%d", watermark, partition, scope,
+                          stats.window_start)
                 sent.append(await self.sink.send(key=scope.encode(), value=msgspec.json.encode(stats)))
             self.counters["windows.published"] += len(closed)
             closing.append(state)

@@ -192,7 +192,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SURGEGATE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SURGEGATE_") or k == "SURGEGATE_LOG_LEVEL"}
     env.update({"SURGEGATE_KAFKA": settings.kafka, "SURGEGATE_REDIS": settings.redis,
                 "SURGEGATE_TOPIC_PREFIX": settings.topic_prefix, "SURGEGATE_PARTITIONS": str(settings.partitions),
                 "SURGEGATE_LATENESS_S": str(settings.lateness_s),
@@ -397,14 +397,15 @@ class Chaos:
 
     def _counters(self) -> dict[str, int]:
         """The pipeline's counter hash in Redis (since the last Redis fault), or nothing if it cannot be read."""
-        client = redis.Redis.from_url(self.redis.url, socket_timeout=5)
+        client = redis.Redis.from_url(self.redis.url, socket_timeout=5, decode_responses=True)
         try:
-            raw = client.hgetall(Keys.for_topic_prefix(self.settings.topic_prefix).counters)
+            key = Keys.for_topic_prefix(self.settings.topic_prefix).counters
+            raw: dict[str, str] = client.hgetall(key)  # type: ignore[assignment]  # sync client: a dict, not an Awaitable
         except redis.RedisError:
             return {}
         finally:
             client.close()
-        return {k.decode(): int(v) for k, v in sorted(raw.items())}
+        return {k: int(v) for k, v in sorted(raw.items())}
 
     def _invalid(self, service: str) -> int:
         names = {p.stem for p in self.dir.glob("edge*.json")}
