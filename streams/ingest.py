@@ -371,6 +371,7 @@ class IngestWorker:
         # 2. partials, then watermarks on every partials partition
         sent = 0
         for (topic, partition), part in with_data:
+            log.debug("ingest %s: cut %s[%d] %d..%d", self.member_id, topic, partition, part.first, part.last)
             source = SourceRange(topic, partition, part.first, part.last, self._log_ids.get(topic, ""))
             for partial in part.aggregator.drain(source):
                 self.sender.send(self.topics.partials, msgspec.json.encode(partial), key=partial.scope.encode())
@@ -391,8 +392,8 @@ class IngestWorker:
         try:
             consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
-            # the partials are published; a member that re-reads these records republishes ranges the merge
-            # stage has seen and drops, so a lost commit costs work, never exactness
+            # the partials are published and the next cut's commit covers this range too; a member taking
+            # over before that would start below the last intent and could not repeat these cuts exactly
             self.counters["commit_failed"] += 1
             log.warning("ingest %s: commit failed (%s); the range will be read again", self.member_id,
                         exc.args[0].str() if exc.args else exc)
