@@ -1,8 +1,8 @@
 """The short chaos run CI does: Redis, an edge and the broker killed under load, every event accounted.
 
 The worker fault is in `surgegate chaos` but not in this run: a worker SIGKILLed mid-stream lost events about
-one run in ten until an unfinished cut was cut again where it had been (test_ingest_e2e.py), and once in about
-forty runs since, with another signature not explained yet (docs/reliability.md); it would make this test fail
+one run in ten until an unfinished cut was cut again where it had been (test_ingest_e2e.py), and once in 83
+runs since, with another signature not explained yet (docs/reliability.md); it would make this test fail
 at random. The 30 s worker outage and a worker killed mid-stream have their own tests
 (test_worker_outage_e2e.py, test_pipeline_e2e.py).
 """
