@@ -358,7 +358,7 @@ class IngestWorker:
             part = self._work.get(key)
             if part is None or part.first < 0:
                 continue
-            if every and part.last < self._forced_cuts.get(key, -1):
+            if every and self._unfinished(key, part):
                 continue  # cut when its last record is read (process())
             cuts.append((key, part))
         with_data = [(k, p) for k, p in cuts if p.aggregator]
@@ -387,6 +387,10 @@ class IngestWorker:
         self.counters["partials"] += sent
         self.counters["cuts"] += len(with_data)
         self._report_counters()
+
+    def _unfinished(self, key: tuple[str, int], part: _PartitionWork) -> bool:
+        """Still reading a cut the member before left unfinished (see :meth:`_on_assign`)."""
+        return part.last < self._forced_cuts.get(key, -1)
 
     def _commit(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
         try:
@@ -439,7 +443,7 @@ class IngestWorker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        unfinished = {k for k in keys if k in self._work and self._work[k].last < self._forced_cuts.get(k, -1)}
+        unfinished = {k for k in keys if k in self._work and self._unfinished(k, self._work[k])}
         if unfinished:
             # nothing of it published, nothing committed: the next owner reads it again and cuts where it must
             log.info("ingest %s: %s revoked before its unfinished cut was read whole: left to the next owner",
