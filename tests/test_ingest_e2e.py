@@ -26,6 +26,24 @@ class CrashBeforeCommit(IngestWorker):
         raise RuntimeError("simulated crash between publish and commit")
 
 
+def merge_published(partials: TopicReader, window_ms: int) -> tuple[dict, Counter[str]]:
+    """Every partial on the topic through the merge stage's own state: the windows with requests, and how each
+    partial was taken (merged, duplicate, late)."""
+    partials.read_to_end()
+    states: dict[str, ScopeWindows] = {}
+    outcomes: Counter[str] = Counter()
+    for m in partials.messages:
+        record = m.value()
+        if b'"sg.Watermark/1"' in record:
+            continue
+        p = msgspec.json.decode(record, type=WindowPartial)
+        state = states.setdefault(p.scope, ScopeWindows(scope=p.scope, window_ms=window_ms))
+        outcomes[state.add(p)] += 1
+    merged = {w.identity: w for state in states.values() for w in state.close(T0 + 100 * window_ms, 0)
+              if w.traffic.requests}
+    return merged, outcomes
+
+
 def run_until(worker: IngestWorker, done) -> None:
     """Run the worker in a thread until ``done()`` returns, then stop it cleanly."""
     thread = threading.Thread(target=worker.run)
@@ -64,24 +82,9 @@ def test_partials_republished_after_a_crash_are_recognised_not_double_counted(se
     run_until(healthy, lambda: partials.poll_until(
         lambda _: healthy.counters["events"] >= len(events) and healthy.counters["partials"] > 0, 60,
         "the second consumer to finish"))
-    partials.read_to_end()
-
-    states: dict[str, ScopeWindows] = {}
-    outcomes: Counter[str] = Counter()
-    for m in partials.messages:
-        record = m.value()
-        if b'"sg.Watermark/1"' in record:
-            continue
-        p = msgspec.json.decode(record, type=WindowPartial)
-        state = states.setdefault(p.scope, ScopeWindows(scope=p.scope, window_ms=s.window_ms))
-        outcomes[state.add(p)] += 1
+    merged, outcomes = merge_published(partials, s.window_ms)
     assert outcomes["duplicate"] > 0, "the crash should have left partials that were published twice"
     assert outcomes["late"] == 0
-    merged = {}
-    for state in states.values():
-        for w in state.close(T0 + 100 * s.window_ms, 0):
-            if w.traffic.requests:
-                merged[w.identity] = w
     assert merged == reference(events, s)
 
 
@@ -131,17 +134,6 @@ def test_a_cut_left_half_published_is_cut_again_at_the_same_offset_whatever_the_
         lambda _: healthy.counters["events"] >= len(events) and healthy.counters["partials"] > 0, 60,
         "the second consumer to finish"))
     assert healthy.batches > 10  # the range came back in many batches, a flush due after every other one
-    partials.read_to_end()
-
-    states: dict[str, ScopeWindows] = {}
-    outcomes: Counter[str] = Counter()
-    for m in partials.messages:
-        if b'"sg.Watermark/1"' in m.value():
-            continue
-        p = msgspec.json.decode(m.value(), type=WindowPartial)
-        state = states.setdefault(p.scope, ScopeWindows(scope=p.scope, window_ms=settings.window_ms))
-        outcomes[state.add(p)] += 1
+    merged, outcomes = merge_published(partials, settings.window_ms)
     assert outcomes["duplicate"] > 0 and outcomes["late"] == 0
-    merged = {w.identity: w for state in states.values() for w in state.close(T0 + 100 * settings.window_ms, 0)
-              if w.traffic.requests}
     assert merged == reference(events, settings)
