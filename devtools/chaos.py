@@ -205,8 +205,8 @@ class _Follower:
     """Keeps every service-level window and every dead letter published, across brokers."""
 
     def __init__(self, settings: Settings) -> None:
-        self.windows: dict[tuple[str, int], tuple[int, int, float]] = {}
-        #: every publication of each window, the newest last: a window published again after a restart shows here
+        #: (service, window start) -> every publication of it as (requests, late events, delay), the newest last:
+        #: a window published again after a restart shows here; the newest is what counts
         self.publications: dict[tuple[str, int], list[tuple[int, int, float]]] = defaultdict(list)
         self.dead: dict[str, int] = defaultdict(int)
         self._dead_seen: set[tuple[str, int, int, str]] = set()
@@ -230,8 +230,7 @@ class _Follower:
             return
         requests = w.traffic.requests if w.traffic is not None else 0
         delay = time.time() - (w.window_end + self._lateness_ms) / 1000
-        self.windows[(w.service, w.window_start)] = (requests, w.late_events, delay)
-        self.publications[(w.service, w.window_start)].append((requests, w.late_events, round(delay, 2)))
+        self.publications[(w.service, w.window_start)].append((requests, w.late_events, delay))
 
     def _letter(self, letter: DeadLetter) -> None:
         try:
@@ -245,8 +244,14 @@ class _Follower:
             self.dead[service] += 1
 
     def service_windows(self, service: str) -> list[tuple[int, int, int, float]]:
-        return sorted((start, n, late, delay) for (s, start), (n, late, delay) in list(self.windows.items())
+        return sorted((start, *published[-1]) for (s, start), published in list(self.publications.items())
                       if s == service)
+
+    def record(self, service: str) -> dict[str, dict[str, Any]]:
+        """The service's windows by start: the newest publication, and every one of them."""
+        return {str(start): {"requests": n, "late": late, "delay_s": round(delay, 2),
+                             "published": [(p[0], p[1], round(p[2], 2)) for p in self.publications[(service, start)]]}
+                for start, n, late, delay in self.service_windows(service)}
 
     def stop(self) -> None:
         self._stop.set()
@@ -387,11 +392,7 @@ class Chaos:
             # the pipeline's counters (duplicate and late partials among them): where a loss happened
             _write_json(self.dir / "windows.json", {
                 "faults_at": self.fault_at,
-                "windows": {f"chaos-{phase}": {str(start): {"requests": n, "late": late, "delay_s": round(delay, 2),
-                                                            "published": follower.publications[(f"chaos-{phase}",
-                                                                                                start)]}
-                                               for start, n, late, delay in follower.service_windows(f"chaos-{phase}")}
-                            for phase in phases},
+                "windows": {f"chaos-{phase}": follower.record(f"chaos-{phase}") for phase in phases},
                 "counters": counters})
         return [self._account(follower, phase) for phase in phases]
 
@@ -439,7 +440,7 @@ class Chaos:
         last = {phase: int((self.phase_end[phase] + 0.5) * 1000) // w * w for phase in phases}
         deadline = time.monotonic() + self.timing.drain_timeout_s
         while time.monotonic() < deadline:
-            waiting = [phase for phase in phases if (f"chaos-{phase}", last[phase]) not in follower.windows]
+            waiting = [phase for phase in phases if (f"chaos-{phase}", last[phase]) not in follower.publications]
             if not waiting:
                 time.sleep(3)  # a window published again after a restart would show by now
                 return
