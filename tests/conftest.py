@@ -58,9 +58,18 @@ def settings(broker_bootstrap, redis_url):
     return s
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so a fixture's teardown knows whether the test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def worker_factory(settings, tmp_path):
-    """Start `surgegate worker` processes for this test's settings; stopped at teardown."""
+def worker_factory(request, settings, tmp_path):
+    """Start `surgegate worker` processes for this test's settings; stopped at teardown, their logs printed
+    (in the failure's captured output) when the test failed."""
     started: list[WorkerProcess] = []
 
     def start(name: str = "w1", metrics_port: int = 0) -> WorkerProcess:
@@ -72,3 +81,7 @@ def worker_factory(settings, tmp_path):
     yield start
     for proc in started:
         proc.stop()
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        for proc in started:
+            print(f"--- {proc.log_path.name} (last 5,000 characters)\n{proc.log()}")
