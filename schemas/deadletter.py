@@ -12,7 +12,9 @@ class DeadLetter(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.DeadLe
 
     ``reason`` is a short code (``undecodable``, ``unknown_schema``,
     ``missing_field``, ``invalid_field``, ``future_timestamp``,
-    ``inconsistent``); ``error`` says it in words. A dead letter is bounded:
+    ``past_timestamp``, ``inconsistent``, or ``invalid_cut_intent`` for an
+    unreadable record on a ``<source>.cuts`` topic); ``error`` says it in
+    words. A dead letter is bounded:
     a value (or key) longer than the pipeline keeps is cut, ``truncated`` says
     so and ``value_bytes`` gives the original length, so an oversized record
     is still accounted for and never stops ingestion.

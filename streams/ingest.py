@@ -134,6 +134,8 @@ class IngestWorker:
         self._log_ids: dict[str, str] = {}
         self._work: dict[tuple[str, int], _PartitionWork] = {}
         self._forced_cuts: dict[tuple[str, int], int] = {}
+        #: cut-intent records found unreadable and dead-lettered (once each, not at every assignment)
+        self._bad_intents: set[tuple[str, int, int]] = set()
         self._max_event_ts = 0
         self._last_message_at = time.monotonic()
         self._unreachable_at = -BROKER_GRACE_S
@@ -453,6 +455,25 @@ class IngestWorker:
             self._work.pop(key, None)
             self._forced_cuts.pop(key, None)
 
+    def _read_intent(self, msg: Message) -> CutIntent | None:
+        """The cut intent in ``msg``; an unreadable one (not written by an ingest) is dead-lettered and counted,
+        and the partition resumes as if it had none: cut wherever this member's flushes fall, which can cost the
+        one window a dead member left half published, where refusing to read the partition would cost them all."""
+        try:
+            intent = msgspec.json.decode(msg.value() or b"", type=CutIntent)
+            if 0 <= intent.first <= intent.last:
+                return intent
+            detail = f"first={intent.first}, last={intent.last}: not a range of offsets"
+        except msgspec.DecodeError as exc:
+            detail = str(exc)
+        where = (cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset()))
+        if where not in self._bad_intents:
+            self._bad_intents.add(where)
+            self._dead_letter(msg, "invalid_cut_intent", detail, self.clock())
+            log.warning("ingest %s: the last cut intent on %s[%d] at offset %d is unreadable (%s): dead-lettered; "
+                        "the partition resumes without it", self.member_id, *where, detail)
+        return None
+
     def _last_intent(self, topic: str, partition: int) -> CutIntent | None:
         cuts_topic = self.topics.cuts(topic)
         reader = Consumer(consumer_config(self.settings, f"{self.member_id}-cuts", f"{self.member_id}-cuts"))
@@ -479,7 +500,7 @@ class IngestWorker:
             while time.monotonic() < deadline:
                 msg = reader.poll(0.2)
                 if msg is not None and msg.error() is None:
-                    return msgspec.json.decode(msg.value() or b"", type=CutIntent)
+                    return self._read_intent(msg)
             raise TimeoutError(f"could not read the last cut intent of {cuts_topic}[{partition}]")
         finally:
             reader.close()

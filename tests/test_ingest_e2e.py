@@ -8,10 +8,12 @@ from collections import Counter
 
 import msgspec
 import pytest
+from confluent_kafka import Producer
 from support import T0, TopicReader
 from test_pipeline_e2e import reference, send, traffic
 
 from surgegate.schemas.aggregates import WindowPartial
+from surgegate.schemas.deadletter import DeadLetter
 from surgegate.streams.ingest import IngestWorker
 from surgegate.streams.topics import Topics
 from surgegate.telemetry.windowing import ScopeWindows
@@ -137,3 +139,31 @@ def test_a_cut_left_half_published_is_cut_again_at_the_same_offset_whatever_the_
     merged, outcomes = merge_published(partials, settings.window_ms)
     assert outcomes["duplicate"] > 0 and outcomes["late"] == 0
     assert merged == reference(events, settings)
+
+
+def test_an_unreadable_cut_intent_is_dead_lettered_and_the_partition_is_read_without_it(settings):
+    """Only an ingest writes ``<source>.cuts``; a record anyone else put there must not stop its partition (a
+    worker that raised on it would end at every restart): it is dead-lettered once and the range cut afresh."""
+    topics = Topics(settings.topic_prefix)
+    cuts = topics.cuts(topics.requests)
+    producer = Producer({"bootstrap.servers": settings.kafka, "log_level": 0})
+    producer.produce(cuts, b"not json", partition=0)
+    producer.produce(cuts, b'{"first": 9, "last": 2}', partition=1)
+    assert producer.flush(10) == 0
+    events = traffic("chat", range(3), 300, seed=6)
+    send(settings, events)
+    partials = TopicReader(settings, topics.partials)
+
+    worker = IngestWorker(settings.replace(idle_after_s=600.0), member_id="ingest-a")
+    run_until(worker, lambda: partials.poll_until(
+        lambda _: worker.counters["events"] >= len(events) and worker.counters["partials"] > 0, 60,
+        "the ingest to read every event"))
+    merged, outcomes = merge_published(partials, settings.window_ms)
+    assert merged == reference(events, settings) and outcomes["duplicate"] == 0
+
+    letters = [msgspec.json.decode(m.value(), type=DeadLetter) for m in TopicReader(settings, topics.deadletter)
+               .poll_until(lambda m: len(m) >= 2, 30, "two dead letters")]
+    assert sorted((d.source_topic, d.partition, d.offset, d.reason) for d in letters) == [
+        (cuts, 0, 0, "invalid_cut_intent"), (cuts, 1, 0, "invalid_cut_intent")]
+    assert "first=9, last=2" in next(d.error for d in letters if d.partition == 1)
+    assert worker.counters["dead_letter.invalid_cut_intent"] == 2
