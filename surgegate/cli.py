@@ -51,14 +51,29 @@ def _need_kafka(settings: Settings) -> None:
     probe_broker(settings)
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def configure_logging(settings: Settings, verbose: bool) -> None:
     """Quiet by default: surgegate's own lines at ``SURGEGATE_LOG_LEVEL``; Faust, aiokafka, aiohttp's
     access log and librdkafka only for warnings (librdkafka not at all: clients report broker failures
     once, by name). ``--verbose`` lets everything through at debug (librdkafka at info)."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format=LOG_FORMAT)
     logging.getLogger("surgegate").setLevel(logging.DEBUG if verbose else settings.log_level.upper())
     logging.getLogger("surgegate.librdkafka").setLevel(logging.INFO if verbose else logging.CRITICAL)
+
+
+def logging_as_configured() -> dict[str, Any]:
+    """The levels :func:`configure_logging` set, as a ``logging.config`` dictionary: a Faust worker replaces
+    the root handlers when it starts, with its one level on the handler, which would drop surgegate's
+    info and debug lines whatever ``SURGEGATE_LOG_LEVEL`` asked for; given this, it keeps them."""
+    return {
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": LOG_FORMAT}},
+        "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
+        "root": {"level": logging.getLogger().level, "handlers": ["default"]},
+        "loggers": {name: {"level": logging.getLogger(name).level} for name in ("surgegate", "surgegate.librdkafka")},
+    }
 
 
 def progress_bar(description: str, total: float, unit: str) -> Any:
@@ -109,7 +124,11 @@ def run_worker(settings: Settings, *, ingest: bool = True, metrics_port: int = 0
     if metrics_port:
         serve_worker_metrics(metrics_port, ingest_worker)
     quiet = logging.getLogger().level > logging.INFO  # Faust's own lines only with --verbose
-    worker = faust.Worker(app, loglevel="warning" if quiet else "info", quiet=True, redirect_stdouts=False)
+    worker = faust.Worker(app, loglevel="warning" if quiet else "info", quiet=True, redirect_stdouts=False,
+                          logging_config=logging_as_configured())
+    # Faust's start-up spinner would put its own level on the root handler (and the root logger at debug, so
+    # every library's debug records are made), and write terminal escapes into a service's log
+    worker.spinner = None
     try:
         worker.execute_from_commandline()
     finally:

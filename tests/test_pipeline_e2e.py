@@ -292,3 +292,11 @@ def test_an_edge_with_a_clock_far_ahead_leaves_the_other_edges_windows_exact(set
     finally:
         worker.stop()
 
+
+
+def test_the_workers_own_info_lines_reach_its_log_once_faust_has_started(settings, worker_factory):
+    """Faust replaces the root log handlers as it starts; surgegate's lines at ``SURGEGATE_LOG_LEVEL`` (info
+    here) must still come through, without the terminal escapes of Faust's spinner."""
+    worker = worker_factory()
+    eventually(lambda: " assigned [" in worker.log(), 60, "the ingest's assignment in the worker's log")
+    assert "\x1b[" not in worker.log()
