@@ -12,8 +12,11 @@ producer id", librdkafka bumps the epoch locally and tries again, and nothing
 is ever delivered again. So when a fatal error is reported, or records have been
 waiting for :data:`STALL_S` with no delivery at all, the producer is replaced by
 a fresh one (which asks the broker for a new id), the records still queued in
-the old one are sent again through the new one, and those already in flight
-(whose fate is unknown) are counted as failed.
+the old one are sent again through the new one, and so are those of the batch
+the broker refused with "unknown producer id" (a refused batch is not written;
+on a broker replaced during an outage that batch is the whole backlog queued
+while it was away). Records of other batches still in flight (whose fate is
+unknown) are counted as failed.
 
 A broker that lost its topics (replaced by an empty one) makes librdkafka refuse
 records for them once their absence has lasted ``topic.metadata.propagation.max.ms``.
@@ -65,7 +68,9 @@ class KafkaSender:
     """A lazily created confluent-kafka producer with bounded retry, delivery counts and self-renewal.
 
     ``delivered`` and ``failed`` count delivery reports; ``renewals`` counts
-    producers replaced because they stopped delivering; ``waiting`` is how many
+    producers replaced because they stopped delivering; ``resent_refused`` the
+    records sent again after the broker refused them for an unknown producer
+    id; ``waiting`` is how many
     records wait for their topic to come back (see the module docstring).
     """
 
@@ -79,6 +84,8 @@ class KafkaSender:
         self.delivered = 0
         self.failed = 0
         self.renewals = 0
+        #: records sent again after the broker refused their batch for an unknown producer id
+        self.resent_refused = 0
         self.last_error: str | None = None
         self._fatal = False
         self._progress_at = time.monotonic()  # the last delivery, or when the queue was last empty
@@ -87,6 +94,8 @@ class KafkaSender:
         # the sender's callback)
         self._parked: deque[tuple[str, bytes, dict[str, Any], Done]] = deque()
         self._parked_logged_at = -1e9
+        # records of a batch the broker refused for an unknown producer id: sent again by the renewed producer
+        self._refused: list[tuple[Any, int | None, KafkaError, Done]] = []
         self._first_report = partial(self._on_delivery, None, None)
 
     @property
@@ -123,6 +132,11 @@ class KafkaSender:
             self._resend(msg, created_ms, err, done)  # never sent by the producer being renewed: the new one sends it
         elif err.code() in TOPIC_UNKNOWN:
             self._resend(msg, created_ms, err, done)  # refused, not written: it waits for its topic
+        elif err.code() == KafkaError.UNKNOWN_PRODUCER_ID:
+            # refused, not written, by a broker that does not know this producer: the producer that sent it is
+            # fatally failed (librdkafka will not retry), so it waits for the renewed one
+            self._refused.append((msg, created_ms, err, done))
+            self._fatal = True
         else:
             self._fail(err.str(), done)
 
@@ -285,6 +299,7 @@ class KafkaSender:
             self._progress_at = time.monotonic()
             self.renewals += 1
             log.warning("kafka producer renewed (%s); %d records handed over", why, len(old))
+            self._send_refused()  # sent before what was queued behind them
             # queued records come back as _PURGE_QUEUE and go to the new producer (see _on_delivery);
             # in-flight ones as _PURGE_INFLIGHT: their fate is unknown, so they count as failed
             try:
@@ -295,9 +310,20 @@ class KafkaSender:
             while len(old) and time.monotonic() < deadline:
                 self._serve(old, 0.05)
             self._fatal = False  # the old producer's fatal error, seen while it was drained, is not the new one's
+            self._send_refused()  # reported while the old producer was drained
             if len(old):
                 self.failed += len(old)
                 self.last_error = f"{len(old)} records lost with a renewed producer"
+
+    def _send_refused(self) -> None:
+        """Send again, through the renewed producer, the records of batches refused for an unknown producer id."""
+        refused, self._refused = self._refused, []
+        self.resent_refused += len(refused)
+        for msg, created, err, done in refused:
+            self._resend(msg, created, err, done)
+        if refused:
+            log.warning("kafka producer: %d records the broker refused for an unknown producer id are sent again",
+                        len(refused))
 
     def poll(self) -> None:
         """Serve delivery reports without blocking; renews a producer that stopped delivering."""
@@ -321,12 +347,12 @@ class KafkaSender:
             except KafkaException as exc:  # a fatal error raised by the wait: renewed, and the wait goes on
                 self._fatal_raised(exc)
                 remaining = len(self.producer)
-            if (not remaining and not self._parked) or left <= 1.0:
+            if (not remaining and not self._parked and not self._refused) or left <= 1.0:
                 break
             if self._parked and not remaining:
                 time.sleep(0.1)  # the producer is empty: the wait is for a topic to come back
             self._check_health()
-        remaining += len(self._parked)
+        remaining += len(self._parked) + len(self._refused)
         if remaining:
             raise DeliveryFailed(f"{remaining} records not delivered within {timeout:.0f} s: {self.last_error}")
         if self.failed > failed_before:

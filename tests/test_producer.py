@@ -147,3 +147,32 @@ def test_the_embedded_broker_is_told_apart_as_one_whose_end_offsets_are_wrong_af
     assert end_offsets_trusted(Settings(kafka="127.0.0.1:9"), timeout_s=0.5) is True  # no answer: a Kafka
     assert create_app(settings, one_record_batches=True).conf.producer_max_batch_size == 1
     assert create_app(settings).conf.producer_max_batch_size > 1000
+
+
+def test_a_batch_refused_for_an_unknown_producer_id_is_sent_again_by_the_renewed_producer(settings):
+    # A broker replaced during an outage does not know the producer: librdkafka fails the producer and reports
+    # the backlog's batch with UNKNOWN_PRODUCER_ID (not written). Its records go out again through the renewed
+    # producer, before what was queued behind them, instead of counting as failed. The report is made here as
+    # librdkafka makes it (the path needs a broker to lose the producer id while a batch is being retried).
+    import time
+
+    from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, Message
+    from support import TopicReader
+
+    from surgegate.streams.producer import KafkaSender
+
+    topic = settings.topic_prefix + "metrics"
+    sender = KafkaSender(settings, "refused")
+    sender.send(topic, b"first", key=b"k", partition=0)
+    sender.flush(10)
+    now_ms = int(time.time() * 1000)
+    for i in range(3):
+        refused = Message(topic=topic, partition=0, key=b"k", value=b"backlog-%d" % i,
+                          timestamp=(TIMESTAMP_CREATE_TIME, now_ms), error=KafkaError(KafkaError.UNKNOWN_PRODUCER_ID))
+        sender._first_report(refused.error(), refused)  # the delivery callback librdkafka calls for a first send
+    sender.flush(10)
+    assert (sender.delivered, sender.failed, sender.renewals, sender.resent_refused) == (4, 0, 1, 3)
+    reader = TopicReader(settings, topic)
+    got = reader.poll_until(lambda ms: len(ms) >= 4, 20)
+    assert [(m.partition(), m.value(), m.timestamp()[1]) for m in got] == [
+        (0, b"first", got[0].timestamp()[1])] + [(0, b"backlog-%d" % i, now_ms) for i in range(3)]
