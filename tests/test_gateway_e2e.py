@@ -234,9 +234,10 @@ def test_tokens_from_usage_and_ttft_arrive_in_the_windows(settings, worker_facto
             last = None
             async for chunk in stream:
                 last = chunk
-            return reply.usage, last.usage
+        return reply.usage, last.usage, s.gate.reported  # read once the stack closed: its last report is sent
 
-    plain, streamed = run(go())
+    plain, streamed, reported = run(go())
+    assert reported["summaries"] >= 1 and reported["send_failures"] == 0, reported
     reader = TopicReader(settings, Topics(settings.topic_prefix).windows)
 
     def served(_) -> list:
