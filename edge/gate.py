@@ -120,7 +120,9 @@ class EdgeGate:
         for t in self._threads:
             t.join(timeout=10)
         if self._producer is not None:
-            self._report_once(int(time.time() * 1000))
+            # stamped as the report interval in progress, like every other report: a span ending at
+            # "now" would cross a window boundary in one close of ten and be dead-lettered
+            self._report_once(_interval_end(time.time() * 1000))
             try:
                 self._producer.flush(timeout=5)
             except DeliveryFailed as exc:
@@ -232,10 +234,10 @@ class EdgeGate:
     def _report_loop(self) -> None:
         while True:
             now = time.time() * 1000
-            boundary = (now // REPORT_INTERVAL_MS + 1) * REPORT_INTERVAL_MS
+            boundary = _interval_end(now)
             if self._stop.wait((boundary - now) / 1000):
                 return
-            self._report_once(int(boundary))
+            self._report_once(boundary)
 
     def _report_once(self, boundary_ms: int) -> None:
         summaries = self.admission.tally.drain(
@@ -257,6 +259,11 @@ class EdgeGate:
             self.reported["send_failures"] += 1
             log.warning("edge %s: report dropped: %s", self.edge_id, exc)
         producer.poll()
+
+
+def _interval_end(now_ms: float) -> int:
+    """The end of the report interval ``now_ms`` falls in (intervals divide every window)."""
+    return int(now_ms // REPORT_INTERVAL_MS + 1) * REPORT_INTERVAL_MS
 
 
 def _as_events(summaries) -> list[RequestEvent]:

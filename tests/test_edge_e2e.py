@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 
 import msgspec
 import pytest
@@ -16,6 +17,7 @@ from surgegate.admission.actions import ADMIT, REJECT
 from surgegate.admission.gate import Fallback
 from surgegate.devtools.embedded import EmbeddedBroker, EmbeddedRedis
 from surgegate.devtools.fake_llm import create_fake_llm_app
+from surgegate.edge import gate as gate_module
 from surgegate.edge.gate import Contract, EdgeGate, GlobalQuota
 from surgegate.edge.gateway import create_edge_app
 from surgegate.schemas.decisions import ThrottleDecision, TierLimit
@@ -23,6 +25,7 @@ from surgegate.schemas.telemetry import RequestSummary
 from surgegate.settings import Settings
 from surgegate.streams.store import Keys
 from surgegate.streams.topics import Topics, create_topics
+from surgegate.telemetry.validation import TelemetryValidator
 
 pytestmark = pytest.mark.e2e
 
@@ -105,6 +108,22 @@ def test_shadow_mode_admits_everything_and_counts_what_it_would_have_rejected(se
     summaries = reader.decoded(RequestSummary)
     assert all(s.shadow and s.throttled == 0 for s in summaries)
     assert sum(s.would_throttle for s in summaries) >= 49
+
+
+def test_the_last_report_of_a_gate_closed_just_after_a_window_boundary_lies_in_one_window(settings, monkeypatch):
+    # a last report stamped as the second before "now" crossed the boundary and was dead-lettered
+    validator = TelemetryValidator(window_ms=settings.window_ms, max_future_ms=300_000)
+    publish(settings, decision(1))
+    with EdgeGate(settings, "chat", edge_id="e1", bootstrap_from_redis=False) as gate:
+        eventually(lambda: gate.admission.decision is not None, 15, "the decision")
+        just_after = (time.time() * 1000 // settings.window_ms) * settings.window_ms + 200
+        monkeypatch.setattr(gate_module, "time", SimpleNamespace(time=lambda: just_after / 1000,
+                                                                  monotonic=time.monotonic))
+        gate.record("acme", "enterprise", "realtime", "ok", 120.0, output_tokens=40)
+    reader = TopicReader(settings, Topics(settings.topic_prefix).requests)
+    reader.poll_until(lambda m: len(m) >= 1, 20, "the gate's last summary")
+    summaries = [validator.decode(m.value(), now_ms=int(time.time() * 1000)) for m in reader.messages]
+    assert sum(s.ok for s in summaries) == 1  # each one decoded: none crosses a window boundary
 
 
 def test_with_the_broker_stopped_the_gate_holds_the_last_decision_then_falls_back(tmp_path):
