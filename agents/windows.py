@@ -4,7 +4,9 @@ State per scope (:class:`~surgegate.telemetry.windowing.ScopeWindows`) lives in 
 table backed by a changelog, so a restarted worker resumes open windows and
 duplicate marks instead of losing or double-counting them. Watermarks from the
 ingest consumers arrive on every partition of sg.partials and close the windows
-of the scopes that partition holds.
+of the scopes that partition holds at the lowest claim among the members still
+speaking (:class:`~surgegate.telemetry.watermarks.MemberMarks`, kept in the
+table too, so a worker taking a partition over knows who had claimed what).
 
 Closing publishes the windows and awaits their delivery before the states that
 say them closed go to the changelog: a worker killed in between comes back
@@ -24,10 +26,18 @@ from faust.types import TP
 from surgegate.agents.counters import AgentCounters, decode_or_count
 from surgegate.schemas.aggregates import Watermark, WindowPartial
 from surgegate.settings import Settings
+from surgegate.streams.kafka import MAX_POLL_INTERVAL_MS, SESSION_TIMEOUT_MS
 from surgegate.streams.store import StateMirror
+from surgegate.telemetry.watermarks import MemberMarks
 from surgegate.telemetry.windowing import ScopeWindows
 
 log = logging.getLogger(__name__)
+
+#: An ingest member silent this long no longer holds a partition's watermark: the group has noticed it gone
+#: (session timeout), rebalanced (at most the poll interval) and its successor has claimed from its backlog.
+MEMBER_SILENT_MS = SESSION_TIMEOUT_MS + MAX_POLL_INTERVAL_MS + 4000
+#: Table key of a partials partition's MemberMarks (scopes never start with "~").
+MARKS_KEY = "~marks/{}"
 
 
 class StoredScope(msgspec.Struct):
@@ -57,7 +67,10 @@ class WindowMergeAgent:
         self._cache: dict[int, dict[str, ScopeWindows]] = {}
         self._decoder = msgspec.json.Decoder(WindowPartial | Watermark)
         self._stored = msgspec.json.Decoder(StoredScope)
-        self._watermarks: dict[int, int] = {}
+        self._stored_marks = msgspec.json.Decoder(MemberMarks)
+        self._marks: dict[int, MemberMarks] = {}
+        #: per partition, the watermark its windows were last closed at
+        self._closed_at: dict[int, int] = {}
 
     def register(self) -> None:
         """Attach the agent and the rebalance hook to the app."""
@@ -68,6 +81,8 @@ class WindowMergeAgent:
         for tp in revoked:
             if tp.topic == self.source.get_topic_name():
                 self._cache.pop(tp.partition, None)
+                self._marks.pop(tp.partition, None)
+                self._closed_at.pop(tp.partition, None)
 
     def _scopes(self, partition: int) -> dict[str, ScopeWindows]:
         scopes = self._cache.get(partition)
@@ -75,6 +90,8 @@ class WindowMergeAgent:
             # First use since (re)assignment: load this partition's scopes from the table.
             scopes = self._cache[partition] = {}
             for key, raw in self.table.items():
+                if key.startswith("~"):
+                    continue
                 stored = self._stored.decode(raw)
                 if stored.partition == partition:
                     scopes[key] = stored.state
@@ -92,7 +109,7 @@ class WindowMergeAgent:
             if record is None:
                 continue
             if type(record) is Watermark:
-                await self._advance(partition, record.watermark)
+                await self._heard(partition, record, int(event.message.timestamp * 1000))
             else:
                 with self.counters.timed("merge"):
                     self._merge(partition, record)
@@ -113,10 +130,20 @@ class WindowMergeAgent:
         if outcome != "duplicate":
             self._save(partition, state)
 
+    async def _heard(self, partition: int, mark: Watermark, at: int) -> None:
+        marks = self._marks.get(partition)
+        if marks is None:
+            # first use since (re)assignment: the claims the partition's last owner had heard
+            raw = self.table.get(MARKS_KEY.format(partition))
+            marks = self._marks[partition] = (self._stored_marks.decode(raw) if raw is not None
+                                              else MemberMarks(silent_ms=MEMBER_SILENT_MS))
+        watermark = marks.heard(mark.ingest_id, mark.watermark, at)
+        self.table[MARKS_KEY.format(partition)] = msgspec.json.encode(marks).decode()
+        if watermark > self._closed_at.get(partition, -1):
+            self._closed_at[partition] = watermark
+            await self._advance(partition, watermark)
+
     async def _advance(self, partition: int, watermark: int) -> None:
-        if watermark <= self._watermarks.get(partition, -1):
-            return
-        self._watermarks[partition] = watermark
         sent, closing = [], []
         for scope, state in self._scopes(partition).items():
             closed = state.close(watermark, self.settings.lateness_ms)

@@ -87,7 +87,7 @@ class CutIntent(msgspec.Struct, frozen=True):
 class _PartitionWork:
     """One source partition: its uncut aggregate, and how far its event time has got."""
 
-    __slots__ = ("aggregator", "first", "last", "read", "max_ts", "caught_up", "last_at")
+    __slots__ = ("aggregator", "first", "last", "read", "began", "max_ts", "caught_up", "last_at")
 
     def __init__(self, window_ms: int) -> None:
         self.aggregator = PartialAggregator(window_ms)
@@ -95,6 +95,8 @@ class _PartitionWork:
         self.last = -1
         #: the last offset read, kept across cuts: an offset below it means the log was replaced
         self.read = -1
+        #: the offset reading began at when the partition was assigned
+        self.began = -1
         #: the newest event time read from it (clamped to the ingest clock plus the allowed skew)
         self.max_ts = 0
         #: read to its end (the broker said so), and when a record last came from it
@@ -133,6 +135,8 @@ class IngestWorker:
         #: topic -> its incarnation (Kafka topic id), stamped on every source range
         self._log_ids: dict[str, str] = {}
         self._work: dict[tuple[str, int], _PartitionWork] = {}
+        #: where this member stopped reading the partitions the last revocation took (see _on_assign)
+        self._left: dict[tuple[str, int], int] = {}
         self._forced_cuts: dict[tuple[str, int], int] = {}
         #: cut-intent records found unreadable and dead-lettered (once each, not at every assignment)
         self._bad_intents: set[tuple[str, int, int]] = set()
@@ -405,6 +409,8 @@ class IngestWorker:
                         exc.args[0].str() if exc.args else exc)
 
     def _send_watermarks(self) -> None:
+        if not self._work:
+            return  # nothing assigned: no claim to make (the merge stage stops counting this member)
         if not self._partials_partitions:
             md = self.sender.producer.list_topics(self.topics.partials, timeout=CUT_LOOKUP_TIMEOUT_S)
             self._partials_partitions = len(md.topics[self.topics.partials].partitions)
@@ -423,12 +429,14 @@ class IngestWorker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._refresh_log_ids(sorted({tp.topic for tp in partitions}))
         committed = consumer.committed(partitions, timeout=CUT_LOOKUP_TIMEOUT_S)
+        began: dict[tuple[str, int], int] = {}
         for tp in committed:
             start = tp.offset
             if start == OFFSET_INVALID:
                 # nothing committed yet: consumption starts at the earliest offset
                 start, _ = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
                                                           timeout=CUT_LOOKUP_TIMEOUT_S)
+            began[(tp.topic, tp.partition)] = start
             intent = self._last_intent(tp.topic, tp.partition)
             if intent is not None and start == intent.first:
                 self._forced_cuts[(tp.topic, tp.partition)] = intent.last
@@ -440,7 +448,16 @@ class IngestWorker:
         for tp in partitions:
             part = self._work.setdefault((tp.topic, tp.partition), _PartitionWork(self.settings.window_ms))
             part.last_at = now
+            part.began = began.get((tp.topic, tp.partition), -1)
         self._last_message_at = now
+        # kept: revoked by this rebalance and given back where this member left it; any other partition was
+        # someone else's (maybe a dead member's, its records unread): its backlog may lie behind this member's
+        # claim, so the claim starts again from what is read (the merge stage holds windows at the lowest claim)
+        taken = sorted(k for k, start in began.items() if self._left.get(k) != start)
+        self._left = {}
+        if taken:
+            self._watermark = 0
+            log.info("ingest %s: claims event time afresh for %s", self.member_id, taken)
         log.info("ingest %s assigned %s", self.member_id, [(t.topic, t.partition) for t in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -451,8 +468,11 @@ class IngestWorker:
             log.info("ingest %s: %s revoked before its unfinished cut was read whole: left to the next owner",
                      self.member_id, sorted(unfinished))
         self.flush([k for k in keys if k in self._work and k not in unfinished])
+        self._left = {}
         for key in keys:
-            self._work.pop(key, None)
+            part = self._work.pop(key, None)
+            if part is not None:
+                self._left[key] = part.read + 1 if part.read >= part.began else part.began
             self._forced_cuts.pop(key, None)
 
     def _read_intent(self, msg: Message) -> CutIntent | None:

@@ -235,3 +235,17 @@ def serve_api(settings: Settings, timeout: float = 20.0) -> str:
                 raise
             time.sleep(0.2)
 
+
+def start_thread(target: Callable[[], object]) -> tuple[threading.Thread, list[BaseException]]:
+    """Run ``target`` in a daemon thread; what it raised lands in the returned list, for the test to check."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:  # the thread's outcome, checked by the caller
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, raised

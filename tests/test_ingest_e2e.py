@@ -9,7 +9,7 @@ from collections import Counter
 import msgspec
 import pytest
 from confluent_kafka import Producer
-from support import T0, TopicReader
+from support import T0, TopicReader, start_thread
 from test_pipeline_e2e import reference, send, traffic
 
 from surgegate.schemas.aggregates import WindowPartial
@@ -65,16 +65,7 @@ def test_partials_republished_after_a_crash_are_recognised_not_double_counted(se
     partials = TopicReader(s, topics.partials)
 
     crashed = CrashBeforeCommit(s, member_id="ingest-a")
-    raised: list[BaseException] = []
-
-    def crash() -> None:
-        try:
-            crashed.run()
-        except BaseException as exc:  # the thread's outcome, checked below
-            raised.append(exc)
-
-    thread = threading.Thread(target=crash)
-    thread.start()
+    thread, raised = start_thread(crashed.run)
     partials.poll_until(lambda m: any(b'"sg.WindowPartial/1"' in x.value() for x in m), 60, "first partials")
     thread.join(60)
     assert not thread.is_alive()

@@ -12,6 +12,7 @@ from surgegate.schemas.aggregates import SourceRange
 from surgegate.schemas.telemetry import MetricEvent, RequestEvent
 from surgegate.telemetry.sketch import RELATIVE_ACCURACY, LogHistogram
 from surgegate.telemetry.summaries import summarize
+from surgegate.telemetry.watermarks import MemberMarks
 from surgegate.telemetry.windowing import ZERO_FILL_WINDOWS, PartialAggregator, ScopeWindows, merge_all
 
 W = 10_000
@@ -216,3 +217,46 @@ def test_ttft_and_inter_token_latency_reach_the_window_from_events_and_summaries
         assert all(20 * 0.99 <= w.traffic.ttft_p50_ms <= w.traffic.ttft_p99_ms <= 900 * 1.01 for w in chat)
     plain = [e.__replace__(ttft_ms=None, itl_ms=None) for e in events]
     assert all(w.traffic.ttft_p50_ms is None for w in run_pipeline(plain) if w.traffic is not None)
+
+
+# ------------------------------------------------------------ several ingest members
+
+
+def test_a_member_reading_a_backlog_holds_the_partition_until_it_has_read_it():
+    marks = MemberMarks(silent_ms=20_000)
+    assert marks.heard("caught-up", T0 + 60_000, at=T0 + 60_000) == T0 + 60_000
+    # another member joins with a backlog: its claim, not the newest, is the partition's
+    assert marks.heard("backlog", T0 + 5_000, at=T0 + 60_500) == T0 + 5_000
+    assert marks.heard("caught-up", T0 + 61_000, at=T0 + 61_000) == T0 + 5_000
+    assert marks.heard("backlog", T0 + 61_000, at=T0 + 61_500) == T0 + 61_000
+
+
+def test_a_dead_members_last_claim_holds_until_its_successor_claims_then_is_forgotten():
+    marks = MemberMarks(silent_ms=20_000)
+    marks.heard("a", T0 + 10_000, at=T0 + 10_000)
+    marks.heard("b", T0 + 10_000, at=T0 + 10_000)  # a dies now, with a backlog unread
+    assert marks.heard("b", T0 + 18_000, at=T0 + 18_000) == T0 + 10_000
+    # b takes a's partitions over and claims from their backlog again
+    assert marks.heard("b", 0, at=T0 + 19_000) == 0
+    assert marks.heard("b", T0 + 25_000, at=T0 + 29_000) == T0 + 10_000  # a not silent for 20 s yet
+    assert marks.heard("b", T0 + 31_000, at=T0 + 31_000) == T0 + 31_000 and set(marks.members) == {"b"}
+
+
+def test_marks_read_out_of_time_order_do_not_turn_the_partitions_clock_back():
+    marks = MemberMarks(silent_ms=20_000)
+    marks.heard("a", T0, at=T0 + 30_000)
+    marks.heard("b", T0 + 40_000, at=T0 + 5_000)  # a host whose clock is behind: heard now, not 25 s ago
+    assert marks.clock == T0 + 30_000 and marks.low() == T0
+
+
+@given(st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 10**6), st.integers(0, 10**5)), min_size=1))
+def test_the_partition_watermark_is_the_lowest_claim_of_the_members_heard_lately(claims):
+    marks = MemberMarks(silent_ms=20_000)
+    last: dict[str, tuple[int, int]] = {}
+    clock = 0
+    for member, mark, at in claims:
+        clock = max(clock, at)
+        last[member] = (mark, clock)
+        low = marks.heard(member, mark, at)
+        assert low == min(m for m, heard in last.values() if heard >= clock - 20_000)
+        assert low <= mark  # the member just heard always counts
