@@ -123,11 +123,10 @@ def run_worker(settings: Settings, *, ingest: bool = True, metrics_port: int = 0
               if ingest_worker is not None else None)
     if metrics_port:
         serve_worker_metrics(metrics_port, ingest_worker)
-    quiet = logging.getLogger().level > logging.INFO  # Faust's own lines only with --verbose
-    worker = faust.Worker(app, loglevel="warning" if quiet else "info", quiet=True, redirect_stdouts=False,
-                          logging_config=logging_as_configured())
-    # Faust's start-up spinner would put its own level on the root handler (and the root logger at debug, so
-    # every library's debug records are made), and write terminal escapes into a service's log
+    # levels as configure_logging set them (Faust's own lines only with --verbose); Faust's start-up spinner,
+    # the one user of a worker's loglevel here, would put its own level on the root handler (and the root
+    # logger at debug, so every library's debug records are made) and write terminal escapes into the log
+    worker = faust.Worker(app, quiet=True, redirect_stdouts=False, logging_config=logging_as_configured())
     worker.spinner = None
     try:
         worker.execute_from_commandline()
