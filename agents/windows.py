@@ -131,14 +131,15 @@ class WindowMergeAgent:
             self._save(partition, state)
 
     async def _heard(self, partition: int, mark: Watermark, at: int) -> None:
+        key = MARKS_KEY.format(partition)
         marks = self._marks.get(partition)
         if marks is None:
             # first use since (re)assignment: the claims the partition's last owner had heard
-            raw = self.table.get(MARKS_KEY.format(partition))
+            raw = self.table.get(key)
             marks = self._marks[partition] = (self._stored_marks.decode(raw) if raw is not None
                                               else MemberMarks(silent_ms=MEMBER_SILENT_MS))
         watermark = marks.heard(mark.ingest_id, mark.watermark, at)
-        self.table[MARKS_KEY.format(partition)] = msgspec.json.encode(marks).decode()
+        self.table[key] = msgspec.json.encode(marks).decode()
         if watermark > self._closed_at.get(partition, -1):
             self._closed_at[partition] = watermark
             await self._advance(partition, watermark)
