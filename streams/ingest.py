@@ -411,12 +411,16 @@ class IngestWorker:
     def _send_watermarks(self) -> None:
         if not self._work:
             return  # nothing assigned: no claim to make (the merge stage stops counting this member)
+        mark = msgspec.json.encode(Watermark(ingest_id=self.member_id, watermark=self.watermark()))
+        for partition in range(self._partials_count()):
+            self.sender.send(self.topics.partials, mark, key=b"~watermark", partition=partition)
+
+    def _partials_count(self) -> int:
+        """The partials topic's partition count, looked up (with the producer made) on first use."""
         if not self._partials_partitions:
             md = self.sender.producer.list_topics(self.topics.partials, timeout=CUT_LOOKUP_TIMEOUT_S)
             self._partials_partitions = len(md.topics[self.topics.partials].partitions)
-        mark = msgspec.json.encode(Watermark(ingest_id=self.member_id, watermark=self.watermark()))
-        for partition in range(self._partials_partitions):
-            self.sender.send(self.topics.partials, mark, key=b"~watermark", partition=partition)
+        return self._partials_partitions
 
     def _report_counters(self) -> None:
         delta = self.counters - self._reported
@@ -428,6 +432,7 @@ class IngestWorker:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._refresh_log_ids(sorted({tp.topic for tp in partitions}))
+        self._partials_count()  # with the other lookups, not in the first flush after reading begins
         committed = consumer.committed(partitions, timeout=CUT_LOOKUP_TIMEOUT_S)
         began: dict[tuple[str, int], int] = {}
         for tp in committed:
