@@ -26,16 +26,23 @@ from faust.types import TP
 from surgegate.agents.counters import AgentCounters, decode_or_count
 from surgegate.schemas.aggregates import Watermark, WindowPartial
 from surgegate.settings import Settings
-from surgegate.streams.kafka import MAX_POLL_INTERVAL_MS, SESSION_TIMEOUT_MS
 from surgegate.streams.store import StateMirror
 from surgegate.telemetry.watermarks import MemberMarks
 from surgegate.telemetry.windowing import ScopeWindows
 
 log = logging.getLogger(__name__)
 
-#: An ingest member silent this long no longer holds a partition's watermark: the group has noticed it gone
-#: (session timeout), rebalanced (at most the poll interval) and its successor has claimed from its backlog.
-MEMBER_SILENT_MS = SESSION_TIMEOUT_MS + MAX_POLL_INTERVAL_MS + 4000
+#: After a member's group has noticed it gone (session timeout) and rebalanced (at most the poll interval), this
+#: long more for its successor to claim from its backlog (see :func:`member_silent_ms`).
+CLAIM_AFTER_REBALANCE_MS = 4000
+
+
+def member_silent_ms(settings: Settings) -> int:
+    """How long an ingest member may be silent before it no longer holds a partition's watermark."""
+    timeouts = settings.group_timeouts(embedded=False)  # as settled at start
+    return int((timeouts.session_s + timeouts.max_poll_interval_s) * 1000) + CLAIM_AFTER_REBALANCE_MS
+
+
 #: Table key of a partials partition's MemberMarks (scopes never start with "~").
 MARKS_KEY = "~marks/{}"
 
@@ -63,6 +70,7 @@ class WindowMergeAgent:
         self.sink = sink
         self.table = app.Table("scope_windows", key_type=str, value_type=str, partitions=settings.partitions)
         self.counters = AgentCounters(mirror)
+        self._silent_ms = member_silent_ms(settings)
         # Decoded working copy of the table, by partition then scope.
         self._cache: dict[int, dict[str, ScopeWindows]] = {}
         self._decoder = msgspec.json.Decoder(WindowPartial | Watermark)
@@ -137,7 +145,7 @@ class WindowMergeAgent:
             # first use since (re)assignment: the claims the partition's last owner had heard
             raw = self.table.get(key)
             marks = self._marks[partition] = (self._stored_marks.decode(raw) if raw is not None
-                                              else MemberMarks(silent_ms=MEMBER_SILENT_MS))
+                                              else MemberMarks(silent_ms=self._silent_ms))
         watermark = marks.heard(mark.ingest_id, mark.watermark, at)
         self.table[key] = msgspec.json.encode(marks).decode()
         if watermark > self._closed_at.get(partition, -1):

@@ -26,7 +26,6 @@ from typing import Any, cast
 
 import msgspec
 import redis
-import redis.asyncio as aredis
 from aiohttp import web
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry, generate_latest
@@ -44,6 +43,7 @@ from surgegate.settings import Settings
 from surgegate.streams.history import read_between
 from surgegate.streams.kafka import admin_config, follow_from_start
 from surgegate.streams.producer import KafkaSender
+from surgegate.streams.redis_client import async_client
 from surgegate.streams.store import Keys
 from surgegate.streams.tasks import TaskBook
 from surgegate.streams.topics import Topics
@@ -197,12 +197,11 @@ class Api:
         self.settings = settings
         self.keys = Keys.for_topic_prefix(settings.topic_prefix)
         self.topics = Topics(settings.topic_prefix)
-        self.redis = aredis.Redis.from_url(settings.redis, socket_timeout=REDIS_TIMEOUT_S,
-                                           socket_connect_timeout=REDIS_TIMEOUT_S)
+        self.redis = async_client(settings.redis_target(), timeout_s=REDIS_TIMEOUT_S)
         self.stream = DecisionStream(settings) if stream else None
         self.sender = KafkaSender(settings, "surgegate-api")
         self.overrides = OverrideBook(settings)
-        self.tasks = TaskBook(settings.redis, prefix=self.keys.prefix, timeout_s=REDIS_TIMEOUT_S)
+        self.tasks = TaskBook(settings.redis_target(), prefix=self.keys.prefix, timeout_s=REDIS_TIMEOUT_S)
         self.started = time.time()
         self.requests: dict[str, int] = {}
 

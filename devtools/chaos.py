@@ -192,12 +192,8 @@ def _read_json(path: Path) -> dict:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SURGEGATE_") or k == "SURGEGATE_LOG_LEVEL"}
-    env.update({"SURGEGATE_KAFKA": settings.kafka, "SURGEGATE_REDIS": settings.redis,
-                "SURGEGATE_TOPIC_PREFIX": settings.topic_prefix, "SURGEGATE_PARTITIONS": str(settings.partitions),
-                "SURGEGATE_LATENESS_S": str(settings.lateness_s),
-                "SURGEGATE_FLUSH_INTERVAL_S": str(settings.flush_interval_s),
-                "SURGEGATE_IDLE_AFTER_S": str(settings.idle_after_s), "SURGEGATE_WORKER_ID": "chaos-worker"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SURGEGATE_")}
+    env.update(settings.to_env())
     return env
 
 
@@ -263,7 +259,7 @@ class Chaos:
     """The stack, the load and the faults; :meth:`run` returns one account per phase."""
 
     def __init__(self, timing: Timing, rate: float = 200.0, edges: int = 2, faults: tuple[str, ...] = FAULTS,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, log_level: str = "info") -> None:
         self.timing = timing
         self.rate = rate
         self.edge_count = edges
@@ -275,7 +271,7 @@ class Chaos:
         # 4 partitions: what the embedded broker gives a topic a client has it auto-create (Faust's clients do,
         # when the broker comes back empty before the worker's keeper has re-created the topics)
         self.settings = Settings(topic_prefix="chaos.", partitions=4, lateness_s=2.0, flush_interval_s=0.5,
-                                 idle_after_s=1.5)
+                                 idle_after_s=1.5, worker_id="chaos-worker", log_level=log_level)
         self.worker: subprocess.Popen | None = None
         self.edges: dict[str, subprocess.Popen] = {}
         self.phase_file = self.dir / "phase"

@@ -21,9 +21,10 @@ import time
 
 import msgspec
 import redis
-import redis.asyncio as aredis
 
 from surgegate.llm.caching import request_key
+from surgegate.settings import RedisTarget
+from surgegate.streams.redis_client import async_client
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,9 @@ class CachedAnswer(msgspec.Struct, frozen=True):
 class ResponseCache:
     """Exact-match answers for one deployment (``prefix``) in Redis; counts in ``counts``."""
 
-    def __init__(self, url: str, *, prefix: str = "sg:", ttl_s: float = 300.0, max_entries: int = 10_000,
-                 max_entry_bytes: int = 128 * 1024, shared_scope: str | None = None, timeout_s: float = 0.05) -> None:
+    def __init__(self, target: RedisTarget | str, *, prefix: str = "sg:", ttl_s: float = 300.0,
+                 max_entries: int = 10_000, max_entry_bytes: int = 128 * 1024, shared_scope: str | None = None,
+                 timeout_s: float = 0.05) -> None:
         if ttl_s <= 0 or max_entries < 1 or max_entry_bytes < 1:
             raise ValueError(f"cache ttl_s={ttl_s!r} max_entries={max_entries!r} max_entry_bytes={max_entry_bytes!r}:"
                              " each must be positive")
@@ -69,7 +71,7 @@ class ResponseCache:
         self.max_entry_bytes = max_entry_bytes
         self.shared_scope = shared_scope
         self._prefix = f"{prefix}cache:"
-        self._client = aredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._client = async_client(target, timeout_s=timeout_s)
         self._put = self._client.register_script(PUT_LUA)
         self._decoder = msgspec.msgpack.Decoder(CachedAnswer)
         self._skip_until = 0.0

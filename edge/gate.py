@@ -25,7 +25,6 @@ from typing import Any, Literal
 
 import msgspec
 import redis
-import redis.asyncio as aredis
 
 from surgegate.admission.gate import Admission, Fallback, Verdict
 from surgegate.admission.gate import hold_after_s as _hold_after
@@ -35,9 +34,10 @@ from surgegate.errors import DeliveryFailed, ProducerBufferFull
 from surgegate.gpu.pools import PoolBook
 from surgegate.schemas.decisions import ThrottleDecision
 from surgegate.schemas.telemetry import RequestEvent, RequestType, Status
-from surgegate.settings import Settings
+from surgegate.settings import RedisTarget, Settings
 from surgegate.streams.kafka import follow_from_start
 from surgegate.streams.producer import TelemetryProducer
+from surgegate.streams.redis_client import async_client, sync_client
 from surgegate.streams.store import Keys
 from surgegate.streams.topics import Topics
 
@@ -184,8 +184,7 @@ class EdgeGate:
 
     def _bootstrap_from_redis(self) -> None:
         key = Keys.for_topic_prefix(self.settings.topic_prefix).latest_decision(self.service)
-        client = redis.Redis.from_url(self.settings.redis, socket_timeout=REDIS_TIMEOUT_S,
-                                      socket_connect_timeout=REDIS_TIMEOUT_S)
+        client = sync_client(self.settings.redis_target(), timeout_s=REDIS_TIMEOUT_S)
         try:
             raw = client.get(key)
         except redis.RedisError as exc:
@@ -314,10 +313,10 @@ class Contract:
 class GlobalQuota:
     """Per-tenant contracts enforced across edges in Redis; local buckets when Redis is down."""
 
-    def __init__(self, url: str, contracts: Mapping[str, Contract], *, prefix: str = "sg:",
+    def __init__(self, target: RedisTarget | str, contracts: Mapping[str, Contract], *, prefix: str = "sg:",
                  timeout_s: float = 0.05) -> None:
         self.contracts = dict(contracts)
-        self._client = aredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._client = async_client(target, timeout_s=timeout_s)
         self._script = self._client.register_script(GCRA_LUA)
         self._prefix = f"{prefix}quota:"
         self._skip_until = 0.0

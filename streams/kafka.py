@@ -1,8 +1,10 @@
 """Thin, shared confluent-kafka configuration, and a probe that a broker answers.
 
-Defaults suit both Apache Kafka and the embedded Tansu broker: short group
-timeouts (a join waits for the rebalance timeout), producers that batch
-(``linger.ms``) and no compression (compressed fetches stall on Tansu).
+Every client gets the connection's security (TLS, SASL) and the consumer-group
+timeouts from the settings: Kafka's own defaults on a cluster, short ones on
+the embedded Tansu broker (a join there waits for the rebalance timeout; see
+:meth:`~surgegate.settings.Settings.group_timeouts`). Producers batch
+(``linger.ms``) and do not compress (compressed fetches stall on Tansu).
 
 librdkafka's own log goes to the ``surgegate.librdkafka`` logger, never
 straight to stderr: an unreachable broker would otherwise print a line per
@@ -29,8 +31,6 @@ log = logging.getLogger(__name__)
 
 #: Producer waits this long to fill a batch; one-record batches saturate the broker.
 LINGER_MS = 5
-SESSION_TIMEOUT_MS = 6000
-MAX_POLL_INTERVAL_MS = 10000
 #: How long a record may wait for its delivery before it counts as failed (librdkafka's default).
 MESSAGE_TIMEOUT_MS = 300_000
 #: How long flush/close waits for outstanding deliveries.
@@ -43,15 +43,36 @@ TANSU_CLUSTER_ID = "tansu_cluster"
 LOG_CHECK_S = 5.0
 
 
+def security_config(settings: Settings) -> dict[str, Any]:
+    """The connection's security as librdkafka names it (nothing for PLAINTEXT)."""
+    config: dict[str, Any] = {}
+    protocol = settings.kafka_security_protocol
+    if protocol != "PLAINTEXT":
+        config["security.protocol"] = protocol.lower()
+    if protocol.startswith("SASL"):
+        config.update({"sasl.mechanisms": settings.kafka_sasl_mechanism, "sasl.username": settings.kafka_sasl_username,
+                       "sasl.password": settings.kafka_sasl_password})
+    if protocol.endswith("SSL"):
+        for option, path in (("ssl.ca.location", settings.kafka_ssl_ca_file),
+                             ("ssl.certificate.location", settings.kafka_ssl_cert_file),
+                             ("ssl.key.location", settings.kafka_ssl_key_file)):
+            if path:
+                config[option] = path
+    return config
+
+
 def admin_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     """confluent-kafka admin client settings."""
-    return {"bootstrap.servers": settings.kafka, "logger": LIBRDKAFKA_LOG, **extra}
+    return {"bootstrap.servers": settings.kafka, "logger": LIBRDKAFKA_LOG, **security_config(settings), **extra}
 
 
-def probe_broker(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> int:
-    """The number of brokers behind ``settings.kafka``; :class:`BrokerUnavailable` naming the address
-    when none answers within ``timeout_s``. Commands call it before any work, so a wrong address
-    fails in seconds with one line instead of queueing records for a broker that is not there."""
+def probe_broker(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> Settings:
+    """Check that a broker answers at ``settings.kafka``; :class:`BrokerUnavailable` naming the address when
+    none does within ``timeout_s``. Commands call it before any work, so a wrong address fails in seconds with
+    one line instead of queueing records for a broker that is not there.
+
+    Returns the settings with the consumer-group timeouts settled for the broker found (short ones for the
+    embedded broker, Kafka's defaults for a cluster; set ones stay as they are)."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
@@ -63,7 +84,15 @@ def probe_broker(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> int:
         detail = error.str() if hasattr(error, "str") else str(error)
         raise BrokerUnavailable(f"no Kafka broker answered at {settings.kafka} within {timeout_s:g} s "
                                 f"({detail}); check SURGEGATE_KAFKA or --kafka") from None
-    return len(metadata.brokers)
+    return settle_timeouts(settings, embedded=metadata.cluster_id == TANSU_CLUSTER_ID)
+
+
+def settle_timeouts(settings: Settings, *, embedded: bool) -> Settings:
+    """``settings`` with the group timeouts for this kind of broker written in, so child processes and every
+    client agree on them."""
+    timeouts = settings.group_timeouts(embedded)
+    return settings.replace(kafka_session_timeout_s=timeouts.session_s,
+                            kafka_max_poll_interval_s=timeouts.max_poll_interval_s)
 
 
 def end_offsets_trusted(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
@@ -102,6 +131,7 @@ def producer_config(settings: Settings, client_id: str, **extra: Any) -> dict[st
     """confluent-kafka producer settings."""
     return {
         "bootstrap.servers": settings.kafka,
+        **security_config(settings),
         "client.id": client_id,
         "linger.ms": LINGER_MS,
         "compression.type": "none",
@@ -119,16 +149,18 @@ def producer_config(settings: Settings, client_id: str, **extra: Any) -> dict[st
 
 
 def consumer_config(settings: Settings, group_id: str, client_id: str, **extra: Any) -> dict[str, Any]:
-    """confluent-kafka consumer settings: manual commits, start at the beginning."""
+    """confluent-kafka consumer settings: manual commits, start at the beginning, the group timeouts in force."""
+    timeouts = settings.group_timeouts(embedded=False)  # as settled by probe_broker, else Kafka's
     return {
         "bootstrap.servers": settings.kafka,
+        **security_config(settings),
         "group.id": group_id,
         "client.id": client_id,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
-        "session.timeout.ms": SESSION_TIMEOUT_MS,
-        "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
-        "heartbeat.interval.ms": 1000,
+        "session.timeout.ms": int(timeouts.session_s * 1000),
+        "max.poll.interval.ms": int(timeouts.max_poll_interval_s * 1000),
+        "heartbeat.interval.ms": int(timeouts.heartbeat_s * 1000),
         "logger": LIBRDKAFKA_LOG,
         **extra,
     }

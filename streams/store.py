@@ -16,9 +16,9 @@ from collections import deque
 from collections.abc import Mapping
 
 import redis
-import redis.asyncio as aredis
 
-from surgegate.settings import DEFAULT_WINDOW_S
+from surgegate.settings import DEFAULT_WINDOW_S, RedisTarget
+from surgegate.streams.redis_client import async_client, sync_client
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +89,9 @@ class _Backoff:
 class CounterSink:
     """Synchronous counter increments for the ingest thread (HINCRBY)."""
 
-    def __init__(self, url: str, keys: Keys | None = None) -> None:
+    def __init__(self, target: RedisTarget | str, keys: Keys | None = None) -> None:
         self.keys = keys or Keys()
-        self._client = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_S,
-                                            socket_connect_timeout=SOCKET_TIMEOUT_S)
+        self._client = sync_client(target, timeout_s=SOCKET_TIMEOUT_S)
         self._backoff = _Backoff()
         self._pending: dict[str, int] = {}
 
@@ -137,12 +136,12 @@ class NullCounterSink:
 class StateMirror:
     """Async writer of the latest windows (and later forecasts and decisions) to Redis."""
 
-    def __init__(self, url: str, keys: Keys | None = None, *, window_s: float = DEFAULT_WINDOW_S) -> None:
+    def __init__(self, target: RedisTarget | str, keys: Keys | None = None, *,
+                 window_s: float = DEFAULT_WINDOW_S) -> None:
         self.keys = keys or Keys()
         #: windows kept per scope: an hour of them
         self.history = max(1, int(HISTORY_S // window_s))
-        self._client = aredis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_S,
-                                             socket_connect_timeout=SOCKET_TIMEOUT_S)
+        self._client = async_client(target, timeout_s=SOCKET_TIMEOUT_S)
         self._backoff = _Backoff()
         self.skipped = 0
         #: windows not written yet (Redis down), oldest first; ``dropped`` counts those that did not fit

@@ -14,9 +14,10 @@ import time
 from typing import Any
 
 import msgspec
-import redis.asyncio as aredis
 
 from surgegate.schemas.deferral import DeferredTask, TaskState, TaskView
+from surgegate.settings import RedisTarget
+from surgegate.streams.redis_client import async_client
 
 #: How long a task's state is kept after its last change.
 TASK_TTL_S = 24 * 3600
@@ -49,8 +50,9 @@ def view_of(task: DeferredTask, state: TaskState, attempts: int = 0, **fields: A
 class TaskBook:
     """Task states under one deployment's Redis prefix."""
 
-    def __init__(self, url: str, *, prefix: str = "sg:", timeout_s: float = 1.0, ttl_s: float = TASK_TTL_S) -> None:
-        self._client = aredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    def __init__(self, target: RedisTarget | str, *, prefix: str = "sg:", timeout_s: float = 1.0,
+                 ttl_s: float = TASK_TTL_S) -> None:
+        self._client = async_client(target, timeout_s=timeout_s)
         self._script = self._client.register_script(TRANSITION_LUA)
         self._prefix = f"{prefix}task:"
         self.ttl_ms = int(ttl_s * 1000)
