@@ -22,7 +22,9 @@ from surgegate.streams.producer import TelemetryProducer
 from surgegate.streams.topics import Topics
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, on a window boundary
-W = 10_000
+#: the window of end-to-end tests (the settings fixture's): short, so a test waits seconds, not minutes
+WINDOW_S = 2
+W = WINDOW_S * 1000
 
 
 class Child:
@@ -39,9 +41,7 @@ class Child:
 
     def start(self) -> Child:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SURGEGATE_")}
-        s = self.settings
-        env.update({"SURGEGATE_KAFKA": s.kafka, "SURGEGATE_REDIS": s.redis, "SURGEGATE_TOPIC_PREFIX": s.topic_prefix,
-                    "SURGEGATE_PARTITIONS": str(s.partitions), **self.extra_env})
+        env.update({**self.settings.to_env(), **self.extra_env})
         with open(self.log_path, "ab") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen([sys.executable, "-m", "surgegate.cli", *self.command], env=env, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True,
@@ -87,14 +87,8 @@ class WorkerProcess(Child):
     """`surgegate worker` as a child process, configured by environment only."""
 
     def __init__(self, settings: Settings, log_path: Path, worker_id: str = "w1", metrics_port: int = 0) -> None:
-        s = settings
-        super().__init__(settings, log_path, "worker", "--metrics-port", str(metrics_port), extra_env={
-            "SURGEGATE_LATENESS_S": str(s.lateness_s), "SURGEGATE_FLUSH_INTERVAL_S": str(s.flush_interval_s),
-            "SURGEGATE_IDLE_AFTER_S": str(s.idle_after_s), "SURGEGATE_WORKER_ID": worker_id,
-            "SURGEGATE_WINDOW_S": str(int(s.window_s)),
-            "SURGEGATE_FORECAST_CHECKPOINT_WINDOWS": str(s.forecast_checkpoint_windows),
-            "SURGEGATE_SERVICES": s.services,
-        })
+        super().__init__(settings.replace(worker_id=worker_id), log_path, "worker", "--metrics-port",
+                         str(metrics_port))
         self.worker_id = worker_id
         self.metrics_port = metrics_port
 
@@ -219,7 +213,7 @@ def serve_api(settings: Settings, timeout: float = 20.0) -> str:
     /healthz; its base URL, without a trailing slash."""
     import urllib.request
 
-    from surgegate.cli import serve_api_in_thread
+    from surgegate.cli.api import serve_api_in_thread
     from surgegate.devtools.embedded import free_port
 
     port = free_port()

@@ -19,7 +19,7 @@ import pytest
 from confluent_kafka import Producer
 from support import WorkerProcess, serve_api
 
-from surgegate.cli import DEMO_SERVICES
+from surgegate.cli.pipeline import DEMO_SERVICES
 from surgegate.devtools.demo import run_demo
 from surgegate.schemas.decisions import ThrottleDecision, TierLimit
 from surgegate.streams.producer import TelemetryProducer

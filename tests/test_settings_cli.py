@@ -72,6 +72,7 @@ def _dead_address() -> str:
         return f"127.0.0.1:{s.getsockname()[1]}"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("command", [["topics", "list"], ["topics", "create"], ["worker"],
                                      ["replay", str(EXAMPLE), "--speedup", "0"]],
                          ids=lambda c: " ".join(c[:2]))
@@ -125,7 +126,7 @@ def test_replay_example_in_the_readme_names_a_file_a_clone_has():
 
 
 def test_a_supervised_thread_that_dies_is_reported_not_silent():
-    from surgegate.cli import supervised
+    from surgegate.cli.common import supervised
 
     seen: list[BaseException] = []
 
@@ -137,7 +138,7 @@ def test_a_supervised_thread_that_dies_is_reported_not_silent():
 
 
 def test_the_edge_keys_file_is_read_with_budgets_and_bad_entries_are_named(tmp_path):
-    from surgegate.cli import load_keys
+    from surgegate.cli.edge import load_keys
     from surgegate.errors import SurgegateError
 
     good = tmp_path / "keys.json"

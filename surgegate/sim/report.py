@@ -275,3 +275,21 @@ def plot(comparison: Comparison, path: Path) -> Path:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def report_header(model: ServiceModel, seed: int) -> str:
+    """The comparison report's opening: the replica, the cold start, scheduling and the SLOs every table uses."""
+    p = model.profile
+    return (f"# Policies compared on the simulated LLM service\n\n"
+            f"`surgegate simulate --compare` (seed {seed}). Replicas: Llama-3-8B on one A100 80GB "
+            f"({p.prefill_tokens_per_s:,.0f} prefill tokens/s, {1000 * p.decode_step_s:.1f} ms decode step, "
+            f"{p.kv_cache_tokens:,} tokens of KV cache, {p.max_num_seqs} sequences); cold start "
+            f"{model.cold_start_s:.0f} s unless the scenario says otherwise, {model.warm_start_s:.1f} s from the "
+            f"warm pool; engine scheduling {'by tier' if model.engine_priority else 'first come, first served'}; "
+            f"response cache hit ratio {model.cache_hit_ratio:.0%}; deferred batch work in "
+            f"{'the durable deferral lane' if model.deferral == 'lane' else 'an in-memory queue at each edge'}. "
+            f"SLOs per tier (enterprise / pro / free): TTFT within "
+            f"{' / '.join(f'{x:g}' for x in model.ttft_allowance_s)} s plus the prefill of a 99th-percentile "
+            f"prompt, TPOT within {' / '.join(f'{1000 * x:.0f}' for x in model.tpot_s)} ms; a window meets a "
+            f"tier's SLO when at most 1% of its realtime requests missed (rejected and timed-out ones "
+            f"included). See docs/simulator.md.\n\n")

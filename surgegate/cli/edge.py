@@ -1,0 +1,247 @@
+"""The edge's commands: edge (the OpenAI gateway), drain (the deferral lane), ratelimit (Envoy's service)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+from surgegate.cli.common import Parsers, json_option, need_kafka, need_redis, settings_of
+from surgegate.cli.gpu import serve_grpc
+from surgegate.errors import SettingsError, SurgegateError
+
+
+def load_tenants(path: str) -> tuple[dict[str, str], dict]:
+    """Tenant registry and contracts from JSON ``{tenant: tier}`` or
+    ``{tenant: {"tier": ..., "rate_rps": ..., "burst": ...}}`` (rate and burst: a global contract)."""
+    from surgegate.edge.gate import Contract
+
+    raw = json_option("--tenants", path, "an object of tenant -> tier or settings")
+    tiers, contracts = {}, {}
+    for tenant, entry in raw.items():
+        if isinstance(entry, str):
+            tiers[tenant] = entry
+        elif isinstance(entry, dict) and isinstance(entry.get("tier"), str):
+            tiers[tenant] = entry["tier"]
+            if "rate_rps" in entry:
+                try:
+                    contracts[tenant] = Contract(float(entry["rate_rps"]), float(entry.get("burst", 1.0)))
+                except (TypeError, ValueError) as exc:
+                    raise SurgegateError(f"--tenants {path}: tenant {tenant!r}: {exc}") from None
+        else:
+            raise SurgegateError(f"--tenants {path}: tenant {tenant!r}: expected a tier name or "
+                                 '{"tier": ..., "rate_rps": ..., "burst": ...}')
+    return tiers, contracts
+
+
+def load_keys(path: str) -> dict:
+    """API keys from JSON ``{key: {"tenant": ..., "tier": ..., "tokens_per_minute": ...}}`` (the budget optional)."""
+    from surgegate.edge.gateway import Identity
+
+    raw = json_option("--keys", path, "an object of API key -> {tenant, tier}")
+    keys = {}
+    for key, entry in raw.items():
+        named = isinstance(entry, dict) and all(isinstance(entry.get(f), str) for f in ("tenant", "tier"))
+        tpm = entry.get("tokens_per_minute") if isinstance(entry, dict) else None
+        if not named or not (tpm is None or (isinstance(tpm, (int, float)) and tpm > 0)):
+            raise SurgegateError(f"--keys {path}: key ending {key[-4:]!r}: expected "
+                                 f'{{"tenant": ..., "tier": ..., "tokens_per_minute": > 0 (optional)}}')
+        keys[key] = Identity(entry["tenant"], entry["tier"], None if tpm is None else float(tpm))
+    return keys
+
+
+def cmd_edge(args: argparse.Namespace) -> None:
+    from aiohttp import web
+
+    from surgegate.edge.gate import EdgeGate, GlobalQuota
+    from surgegate.edge.gateway import create_edge_app
+    from surgegate.edge.metrics import GateMetrics
+    from surgegate.streams.store import Keys
+
+    settings = need_kafka(settings_of(args))
+    tenants, contracts = load_tenants(args.tenants) if args.tenants else (None, {})
+    prefix = Keys.for_topic_prefix(settings.topic_prefix).prefix
+    quota = None
+    if contracts:
+        need_redis(settings, "tenant contracts")
+        quota = GlobalQuota(settings.redis_target(), contracts, prefix=prefix)
+    models = json_option("--models", args.models) if args.models else {}
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in models.items()):
+        raise SurgegateError("--models: expected an object of model name -> service name")
+    cache = None
+    if args.cache:
+        from surgegate.edge.cache import ResponseCache
+
+        need_redis(settings, "--cache")
+        try:
+            cache = ResponseCache(settings.redis_target(), prefix=prefix, ttl_s=args.cache_ttl,
+                                  max_entries=args.cache_max_entries, max_entry_bytes=args.cache_max_entry_bytes,
+                                  shared_scope=args.cache_shared_scope)
+        except ValueError as exc:
+            raise SurgegateError(f"--cache-*: {exc}") from None
+    lane = None
+    if (args.deferral or ("lane" if settings.redis else "memory")) == "lane":
+        from surgegate.edge.lane import DeferralLane
+
+        need_redis(settings, "--deferral lane (task states)")
+        lane = DeferralLane(settings, args.edge_id)
+    metrics = GateMetrics()
+    overflow = bool(args.overflow_upstream)
+    gate = EdgeGate(settings, args.service, edge_id=args.edge_id, share=args.share, shadow=args.shadow,
+                    report=args.report, metrics=metrics, follow_scaling=overflow).start()
+    gates = {service: EdgeGate(settings, service, edge_id=args.edge_id, share=args.share, shadow=args.shadow,
+                               report=args.report, metrics=metrics, follow_scaling=overflow).start()
+             for service in sorted(set(models.values()) - {args.service})}
+    keys = load_keys(args.keys) if args.keys else None
+    app = create_edge_app(gate, args.upstream, models=models, gates=gates, tenants=tenants, keys=keys, quota=quota,
+                          default_tenant=args.default_tenant, default_tier=args.default_tier,
+                          deferred_capacity=args.deferred_capacity, timeout_s=args.timeout,
+                          connect_timeout_s=args.connect_timeout, connections=args.connections,
+                          overflow_upstream=args.overflow_upstream, cache=cache, lane=lane,
+                          deadline_s=args.deadline)
+    print(f"surgegate edge {args.edge_id}: service {args.service} on http://{args.host}:{args.port} -> "
+          f"{args.upstream}{' (shadow)' if args.shadow else ''}", flush=True)
+    try:
+        # a client that goes away cancels its handler, and with it the upstream request
+        web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handler_cancellation=True)
+    finally:
+        for g in (gate, *gates.values()):
+            g.close()
+
+
+def cmd_ratelimit(args: argparse.Namespace) -> None:
+    from surgegate.edge.gate import EdgeGate
+    from surgegate.edge.metrics import GateMetrics
+    from surgegate.edge.ratelimit import RateLimitService, start_server
+
+    settings = need_kafka(settings_of(args))
+    metrics = GateMetrics()  # the gate's metrics and the service's answers, on one /metrics
+    registry = metrics.registry
+    gate = EdgeGate(settings, args.service, edge_id=args.edge_id, share=args.share, shadow=args.shadow,
+                    report=args.report, metrics=metrics).start()
+    try:
+        service = RateLimitService(gate, default_tenant=args.default_tenant, default_tier=args.default_tier,
+                                   registry=registry)
+    except ValueError as exc:
+        gate.close()
+        raise SettingsError(f"--default-tier: {exc}") from None
+    try:
+        serve_grpc(lambda: start_server(service, args.listen), args.listen, args.metrics_port, registry,
+                   lambda host, port: f"surgegate ratelimit {args.edge_id}: envoy.service.ratelimit.v3."
+                                      f"RateLimitService for service {args.service} on {host}:{port}"
+                                      f"{' (shadow)' if args.shadow else ''}")
+    finally:
+        gate.close()
+
+
+def cmd_drain(args: argparse.Namespace) -> None:
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from surgegate.edge.drain import Drainer, DrainerCollector
+
+    settings = need_kafka(settings_of(args))
+    need_redis(settings, "surgegate drain (task states)")
+    if args.concurrency < 1 or args.max_attempts < 1 or args.hold < 1:
+        raise SettingsError("--concurrency, --max-attempts and --hold must be at least 1")
+    drainer = Drainer(settings, args.service, args.upstream, drainer_id=args.drainer_id, share=args.share,
+                      concurrency=args.concurrency, max_attempts=args.max_attempts, hold=args.hold,
+                      timeout_s=args.timeout, upstream_key=settings.upstream_key or None)
+    if args.metrics_port:
+        registry = CollectorRegistry()
+        registry.register(DrainerCollector(drainer))
+        start_http_server(args.metrics_port, registry=registry)
+    print(f"surgegate drain {args.drainer_id}: service {args.service} -> {args.upstream}"
+          f"{f', /metrics on port {args.metrics_port}' if args.metrics_port else ''}", flush=True)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, drainer.stop)
+        await drainer.run()
+
+    asyncio.run(main())
+
+
+def register(p: Parsers) -> None:
+    """The edge's commands and their options."""
+    edge = p.command("edge", "run an admitting reverse proxy in front of an LLM service")
+    p.broker(edge)
+    p.redis(edge, "decision bootstrap and tenant contracts")
+    edge.add_argument("--upstream", required=True, help="the service's base URL, e.g. http://127.0.0.1:9000")
+    edge.add_argument("--overflow-upstream", metavar="URL",
+                      help="the overflow pool's base URL: lower tiers and batch work go there while the pool's "
+                           "scaling decision asks overflow replicas (default: none)")
+    edge.add_argument("--service", default="chat", help="service whose throttle decisions this edge applies")
+    edge.add_argument("--models", metavar="JSON|FILE",
+                      help='model name -> service, e.g. \'{"bge-small": "embed"}\'; a model not named goes to '
+                           "--service (default: every model to --service)")
+    edge.add_argument("--edge-id", default="edge-1", help="this edge's name in its telemetry")
+    edge.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    edge.add_argument("--port", type=int, default=8080, help="port to listen on")
+    edge.add_argument("--share", type=float, default=1.0, help="this edge's share of the service's traffic")
+    edge.add_argument("--shadow", action="store_true", help="admit everything; record what would be refused")
+    edge.add_argument("--keys", metavar="FILE",
+                      help="JSON file: API key -> {tenant, tier}; a bearer key not in it is refused (default: none, "
+                           "keys are not checked)")
+    edge.add_argument("--default-tenant", default="anonymous", help="tenant of a request that names none")
+    edge.add_argument("--default-tier", help="tier of a request that names none (default: the service's lowest)")
+    edge.add_argument("--tenants", metavar="FILE",
+                      help="JSON file: tenant -> tier, or tenant -> {tier, rate_rps, burst} (default: none, "
+                           "tenant and tier from headers)")
+    edge.add_argument("--report", choices=["summaries", "events", "off"], default="summaries",
+                      help="telemetry this edge sends")
+    edge.add_argument("--deferred-capacity", type=int, default=1000, help="deferred batch tasks held at most")
+    edge.add_argument("--timeout", type=float, default=60.0, help="upstream timeout in seconds")
+    edge.add_argument("--connect-timeout", type=float, default=1.0,
+                      help="seconds to wait for a free upstream connection before answering 503 (overload)")
+    edge.add_argument("--connections", type=int, default=1000, help="upstream connections kept at most")
+    edge.add_argument("--deferral", choices=["lane", "memory"],
+                      help="where deferred batch work waits: the durable lane (sg.deferred, task states in Redis, run "
+                           "by `surgegate drain`) or this process's memory (default: lane when Redis is set)")
+    edge.add_argument("--deadline", type=float, default=3600.0,
+                      help="seconds a deferred task may wait before it expires (X-Surgegate-Deadline sets it per "
+                           "request)")
+    edge.add_argument("--cache", action="store_true",
+                      help="answer repeated deterministic requests (temperature 0, or X-Surgegate-Cache: on) from a "
+                           "response cache in Redis shared by the edges; from level 3 lower tiers get cached answers "
+                           "only")
+    edge.add_argument("--cache-ttl", type=float, default=300.0, help="seconds a cached answer is kept")
+    edge.add_argument("--cache-max-entries", type=int, default=10_000, help="cached answers kept per service")
+    edge.add_argument("--cache-max-entry-bytes", type=int, default=128 * 1024,
+                      help="a larger answer (or stream) is not cached")
+    edge.add_argument("--cache-shared-scope", metavar="NAME",
+                      help="one cache scope for every tenant of the service (default: none, each tenant reads only "
+                           "its own answers)")
+    edge.set_defaults(func=cmd_edge)
+
+    dr = p.command("drain", "run deferred batch tasks from the deferral lane at the batch rate the decision allows")
+    p.broker(dr)
+    p.redis(dr, "task states")
+    dr.add_argument("--service", default="chat", help="the service whose deferred tasks this drainer runs")
+    dr.add_argument("--upstream", required=True, help="the service's base URL, e.g. http://127.0.0.1:9000 (its "
+                                                      "bearer key, if it needs one, from SURGEGATE_UPSTREAM_KEY)")
+    dr.add_argument("--drainer-id", default="drain-1", help="this drainer's name in its telemetry")
+    dr.add_argument("--share", type=float, default=1.0, help="this drainer's share of the service's batch rate")
+    dr.add_argument("--concurrency", type=int, default=16, help="tasks running upstream at once")
+    dr.add_argument("--max-attempts", type=int, default=5, help="tries of a task the upstream answers with overload")
+    dr.add_argument("--hold", type=int, default=1000, help="tasks held in memory (reading pauses beyond)")
+    dr.add_argument("--timeout", type=float, default=300.0, help="upstream timeout of one try, in seconds")
+    dr.add_argument("--metrics-port", type=int, default=0, help="serve the backlog on this port's /metrics (0: none)")
+    dr.set_defaults(func=cmd_drain)
+
+    rl = p.command("ratelimit", "answer Envoy's rate limit service calls (v3 ShouldRateLimit) with the edge gate")
+    p.broker(rl)
+    p.redis(rl, "decision bootstrap")
+    rl.add_argument("--service", default="chat", help="the service gated; Envoy's rate limit domain")
+    rl.add_argument("--listen", default="0.0.0.0:8081", metavar="HOST:PORT",
+                    help="the gRPC address (Envoy's rate limit cluster)")
+    rl.add_argument("--metrics-port", type=int, default=9443, help="serve /metrics on this port (0: none)")
+    rl.add_argument("--edge-id", default="ratelimit-1", help="this gate's name in its telemetry")
+    rl.add_argument("--share", type=float, default=1.0, help="this process's share of the service's traffic")
+    rl.add_argument("--shadow", action="store_true", help="answer OK to everything; record what would be refused")
+    rl.add_argument("--default-tenant", default="anonymous", help="tenant of a descriptor that names none")
+    rl.add_argument("--default-tier", help="tier of a descriptor that names none (default: the service's lowest)")
+    rl.add_argument("--report", choices=["summaries", "events", "off"], default="summaries",
+                    help="telemetry this gate sends")
+    rl.set_defaults(func=cmd_ratelimit)
+

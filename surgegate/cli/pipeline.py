@@ -1,0 +1,262 @@
+"""The pipeline's commands: up, worker, topics, replay, chaos."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from surgegate.cli.common import (
+    Parsers,
+    exit_on_death,
+    log,
+    logging_as_configured,
+    need_kafka,
+    progress_bar,
+    settings_of,
+    supervised,
+)
+from surgegate.errors import SurgegateError
+from surgegate.settings import Settings
+
+DEMO_SERVICES = '{"chat": {"pool": "gpu-a", "replica_rps": 40, "replicas": 8}}'
+
+
+def run_worker(settings: Settings, *, ingest: bool = True, metrics_port: int = 0) -> None:
+    """Run the Faust agents and, in threads, an ingest consumer and the topic keeper, until stopped; with
+    ``metrics_port``, this process's counters on its ``/metrics``."""
+    import faust
+
+    from surgegate.agents.app import create_app
+    from surgegate.streams.ingest import IngestWorker
+    from surgegate.streams.kafka import end_offsets_trusted
+    from surgegate.streams.store import Keys, StateMirror
+    from surgegate.streams.topics import keep_topics
+
+    mirror = StateMirror(settings.redis_target(), Keys.for_topic_prefix(settings.topic_prefix),
+                         window_s=settings.window_s) if settings.redis else None
+    one_record_batches = not end_offsets_trusted(settings)
+    if one_record_batches:
+        log.info("the broker reports a partition's end wrongly after multi-record batches (the embedded broker): "
+                 "the agents send one record per batch, so a restarted worker restores all its state")
+    app = create_app(settings, mirror=mirror, one_record_batches=one_record_batches)
+    ingest_worker = IngestWorker(settings) if ingest else None
+    stop_keeper = threading.Event()
+    changelogs = tuple(table.changelog_topic.get_topic_name() for table in app.tables.values())
+    # A worker without one of its threads only looks healthy: it ends, so a supervisor restarts it. Crash-only
+    # is safe here: offsets are committed only after what they cover was published.
+    supervised("topic-keeper", lambda: keep_topics(settings, stop_keeper, changelogs=changelogs),
+               exit_on_death("worker", "topic keeper"))
+    thread = (supervised("ingest", ingest_worker.run, exit_on_death("worker", "ingest consumer"))
+              if ingest_worker is not None else None)
+    if metrics_port:
+        serve_worker_metrics(metrics_port, ingest_worker)
+    # levels as configure_logging set them (Faust's own lines only with --verbose); Faust's start-up spinner,
+    # the one user of a worker's loglevel here, would put its own level on the root handler (and the root
+    # logger at debug, so every library's debug records are made) and write terminal escapes into the log
+    worker = faust.Worker(app, quiet=True, redirect_stdouts=False, logging_config=logging_as_configured())
+    worker.spinner = None
+    try:
+        worker.execute_from_commandline()
+    finally:
+        stop_keeper.set()
+        if ingest_worker is not None and thread is not None:
+            ingest_worker.stop()
+            thread.join(30)
+
+
+def serve_worker_metrics(port: int, ingest_worker: Any) -> None:
+    """This worker's own counters (its agents', its ingest consumer's) on ``port``'s ``/metrics``, under the
+    names the API uses for the whole pipeline's."""
+    from collections import Counter
+
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.core import GaugeMetricFamily
+
+    from surgegate.agents.counters import LIVE
+    from surgegate.api.metrics import counter_families
+
+    class WorkerCollector:
+        def collect(self) -> Iterator[Any]:
+            counts: Counter[str] = Counter()
+            for counters in list(LIVE):
+                counts.update(counters)
+            if ingest_worker is not None:
+                counts.update(ingest_worker.counters)
+            yield GaugeMetricFamily("surgegate_worker_up", "The worker process is running", value=1)
+            yield from counter_families(counts)
+
+    registry = CollectorRegistry()
+    registry.register(WorkerCollector())
+    start_http_server(port, registry=registry)
+    log.info("worker /metrics on port %d", port)
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    settings = need_kafka(settings_of(args))
+    run_worker(settings, ingest=not args.no_ingest, metrics_port=args.metrics_port)
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    from surgegate.cli.api import serve_api_in_thread
+    from surgegate.devtools.embedded import EmbeddedBroker, EmbeddedRedis
+    from surgegate.streams.kafka import settle_timeouts
+    from surgegate.streams.topics import create_topics
+
+    settings = settings_of(args)
+    started: list[EmbeddedBroker | EmbeddedRedis] = []
+    try:
+        if not settings.kafka:
+            broker = EmbeddedBroker(args.broker_port).start()
+            started.append(broker)
+            settings = settle_timeouts(settings.replace(kafka=broker.bootstrap), embedded=True)
+        else:
+            settings = need_kafka(settings)
+        if not settings.redis:
+            redis_server = EmbeddedRedis(args.redis_port).start()
+            started.append(redis_server)
+            settings = settings.replace(redis=redis_server.url)
+        if args.demo and not settings.services:
+            # the demo's service on its GPU pool: 8 replicas of 40 rps, so its bursts get throttled
+            settings = settings.replace(services=DEMO_SERVICES)
+        create_topics(settings)
+        print(f"surgegate up: broker {settings.kafka}  redis {settings.redis_target()}  "
+              f"topics {settings.topic_prefix}*  window {settings.window_s:.0f} s", flush=True)
+        if args.api_port:
+            serve_api_in_thread(settings, "127.0.0.1", args.api_port)
+            print(f"surgegate up: status API on http://127.0.0.1:{args.api_port}", flush=True)
+        stop_demo = threading.Event()
+        if args.demo:
+            threading.Thread(target=_demo, args=(settings, stop_demo), name="demo", daemon=True).start()
+            print("surgegate up: sending synthetic demo traffic (service 'chat', pool 'gpu-a')", flush=True)
+        try:
+            run_worker(settings)
+        finally:
+            stop_demo.set()
+    finally:
+        for service in reversed(started):
+            service.stop()
+
+
+def _demo(settings: Settings, stop: threading.Event) -> None:
+    from surgegate.devtools.demo import run_demo
+    from surgegate.streams.producer import TelemetryProducer
+
+    with TelemetryProducer(settings, client_id="surgegate-demo") as producer:
+        run_demo(producer, stop)
+
+
+def cmd_chaos(args: argparse.Namespace) -> None:
+    import sys
+
+    from surgegate.devtools.chaos import FAULTS, Chaos, Timing, table
+
+    faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
+    unknown = [f for f in faults if f not in FAULTS]
+    if unknown:
+        raise ValueError(f"--faults: unknown {', '.join(unknown)} (known: {', '.join(FAULTS)})")
+    timing = Timing.short() if args.short else Timing()
+    accounts = Chaos(timing, rate=args.rate, faults=faults, log_level=settings_of(args).log_level,
+                     log=lambda line: print(line, file=sys.stderr, flush=True)).run()
+    text = table(accounts)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    unaccounted = sum(a.unaccounted for a in accounts)
+    if unaccounted:
+        raise SurgegateError(f"{unaccounted} events unaccounted for (see the table)")
+
+
+def cmd_topics(args: argparse.Namespace) -> None:
+    from surgegate.streams.topics import create_topics, list_topics
+
+    settings = need_kafka(settings_of(args))
+    if args.action == "create":
+        for name, state in sorted(create_topics(settings).items()):
+            print(f"{name}\t{state}")
+    else:
+        for name, partitions in list_topics(settings).items():
+            print(f"{name}\t{partitions}")
+
+
+def cmd_replay(args: argparse.Namespace) -> None:
+    import sys
+
+    from surgegate.devtools.replay import replay
+    from surgegate.streams.producer import TelemetryProducer
+    from surgegate.telemetry.traces import read_trace
+
+    settings = settings_of(args)
+    bins = read_trace(Path(args.file))  # a bad file is named before the broker is asked anything
+    settings = need_kafka(settings)
+    start_ms = args.start_ms
+    if start_ms is None:
+        start_ms = int(time.time() * 1000)
+        if not args.speedup:  # unpaced: the whole trace lies in the past, so no event is from the future
+            start_ms -= int((bins[-1].start_s + bins[-1].length_s - bins[0].start_s) * 1000)
+    start_ms -= start_ms % 1000
+
+    with progress_bar(f"replay {Path(args.file).name}", len(bins), "bins") as bar, \
+            TelemetryProducer(settings, client_id="surgegate-replay") as producer:
+        def progress(done: int, total: int, sent: int) -> None:
+            bar.update(done - bar.n)
+            bar.set_postfix(requests=sent, refresh=False)
+
+        sent = replay(producer, bins, start_ms=start_ms, speedup=args.speedup, scale=args.scale,
+                      summaries=args.summaries, service=args.service, seed=args.seed, progress=progress)
+    print(f"replayed {sent} requests from {args.file} as "
+          f"{'RequestSummaries' if args.summaries else 'RequestEvents'}", file=sys.stderr)
+
+
+def register(p: Parsers) -> None:
+    """The pipeline's commands and their options."""
+    up = p.command("up", "start broker, Redis, topics, a worker and the status API on this machine")
+    p.broker(up)
+    up.add_argument("--redis", metavar="URL", help="use this Redis instead of an embedded one "
+                                                   "(default: SURGEGATE_REDIS, else embedded)")
+    up.add_argument("--partitions", type=int, help="partitions per topic at creation "
+                                                   "(default: SURGEGATE_PARTITIONS, else 4)")
+    up.add_argument("--demo", action="store_true", help="also send synthetic traffic (service chat, pool gpu-a)")
+    up.add_argument("--broker-port", type=int, help="port of the embedded broker (default: a free one)")
+    up.add_argument("--redis-port", type=int, help="port of the embedded Redis (default: a free one)")
+    up.add_argument("--api-port", type=int, default=8000, help="status API port on 127.0.0.1 (0: no API)")
+    up.set_defaults(func=cmd_up)
+
+    worker = p.command("worker", "run the ingest consumer and the Faust agents")
+    p.broker(worker)
+    p.redis(worker, "the state mirror")
+    worker.add_argument("--no-ingest", action="store_true", help="run the Faust agents only")
+    worker.add_argument("--metrics-port", type=int, default=0,
+                        help="serve this worker's counters on this port's /metrics, e.g. 9440 (0: none)")
+    worker.set_defaults(func=cmd_worker)
+
+    ch = p.command("chaos", "kill the worker, Redis, an edge and the broker of an embedded stack under load, and "
+                            "account for every event")
+    ch.add_argument("--faults", default=",".join(("worker", "redis", "edge", "broker")),
+                    help="the faults, in order (worker, redis, edge, broker)")
+    ch.add_argument("--rate", type=float, default=200.0, help="events per second from the load edges")
+    ch.add_argument("--short", action="store_true", help="shorter phases and outages (what CI runs)")
+    ch.add_argument("--out", help="also write the table to this file (default: print it only)")
+    ch.set_defaults(func=cmd_chaos)
+
+    topics = p.command("topics", "create or list topics")
+    topics.add_argument("action", choices=["create", "list"], help="create every missing topic, or list them")
+    p.broker(topics)
+    topics.add_argument("--partitions", type=int, help="partitions per new topic "
+                                                       "(default: SURGEGATE_PARTITIONS, else 4)")
+    topics.set_defaults(func=cmd_topics)
+
+    rp = p.command("replay", "replay a trace (timestamp_s,count[,tokens]) into sg.requests")
+    rp.add_argument("file", help="trace file, optionally .gz (e.g. docs/examples/burst.csv)")
+    p.broker(rp)
+    rp.add_argument("--speedup", type=float, default=1.0,
+                    help="time compression, also of event time (0: as fast as possible, event times in the past)")
+    rp.add_argument("--scale", type=float, default=1.0, help="multiply every count")
+    rp.add_argument("--summaries", action="store_true", help="send per-second RequestSummaries, not RequestEvents")
+    rp.add_argument("--service", default="chat", help="service the requests are for")
+    rp.add_argument("--seed", type=int, default=0, help="seed of the synthetic tenants, tiers and latencies")
+    rp.add_argument("--start-ms", type=int, help="event time of the trace start, epoch ms (default: now)")
+    rp.set_defaults(func=cmd_replay)
