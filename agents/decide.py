@@ -17,6 +17,7 @@ decision.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any
 
@@ -24,10 +25,14 @@ import faust
 import msgspec
 from faust.types import TP
 
-from surgegate.agents.checkpoint import checkpoint, restore
+from surgegate.agents.checkpoint import restore, save
 from surgegate.agents.counters import AgentCounters, decode_or_count
+from surgegate.control import state as policy_state
+from surgegate.control.base import WindowPolicy
 from surgegate.control.config import ServiceConfig
 from surgegate.control.controller import ServiceController, ServiceWindow
+from surgegate.control.scaling import ScalingPolicy
+from surgegate.control.throttle import ThrottlePolicy
 from surgegate.schemas.aggregates import PoolStats, TrafficStats, WindowStats
 from surgegate.schemas.decisions import Override
 from surgegate.schemas.forecasts import Forecast
@@ -75,7 +80,8 @@ class ServiceView:
 class DecideAgent:
     """Owns the router, the decide agent and the ``throttle_policies`` table.
 
-    ``counters``: ``decisions.published``, ``control.unroutable``.
+    ``counters``: ``decisions.published``, ``control.unroutable``, ``decisions.restored`` (a policy taken up from
+    its checkpoint), ``decisions.outdated_checkpoint`` (one that could not be: started afresh).
     """
 
     def __init__(self, app: faust.App, settings: Settings, *, sources: faust.TopicT, inputs: faust.TopicT,
@@ -92,7 +98,8 @@ class DecideAgent:
         self.mirror = mirror
         self.configs = settings.service_configs()
         self.pool_services = {c.pool: name for name, c in self.configs.items()}
-        self.table = app.Table("throttle_policies", key_type=str, value_type=str, partitions=settings.partitions)
+        # values are a typed record's bytes (agents/checkpoint.py), kept as they are (Faust's "raw" for bytes)
+        self.table = app.Table("throttle_policies", key_type=str, value_type=bytes, partitions=settings.partitions)
         self.views: dict[str, ServiceView] = {}
         self.counters = AgentCounters(mirror)
         self._decoder = msgspec.json.Decoder(_Input)
@@ -135,10 +142,27 @@ class DecideAgent:
         view = self.views.get(service)
         if view is None:
             config = self.config(service)
-            controller = ServiceController(config, throttle=restore(self.table, service),
-                                           scaling=restore(self.table, _scaling_key(config.pool)))
+            throttle, scaling = ThrottlePolicy(config), ScalingPolicy(config.pool_config())
+            self._take_up(throttle, service, policy_state.ThrottleState)
+            self._take_up(scaling, _scaling_key(config.pool), policy_state.ScalingState)
+            controller = ServiceController(config, throttle=throttle, scaling=scaling)
             view = self.views[service] = ServiceView(controller=controller)
         return view
+
+    def _take_up(self, policy: WindowPolicy, key: str, kind: type[policy_state.State]) -> None:
+        """Load the policy's checkpoint under ``key``, if there is one it can take up (else it starts afresh,
+        counted)."""
+        state, problem = restore(self.table, key, functools.partial(policy_state.decode, kind=kind))
+        if state is not None:
+            try:
+                policy.load(state)
+                self.counters["decisions.restored"] += 1
+                return
+            except ValueError as exc:
+                problem = str(exc)
+        if problem is not None:
+            log.warning("policy state %s cannot be taken up (%s); starting it afresh", key, problem)
+            self.counters["decisions.outdated_checkpoint"] += 1
 
     async def _decide(self, stream: faust.StreamT) -> None:
         async for event in stream.events():
@@ -187,7 +211,7 @@ class DecideAgent:
         t_bytes, d_bytes = msgspec.json.encode(out.threshold), msgspec.json.encode(out.throttle)
         await self.thresholds.send(key=service.encode(), value=t_bytes)
         await self.decisions.send(key=service.encode(), value=d_bytes)
-        checkpoint(self.table, service, controller.throttle)
+        save(self.table, service, policy_state.encode(controller.throttle.state()))
         self.counters["decisions.published"] += 1
         pool_name = controller.scaling.config.pool
         s_bytes = msgspec.json.encode(out.scaling)
@@ -197,7 +221,7 @@ class DecideAgent:
         issued_s = out.throttle.issued_at / 1000
         for key, value in ((service, t_bytes), (service, d_bytes), (pool_name, s_bytes)):
             await self.history.send(key=key.encode(), value=value, timestamp=issued_s)
-        checkpoint(self.table, _scaling_key(pool_name), controller.scaling)
+        save(self.table, _scaling_key(pool_name), policy_state.encode(controller.scaling.state()))
         self.counters["scaling.published"] += 1
         await self.counters.report()
         view.service.pop(start, None)

@@ -18,8 +18,9 @@ import faust
 import msgspec
 from faust.types import TP
 
-from surgegate.agents.checkpoint import checkpoint, restore
+from surgegate.agents.checkpoint import restore, save
 from surgegate.agents.counters import AgentCounters, decode_or_count
+from surgegate.forecast import state as forecaster_state
 from surgegate.forecast.scope import ScopeForecaster
 from surgegate.schemas.aggregates import WindowStats
 from surgegate.settings import Settings
@@ -33,7 +34,9 @@ class ForecastAgent:
 
     ``counters``: ``forecasts.published``, ``forecasts.stale`` (a replayed
     window), ``forecasts.rejected.<reason>``, ``forecasts.restored``,
-    ``forecasts.outdated_checkpoint`` (state of an older release, relearned).
+    ``forecasts.outdated_checkpoint`` (a checkpoint this release cannot take
+    up: another format, or written for another step, horizon or coverage;
+    relearned).
     """
 
     def __init__(self, app: faust.App, settings: Settings, *, source: faust.TopicT, sink: faust.TopicT,
@@ -43,7 +46,8 @@ class ForecastAgent:
         self.source = source
         self.sink = sink
         self.mirror = mirror
-        self.table = app.Table("forecasters", key_type=str, value_type=str, partitions=settings.partitions)
+        # values are a typed record's bytes (agents/checkpoint.py), kept as they are (Faust's "raw" for bytes)
+        self.table = app.Table("forecasters", key_type=str, value_type=bytes, partitions=settings.partitions)
         self.counters = AgentCounters(mirror)
         self._cache: dict[str, ScopeForecaster] = {}
         self._unsaved: Counter[str] = Counter()
@@ -62,17 +66,20 @@ class ForecastAgent:
     def _forecaster(self, scope: str) -> ScopeForecaster:
         fc = self._cache.get(scope)
         if fc is None:
-            fc = restore(self.table, scope)
-            if fc is not None and not fc.current_format:
-                log.warning("forecast state for %s is from an older release; relearning it", scope)
+            s = self.settings
+            fc = ScopeForecaster(scope, step_ms=s.window_ms, horizon=s.forecast_horizon, coverage=s.forecast_coverage)
+            state, problem = restore(self.table, scope, forecaster_state.decode)
+            if state is not None:
+                try:
+                    fc.load(state)
+                    self.counters["forecasts.restored"] += 1
+                except ValueError as exc:  # StateMismatch: written for another step, horizon or model set
+                    problem = str(exc)
+                    fc = ScopeForecaster(scope, step_ms=s.window_ms, horizon=s.forecast_horizon,
+                                         coverage=s.forecast_coverage)
+            if problem is not None:
+                log.warning("forecast state for %s cannot be taken up (%s); relearning it", scope, problem)
                 self.counters["forecasts.outdated_checkpoint"] += 1
-                fc = None
-            elif fc is not None:
-                self.counters["forecasts.restored"] += 1
-            if fc is None:
-                s = self.settings
-                fc = ScopeForecaster(scope, step_ms=s.window_ms, horizon=s.forecast_horizon,
-                                     coverage=s.forecast_coverage)
             self._cache[scope] = fc
         return fc
 
@@ -94,7 +101,7 @@ class ForecastAgent:
             await self.sink.send(key=window.scope.encode(), value=payload)
             self._unsaved[window.scope] += 1
             if self._unsaved[window.scope] >= self.settings.forecast_checkpoint_windows:
-                checkpoint(self.table, window.scope, fc)
+                save(self.table, window.scope, forecaster_state.encode(fc.state()))
                 self._unsaved[window.scope] = 0
             self.counters["forecasts.published"] += 1
             if self.mirror is not None:

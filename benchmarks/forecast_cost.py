@@ -3,20 +3,20 @@
     python benchmarks/forecast_cost.py [--scopes 200] [--windows 400]
 
 Prints per scope and window, in microseconds: the update plus forecast
-(median, p99), the checkpoint (pickle, as the forecast agent writes to its
-table) and its size, and how many scopes one core keeps up with at 10 s
-windows.
+(median, p99), the checkpoint (the forecaster's typed state, encoded as the
+forecast agent writes it to its table) and its size, and how many scopes one
+core keeps up with at 10 s windows.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import pickle
 import random
 import statistics
 import time
 
+from surgegate.forecast import state as forecaster_state
 from surgegate.forecast.scope import ScopeForecaster
 
 STEP = 10_000
@@ -42,7 +42,7 @@ def main() -> None:
             fc.forecast()
             mid = time.perf_counter()
             if w >= args.windows // 2:
-                blob = pickle.dumps(fc, protocol=5)
+                blob = forecaster_state.encode(fc.state())
                 ckpt_us.append((time.perf_counter() - mid) * 1e6)
                 sizes.append(len(blob))
                 step_us.append((mid - start) * 1e6)
@@ -50,7 +50,7 @@ def main() -> None:
     median = statistics.median(step_us)
     print(f"update + forecast (H=30, rate and tokens/s): median {median:.0f} us, p99 {q[98]:.0f} us "
           f"per scope and window ({len(step_us)} samples)")
-    print(f"checkpoint (pickle): median {statistics.median(ckpt_us):.0f} us, "
+    print(f"checkpoint (typed state, MessagePack): median {statistics.median(ckpt_us):.0f} us, "
           f"size median {statistics.median(sizes) / 1024:.1f} KiB")
     every = 6  # the forecast agent's default SURGEGATE_FORECAST_CHECKPOINT_WINDOWS
     total = median + statistics.median(ckpt_us) / every

@@ -1,8 +1,10 @@
 """Contract suites over every forecaster and every policy, found by subclass discovery (as river's checks are).
 
 A new Forecaster, WindowPolicy or simulated Policy is checked here without being listed: deterministic
-for the same inputs, a pickle round-trip that behaves exactly as the original (the agents checkpoint
-them in Faust tables), bad hyperparameters refused with an error naming them, and outputs within bounds.
+for the same inputs, a checkpoint (its typed state, encoded and decoded) that a fresh instance takes up and
+goes on from exactly as the original (the agents checkpoint them in Faust tables; simulated policies are
+copied with pickle, as a process pool does), bad hyperparameters refused with an error naming them, and
+outputs within bounds.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import pickle
 import pkgutil
 import random
 
+import msgspec
 import pytest
 from test_throttle import even, stats
 
 import surgegate.control
 import surgegate.forecast
 import surgegate.sim
+from surgegate.control import state as policy_state
 from surgegate.control.base import WindowPolicy
 from surgegate.control.scaling import ScalingInputs, ScalingPolicy
 from surgegate.control.throttle import DecisionInputs, ThrottlePolicy
@@ -79,12 +83,14 @@ def test_a_forecaster_is_deterministic(cls):
 
 
 @pytest.mark.parametrize("cls", FORECASTERS, ids=lambda c: c.__name__)
-def test_a_pickled_forecaster_goes_on_exactly_as_the_original(cls):
+def test_a_forecaster_restored_from_its_checkpoint_goes_on_exactly_as_the_original(cls):
     model = _forecaster(cls)
     series = _noisy_with_burst(160, seed=2)
     for i, y in enumerate(series[:100]):
         model.learn_one(y, T0 + i * STEP)
-    copy = pickle.loads(pickle.dumps(model))
+    state = model.state()
+    copy = _forecaster(cls)
+    copy.load(msgspec.msgpack.decode(msgspec.msgpack.encode(state), type=type(state)))
     for i, y in enumerate(series[100:], start=100):
         model.learn_one(y, T0 + i * STEP)
         copy.learn_one(y, T0 + i * STEP)
@@ -168,12 +174,14 @@ def test_a_window_policy_is_deterministic_and_its_versions_only_grow(cls):
 
 
 @pytest.mark.parametrize("cls", WINDOW_POLICIES, ids=lambda c: c.__name__)
-def test_a_pickled_window_policy_goes_on_exactly_as_the_original(cls):
+def test_a_window_policy_restored_from_its_checkpoint_goes_on_exactly_as_the_original(cls):
     policy = cls(**cls._unit_test_params())
     inputs = _window_inputs(cls, 30)
     for x in inputs[:15]:
         policy.decide(x)
-    copy = pickle.loads(pickle.dumps(policy))
+    state = policy.state()
+    copy = cls(**cls._unit_test_params())
+    copy.load(policy_state.decode(policy_state.encode(state), type(state)))
     assert [copy.decide(x) for x in inputs[15:]] == [policy.decide(x) for x in inputs[15:]]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import pickle
 import random
 
 import pytest
@@ -122,14 +121,6 @@ def test_adaptive_conformal_keeps_the_miss_rate_while_the_noise_grows():
         adaptive.update(r)
     assert 0.08 <= missed / (n - 300) <= 0.12
     assert adaptive.level > 0.9  # it had to ask for a higher quantile to keep up
-
-
-def test_state_from_an_older_release_is_not_taken_for_current():
-    fc = ScopeForecaster("service=chat", step_ms=STEP)
-    assert fc.current_format
-    old = pickle.loads(pickle.dumps(fc))
-    del old.state_format  # as a checkpoint written before the format was recorded
-    assert not old.current_format
 
 
 def test_collection_gaps_in_a_rate_trace_are_missing_windows_not_zeros(tmp_path):

@@ -1,9 +1,10 @@
 """The window-policy contract: one decision per window, from that window's inputs.
 
 Throttle and scaling policies are stepped once per closed window by the
-service controller. Each keeps its own state (and so must pickle: the decide
-agent checkpoints it in a Faust table), and each decision carries a version
-that only grows (:func:`~surgegate.control.version.decision_version`).
+service controller. Each keeps its own state, which :meth:`WindowPolicy.state`
+returns as a typed record and :meth:`WindowPolicy.load` takes up again (the
+decide agent checkpoints it in a Faust table), and each decision carries a
+version that only grows (:func:`~surgegate.control.version.decision_version`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ class WindowPolicy(abc.ABC):
     @abc.abstractmethod
     def decide(self, inputs: Any) -> Any:
         """The decision for the window after ``inputs``."""
+
+    @abc.abstractmethod
+    def state(self) -> Any:
+        """What the policy has learned, as its typed record (:mod:`surgegate.control.state`)."""
+
+    @abc.abstractmethod
+    def load(self, state: Any) -> None:
+        """Take up ``state`` (from :meth:`state`) and go on exactly as the policy that wrote it."""
 
     # ------------------------------------------------- for the contract suite (river's habit)
 

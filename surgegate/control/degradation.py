@@ -63,19 +63,26 @@ class CircuitBreaker:
         self.open_windows = open_windows
         self.probe_share = probe_share
         self.state: BreakerState = "closed"
-        self._opened = 0
+        #: windows spent open since it opened
+        self.opened = 0
+
+    def restore(self, state: str, opened: int) -> None:
+        """Take up a checkpointed state and its count of windows open."""
+        if state not in ("closed", "open", "half_open"):
+            raise ValueError(f"breaker state {state!r}: must be closed, open or half_open")
+        self.state, self.opened = state, opened  # type: ignore[assignment]  # checked above
 
     def step(self, failure_share: float, requests: int) -> BreakerState:
         """Learn one window's failure share and return the state in force."""
         failing = requests >= self.min_requests and failure_share >= self.threshold
         if self.state == "closed":
             if failing:
-                self.state, self._opened = "open", 0
+                self.state, self.opened = "open", 0
         elif self.state == "open":
-            self._opened += 1
-            if self._opened >= self.open_windows:
+            self.opened += 1
+            if self.opened >= self.open_windows:
                 self.state = "half_open"
         elif self.state == "half_open":
             self.state = "open" if failing else "closed"
-            self._opened = 0
+            self.opened = 0
         return self.state

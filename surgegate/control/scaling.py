@@ -47,6 +47,7 @@ from typing import Any
 
 from surgegate.checks import check
 from surgegate.control.base import WindowPolicy
+from surgegate.control.state import FORMAT, ScalingState
 from surgegate.control.version import decision_version
 from surgegate.schemas.decisions import CapacityMix, Overflow, ScalingDecision
 
@@ -169,6 +170,22 @@ class ScalingPolicy(WindowPolicy):
         self.recommendations: collections.deque[tuple[int, int]] = collections.deque()
         # a scale-up waiting to be ready: (window_start it was asked, replicas asked)
         self.pending: tuple[int, int] | None = None
+
+    # ------------------------------------------------------------ state
+
+    def state(self) -> ScalingState:
+        """What the policy has learned (its checkpoint)."""
+        return ScalingState(format=FORMAT, pool=self.config.pool, current=self.current,
+                            ttft_headroom=self.ttft_headroom, lead_s=self.lead_s, last_version=self.last_version,
+                            recommendations=list(self.recommendations), pending=self.pending)
+
+    def load(self, state: ScalingState) -> None:
+        """Take up ``state`` (from :meth:`state`) under the configuration in force."""
+        if state.pool != self.config.pool:
+            raise ValueError(f"scaling state of pool {state.pool!r} loaded into {self.config.pool!r}")
+        self.current, self.ttft_headroom, self.lead_s = state.current, state.ttft_headroom, state.lead_s
+        self.last_version, self.pending = state.last_version, state.pending
+        self.recommendations = collections.deque(state.recommendations)
 
     # ------------------------------------------------------------ lead time
 

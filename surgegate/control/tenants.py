@@ -26,6 +26,13 @@ class TenantHistory:
         self.cost_ratio = 1.0
         self.seen = 0
 
+    @classmethod
+    def of(cls, mean: float, var: float, overuse: float, cost_ratio: float, seen: int) -> TenantHistory:
+        """A history with these statistics (a restored checkpoint's)."""
+        h = cls()
+        h.mean, h.var, h.overuse, h.cost_ratio, h.seen = mean, var, overuse, cost_ratio, seen
+        return h
+
     def learn(self, rate: float, *, tokens_per_request: float, fair_share: float,
               service_tokens_per_request: float) -> None:
         """Learn one window of the tenant's demand."""

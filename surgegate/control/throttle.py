@@ -26,6 +26,7 @@ from surgegate.control.capacity import SafeCapacity
 from surgegate.control.config import ServiceConfig
 from surgegate.control.degradation import CircuitBreaker, LevelMachine
 from surgegate.control.saturation import saturation
+from surgegate.control.state import FORMAT, CapacityState, TenantState, ThrottleState
 from surgegate.control.tenants import TenantHistory
 from surgegate.control.version import decision_version
 from surgegate.schemas.aggregates import PoolStats, TrafficStats
@@ -84,6 +85,36 @@ class ThrottlePolicy(WindowPolicy):
         #: the pool statistics of the window before, to tell a growing queue
         self.previous_pool: PoolStats | None = None
 
+    # ----------------------------------------------------------------- state
+
+    def state(self) -> ThrottleState:
+        """What the policy has learned (its checkpoint)."""
+        c = self.capacity
+        return ThrottleState(
+            format=FORMAT, service=self.config.service,
+            capacity=CapacityState(replica_rps=c.replica_rps, baseline=c.baseline,
+                                   tokens_per_request=c.tokens_per_request, last_service_bound=c.last_service_bound),
+            level=self.levels.level, calm=self.levels.calm, breaker=self.breaker.state,
+            breaker_opened=self.breaker.opened,
+            tenants={t: TenantState(mean=h.mean, var=h.var, overuse=h.overuse, cost_ratio=h.cost_ratio, seen=h.seen)
+                     for t, h in self.tenants.items()},
+            previous=dict(self.previous), mix=dict(self.mix), last_version=self.last_version,
+            previous_pool=self.previous_pool)
+
+    def load(self, state: ThrottleState) -> None:
+        """Take up ``state`` (from :meth:`state`) under the configuration in force."""
+        if state.service != self.config.service:
+            raise ValueError(f"throttle state of service {state.service!r} loaded into {self.config.service!r}")
+        c, saved = self.capacity, state.capacity
+        c.replica_rps, c.baseline = saved.replica_rps, saved.baseline
+        c.tokens_per_request, c.last_service_bound = saved.tokens_per_request, saved.last_service_bound
+        self.levels.level, self.levels.calm = state.level, state.calm
+        self.breaker.restore(state.breaker, state.breaker_opened)
+        self.tenants = {t: TenantHistory.of(s.mean, s.var, s.overuse, s.cost_ratio, s.seen)
+                        for t, s in state.tenants.items()}
+        self.previous, self.mix = dict(state.previous), dict(state.mix)
+        self.last_version, self.previous_pool = state.last_version, state.previous_pool
+
     # ----------------------------------------------------------------- decide
 
     def decide(self, inputs: DecisionInputs) -> tuple[Threshold, ThrottleDecision]:
@@ -121,7 +152,7 @@ class ThrottlePolicy(WindowPolicy):
         # a breach that queueing does not explain is not cured by admitting less
         slow = s.latency_p99_ms > cfg.slo_p99_ms and not self.capacity.last_service_bound
         # what the inference servers report: a full KV cache with a queue, or TTFT over its SLO
-        saturated = saturation(inputs.pool, getattr(self, "previous_pool", None), ttft_p99_ms=s.ttft_p99_ms,
+        saturated = saturation(inputs.pool, self.previous_pool, ttft_p99_ms=s.ttft_p99_ms,
                                ttft_slo_ms=cfg.ttft_slo_ms)
         self.previous_pool = inputs.pool
         if saturated is not None:

@@ -6,6 +6,7 @@ import abc
 from typing import Any
 
 from surgegate.checks import check
+from surgegate.forecast.state import StateMismatch
 
 
 class Forecaster(abc.ABC):
@@ -36,6 +37,19 @@ class Forecaster(abc.ABC):
     @abc.abstractmethod
     def forecast(self, horizon: int) -> list[float]:
         """Point forecasts for the next ``horizon`` windows."""
+
+    @abc.abstractmethod
+    def state(self) -> Any:
+        """What the model has learned, as its typed record (:mod:`surgegate.forecast.state`)."""
+
+    @abc.abstractmethod
+    def load(self, state: Any) -> None:
+        """Take up ``state`` (from :meth:`state`) and go on exactly as the model that wrote it;
+        :class:`~surgegate.forecast.state.StateMismatch` if it is another model's."""
+
+    def _expect(self, state: Any, kind: type) -> None:
+        if not isinstance(state, kind):
+            raise StateMismatch(f"{self.name}: a {type(state).__name__} cannot be loaded into {type(self).__name__}")
 
     # ------------------------------------------------- for the contract suite (river's habit)
 

@@ -7,6 +7,7 @@ from typing import Any
 from surgegate.checks import check
 from surgegate.forecast.base import Forecaster
 from surgegate.forecast.daily import SLOT_MS, DailyProfile
+from surgegate.forecast.state import DailyChangeState, EWMAState, LastValueState, SeasonalNaiveState
 
 
 class LastValue(Forecaster):
@@ -27,6 +28,13 @@ class LastValue(Forecaster):
 
     def forecast(self, horizon: int) -> list[float]:
         return [self.last] * horizon
+
+    def state(self) -> LastValueState:
+        return LastValueState(t=self.t, last=self.last)
+
+    def load(self, state: LastValueState) -> None:
+        self._expect(state, LastValueState)
+        self.t, self.last = state.t, state.last
 
 
 class EWMA(Forecaster):
@@ -54,6 +62,13 @@ class EWMA(Forecaster):
 
     def forecast(self, horizon: int) -> list[float]:
         return [self.level or 0.0] * horizon
+
+    def state(self) -> EWMAState:
+        return EWMAState(t=self.t, level=self.level)
+
+    def load(self, state: EWMAState) -> None:
+        self._expect(state, EWMAState)
+        self.t, self.level = state.t, state.level
 
 
 class SeasonalNaive(Forecaster):
@@ -91,6 +106,14 @@ class SeasonalNaive(Forecaster):
             past = self.profile.yesterday(self.t + h * self.step_ms)
             out.append(level if past is None else past)
         return out
+
+    def state(self) -> SeasonalNaiveState:
+        return SeasonalNaiveState(t=self.t, level=self.level.state())
+
+    def load(self, state: SeasonalNaiveState) -> None:
+        self._expect(state, SeasonalNaiveState)
+        self.t = state.t
+        self.level.load(state.level)
 
 
 class DailyChange(Forecaster):
@@ -133,3 +156,10 @@ class DailyChange(Forecaster):
                 change = by_slot[slot] = 0.0 if later is None else later - now
             out.append(max(0.0, self.last + change))
         return out
+
+    def state(self) -> DailyChangeState:
+        return DailyChangeState(t=self.t, last=self.last)
+
+    def load(self, state: DailyChangeState) -> None:
+        self._expect(state, DailyChangeState)
+        self.t, self.last = state.t, state.last

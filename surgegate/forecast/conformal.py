@@ -7,6 +7,7 @@ import math
 from array import array
 
 from surgegate.checks import check
+from surgegate.forecast.state import QuantileState
 
 #: Residuals a quantile needs before its width is trusted (and adapted).
 MIN_RESIDUALS = 10
@@ -67,3 +68,14 @@ class RollingQuantile:
         bisect.insort(self.ordered, r)
         n = len(self.ordered)
         self.width = self.ordered[min(n - 1, math.ceil((n + 1) * self.level) - 1)]
+
+    def state(self) -> QuantileState:
+        """The residuals in the ring's order, where the next one goes, the width and the adapted level."""
+        return QuantileState(ring=list(self.ring), next=self._next, width=self.width, level=self.level)
+
+    def load(self, state: QuantileState) -> None:
+        """Take up ``state`` (from :meth:`state`)."""
+        self.ring = array("f", state.ring[-self.window:])
+        self.ordered = array("f", sorted(self.ring))
+        self._next = state.next % self.window if len(self.ring) == self.window else 0
+        self.width, self.level = state.width, state.level

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from array import array
 
+from surgegate.forecast.state import ProfileState, StateMismatch
+
 DAY_MS = 86_400_000
 SLOT_MS = 600_000
 _SLOTS = 2 * DAY_MS // SLOT_MS
@@ -87,3 +89,16 @@ class DailyProfile:
     def yesterday(self, t: int) -> float | None:
         """The mean of the same 10 minutes one day before ``t``."""
         return self.at(t - DAY_MS)
+
+    def state(self) -> ProfileState:
+        """The slots of the last two days and the typical day."""
+        return ProfileState(slot=list(self._slot), sums=list(self._sum), counts=list(self._n),
+                            typical=list(self._typical), days=list(self._days), open=self._open)
+
+    def load(self, state: ProfileState) -> None:
+        """Take up ``state`` (from :meth:`state`)."""
+        if (len(state.slot), len(state.typical)) != (_SLOTS, _DAY_SLOTS):
+            raise StateMismatch(f"daily profile of {len(state.slot)} slots; this one keeps {_SLOTS}")
+        self._slot, self._sum, self._n = array("q", state.slot), array("d", state.sums), array("q", state.counts)
+        self._typical, self._days = array("d", state.typical), array("q", state.days)
+        self._open = state.open

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections import Counter, defaultdict
 from typing import Any
 
-from river import linear_model, optim, preprocessing, time_series
+from river import compose, linear_model, optim, preprocessing, time_series, utils
 
 from surgegate.checks import check
 from surgegate.forecast.base import Forecaster
 from surgegate.forecast.daily import DAY_MS, DailyProfile
+from surgegate.forecast.state import HoltWintersState, LagRegressorState, LinearState, SnarimaxState, StateMismatch
 
 #: Ratios to the level are clipped here, so a near-zero level cannot blow up learning.
 MAX_RATIO = 10.0
@@ -43,6 +45,25 @@ class HoltWintersForecaster(Forecaster):
             return [self._first] * horizon
         return [max(0.0, v) for v in self.model.forecast(horizon=horizon)]
 
+    def state(self) -> HoltWintersState:
+        m = self.model
+        return HoltWintersState(t=self.t, n=self._n, first=self._first, first_values=list(m._first_values),
+                                level=list(m.level), trend=list(m.trend) if m.trend is not None else [])
+
+    def load(self, state: HoltWintersState) -> None:
+        self._expect(state, HoltWintersState)
+        m = self.model
+        if bool(state.trend) and m.trend is None:
+            raise StateMismatch("holt_winters: a state with a trend for a model without one")
+        self.t, self._n, self._first = state.t, state.n, state.first
+        m._first_values = list(state.first_values)
+        m.level.clear()
+        m.level.extend(state.level)
+        if m.trend is not None:
+            m.trend.clear()
+            m.trend.extend(state.trend)
+        m._initialized = bool(state.level)
+
 
 class SnarimaxForecaster(Forecaster):
     """river's SNARIMAX on the series, with its own online scaling.
@@ -64,6 +85,7 @@ class SnarimaxForecaster(Forecaster):
         regressor = preprocessing.StandardScaler() | linear_model.LinearRegression(
             optimizer=optim.SGD(learning_rate), intercept_lr=learning_rate)
         self.model = time_series.SNARIMAX(p=p, d=d, q=q, regressor=regressor)
+        self._regressor = regressor
         self._scale = 0.0
 
     @classmethod
@@ -80,6 +102,21 @@ class SnarimaxForecaster(Forecaster):
             return [0.0] * horizon
         out = [max(0.0, v * self._scale) for v in self.model.forecast(horizon=min(horizon, self.max_steps))]
         return out + [out[-1]] * (horizon - len(out))
+
+    def state(self) -> SnarimaxState:
+        m = self.model
+        return SnarimaxState(t=self.t, scale=self._scale, y_hist=list(m.y_hist), y_diff=list(m.y_diff),
+                             errors=list(m.errors), regressor=linear_state(self._regressor))
+
+    def load(self, state: SnarimaxState) -> None:
+        self._expect(state, SnarimaxState)
+        m = self.model
+        self.t, self._scale = state.t, state.scale
+        for name in ("y_hist", "y_diff", "errors"):
+            kept = getattr(m, name)
+            kept.clear()
+            kept.extend(getattr(state, name))
+        load_linear(self._regressor, state.regressor)
 
 
 class LagRegressor(Forecaster):
@@ -157,6 +194,39 @@ class LagRegressor(Forecaster):
         if plan is None:
             plan = self._plans[horizon] = Interpolator(anchors, horizon)
         return plan(at)
+
+    def state(self) -> LagRegressorState:
+        return LagRegressorState(t=self.t, recent=list(self._recent), fast=self._fast, level=self._level,
+                                 pending={o: {h: (list(v), lvl) for h, (v, lvl) in f.items()}
+                                          for o, f in self._pending.items()},
+                                 regressor=linear_state(self.model))
+
+    def load(self, state: LagRegressorState) -> None:
+        self._expect(state, LagRegressorState)
+        if len(state.recent) > self.lags:
+            raise StateMismatch(f"lag_regressor: {len(state.recent)} lags kept for a model of {self.lags}")
+        self.t, self._fast, self._level = state.t, state.fast, state.level
+        self._recent = list(state.recent)
+        self._pending = {o: {h: (tuple(v), lvl) for h, (v, lvl) in f.items()} for o, f in state.pending.items()}
+        load_linear(self.model, state.regressor)
+
+
+def linear_state(pipeline: compose.Pipeline) -> LinearState:
+    """What a ``StandardScaler | LinearRegression`` pipeline has learned: the scaler's running mean and variance
+    per feature and the regression's weights (its optimiser's rates are constants, nothing learned)."""
+    scaler, regression = pipeline.steps.values()
+    return LinearState(counts=dict(scaler.counts), means=dict(scaler.means), variances=dict(scaler.vars),
+                       weights=dict(regression.weights), intercept=float(regression.intercept))
+
+
+def load_linear(pipeline: compose.Pipeline, state: LinearState) -> None:
+    """Put ``state`` (from :func:`linear_state`) into a fresh pipeline of the same make."""
+    scaler, regression = pipeline.steps.values()
+    scaler.counts = Counter(state.counts)
+    scaler.means = defaultdict(float, state.means)
+    scaler.vars = defaultdict(float, state.variances)
+    regression._weights = utils.VectorDict(dict(state.weights))
+    regression.intercept = state.intercept
 
 
 class Interpolator:

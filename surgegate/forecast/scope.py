@@ -12,14 +12,11 @@ from surgegate.forecast.baselines import EWMA, DailyChange, LastValue, SeasonalN
 from surgegate.forecast.daily import DailyProfile
 from surgegate.forecast.river_models import HoltWintersForecaster, LagRegressor, SnarimaxForecaster
 from surgegate.forecast.selector import OnlineSelector, SeriesForecast
+from surgegate.forecast.state import FORMAT, ScopeForecasterState, StateMismatch
 from surgegate.schemas.forecasts import Forecast, SeriesBounds
 
 #: Values above this are rejected as absurd (requests/s or tokens/s).
 ABSURD = 1e9
-#: The layout of a ScopeForecaster's learned state; raised whenever models or
-#: their state change, so a checkpoint from an older release is relearned
-#: (and counted) rather than half-restored.
-STATE_FORMAT = 2
 
 
 def rate_models(step_ms: int, profile: DailyProfile) -> list[Forecaster]:
@@ -43,10 +40,10 @@ class ScopeForecaster:
     next one observed starts more than one step later) is a gap: nothing is
     learned for it, and forecasts awaiting it are dropped. NaN, infinite,
     negative or absurd values are rejected, counted by reason, and not learned.
-    """
 
-    #: a default for checkpoints written before windows replayed were counted apart
-    stale = 0
+    :meth:`state` is what it has learned (the checkpoint); :meth:`load` takes it
+    up in a forecaster built from the settings in force.
+    """
 
     def __init__(self, scope: str, *, step_ms: int, horizon: int = 30, coverage: float = 0.9) -> None:
         check(step_ms > 0, "step_ms", step_ms, "must be > 0")
@@ -64,12 +61,26 @@ class ScopeForecaster:
         self.rejected: Counter[str] = Counter()
         # windows replayed after a restart: expected, not bad values, so not in ``rejected``
         self.stale = 0
-        self.state_format = STATE_FORMAT
 
-    @property
-    def current_format(self) -> bool:
-        """Whether this state (perhaps restored from a checkpoint) has this release's layout."""
-        return getattr(self, "state_format", 1) == STATE_FORMAT
+    def state(self) -> ScopeForecasterState:
+        """Everything learned, as the checkpoint's record."""
+        return ScopeForecasterState(
+            format=FORMAT, scope=self.scope, step_ms=self.step_ms, horizon=self.horizon, coverage=self.coverage,
+            profile=self.rate_profile.state(), rate=self.rate.state(), tokens=self.tokens.state(), last_t=self.last_t,
+            gaps=self.gaps, rejected=dict(self.rejected), stale=self.stale)
+
+    def load(self, state: ScopeForecasterState) -> None:
+        """Take up a checkpoint of this scope written with the same step, horizon and coverage;
+        :class:`~surgegate.forecast.state.StateMismatch` if it was written for others (it is relearned)."""
+        mine = (self.scope, self.step_ms, self.horizon, self.coverage)
+        theirs = (state.scope, state.step_ms, state.horizon, state.coverage)
+        if mine != theirs:
+            raise StateMismatch(f"forecaster state for (scope, step_ms, horizon, coverage) {theirs}, not {mine}")
+        self.rate_profile.load(state.profile)
+        self.rate.load(state.rate)
+        self.tokens.load(state.tokens)
+        self.last_t, self.gaps, self.stale = state.last_t, state.gaps, state.stale
+        self.rejected = Counter(state.rejected)
 
     def observe(self, t: int, rate: float, tokens_per_s: float) -> str:
         """Learn the window starting at ``t``; returns ``learned``, ``stale`` or a rejection reason."""

@@ -12,6 +12,7 @@ from surgegate.checks import check
 from surgegate.forecast.base import Forecaster
 from surgegate.forecast.conformal import RollingQuantile
 from surgegate.forecast.river_models import Interpolator
+from surgegate.forecast.state import IssuedState, SelectorState, SeriesState, StateMismatch
 
 #: Horizons (in windows) at which model weights and residual quantiles are learned;
 #: other horizons interpolate between them.
@@ -230,6 +231,39 @@ class OnlineSelector(Forecaster):
     def current(self) -> SeriesForecast:
         """The latest forecast with bounds, regime and weights."""
         return self._current
+
+    def state(self) -> SelectorState:
+        c = self._current
+        return SelectorState(
+            t=self.t, models={m.name: m.state() for m in self.models}, weights=[dict(w) for w in self.weights],
+            scales=list(self._scales), trackers=[q.state() for q in self.trackers],
+            issued={t: IssuedState(per_model={n: list(v) for n, v in per.items()}, combined=list(comb),
+                                   bounds=bounds) for t, (per, comb, bounds) in self._issued.items()},
+            burst=self.burst, outside=self._outside, inside=self._inside, last=self._last, peak=self._peak,
+            current=SeriesState(point=list(c.point), lower=list(c.lower), upper=list(c.upper), regime=c.regime,
+                                weights=dict(c.weights)))
+
+    def load(self, state: SelectorState) -> None:
+        self._expect(state, SelectorState)
+        names = [m.name for m in self.models]
+        if sorted(state.models) != sorted(names) or len(state.weights) != len(self.anchors) \
+                or len(state.current.point) != self.horizon:
+            raise StateMismatch(f"selector state for models {sorted(state.models)} over {len(state.weights)} "
+                                f"anchors; this one has {sorted(names)} over {len(self.anchors)}")
+        for m in self.models:
+            m.load(state.models[m.name])
+        self.t = state.t
+        self.weights = [dict(w) for w in state.weights]
+        self._scales = list(state.scales)
+        for q, saved in zip(self.trackers, state.trackers):
+            q.load(saved)
+        self._issued = {t: ({n: tuple(v) for n, v in i.per_model.items()}, list(i.combined), i.bounds)
+                        for t, i in sorted(state.issued.items())}
+        self.burst, self._outside, self._inside = state.burst, state.outside, state.inside
+        self._last, self._peak = state.last, state.peak
+        c = state.current
+        self._current = SeriesForecast(list(c.point), list(c.lower), list(c.upper), c.regime, dict(c.weights))
+        self.model_forecasts = {}  # made again by the next window learned
 
     def forget_pending(self) -> None:
         """Drop forecasts awaiting their actuals (after a gap, they no longer line up)."""
