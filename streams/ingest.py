@@ -6,13 +6,9 @@ decodes each record with one typed msgspec decoder, folds it into a per-partitio
 publishes one WindowPartial per scope and window to sg.partials, then a
 Watermark to every partials partition. Bad records go to sg.deadletter.
 
-Exactness across restarts. Before a cut ``[first, last]`` of a source partition
-is published, its intent is written to that partition of ``<source>.cuts``; the
-source offset ``last + 1`` is committed only after the partials are
-acknowledged. A consumer that takes over a partition whose committed offset
-equals the last intent's ``first`` cuts at exactly that intent's ``last``
-again, so every republished partial carries a source range the merge stage has
-seen and drops.
+Exactness across restarts: the cut-intent log (:mod:`surgegate.streams.cuts`).
+The member's claim on event time, sent with every cut:
+:class:`~surgegate.telemetry.member.MemberWatermark` (pure).
 
 A topic re-created by a broker that lost it (see
 :func:`~surgegate.streams.topics.keep_topics`) starts its offsets at zero
@@ -46,10 +42,12 @@ from surgegate.errors import InvalidEvent
 from surgegate.schemas.aggregates import SourceRange, Watermark
 from surgegate.schemas.deadletter import DeadLetter
 from surgegate.settings import Settings
+from surgegate.streams.cuts import LOOKUP_TIMEOUT_S, CutLog, forced_cut
 from surgegate.streams.kafka import LOG_CHECK_S, admin_config, consumer_config, topic_ids
 from surgegate.streams.producer import KafkaSender
 from surgegate.streams.store import CounterSink, Keys, NullCounterSink
 from surgegate.streams.topics import Topics
+from surgegate.telemetry.member import MemberWatermark, PartitionProgress
 from surgegate.telemetry.validation import TelemetryValidator
 from surgegate.telemetry.windowing import PartialAggregator
 
@@ -61,47 +59,21 @@ DEAD_LETTER_KEEP_BYTES = 64 * 1024
 
 BATCH_SIZE = 10_000
 POLL_TIMEOUT_S = 0.2
-CUT_LOOKUP_TIMEOUT_S = 5.0
-#: A partition nothing has come from for this long counts as read to its end even without the broker's
-#: end-of-partition signal (at least ``idle_after_s``).
-QUIET_AS_CAUGHT_UP_S = 5.0
-#: After the broker was last unreachable, this long passes before quiet counts as idle again: the senders'
-#: backlog (queued while it was away, sent by renewed producers) is on its way, and the wall clock must not
-#: close its windows first.
-BROKER_GRACE_S = 20.0
-#: How long an assignment waits for a cut-intent topic that does not exist (yet) before it resumes without.
-CUT_TOPIC_WAIT_S = 8.0
-#: Errors of a topic or partition the broker does not know.
-_UNKNOWN = {KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC}
 #: Consumer errors that mean the broker cannot be reached (one connection dropped and re-made is not that).
 _UNREACHABLE = {KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE}
 
 
-class CutIntent(msgspec.Struct, frozen=True):
-    """The source range the next partials of one partition will cover."""
+class _PartitionWork(PartitionProgress):
+    """One source partition: how far it is read (for the claim) and its uncut aggregate (for the next cut)."""
 
-    first: int
-    last: int
+    __slots__ = ("aggregator", "first", "last")
 
-
-class _PartitionWork:
-    """One source partition: its uncut aggregate, and how far its event time has got."""
-
-    __slots__ = ("aggregator", "first", "last", "read", "began", "max_ts", "caught_up", "last_at")
-
-    def __init__(self, window_ms: int) -> None:
+    def __init__(self, window_ms: int, began: int, now: float) -> None:
+        super().__init__(began, now)
         self.aggregator = PartialAggregator(window_ms)
+        #: the offsets the uncut aggregate covers (-1: nothing read since the last cut)
         self.first = -1
         self.last = -1
-        #: the last offset read, kept across cuts: an offset below it means the log was replaced
-        self.read = -1
-        #: the offset reading began at when the partition was assigned
-        self.began = -1
-        #: the newest event time read from it (clamped to the ingest clock plus the allowed skew)
-        self.max_ts = 0
-        #: read to its end (the broker said so), and when a record last came from it
-        self.caught_up = False
-        self.last_at = time.monotonic()
 
 
 def wall_clock_ms() -> int:
@@ -115,7 +87,9 @@ class IngestWorker:
     ``counters`` holds what happened (``events``, ``dead_letters``,
     ``dead_letter.<reason>``, ``clock_ahead``: events stamped beyond the
     allowed skew and placed at the ingest clock, ``partials``, ``cuts``) for
-    logs, benchmarks and the Redis counter hash.
+    logs, benchmarks and the Redis counter hash. ``member`` is its claim on
+    event time (:class:`~surgegate.telemetry.member.MemberWatermark`), holding
+    each assigned partition's progress.
     """
 
     def __init__(self, settings: Settings, *, member_id: str | None = None,
@@ -127,26 +101,27 @@ class IngestWorker:
         self.validator = TelemetryValidator(window_ms=settings.window_ms, max_future_ms=settings.max_future_ms)
         self.sender = KafkaSender(settings, f"{self.member_id}-producer")
         self.counters: Counter[str] = Counter()
-        url = redis_url if redis_url is not None else settings.redis
-        self.counter_sink = (CounterSink(url, Keys.for_topic_prefix(settings.topic_prefix)) if url
-                             else NullCounterSink())
+        url = settings.redis if redis_url is None else redis_url
+        target = settings.redis_target() if url == settings.redis else url
+        self.counter_sink = CounterSink(target, Keys.for_topic_prefix(settings.topic_prefix)) if url \
+            else NullCounterSink()
+        window_ms = settings.window_ms
+        self.member = MemberWatermark(idle_after_s=settings.idle_after_s,
+                                      make=lambda began, now: _PartitionWork(window_ms, began, now))
+        self.cuts = CutLog(self.topics.cuts, self._intent_reader, self._dead_letter_intent, member_id=self.member_id)
         self._consumer: Consumer | None = None
         self._admin = AdminClient(admin_config(settings))
         #: topic -> its incarnation (Kafka topic id), stamped on every source range
         self._log_ids: dict[str, str] = {}
-        self._work: dict[tuple[str, int], _PartitionWork] = {}
-        #: where this member stopped reading the partitions the last revocation took (see _on_assign)
-        self._left: dict[tuple[str, int], int] = {}
+        #: partitions whose next cut must end at a given offset (an unfinished cut of the member before)
         self._forced_cuts: dict[tuple[str, int], int] = {}
-        #: cut-intent records found unreadable and dead-lettered (once each, not at every assignment)
-        self._bad_intents: set[tuple[str, int, int]] = set()
-        self._max_event_ts = 0
-        self._last_message_at = time.monotonic()
-        self._unreachable_at = -BROKER_GRACE_S
-        self._watermark = 0
         self._partials_partitions = 0
         self._stop = threading.Event()
         self._reported: Counter[str] = Counter()
+
+    @property
+    def _work(self) -> dict[tuple[str, int], _PartitionWork]:
+        return self.member.parts  # type: ignore[return-value]  # made by this worker's factory
 
     # ------------------------------------------------------------ lifecycle
 
@@ -157,7 +132,7 @@ class IngestWorker:
     def run(self) -> None:
         """Consume until :meth:`stop`; flushes and commits before returning."""
         consumer = self._consumer = Consumer(
-            # end-of-partition events tell which partitions are read to their end (see watermark())
+            # end-of-partition events tell which partitions are read to their end (see MemberWatermark)
             consumer_config(self.settings, f"{self.settings.topic_prefix}ingest", self.member_id,
                             error_cb=self._on_consumer_error, **{"enable.partition.eof": True})
         )
@@ -170,7 +145,7 @@ class IngestWorker:
             while not self._stop.is_set():
                 messages = consumer.consume(BATCH_SIZE, POLL_TIMEOUT_S)
                 if messages:
-                    self._last_message_at = time.monotonic()
+                    self.member.received(time.monotonic())
                     self.process(messages)
                 self.sender.poll()
                 if time.monotonic() >= next_flush:
@@ -189,12 +164,12 @@ class IngestWorker:
     # ------------------------------------------------------------ per batch
 
     def process(self, messages: list[Message]) -> None:
-        """Decode, validate and aggregate one batch of messages."""
+        """Decode, validate and aggregate one batch of messages (the hot path: the partition's progress is
+        updated in place, as :meth:`MemberWatermark.read` would)."""
         decode = self.validator.decode
         now = self.clock()
-        work = self._work
+        member = self.member
         forced = self._forced_cuts
-        max_ts = self._max_event_ts
         ahead = now + self.settings.max_skew_ms
         events = skewed = 0
         key: tuple[str, int] | None = None
@@ -204,11 +179,7 @@ class IngestWorker:
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    eof = (cast(str, msg.topic()), cast(int, msg.partition()))
-                    at_end = work.get(eof)
-                    if at_end is None:
-                        at_end = work[eof] = _PartitionWork(self.settings.window_ms)
-                    at_end.caught_up = True
+                    member.end_of_partition((cast(str, msg.topic()), cast(int, msg.partition())), arrived)
                 else:
                     log.warning("ingest consume error: %s", err.str())
                 continue
@@ -216,9 +187,7 @@ class IngestWorker:
             if key is None or partition != key[1] or topic != key[0]:
                 # consume() returns runs from one partition: look the partition up once per run
                 key = (topic, partition)
-                part = work.get(key)
-                if part is None:
-                    part = work[key] = _PartitionWork(self.settings.window_ms)
+                part = member.progress(key, arrived)  # type: ignore[assignment]  # made by this worker's factory
             offset = cast(int, msg.offset())
             assert part is not None  # looked up with the key above
             if offset <= part.read:
@@ -244,18 +213,15 @@ class IngestWorker:
                 events += 1
                 if event.ts > part.max_ts:
                     part.max_ts = event.ts
-                if event.ts > max_ts:
-                    max_ts = event.ts
             if forced and key in forced and offset == forced[key]:
                 self.flush([key])
-        self._max_event_ts = max_ts
         self.counters["events"] += events
         if skewed:
             self.counters["clock_ahead"] += skewed
 
     def _on_consumer_error(self, err: KafkaError) -> None:
         if err.code() in _UNREACHABLE:
-            self._unreachable_at = time.monotonic()
+            self.member.unreachable(time.monotonic())
         log.info("ingest %s: consumer: %s", self.member_id, err.str())
 
     def _log_replaced(self, key: tuple[str, int], offset: int) -> None:
@@ -269,7 +235,7 @@ class IngestWorker:
 
     def _refresh_log_ids(self, topics: list[str]) -> None:
         """Look the topics' ids up (a changed one: the topic was re-created since last looked at)."""
-        for topic, topic_id in topic_ids(self._admin, topics, CUT_LOOKUP_TIMEOUT_S).items():
+        for topic, topic_id in topic_ids(self._admin, topics, LOOKUP_TIMEOUT_S).items():
             if self._log_ids.get(topic, topic_id) != topic_id:
                 log.warning("ingest %s: %s is a new log (topic id %s)", self.member_id, topic, topic_id)
             self._log_ids[topic] = topic_id
@@ -278,7 +244,7 @@ class IngestWorker:
         """Read a re-created source topic from its start: a position left over from the old log would skip
         the new one's first records (the broker resets it only while the new log is shorter)."""
         consumer = self._consumer
-        ids = topic_ids(self._admin, [self.topics.requests, self.topics.metrics], CUT_LOOKUP_TIMEOUT_S)
+        ids = topic_ids(self._admin, [self.topics.requests, self.topics.metrics], LOOKUP_TIMEOUT_S)
         for topic, topic_id in ids.items():
             known = self._log_ids.get(topic)
             if known is None or known == topic_id:
@@ -313,39 +279,17 @@ class IngestWorker:
         self.counters["dead_letters"] += 1
         self.counters[f"dead_letter.{reason}"] += 1
 
+    def _dead_letter_intent(self, msg: Message, reason: str, detail: str) -> None:
+        self._dead_letter(msg, reason, detail, self.clock())
+
+    def _intent_reader(self) -> Consumer:
+        return Consumer(consumer_config(self.settings, f"{self.member_id}-cuts", f"{self.member_id}-cuts"))
+
     # ------------------------------------------------------------ cuts
 
     def watermark(self) -> int:
-        """Event-time progress, never backwards and never past the ingest clock.
-
-        While any partition this member reads still has records to read (a
-        backlog after an outage), the watermark is the lowest event time among
-        those partitions: windows close only as fast as the slowest backlog is
-        read. Once every partition is read to its end (the broker says so, or
-        nothing came from it for :data:`QUIET_AS_CAUGHT_UP_S`), it is the newest
-        event time read, and the wall clock after ``idle_after_s`` without
-        records, unless the broker was unreachable within :data:`BROKER_GRACE_S`
-        (quiet then means nothing could be read, not that nothing was sent). Event times were clamped to the
-        ingest clock plus ``max_skew_s`` on the way in: an edge with a clock far
-        ahead cannot close everyone's windows early.
-        """
-        now = self.clock()
-        parts = self._work.values()
-        if not parts:
-            return self._watermark  # nothing assigned yet (a restart joining its group): no progress to claim
-        # read to its end: the broker said so, or nothing has come from it for a while (a broker whose
-        # end offsets are off, as the embedded one's can be after batched writes, never says so)
-        quiet = time.monotonic() - max(self.settings.idle_after_s, QUIET_AS_CAUGHT_UP_S)
-        behind = [p.max_ts for p in parts if not p.caught_up and p.last_at > quiet]
-        if behind:
-            mark = min(behind)
-        else:
-            mark = max(p.max_ts for p in parts)
-            idle = time.monotonic() - self._last_message_at >= self.settings.idle_after_s
-            if idle and time.monotonic() - self._unreachable_at >= BROKER_GRACE_S:
-                mark = max(mark, now)
-        self._watermark = max(self._watermark, min(mark, now))
-        return self._watermark
+        """This member's claim on event time (:meth:`MemberWatermark.claim` at the ingest's clock)."""
+        return self.member.claim(self.clock(), time.monotonic())
 
     def flush(self, keys: list[tuple[str, int]] | None = None) -> None:
         """Publish the partials of the given (or all) partitions, then commit them.
@@ -370,7 +314,7 @@ class IngestWorker:
         with_data = [(k, p) for k, p in cuts if p.aggregator]
         # 1. intents first, acknowledged before any partial is sent
         for (topic, partition), part in with_data:
-            self.sender.send(self.topics.cuts(topic), msgspec.json.encode(CutIntent(part.first, part.last)),
+            self.sender.send(self.topics.cuts(topic), self.cuts.encode(part.first, part.last),
                              key=str(partition).encode(), partition=partition)
         if with_data:
             self.sender.flush()
@@ -418,7 +362,7 @@ class IngestWorker:
     def _partials_count(self) -> int:
         """The partials topic's partition count, looked up (with the producer made) on first use."""
         if not self._partials_partitions:
-            md = self.sender.producer.list_topics(self.topics.partials, timeout=CUT_LOOKUP_TIMEOUT_S)
+            md = self.sender.producer.list_topics(self.topics.partials, timeout=LOOKUP_TIMEOUT_S)
             self._partials_partitions = len(md.topics[self.topics.partials].partitions)
         return self._partials_partitions
 
@@ -433,35 +377,25 @@ class IngestWorker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._refresh_log_ids(sorted({tp.topic for tp in partitions}))
         self._partials_count()  # with the other lookups, not in the first flush after reading begins
-        committed = consumer.committed(partitions, timeout=CUT_LOOKUP_TIMEOUT_S)
+        committed = consumer.committed(partitions, timeout=LOOKUP_TIMEOUT_S)
         began: dict[tuple[str, int], int] = {}
         for tp in committed:
             start = tp.offset
             if start == OFFSET_INVALID:
                 # nothing committed yet: consumption starts at the earliest offset
                 start, _ = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
-                                                          timeout=CUT_LOOKUP_TIMEOUT_S)
+                                                          timeout=LOOKUP_TIMEOUT_S)
             began[(tp.topic, tp.partition)] = start
-            intent = self._last_intent(tp.topic, tp.partition)
-            if intent is not None and start == intent.first:
-                self._forced_cuts[(tp.topic, tp.partition)] = intent.last
+            cut = forced_cut(start, self.cuts.last_intent(tp.topic, tp.partition))
+            if cut is not None:
+                self._forced_cuts[(tp.topic, tp.partition)] = cut
                 log.info("ingest %s: %s[%d] resumes an unfinished cut %d..%d", self.member_id, tp.topic,
-                         tp.partition, intent.first, intent.last)
-        # not read to their end yet: they hold the watermark until their backlog is read (see watermark()),
-        # and the quiet and idle clocks start now, when reading can begin, not before the lookups above
-        now = time.monotonic()
-        for tp in partitions:
-            part = self._work.setdefault((tp.topic, tp.partition), _PartitionWork(self.settings.window_ms))
-            part.last_at = now
-            part.began = began.get((tp.topic, tp.partition), -1)
-        self._last_message_at = now
-        # kept: revoked by this rebalance and given back where this member left it; any other partition was
-        # someone else's (maybe a dead member's, its records unread): its backlog may lie behind this member's
-        # claim, so the claim starts again from what is read (the merge stage holds windows at the lowest claim)
-        taken = sorted(k for k, start in began.items() if self._left.get(k) != start)
-        self._left = {}
+                         tp.partition, start, cut)
+        # not read to their end yet: they hold the claim until their backlog is read, and the quiet and idle
+        # clocks start now, when reading can begin, not before the lookups above; a partition another member
+        # read last may hold a backlog behind this member's claim, so the claim starts again from what is read
+        taken = self.member.assign(began, time.monotonic())
         if taken:
-            self._watermark = 0
             log.info("ingest %s: claims event time afresh for %s", self.member_id, taken)
         log.info("ingest %s assigned %s", self.member_id, [(t.topic, t.partition) for t in partitions])
 
@@ -473,62 +407,9 @@ class IngestWorker:
             log.info("ingest %s: %s revoked before its unfinished cut was read whole: left to the next owner",
                      self.member_id, sorted(unfinished))
         self.flush([k for k in keys if k in self._work and k not in unfinished])
-        self._left = {}
+        self.member.revoke(keys)
         for key in keys:
-            part = self._work.pop(key, None)
-            if part is not None:
-                self._left[key] = part.read + 1 if part.read >= part.began else part.began
             self._forced_cuts.pop(key, None)
-
-    def _read_intent(self, msg: Message) -> CutIntent | None:
-        """The cut intent in ``msg``; an unreadable one (not written by an ingest) is dead-lettered and counted,
-        and the partition resumes as if it had none: cut wherever this member's flushes fall, which can cost the
-        one window a dead member left half published, where refusing to read the partition would cost them all."""
-        try:
-            intent = msgspec.json.decode(msg.value() or b"", type=CutIntent)
-            if 0 <= intent.first <= intent.last:
-                return intent
-            detail = f"first={intent.first}, last={intent.last}: not a range of offsets"
-        except msgspec.DecodeError as exc:
-            detail = str(exc)
-        where = (cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset()))
-        if where not in self._bad_intents:
-            self._bad_intents.add(where)
-            self._dead_letter(msg, "invalid_cut_intent", detail, self.clock())
-            log.warning("ingest %s: the last cut intent on %s[%d] at offset %d is unreadable (%s): dead-lettered; "
-                        "the partition resumes without it", self.member_id, *where, detail)
-        return None
-
-    def _last_intent(self, topic: str, partition: int) -> CutIntent | None:
-        cuts_topic = self.topics.cuts(topic)
-        reader = Consumer(consumer_config(self.settings, f"{self.member_id}-cuts", f"{self.member_id}-cuts"))
-        try:
-            deadline = time.monotonic() + CUT_TOPIC_WAIT_S
-            while True:
-                try:
-                    low, high = reader.get_watermark_offsets(TopicPartition(cuts_topic, partition),
-                                                             timeout=CUT_LOOKUP_TIMEOUT_S)
-                    break
-                except KafkaException as exc:
-                    if exc.args[0].code() not in _UNKNOWN or time.monotonic() >= deadline:
-                        if exc.args[0].code() in _UNKNOWN:
-                            # the broker lost the topic (the keeper re-creates it): it lost every intent with it
-                            log.warning("ingest %s: %s[%d] does not exist: no unfinished cut to resume",
-                                        self.member_id, cuts_topic, partition)
-                            return None
-                        raise
-                    time.sleep(0.5)  # a topic being re-created: its partitions appear in a moment
-            if high <= low:
-                return None
-            reader.assign([TopicPartition(cuts_topic, partition, high - 1)])
-            deadline = time.monotonic() + CUT_LOOKUP_TIMEOUT_S
-            while time.monotonic() < deadline:
-                msg = reader.poll(0.2)
-                if msg is not None and msg.error() is None:
-                    return self._read_intent(msg)
-            raise TimeoutError(f"could not read the last cut intent of {cuts_topic}[{partition}]")
-        finally:
-            reader.close()
 
 
 def _b64(data: bytes) -> str:

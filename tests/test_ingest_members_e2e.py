@@ -50,7 +50,7 @@ def test_a_stuck_members_backlog_is_read_by_its_successor_into_windows_nobody_cl
     stuck = StuckOnRecords(settings, member_id="a-ingest", redis_url="")
     thread, raised = start_thread(stuck.run)
     try:
-        eventually(lambda: any(t == topics.requests for t, _ in stuck._work) and stuck._watermark > 0, 60,
+        eventually(lambda: any(t == topics.requests for t, _ in stuck.member.parts) and stuck.member.mark > 0, 60,
                    "the second member to own request partitions and claim the wall clock")
 
         # stamped 2 s ahead (within the allowed skew): no claim made before they were read can pass them
