@@ -17,10 +17,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import WorkerProcess
+from support import WINDOW_S, WorkerProcess
 
 from surgegate.devtools.embedded import EmbeddedBroker, EmbeddedRedis
-from surgegate.settings import Settings
+from surgegate.settings import EMBEDDED_TIMEOUTS, Settings
 from surgegate.streams.topics import create_topics
 
 _counter = itertools.count()
@@ -51,11 +51,28 @@ def redis_url():
 
 @pytest.fixture
 def settings(broker_bootstrap, redis_url):
-    """Settings for one test: its own topic prefix, topics created, fast flushes."""
+    """Settings for one test: its own topic prefix, topics created, short windows, fast flushes, the embedded
+    broker's group timeouts."""
     s = Settings(kafka=broker_bootstrap, redis=redis_url, topic_prefix=f"t{os.getpid()}x{next(_counter)}.",
-                 partitions=3, lateness_s=2.0, flush_interval_s=0.5, idle_after_s=1.5)
+                 partitions=3, window_s=WINDOW_S, lateness_s=2.0, flush_interval_s=0.5, idle_after_s=1.5,
+                 kafka_session_timeout_s=EMBEDDED_TIMEOUTS.session_s,
+                 kafka_max_poll_interval_s=EMBEDDED_TIMEOUTS.max_poll_interval_s)
     create_topics(s)
     return s
+
+
+#: a test that uses one of these needs the broker or Redis: it is end-to-end, whatever its file says
+_BROKER_FIXTURES = frozenset({"broker_bootstrap", "redis_url", "settings", "worker_factory"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark what needs the broker or Redis ``e2e``, and every ``e2e`` test ``slow``: the fast tier
+    (``pytest -m "not slow"``) is the pure logic, in seconds."""
+    for item in items:
+        if _BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+        if item.get_closest_marker("e2e") is not None:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(wrapper=True)

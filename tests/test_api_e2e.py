@@ -44,11 +44,12 @@ def seed(settings: Settings) -> None:
     r = redis.Redis.from_url(settings.redis)
     k = Keys.for_topic_prefix(settings.topic_prefix)
     now = int(time.time() * 1000)
-    start = now - now % 10_000 - 10_000
+    w = settings.window_ms
+    start = now - now % w - w
     r.sadd(k.scopes, "service=chat")
     for i in range(5):
-        w = json.dumps({"schema": "sg.WindowStats/1", "scope": "service=chat", "window_start": start - i * 10_000})
-        r.zadd(k.window_history("service=chat"), {w: start - i * 10_000})
+        row = json.dumps({"schema": "sg.WindowStats/1", "scope": "service=chat", "window_start": start - i * w})
+        r.zadd(k.window_history("service=chat"), {row: start - i * w})
     r.set(k.latest_forecast("service=chat"), b'{"schema":"sg.Forecast/1","scope":"service=chat"}')
     r.set(k.latest_threshold("chat"), b'{"schema":"sg.Threshold/1","service":"chat","safe_rps":20.0}')
     r.set(k.latest_decision("chat"), msgspec.json.encode(decision(1)))
@@ -57,15 +58,15 @@ def seed(settings: Settings) -> None:
         cell.add_event(RequestEvent(ts=start, service="chat", tenant="a", tier="pro", edge_id="e", latency_ms=900.0,
                                     ttft_ms=ttft, itl_ms=itl))
     r.set(k.latest_window("service=chat"), msgspec.json.encode(WindowStats(
-        scope="service=chat", kind="traffic", window_start=start, window_end=start + 10_000, service="chat",
-        traffic=traffic_stats(cell.to_wire(), 10_000))))
+        scope="service=chat", kind="traffic", window_start=start, window_end=start + w, service="chat",
+        traffic=traffic_stats(cell.to_wire(), w))))
     tier = TrafficCell()  # the pro tier's newest window: 30 served, 20 throttled
     for i in range(50):
         tier.add_event(RequestEvent(ts=start, service="chat", tenant="a", tier="pro", edge_id="e", latency_ms=100.0,
                                     status="ok" if i < 30 else "throttled"))
     r.set(k.latest_window("service=chat,tier=pro"), msgspec.json.encode(WindowStats(
-        scope="service=chat,tier=pro", kind="traffic", window_start=start, window_end=start + 10_000,
-        service="chat", tier="pro", traffic=traffic_stats(tier.to_wire(), 10_000))))
+        scope="service=chat,tier=pro", kind="traffic", window_start=start, window_end=start + w,
+        service="chat", tier="pro", traffic=traffic_stats(tier.to_wire(), w))))
     r.hset(k.counters, mapping={"windows.published": 42, "dead_letter.invalid_field": 3, "dead_letters": 3,
                                 "partials.duplicate": 5, "decisions.published": 7, "scaling.published": 7,
                                 "timing.decide.us": 5000, "timing.decide.runs": 10})
@@ -121,9 +122,9 @@ def test_health_readiness_and_reads(api_settings):
             assert m["surgegate_tier_limit_rps", (("request_type", "realtime"), ("service", "chat"),
                                                   ("tier", "pro"))] == 10
             assert m["surgegate_tier_requests_per_second", (("outcome", "admitted"), ("service", "chat"),
-                                                            ("tier", "pro"))] == 3.0
+                                                            ("tier", "pro"))] == 30 / api_settings.window_s
             assert m["surgegate_tier_requests_per_second", (("outcome", "throttled"), ("service", "chat"),
-                                                            ("tier", "pro"))] == 2.0
+                                                            ("tier", "pro"))] == 20 / api_settings.window_s
             assert m["surgegate_agent_seconds_total", (("agent", "decide"),)] == 0.005
             assert m["surgegate_agent_runs_total", (("agent", "decide"),)] == 10
             assert ("surgegate_window_lag_seconds", ()) in m

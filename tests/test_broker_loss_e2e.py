@@ -21,48 +21,49 @@ import time
 
 import pytest
 import redis
-from support import Edge, WindowFollower, WorkerProcess, eventually
+from support import Edge, W, WindowFollower, WorkerProcess, eventually
 
 from surgegate.devtools.embedded import EmbeddedBroker
 from surgegate.errors import DeliveryFailed
-from surgegate.settings import Settings
 from surgegate.streams.topics import create_topics
 
 pytestmark = pytest.mark.e2e
 
 RATE = 100  # events per second from the edge
-W_MS = 10_000
+OUTAGE_S = 3
 
 
-def _mid_window(at_s: float = 5.0) -> None:
-    """Sleep until ``at_s`` into the current window: far from any window's closing."""
+def _mid_window() -> None:
+    """Sleep until the middle of the current window: far from any window's closing."""
     now = time.time()
-    wait = (at_s - now % (W_MS / 1000)) % (W_MS / 1000)
+    wait = (W / 2000 - now % (W / 1000)) % (W / 1000)
     time.sleep(wait)
 
 
-def test_the_broker_replaced_by_an_empty_one_is_recovered_without_restarting_any_process(redis_url, tmp_path):
+def test_the_broker_replaced_by_an_empty_one_is_recovered_without_restarting_any_process(settings, tmp_path):
     broker = EmbeddedBroker().start()
     replacement: EmbeddedBroker | None = None
     # 4 partitions, as the embedded broker gives a topic that Faust's client has it auto-create (see
     # streams/topics.py:keep_topics)
-    settings = Settings(kafka=broker.bootstrap, redis=redis_url, topic_prefix="lost.", partitions=4,
-                        lateness_s=2.0, flush_interval_s=0.5, idle_after_s=1.5)
+    settings = settings.replace(kafka=broker.bootstrap, topic_prefix="lost.", partitions=4)
+    redis_url = settings.redis
     create_topics(settings)
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     follower = WindowFollower(settings)
     edge = Edge(settings, RATE).start()
     try:
-        time.sleep(15)
+        first = (int(time.time() * 1000) // W + 1) * W
+        eventually(lambda: first in follower.windows, 60, "a first full window from the old broker")
         # nothing in the old broker that only it holds: the edge pauses, what it sent is read and merged
         edge.sending.clear()
         edge.producer.flush(10)
         _mid_window()
         broker.stop()
         edge.sending.set()  # the edge goes on while the broker is away
-        time.sleep(3)
+        time.sleep(OUTAGE_S)  # the outage itself
         replacement = EmbeddedBroker(port=broker.port).start()
-        time.sleep(25)
+        back = (int(time.time() * 1000) // W + 3) * W
+        eventually(lambda: back in follower.windows, 90, "windows from the new broker")
         edge.sending.clear()
         with contextlib.suppress(DeliveryFailed):  # records the renewed producer counted as failed: see below
             edge.producer.flush(30)

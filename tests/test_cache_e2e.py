@@ -156,7 +156,7 @@ def test_hits_are_counted_in_the_windows_and_left_out_of_the_demand(settings, wo
     windows = served(None)
     reader.close()
     assert sum(w.traffic.ok for w in windows) == 3 and sum(w.traffic.cache_hits for w in windows) == 2
-    # demand on the servers: the one miss (a window is 10 s, demand_rps per second)
+    # demand on the servers: the one miss (demand_rps is per second of the window)
     assert sum(w.traffic.demand * (w.window_end - w.window_start) / 1000 for w in windows) == pytest.approx(1.0)
     assert sum(w.traffic.output_tokens for w in windows) >= 1  # the miss's tokens; the hits add none
 

@@ -26,10 +26,11 @@ SERVICES = json.dumps({"chat": {"pool": "gpu-a", "replica_rps": 10, "replicas": 
 
 def load(windows: range, rps: int, seed: int) -> list[RequestEvent]:
     rng = random.Random(seed)
-    return [RequestEvent(ts=T0 + w * W + int(i * W / (rps * 10)), service="chat", tenant=f"t{i % 3}",
+    per_window = rps * W // 1000
+    return [RequestEvent(ts=T0 + w * W + int(i * W / per_window), service="chat", tenant=f"t{i % 3}",
                          tier=("enterprise", "pro", "free")[i % 3], edge_id="edge-1",
                          latency_ms=rng.uniform(50, 300), request_type="realtime" if i % 5 else "batch")
-            for w in windows for i in range(rps * 10)]
+            for w in windows for i in range(per_window)]
 
 
 def test_traffic_above_capacity_is_throttled_within_two_windows(settings, tmp_path):

@@ -179,7 +179,7 @@ def test_the_drainer_starts_tasks_at_the_batch_rate_of_the_decision_in_force(set
     try:
         _, base = lane.edge("edge-a")
         ids = asyncio.run(_submit(base, 30))
-        rate, burst = 2.0, 1.0
+        rate, burst = 5.0, 1.0
         slow = {**OPEN, "pro": TierLimit(realtime_rps=1000, batch_rps=rate, burst=burst)}
         publish(settings, decision(2, slow))
         lane.drainer()

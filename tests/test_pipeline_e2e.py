@@ -78,7 +78,7 @@ def windows_of(reader: TopicReader, scope_prefix: str) -> dict[tuple[str, int], 
 
 def test_known_traffic_over_three_windows_gives_exact_counts_and_percentiles(settings, worker_factory):
     events = traffic("chat", range(3), 1500, seed=11)
-    metrics = [MetricEvent(ts=T0 + w * W + i * 1000, pool="gpu-a", worker_id=f"gpu-a-{k}", utilisation=0.5 + k / 10,
+    metrics = [MetricEvent(ts=T0 + w * W + i * W // 10, pool="gpu-a", worker_id=f"gpu-a-{k}", utilisation=0.5 + k / 10,
                            queue_depth=k, state="cold_starting" if k == 3 and i < 5 else "ready")
                for w in range(3) for i in range(10) for k in range(4)]
     expected = reference(events + metrics, settings)
@@ -101,7 +101,7 @@ def test_known_traffic_over_three_windows_gives_exact_counts_and_percentiles(set
             exact = served[int(q * (len(served) - 1))]
             assert abs(value - exact) <= RELATIVE_ACCURACY * exact + 1e-3
         assert t.latency_max_ms == max(served)
-        assert t.tokens_per_s == pytest.approx(sum(e.input_tokens + e.output_tokens for e in mine) / 10)
+        assert t.tokens_per_s == pytest.approx(sum(e.input_tokens + e.output_tokens for e in mine) / (W / 1000))
         pool = got[("pool=gpu-a", start)].gpu
         assert (pool.workers, pool.ready_replicas, pool.cold_starting_replicas) == (4, 4, 0)
     # mirrored to Redis
@@ -200,7 +200,7 @@ def test_worker_killed_mid_stream_neither_loses_nor_changes_a_window(settings, t
     no_idle = settings.replace(idle_after_s=600.0)
     first = traffic("chat", range(0, 3), 1000, seed=21)
     second = traffic("chat", range(3, 6), 1000, seed=22)
-    second[0] = second[0].__replace__(ts=T0 + 3 * W + 5_000)  # past window 2's end + lateness
+    second[0] = second[0].__replace__(ts=T0 + 3 * W + settings.lateness_ms + W // 4)  # past window 2's end + lateness
     closer = traffic("chat", range(8, 9), 5, seed=23)
     expected = {k: v for k, v in reference(first + second, settings).items() if k[0].startswith("service=chat")
                 and k[1] < T0 + 6 * W}
