@@ -152,3 +152,36 @@ def test_the_edge_keys_file_is_read_with_budgets_and_bad_entries_are_named(tmp_p
         bad.write_text(text)
         with pytest.raises(SurgegateError, match=re.escape(says)):
             load_keys(str(bad))
+
+
+def test_kafka_security_reaches_every_client_config_and_the_agents(tmp_path):
+    import faust
+    import trustme
+
+    from surgegate.agents.app import faust_credentials
+    from surgegate.streams.kafka import admin_config, consumer_config, producer_config
+
+    ca = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca))
+    env = {"SURGEGATE_KAFKA": "broker:9093", "SURGEGATE_KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+           "SURGEGATE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "SURGEGATE_KAFKA_SASL_USERNAME": "surgegate",
+           "SURGEGATE_KAFKA_SASL_PASSWORD": "pw", "SURGEGATE_KAFKA_SSL_CA_FILE": str(ca)}
+    s = Settings.from_env(env)
+    assert "pw" not in repr(s)
+    for config in (admin_config(s), producer_config(s, "p"), consumer_config(s, "g", "c")):
+        assert config["security.protocol"] == "sasl_ssl" and config["sasl.mechanisms"] == "SCRAM-SHA-512"
+        assert config["sasl.username"] == "surgegate" and config["ssl.ca.location"] == str(ca)
+    credentials = faust_credentials(s)
+    assert isinstance(credentials, faust.SASLCredentials) and credentials.ssl_context is not None
+    assert credentials.mechanism.value == "SCRAM-SHA-512" and credentials.username == "surgegate"
+    plain = Settings(kafka="broker:9092")
+    assert "security.protocol" not in producer_config(plain, "p") and faust_credentials(plain) is None
+    with pytest.raises(SettingsError, match="SURGEGATE_KAFKA_SASL_MECHANISM"):
+        Settings(kafka="b:1", kafka_security_protocol="SASL_PLAINTEXT")
+
+
+def test_every_setting_survives_the_way_to_a_child_process():
+    s = Settings(kafka="k:1", redis="redis://r:2/0", window_s=2.0, forecast_horizon=12, max_skew_s=3.5,
+                 upstream_key="sk-up", api_token="t", services='{"chat": {"replicas": 3}}', worker_id="w-9")
+    assert Settings.from_env(s.to_env()) == s
+    assert set(s.to_env()) == set(Settings.names())
