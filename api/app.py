@@ -410,10 +410,14 @@ class Api:
                                               "scaling": scaling}))
 
     async def task(self, request: web.Request) -> web.Response:
-        """A deferred task's state, from the task states in Redis (the drainers and edges write them)."""
+        """A deferred task's state, from the task states in Redis (the drainers and edges write them), to the
+        holder of the API token only: a task's result is its tenant's answer (tenants read theirs at the edge, with
+        their key). Without the token it is not there (404), as on the edges."""
         task_id = request.match_info["task_id"]
         if not _TASK_ID.fullmatch(task_id):
             raise ApiError(400, "task_id must be 32 lowercase hex digits", "task_id")
+        if not self._holds_token(request):
+            raise ApiError(404, f"no task {task_id} (unknown, expired, or the API token is missing)", "task_id")
         try:
             view = await self.tasks.get(task_id)
         except (redis.RedisError, OSError):
@@ -464,11 +468,14 @@ class Api:
 
     # ------------------------------------------------------------ overrides
 
-    def _authorised(self, request: web.Request) -> str:
+    def _holds_token(self, request: web.Request) -> bool:
         token = self.settings.api_token
         given = request.headers.get("Authorization", "")
-        if not token or not given.startswith("Bearer ") or \
-                not hmac.compare_digest(given[len("Bearer "):].encode(), token.encode()):
+        return bool(token) and given.startswith("Bearer ") and \
+            hmac.compare_digest(given[len("Bearer "):].encode("utf-8", "surrogateescape"), token.encode())
+
+    def _authorised(self, request: web.Request) -> str:
+        if not self._holds_token(request):
             raise ApiError(401, "unauthorised", **{"WWW-Authenticate": "Bearer"})
         return "operator"
 

@@ -180,7 +180,7 @@ def _traffic_families(s: Snapshot) -> Iterator[Metric]:
                         if v is not None:
                             family.add_metric([service, q], v / 1000)
                 continue
-            admitted = t.ok + t.error + t.timeout
+            admitted = t.served
             for outcome, n in zip(_TIERS_WINDOW, (admitted, t.throttled, t.deferred)):
                 rates.add_metric([service, tier, outcome], n / s.window_s)
     yield from (rates, latency, ttft, itl)

@@ -146,7 +146,8 @@ def openapi_document() -> dict:
                     "type": "integer", "minimum": 1, "maximum": _MAX_MINUTES, "default": 15}))),
             "/v1/tasks/{task_id}": _get(
                 "A deferred task's state (queued, running, done with the upstream's answer, failed or expired with "
-                "the reason), as every edge answers it", _ref("TaskView"), errors=(400, 404, 503),
+                "the reason), as every edge answers it; to the holder of the API token (bearer) only, else 404",
+                _ref("TaskView"), errors=(400, 404, 503),
                 params=(_path("task_id", TASK_ID_PATTERN),)),
             "/v1/services": _get("The configured services: pool, tiers, SLOs and mode",
                                  _object(services={"type": "object"}), errors=()),

@@ -40,7 +40,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar, cast
 
-import aiohttp
 import msgspec
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -50,7 +49,8 @@ from surgegate.admission.actions import ADMIT
 from surgegate.admission.backlog import Backlog, Held, OffsetBook, retry_delay_s
 from surgegate.admission.gate import UnknownTier
 from surgegate.edge.gate import EdgeGate
-from surgegate.llm.openai_wire import with_token_cap
+from surgegate.edge.relay import Relay
+from surgegate.llm.openai_wire import INFERENCE_PATHS, with_token_cap
 from surgegate.schemas.deadletter import DeadLetter
 from surgegate.schemas.deferral import FINAL_STATES, DeferredTask, TaskState, TaskView
 from surgegate.schemas.telemetry import MetricEvent, Status
@@ -71,8 +71,6 @@ COMMIT_S = 1.0
 IDLE_S = 0.02
 #: How often the backlog is reported (to the pool's windows) and the partitions' unread tasks counted.
 REPORT_S = 5.0
-#: The paths whose body carries an output budget the level may cap.
-INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
 class Drainer:
@@ -93,8 +91,9 @@ class Drainer:
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.hold = hold
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self.upstream_key = upstream_key
+        # the gateway's relay: the upstream's own credential, timeouts on silence, decoded answers, usage read
+        self.relay = Relay(self.upstream, upstream_key=upstream_key or "", first_byte_s=timeout_s, idle_s=timeout_s,
+                           connections=concurrency)
         self.backlog = Backlog(self.gate.admission.tier_order)
         self.offsets = OffsetBook()
         self.book = TaskBook(settings.redis, prefix=Keys.for_topic_prefix(settings.topic_prefix).prefix)
@@ -251,39 +250,38 @@ class Drainer:
         self._consumer_thread.start()
         slots = asyncio.Semaphore(self.concurrency)
         running: set[asyncio.Task] = set()
-        connector = aiohttp.TCPConnector(limit=self.concurrency)
         reported_at = 0.0
-        async with aiohttp.ClientSession(timeout=self.timeout, auto_decompress=False, connector=connector) as session:
-            try:
-                while not self._stop.is_set():
-                    if not self._consumer_thread.is_alive():
-                        raise RuntimeError(f"the drainer's consumer stopped: {self.failure!r}")
-                    self._sender.poll()
-                    if time.monotonic() - reported_at >= REPORT_S:
-                        self._report()
-                        reported_at = time.monotonic()
-                    started = await self._start_one(session, slots, running)
-                    if not started:
-                        self._arrived.clear()
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._arrived.wait(), IDLE_S)
-            finally:
-                for t in running:
-                    t.cancel()
-                await asyncio.gather(*running, return_exceptions=True)
-                self._stop.set()
-                self._consumer_thread.join(10)
-                await self.book.close()
-                with contextlib.suppress(Exception):
-                    self._sender.flush(5)
-                if self._own_gate:
-                    self.gate.close()
+        await self.relay.start()
+        try:
+            while not self._stop.is_set():
+                if not self._consumer_thread.is_alive():
+                    raise RuntimeError(f"the drainer's consumer stopped: {self.failure!r}")
+                self._sender.poll()
+                if time.monotonic() - reported_at >= REPORT_S:
+                    self._report()
+                    reported_at = time.monotonic()
+                started = await self._start_one(slots, running)
+                if not started:
+                    self._arrived.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._arrived.wait(), IDLE_S)
+        finally:
+            for t in running:
+                t.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            self._stop.set()
+            self._consumer_thread.join(10)
+            await self.book.close()
+            await self.relay.close()
+            with contextlib.suppress(Exception):
+                self._sender.flush(5)
+            if self._own_gate:
+                self.gate.close()
 
     def stop(self) -> None:
         self._stop.set()
 
-    async def _start_one(self, session: aiohttp.ClientSession, slots: asyncio.Semaphore,
-                         running: set[asyncio.Task]) -> bool:
+    async def _start_one(self, slots: asyncio.Semaphore, running: set[asyncio.Task]) -> bool:
         """Start the first task admission lets through (highest tier first); False if none may start."""
         if slots.locked():
             return False
@@ -305,16 +303,15 @@ class Drainer:
                 continue
             self.backlog.take(held.id)
             await slots.acquire()
-            job = asyncio.create_task(self._run(session, held, verdict.max_tokens, slots))
+            job = asyncio.create_task(self._run(held, verdict.max_tokens, slots))
             running.add(job)
             job.add_done_callback(running.discard)
             return True
         return False
 
-    async def _run(self, session: aiohttp.ClientSession, held: Held, max_tokens: int | None,
-                   slots: asyncio.Semaphore) -> None:
+    async def _run(self, held: Held, max_tokens: int | None, slots: asyncio.Semaphore) -> None:
         try:
-            await self._try(session, held, max_tokens)
+            await self._try(held, max_tokens)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # not the upstream's doing: the task is tried again, and fails in the end
@@ -329,7 +326,7 @@ class Drainer:
         finally:
             slots.release()
 
-    async def _try(self, session: aiohttp.ClientSession, held: Held, max_tokens: int | None) -> None:
+    async def _try(self, held: Held, max_tokens: int | None) -> None:
         """One try of a held task: skipped if already final, else run, then finished or held for a retry."""
         task: DeferredTask = held.item[0]
         known = await self._state(task.id)
@@ -339,7 +336,7 @@ class Drainer:
             return
         held.attempts += 1
         await self._write(view_of(task, "running", held.attempts))
-        status, payload, why = await self._call(session, task, max_tokens)
+        status, payload, why = await self._call(task, max_tokens)
         if why is None:
             await self._finish(held, "done", status=status, result=payload.decode("utf-8", "replace"))
             return
@@ -355,34 +352,26 @@ class Drainer:
             held.not_before = now + delay_ms
             self.backlog.add(held)
 
-    async def _call(self, session: aiohttp.ClientSession, task: DeferredTask,
-                    max_tokens: int | None) -> tuple[int | None, bytes, str | None]:
+    async def _call(self, task: DeferredTask, max_tokens: int | None) -> tuple[int | None, bytes, str | None]:
         """(status, body, why it should be tried again or None)."""
         body = task.body
         if max_tokens is not None and task.path.split("?")[0] in INFERENCE_PATHS and body.strip():
             with contextlib.suppress(ValueError):
-                body = with_token_cap(body, max_tokens)
-        headers = dict(task.headers)
-        if self.upstream_key:
-            headers["Authorization"] = f"Bearer {self.upstream_key}"
+                body = with_token_cap(body, max_tokens, task.path)
         started = time.perf_counter()
-        outcome: Status = "ok"
-        status: int | None = None
-        payload = b""
+        result, _, payload = await self.relay.fetch(task.method, self.upstream + task.path, task.headers, body, 0)
+        status: int | None = result.status
+        outcome: Status = result.outcome
         why: str | None = None
-        try:
-            async with session.request(task.method, self.upstream + task.path, headers=headers, data=body) as resp:
-                status, payload = resp.status, await resp.read()
-            if status in RETRY_STATUSES:
-                outcome, why = "error", f"the upstream answered {status}"
-        except TimeoutError:
-            outcome, why = "timeout", "the upstream did not answer in time"
-        except aiohttp.ClientError as exc:
-            outcome, why = "error", f"the upstream failed: {type(exc).__name__}"
-        usage = _usage(payload) if why is None else {}
+        if not result.answered:
+            status = None
+            why = "the upstream did not answer in time" if outcome == "timeout" else \
+                f"the upstream failed: {msgspec.json.decode(payload)['error']['message']}"
+        elif status in RETRY_STATUSES:
+            outcome, why = "error", f"the upstream answered {status}"
         self.gate.record(task.tenant, task.tier, "batch", outcome, (time.perf_counter() - started) * 1000,
-                         input_tokens=usage.get("prompt_tokens", 0), output_tokens=usage.get("completion_tokens", 0),
-                         replayed=True)
+                         input_tokens=result.input_tokens if why is None else 0,
+                         output_tokens=result.output_tokens if why is None else 0, replayed=True)
         return status, payload, why
 
     async def _finish(self, held: Held, state: TaskState, **fields: Any) -> None:
@@ -411,16 +400,6 @@ class Drainer:
                 if self._stop.is_set():
                     raise asyncio.CancelledError from exc
                 await asyncio.sleep(1.0)
-
-
-def _usage(payload: bytes) -> dict[str, int]:
-    try:
-        usage = msgspec.json.decode(payload).get("usage")
-    except (msgspec.DecodeError, AttributeError):
-        return {}
-    if not isinstance(usage, dict):
-        return {}
-    return {k: v for k, v in usage.items() if k in ("prompt_tokens", "completion_tokens") and isinstance(v, int)}
 
 
 class DrainerCollector(Collector):

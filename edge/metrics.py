@@ -132,7 +132,7 @@ class GateMetrics(Collector):
             shadow.add_metric([service], 1.0 if status["shadow"] else 0.0)
             for tier in admission.tier_order:
                 for rtype in ("realtime", "batch"):
-                    rate, _, _ = admission.class_limit(tier, rtype)
+                    rate, _, _ = admission.request_limit("", tier, rtype, bucket="tier")
                     if math.isfinite(rate):
                         limit.add_metric([service, tier, rtype], rate)
         yield from (level, age, version, state, shadow, limit)

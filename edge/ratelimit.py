@@ -118,7 +118,8 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
                 if not ok:
                     refused = True
                     self.counts["refused_tokens"] += 1
-            rate, _, available = self.gate.admission.class_limit(tier, rtype)  # type: ignore[arg-type]
+            rate, _, available = self.gate.admission.request_limit(tenant, tier, rtype,  # type: ignore[arg-type]
+                                                                   bucket=verdict.bucket)
             status = response.statuses.add(code=OVER_LIMIT if refused else OK)
             if math.isfinite(rate):
                 status.current_limit.requests_per_unit = max(1, round(rate))

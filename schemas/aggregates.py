@@ -29,6 +29,8 @@ class TrafficAggregate(msgspec.Struct, frozen=True):
     replayed: Count = 0
     ttft: Sketch = msgspec.field(default_factory=Sketch)
     itl: Sketch = msgspec.field(default_factory=Sketch)
+    #: requests whose client left before the answer ended: served as far as they went, no failure of the service
+    cancelled: Count = 0
 
 
 class WorkerSample(msgspec.Struct, frozen=True, array_like=True):
@@ -138,6 +140,18 @@ class TrafficStats(msgspec.Struct, frozen=True):
     ttft_p99_ms: Millis | None = None
     itl_p50_ms: Millis | None = None
     itl_p99_ms: Millis | None = None
+    #: requests whose client left before the answer ended (in ``requests``; in no latency statistic)
+    cancelled: Count = 0
+
+    @property
+    def served(self) -> int:
+        """Requests the servers worked on: every outcome but throttled (cancelled ones went part of the way)."""
+        return self.ok + self.error + self.timeout + self.cancelled
+
+    @property
+    def failure_share(self) -> float:
+        """Errors and timeouts over the requests that ended (a client that left is neither)."""
+        return (self.error + self.timeout) / max(1, self.ok + self.error + self.timeout)
 
     @property
     def demand(self) -> float:

@@ -10,7 +10,9 @@ from msgspec import Meta
 from surgegate.schemas.fields import Count, EpochMs, Fraction, Millis, Name, Rate
 
 RequestType = Literal["realtime", "batch"]
-Status = Literal["ok", "error", "timeout", "throttled", "deferred"]
+#: ``cancelled``: the client left (a "stop" button, its own timeout) before the answer ended; it was served as far
+#: as it went, but is neither a failure of the service nor a measure of its latency
+Status = Literal["ok", "error", "timeout", "throttled", "deferred", "cancelled"]
 #: How an edge gate was deciding: on fresh decisions, holding the last one after
 #: decisions stopped arriving, or on its configured fallback once that expired.
 GateState = Literal["live", "holding", "fallback"]
@@ -105,11 +107,13 @@ class RequestSummary(msgspec.Struct, frozen=True, gc=False, tag_field="schema", 
     would_throttle: Count = 0
     ttft: Sketch = msgspec.field(default_factory=Sketch)
     itl: Sketch = msgspec.field(default_factory=Sketch)
+    #: requests the client left before their answer ended (outside the sketches)
+    cancelled: Count = 0
 
     @property
     def requests(self) -> int:
         """All requests covered, throttled ones included."""
-        return self.ok + self.error + self.timeout + self.throttled
+        return self.ok + self.error + self.timeout + self.throttled + self.cancelled
 
 
 class MetricEvent(msgspec.Struct, frozen=True, gc=False, tag_field="schema", tag="sg.MetricEvent/1"):

@@ -264,7 +264,7 @@ def test_the_tally_becomes_valid_summaries_that_fold_like_the_events():
     cell = TrafficCell()
     for s in out:
         cell.add_summary(s)
-    assert cell.counts == [5, 0, 0, free.throttled, 1]
+    assert cell.counts == [5, 0, 0, free.throttled, 1, 0]
     assert g.tally.drain(ts=2_000, duration_ms=1000, service="chat", edge_id="e1", gate="live",
                          shadow=False) == []
 

@@ -28,6 +28,8 @@ from surgegate.streams.topics import Topics
 pytestmark = pytest.mark.e2e
 
 MESSAGES = [{"role": "user", "content": "Summarise yesterday's tickets."}]
+#: the operators' token: it reads every task's state, on the edges and the status API
+TOKEN = "lane-operator-token"
 
 
 def deferring():
@@ -35,9 +37,10 @@ def deferring():
     return msgspec.structs.replace(decision(1, OPEN), defer_batch=True)
 
 
-def _get(url: str) -> tuple[int, dict]:
+def _get(url: str, token: str | None = TOKEN) -> tuple[int, dict]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=5) as r:
+        with urllib.request.urlopen(request, timeout=5) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -56,7 +59,7 @@ class Lane:
     """A fake LLM server and the processes in front of it, each a child process."""
 
     def __init__(self, settings, tmp_path) -> None:
-        self.settings, self.tmp_path = settings, tmp_path
+        self.settings, self.tmp_path = settings.replace(api_token=TOKEN), tmp_path
         self.children: list[Child] = []
         port = free_port()
         self.upstream = f"http://127.0.0.1:{port}"
@@ -116,10 +119,14 @@ def test_tasks_deferred_by_an_edge_killed_afterwards_all_complete_once_answered_
         assert _get(f"{base_a}/_surgegate/tasks/{ids[0]}")[1]["state"] == "queued"
         edge_a.kill()  # the edge that accepted every task dies with nothing flushed by hand
         _, base_b = lane.edge("edge-b")
-        api = serve_api(settings)
+        api = serve_api(lane.settings)
         # the queued state is shared: the other edge and the API know the tasks before any runs
         assert _get(f"{base_b}/_surgegate/tasks/{ids[-1]}") == _get(f"{api}/v1/tasks/{ids[-1]}")
         assert _get(f"{api}/v1/tasks/{ids[-1]}")[1]["state"] == "queued"
+        # a task id alone reads nothing: its tenant (at an edge) or the API token must come with it
+        assert _get(f"{api}/v1/tasks/{ids[-1]}", token=None)[0] == 404
+        assert _get(f"{base_b}/_surgegate/tasks/{ids[-1]}", token=None)[0] == 404
+        assert _get(f"{base_b}/_surgegate/tasks/{ids[-1]}", token="a-guess")[0] == 404
         lane.drainer()
         publish(settings, decision(2, OPEN))  # batch work admitted again
 

@@ -178,12 +178,15 @@ def test_the_proxy_forwards_admits_rejects_and_defers(settings):
                                       headers={"X-Tenant": "acme", "X-Tier": "pro", "X-Request-Type": "batch"})
             assert later.status == 202
             task = (await later.json())["task_id"]
-            view = await client.get(f"/_surgegate/tasks/{task}")
+            mine = {"X-Tenant": "acme"}
+            other = await client.get(f"/_surgegate/tasks/{task}", headers={"X-Tenant": "globex"})
+            assert other.status == 404, "another tenant's task is not there for it"
+            view = await client.get(f"/_surgegate/tasks/{task}", headers=mine)
             assert (await view.json())["state"] == "queued"
             # batch work is admitted again: the deferred task runs
             publish(settings, decision(2))
             for _ in range(100):
-                view = await (await client.get(f"/_surgegate/tasks/{task}")).json()
+                view = await (await client.get(f"/_surgegate/tasks/{task}", headers=mine)).json()
                 if view["state"] == "done":
                     break
                 await asyncio.sleep(0.1)

@@ -21,7 +21,9 @@ from test_edge_e2e import OPEN, decision, publish
 
 from surgegate.devtools.fake_llm import create_fake_llm_app
 from surgegate.edge.gate import EdgeGate
-from surgegate.edge.gateway import PROXY, Identity, create_edge_app
+from surgegate.edge.gateway import PROXY, create_edge_app
+from surgegate.edge.identity import Identity
+from surgegate.edge.relay import Relay
 from surgegate.schemas.aggregates import WindowStats
 from surgegate.schemas.decisions import TierLimit
 from surgegate.streams.topics import Topics
@@ -37,20 +39,25 @@ MESSAGES = [{"role": "user", "content": "How busy is the service right now?"}]
 class Stack:
     """fake-llm <- gateway <- AsyncOpenAI, all on loopback."""
 
-    def __init__(self, settings, *, time_scale: float = 0.05, report: str = "off", **options) -> None:
+    def __init__(self, settings, *, time_scale: float = 0.05, report: str = "off", relay: dict | None = None,
+                 keys: dict | None = KEYS, upstream_app=None, **options) -> None:
         self.settings = settings
         self.time_scale = time_scale
         self.report = report
+        self.relay_options = relay or {}
+        self.keys = keys
+        self.upstream_app = upstream_app
         self.options = options
 
     async def __aenter__(self) -> Stack:
         self.gate = EdgeGate(self.settings, "chat", edge_id="gw", bootstrap_from_redis=False,
                              report=self.report).start()
         eventually(lambda: self.gate.admission.decision is not None, 15, "the first decision")
-        self.upstream = TestServer(create_fake_llm_app(time_scale=self.time_scale, seed=1, output_median=40),
-                                   handler_cancellation=True)
+        upstream_app = self.upstream_app or create_fake_llm_app(time_scale=self.time_scale, seed=1, output_median=40)
+        self.upstream = TestServer(upstream_app, handler_cancellation=True)
         await self.upstream.start_server()
-        app = create_edge_app(self.gate, str(self.upstream.make_url("")), keys=KEYS, **self.options)
+        self.relay = Relay(str(self.upstream.make_url("")), **self.relay_options)
+        app = create_edge_app(self.gate, self.relay, keys=self.keys, **self.options)
         self.proxy = app[PROXY]
         self.server = TestServer(app, handler_cancellation=True)
         await self.server.start_server()
@@ -59,6 +66,10 @@ class Stack:
 
     def client(self, api_key: str = "sk-acme-pro", **options) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=self.base, api_key=api_key, **{"max_retries": 0, **options})
+
+    def counts(self) -> dict:
+        """What the proxy and its relay counted."""
+        return {**self.proxy.counts, **self.relay.counts}
 
     async def fake_stats(self) -> dict:
         async with aiohttp.ClientSession() as session, session.get(self.upstream.make_url("/_fake/stats")) as r:
@@ -182,18 +193,18 @@ def test_a_client_that_disconnects_mid_stream_ends_the_upstream_request(settings
             while stats["cancelled"] < 1 and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
                 stats = await s.fake_stats()
-            return stats, dict(s.proxy.counts)
+            return stats, s.counts()
 
     stats, counts = run(go())
     assert stats["cancelled"] == 1 and stats["completed"] == 0 and stats["running"] == 0, stats
     assert counts["client_disconnects"] == 1
 
 
-def test_a_request_without_key_or_tenant_is_served_as_the_default_tenant(settings):
+def test_without_keys_a_request_naming_nobody_is_served_as_the_default_tenant(settings):
     publish(settings, decision(1))
 
     async def go():
-        async with Stack(settings) as s:
+        async with Stack(settings, keys=None) as s:
             async with aiohttp.ClientSession() as session, session.post(f"{s.base}/chat/completions",
                                     json={"model": "llama-3-8b", "messages": MESSAGES, "max_tokens": 3}) as r:
                 assert r.status == 200, await r.text()
@@ -201,6 +212,46 @@ def test_a_request_without_key_or_tenant_is_served_as_the_default_tenant(setting
                                                 shadow=False)
 
     summaries = run(go())
+    assert [(x.tenant, x.tier, x.ok) for x in summaries] == [("anonymous", "free", 1)]
+
+
+def test_with_keys_a_keyless_call_is_401_and_no_header_claims_a_tier(settings):
+    publish(settings, decision(1))
+
+    async def go():
+        async with Stack(settings) as s:  # keys configured, no anonymous tier
+            async with aiohttp.ClientSession() as session, session.post(
+                    f"{s.base}/chat/completions", headers={"X-Tenant": "acme", "X-Tier": "enterprise"},
+                    json={"model": "llama-3-8b", "messages": MESSAGES, "max_tokens": 3}) as r:
+                keyless = r.status, (await r.json())["error"]
+            upgraded = s.client(default_headers={"X-Tier": "enterprise"})  # a pro key claiming enterprise
+            with pytest.raises(openai.PermissionDeniedError) as upgrade:
+                await upgraded.chat.completions.create(model="llama-3-8b", messages=MESSAGES, max_tokens=3)
+            return keyless, upgrade.value, (await s.fake_stats())["requests"]
+
+    (status, error), upgrade, reached = run(go())
+    assert status == 401 and error["code"] == "missing_api_key" and error["param"] == "Authorization"
+    assert upgrade.status_code == 403 and upgrade.code == "tier_not_allowed"
+    assert reached == 0
+
+
+def test_an_anonymous_tier_serves_keyless_calls_on_that_tier_only(settings):
+    publish(settings, decision(1))
+
+    async def go():
+        async with Stack(settings, anonymous_tier="free") as s:
+            async with aiohttp.ClientSession() as session:
+                async with session.post(f"{s.base}/chat/completions", json={
+                        "model": "llama-3-8b", "messages": MESSAGES, "max_tokens": 3}) as served:
+                    assert served.status == 200, await served.text()
+                async with session.post(f"{s.base}/chat/completions", headers={"X-Tier": "enterprise"}, json={
+                        "model": "llama-3-8b", "messages": MESSAGES, "max_tokens": 3}) as claimed:
+                    refused = claimed.status
+            return refused, s.gate.admission.tally.drain(ts=0, duration_ms=1000, service="chat", edge_id="gw",
+                                                         gate="live", shadow=False)
+
+    refused, summaries = run(go())
+    assert refused == 401
     assert [(x.tenant, x.tier, x.ok) for x in summaries] == [("anonymous", "free", 1)]
 
 
@@ -335,7 +386,7 @@ def test_no_free_upstream_connection_is_overload_with_retry_after_not_an_upstrea
     publish(settings, decision(1))
 
     async def go():
-        async with Stack(settings, time_scale=1.0, connections=1, connect_timeout_s=0.2) as s:
+        async with Stack(settings, time_scale=1.0, relay={"connections": 1, "connect_timeout_s": 0.2}) as s:
             busy = await s.client().chat.completions.create(model="llama-3-8b", messages=MESSAGES, max_tokens=300,
                                                             stream=True)
             async for _ in busy:  # the one upstream connection is in use for seconds
@@ -343,7 +394,7 @@ def test_no_free_upstream_connection_is_overload_with_retry_after_not_an_upstrea
             with pytest.raises(openai.InternalServerError) as caught:
                 await s.client().chat.completions.create(model="llama-3-8b", messages=MESSAGES, max_tokens=3)
             await busy.close()
-            return caught.value, dict(s.proxy.counts)
+            return caught.value, s.counts()
 
     err, counts = run(go())
     assert err.status_code == 503 and err.code == "upstream_busy" and "no upstream connection" in err.message
@@ -380,7 +431,7 @@ def test_lower_tiers_and_batch_go_to_the_overflow_pool_while_the_decision_asks_f
         for server in upstreams.values():
             await server.start_server()
         app = create_edge_app(gate, str(upstreams["primary"].make_url("")),
-                              overflow_upstream=str(upstreams["overflow"].make_url("")))
+                              overflow=str(upstreams["overflow"].make_url("")))
         server = TestServer(app)
         await server.start_server()
 

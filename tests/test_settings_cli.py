@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import socket
 import subprocess
@@ -137,21 +138,39 @@ def test_a_supervised_thread_that_dies_is_reported_not_silent():
     assert [str(e) for e in seen] == ["broken consumer"]
 
 
-def test_the_edge_keys_file_is_read_with_budgets_and_bad_entries_are_named(tmp_path):
-    from surgegate.cli.edge import load_keys
-    from surgegate.errors import SurgegateError
+def test_the_edge_keys_file_is_read_as_digests_with_budgets_and_bad_entries_are_named(tmp_path):
+    from surgegate.edge.identity import KeyFile, digest
 
+    tiers = ("enterprise", "pro", "free")
     good = tmp_path / "keys.json"
-    good.write_text('{"sk-acme-7f3a": {"tenant": "acme", "tier": "pro", "tokens_per_minute": 90000}}')
-    [(key, identity)] = load_keys(str(good)).items()
-    assert (key, identity.tenant, identity.tier, identity.tokens_per_minute) == ("sk-acme-7f3a", "acme", "pro", 90000)
+    good.write_text('{"sk-acme-7f3a": {"tenant": "acme", "tier": "pro", "tokens_per_minute": 90000},'
+                    f'"sha256:{digest("sk-hashed")}": {{"tenant": "beta", "tier": "free"}}}}')
+    ring = KeyFile(str(good), tiers=tiers).ring
+    identity = ring.get("sk-acme-7f3a")
+    assert (identity.tenant, identity.tier, identity.tokens_per_minute) == ("acme", "pro", 90000)
+    assert ring.get("sk-hashed").tenant == "beta" and ring.get("sha256:" + digest("sk-hashed")) is None
+    assert "sk-acme-7f3a" not in repr(vars(ring)), "only digests are kept"
     for text, says in (('{"sk-x": "pro"}', "key ending 'sk-x'"), ('{"sk-y": {"tenant": "a", "tier": "pro", '
                                                                  '"tokens_per_minute": -1}}', "tokens_per_minute"),
+                       ('{"sk-z": {"tenant": "a", "tier": "platinum"}}', "unknown tier 'platinum'"),
                        ("[1, 2]", "expected an object of API key"), ("{broken", "--keys")):
         bad = tmp_path / "bad.json"
         bad.write_text(text)
-        with pytest.raises(SurgegateError, match=re.escape(says)):
-            load_keys(str(bad))
+        with pytest.raises(SettingsError, match=re.escape(says)):
+            KeyFile(str(bad), tiers=tiers)
+
+
+def test_a_keys_file_that_changes_is_taken_up_and_a_broken_one_keeps_the_keys_in_force(tmp_path):
+    from surgegate.edge.identity import KeyFile
+
+    path = tmp_path / "keys.json"
+    path.write_text('{"sk-old": {"tenant": "acme", "tier": "pro"}}')
+    keys = KeyFile(str(path), tiers=("pro", "free"))
+    path.write_text('{"sk-new": {"tenant": "acme", "tier": "free"}}')
+    os.utime(path, (1, 1))  # a change on disk, whatever the clock's resolution
+    assert keys.check() and keys.ring.get("sk-new").tier == "free" and keys.ring.get("sk-old") is None
+    path.write_text("{not json")
+    assert not keys.reload() and keys.ring.get("sk-new") is not None and keys.reload_errors == 1
 
 
 def test_kafka_security_reaches_every_client_config_and_the_agents(tmp_path):

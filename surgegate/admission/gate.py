@@ -160,13 +160,15 @@ class Verdict:
     """What applies to one request.
 
     ``action`` is admit, defer or reject; ``would`` what it would have been when
-    only watching (shadow); ``max_tokens`` caps a degraded request's output.
+    only watching (shadow); ``max_tokens`` caps a degraded request's output;
+    ``bucket`` names the bucket that refused (``tier``, ``tenant`` or ``service``:
+    the decision's safe capacity, shared by every class), None when none did.
     """
 
-    __slots__ = ("action", "retry_after_s", "version", "level", "state", "shadow", "would", "max_tokens")
+    __slots__ = ("action", "retry_after_s", "version", "level", "state", "shadow", "would", "max_tokens", "bucket")
 
     def __init__(self, action: str, retry_after_s: float, version: int, level: int, state: str,
-                 shadow: bool, would: str, max_tokens: int | None) -> None:
+                 shadow: bool, would: str, max_tokens: int | None, bucket: str | None = None) -> None:
         self.action = action
         self.retry_after_s = retry_after_s
         self.version = version
@@ -175,6 +177,7 @@ class Verdict:
         self.shadow = shadow
         self.would = would
         self.max_tokens = max_tokens
+        self.bucket = bucket
 
     def __repr__(self) -> str:
         return (f"Verdict({self.action}, would={self.would}, retry_after_s={self.retry_after_s:g}, "
@@ -307,11 +310,15 @@ class Admission:
         level, defer = d.level, d.defer_batch
 
         def missing(tier: str) -> _TierRules:
-            # a tier without traffic when the decision was made: all of safe capacity at
-            # level 0, else its reserved floor
-            rate = safe if level == 0 else safe * self.floor_share.get(tier, 0.0)
-            made = _TierRules(Bucket(rate, max(1.0, rate * 2.0), now),
-                              Bucket(0.0 if defer else rate, max(1.0, rate * 2.0), now), None)
+            # a tier the decision does not list (a worker that lists only the tiers it saw): all of safe
+            # capacity at level 0, its reserved floor at levels 1-3, at level 4 nothing but for the top tier
+            if level >= 4:
+                rate = safe if tier == self.tier_order[0] else 0.0
+            else:
+                rate = safe if level == 0 else safe * self.floor_share.get(tier, 0.0)
+            burst = max(1.0, rate * 2.0) if rate else 0.0  # a class at zero admits nothing, not even one
+            made = _TierRules(Bucket(rate, burst, now),
+                              Bucket(0.0 if defer else rate, 0.0 if defer else burst, now), None)
             tiers[tier] = made
             return made
 
@@ -349,18 +356,28 @@ class Admission:
         rules = self._rules
         return None if rules is None or now >= rules.valid_until_s else rules
 
-    def class_limit(self, tier: str, request_type: RequestType = "realtime") -> tuple[float, float, float]:
-        """(rate per second, burst, requests available now) of a tier's class, for rate-limit headers.
+    def request_limit(self, tenant: str, tier: str, request_type: RequestType = "realtime",
+                      bucket: str | None = None) -> tuple[float, float, float]:
+        """(rate per second, burst, requests available now) of the bucket that binds a request of this class, for
+        rate-limit headers: the named ``bucket`` (the one that refused), else whichever of the buckets the request
+        draws on (its tier class's, its tenant's, the service's) has the fewest requests left.
 
-        Read only: nothing is taken. An unlimited class answers infinities.
+        Read only: nothing is taken. Where no bucket limits (an unlimited fallback) it answers infinities.
         """
         now = self._clock()
         rules = self._in_force(now) or self._fallback_rules
         tr = rules.tiers.get(tier) or rules.missing(tier)
-        bucket = tr.batch if request_type == "batch" else tr.realtime
-        if not math.isfinite(bucket.rate):
+        candidates = {"tier": tr.batch if request_type == "batch" else tr.realtime,
+                      "tenant": rules.tenants.get(tenant),
+                      "service": rules.total or (rules.safe if request_type == "batch" or tier != self.tier_order[0]
+                                                 else None)}
+        chosen = candidates.get(bucket) if bucket is not None else None
+        if chosen is None:
+            limited = [b for b in candidates.values() if b is not None and math.isfinite(b.rate)]
+            chosen = min(limited, key=lambda b: (b.available(now), b.rate), default=None)
+        if chosen is None or not math.isfinite(chosen.rate):
             return math.inf, math.inf, math.inf
-        return bucket.rate, bucket.burst, bucket.available(now)
+        return chosen.rate, chosen.burst, chosen.available(now)
 
     def admit(self, tenant: str, tier: str, request_type: RequestType = "realtime", tokens: int = 0,
               requeued: bool = False) -> Verdict:
@@ -382,24 +399,28 @@ class Admission:
             state = "live" if now < self._hold_at else "holding"
         tr = rules.tiers.get(tier) or rules.missing(tier)
         batch = request_type == "batch"
-        action, wait = ADMIT, 0.0
+        action, wait, refused_by = ADMIT, 0.0, None
         if batch and rules.defer_batch:
             action = DEFER
         else:
             bucket = tr.batch if batch else tr.realtime
             wait = bucket.take(now)
-            if wait == 0.0:
+            if wait:
+                refused_by = "tier"
+            else:
                 tb = rules.tenants.get(tenant)
                 if tb is not None:
                     wait = tb.take(now)
                     if wait:
                         bucket.refund()
+                        refused_by = "tenant"
                 if not wait and rules.total is not None:
                     wait = rules.total.take(now)
                     if wait:
                         bucket.refund()
                         if tb is not None:
                             tb.refund()
+                        refused_by = "service"
                 if not wait and rules.safe is not None:
                     if not batch and tier == self.tier_order[0]:
                         rules.safe.force(now)
@@ -409,6 +430,7 @@ class Admission:
                             bucket.refund()
                             if tb is not None:
                                 tb.refund()
+                            refused_by = "service"
             if wait:
                 action = DEFER if batch else REJECT
         cap = tr.max_tokens if tr.max_tokens is not None and tokens > tr.max_tokens else None
@@ -422,7 +444,7 @@ class Admission:
             wait = MIN_RETRY_S if wait < MIN_RETRY_S else MAX_RETRY_S if wait > MAX_RETRY_S else wait
         else:
             wait = 0.0
-        return Verdict(action, wait, rules.version, rules.level, state, shadow, would, cap)
+        return Verdict(action, wait, rules.version, rules.level, state, shadow, would, cap, refused_by)
 
     def shadowing(self) -> bool:
         """Whether requests are only watched: the gate's own mode or the decision's."""

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import sys
+from collections.abc import Callable
+from typing import Any
 
-from surgegate.cli.common import Parsers, json_option, need_kafka, need_redis, settings_of
+from surgegate.cli.common import Parsers, json_option, log, need_kafka, need_redis, settings_of
 from surgegate.cli.gpu import serve_grpc
 from surgegate.errors import SettingsError, SurgegateError
+from surgegate.settings import Settings
 
 
 def load_tenants(path: str) -> tuple[dict[str, str], dict]:
@@ -34,40 +38,73 @@ def load_tenants(path: str) -> tuple[dict[str, str], dict]:
     return tiers, contracts
 
 
-def load_keys(path: str) -> dict:
-    """API keys from JSON ``{key: {"tenant": ..., "tier": ..., "tokens_per_minute": ...}}`` (the budget optional)."""
-    from surgegate.edge.gateway import Identity
+def check_upstream(option: str, url: str) -> str:
+    """An upstream base URL with its scheme and host, or a :class:`SettingsError` naming the option."""
+    from urllib.parse import urlsplit
 
-    raw = json_option("--keys", path, "an object of API key -> {tenant, tier}")
-    keys = {}
-    for key, entry in raw.items():
-        named = isinstance(entry, dict) and all(isinstance(entry.get(f), str) for f in ("tenant", "tier"))
-        tpm = entry.get("tokens_per_minute") if isinstance(entry, dict) else None
-        if not named or not (tpm is None or (isinstance(tpm, (int, float)) and tpm > 0)):
-            raise SurgegateError(f"--keys {path}: key ending {key[-4:]!r}: expected "
-                                 f'{{"tenant": ..., "tier": ..., "tokens_per_minute": > 0 (optional)}}')
-        keys[key] = Identity(entry["tenant"], entry["tier"], None if tpm is None else float(tpm))
-    return keys
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{option} {url!r}: must be an http:// or https:// URL with a host, e.g. "
+                            f"http://127.0.0.1:8000")
+    return url
+
+
+def check_services(settings: Settings, services: list[str]) -> None:
+    """Every service named must be configured, once any are (``SURGEGATE_SERVICES``); without a configuration
+    every service runs on the defaults."""
+    known = settings.service_configs()
+    unknown = sorted(s for s in services if known and s not in known)
+    if unknown:
+        raise SettingsError(f"--service / --models: unknown service(s) {', '.join(unknown)} (SURGEGATE_SERVICES "
+                            f"configures {', '.join(sorted(known))})")
+
+
+def broker_or_fail_static(settings: Settings) -> Settings:
+    """The settings, with the broker's group timeouts settled when one answers. A gateway must come up while the
+    broker is away (rescheduled during an outage): it starts fail-static (its fallback, or the Redis mirror's
+    newest decision) and goes live when the broker answers."""
+    from surgegate.errors import BrokerUnavailable
+
+    if not settings.kafka:
+        raise SurgegateError("no broker: set SURGEGATE_KAFKA=host:port or pass --kafka")
+    try:
+        return need_kafka(settings)
+    except BrokerUnavailable as exc:
+        log.warning("%s; starting fail-static, live once the broker answers", exc)
+        return settings
 
 
 def cmd_edge(args: argparse.Namespace) -> None:
+    if args.workers > 1:
+        return run_edge_workers(args)
     from aiohttp import web
 
+    from surgegate.control.config import ServiceConfig
     from surgegate.edge.gate import EdgeGate, GlobalQuota
     from surgegate.edge.gateway import create_edge_app
+    from surgegate.edge.identity import KeyFile
     from surgegate.edge.metrics import GateMetrics
+    from surgegate.edge.relay import Relay
     from surgegate.streams.store import Keys
 
-    settings = need_kafka(settings_of(args))
+    # everything that needs no broker is checked first: a bad setting stops the edge in one line, broker or not
+    check_upstream("--upstream", args.upstream)
+    if args.overflow_upstream:
+        check_upstream("--overflow-upstream", args.overflow_upstream)
+    models = json_option("--models", args.models) if args.models else {}
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in models.items()):
+        raise SurgegateError("--models: expected an object of model name -> service name")
+    settings = settings_of(args)
+    check_services(settings, [args.service, *models.values()])
+    tiers = (settings.service_configs().get(args.service) or ServiceConfig(service=args.service)).tiers
+    keys = KeyFile(args.keys, tiers=tiers) if args.keys else None
     tenants, contracts = load_tenants(args.tenants) if args.tenants else (None, {})
+    settings = broker_or_fail_static(settings)
     prefix = Keys.for_topic_prefix(settings.topic_prefix).prefix
     quota = None
     if contracts:
         need_redis(settings, "tenant contracts")
         quota = GlobalQuota(settings.redis_target(), contracts, prefix=prefix)
-    models = json_option("--models", args.models) if args.models else {}
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in models.items()):
-        raise SurgegateError("--models: expected an object of model name -> service name")
     cache = None
     if args.cache:
         from surgegate.edge.cache import ResponseCache
@@ -85,6 +122,11 @@ def cmd_edge(args: argparse.Namespace) -> None:
 
         need_redis(settings, "--deferral lane (task states)")
         lane = DeferralLane(settings, args.edge_id)
+    try:
+        relay = Relay(args.upstream, upstream_key=settings.upstream_key, connect_timeout_s=args.connect_timeout,
+                      first_byte_s=args.timeout, idle_s=args.idle_timeout, connections=args.connections)
+    except ValueError as exc:
+        raise SettingsError(f"--connect-timeout / --timeout / --idle-timeout: {exc}") from None
     metrics = GateMetrics()
     overflow = bool(args.overflow_upstream)
     gate = EdgeGate(settings, args.service, edge_id=args.edge_id, share=args.share, shadow=args.shadow,
@@ -92,21 +134,90 @@ def cmd_edge(args: argparse.Namespace) -> None:
     gates = {service: EdgeGate(settings, service, edge_id=args.edge_id, share=args.share, shadow=args.shadow,
                                report=args.report, metrics=metrics, follow_scaling=overflow).start()
              for service in sorted(set(models.values()) - {args.service})}
-    keys = load_keys(args.keys) if args.keys else None
-    app = create_edge_app(gate, args.upstream, models=models, gates=gates, tenants=tenants, keys=keys, quota=quota,
-                          default_tenant=args.default_tenant, default_tier=args.default_tier,
-                          deferred_capacity=args.deferred_capacity, timeout_s=args.timeout,
-                          connect_timeout_s=args.connect_timeout, connections=args.connections,
-                          overflow_upstream=args.overflow_upstream, cache=cache, lane=lane,
-                          deadline_s=args.deadline)
-    print(f"surgegate edge {args.edge_id}: service {args.service} on http://{args.host}:{args.port} -> "
-          f"{args.upstream}{' (shadow)' if args.shadow else ''}", flush=True)
     try:
-        # a client that goes away cancels its handler, and with it the upstream request
-        web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handler_cancellation=True)
+        app = create_edge_app(gate, relay, models=models, gates=gates, tenants=tenants, keys=keys, quota=quota,
+                              default_tenant=args.default_tenant, default_tier=args.default_tier,
+                              anonymous_tier=args.anonymous_tier, deferred_capacity=args.deferred_capacity,
+                              overflow=args.overflow_upstream, cache=cache, lane=lane, deadline_s=args.deadline,
+                              api_token=settings.api_token, max_body_bytes=args.max_body_bytes)
+        if keys is not None:
+            app.cleanup_ctx.append(_watch_keys(keys))
+        print(f"surgegate edge {args.edge_id}: service {args.service} on http://{args.host}:{args.port} -> "
+              f"{args.upstream}{' (shadow)' if args.shadow else ''}", flush=True)
+        # a client that goes away cancels its handler, and with it the upstream request; several processes may
+        # share the port (--workers), the kernel spreading connections among them
+        web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handler_cancellation=True,
+                    reuse_port=args.reuse_port)
     finally:
         for g in (gate, *gates.values()):
             g.close()
+
+
+#: How often a keys file is checked for changes on disk.
+KEYS_CHECK_S = 2.0
+
+
+def _watch_keys(keys: Any) -> Callable[[Any], Any]:
+    """Reload the keys file on SIGHUP, and when it changes on disk."""
+    async def watch(app: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, keys.reload)
+
+        async def poll() -> None:
+            while True:
+                await asyncio.sleep(KEYS_CHECK_S)
+                keys.check()
+
+        task = asyncio.create_task(poll())
+        yield
+        task.cancel()
+        loop.remove_signal_handler(signal.SIGHUP)
+    return watch
+
+
+def run_edge_workers(args: argparse.Namespace) -> None:
+    """``--workers N``: N edge processes on one port (SO_REUSEPORT), each ``--share / N`` of this edge's traffic
+    under its own id (``EDGE_ID-1`` ...); one that dies ends the rest, so a supervisor restarts the whole edge."""
+    import subprocess
+    import time
+
+    argv = [a for a in sys.argv[1:]]
+    children = []
+    for i in range(1, args.workers + 1):
+        child = [*_without(argv, ("--workers", "--edge-id", "--share")), "--workers", "1", "--reuse-port",
+                 "--edge-id", f"{args.edge_id}-{i}", "--share", repr(args.share / args.workers)]
+        children.append(subprocess.Popen([sys.executable, "-m", "surgegate.cli", *child]))
+    print(f"surgegate edge {args.edge_id}: {args.workers} worker processes on port {args.port}", flush=True)
+    try:
+        while all(c.poll() is None for c in children):
+            time.sleep(0.5)
+        failed = next(c for c in children if c.poll() is not None)
+        raise SurgegateError(f"an edge worker process ended (exit {failed.returncode}); stopping the others")
+    finally:
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signal.SIGTERM)
+        for c in children:
+            try:
+                c.wait(10)
+            except subprocess.TimeoutExpired:
+                c.kill()
+
+
+def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """``argv`` without the given options and their values (``--opt v`` or ``--opt=v``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in options:
+            skip = True
+            continue
+        if any(arg.startswith(o + "=") for o in options):
+            continue
+        out.append(arg)
+    return out
 
 
 def cmd_ratelimit(args: argparse.Namespace) -> None:
@@ -181,8 +292,12 @@ def register(p: Parsers) -> None:
     edge.add_argument("--share", type=float, default=1.0, help="this edge's share of the service's traffic")
     edge.add_argument("--shadow", action="store_true", help="admit everything; record what would be refused")
     edge.add_argument("--keys", metavar="FILE",
-                      help="JSON file: API key -> {tenant, tier}; a bearer key not in it is refused (default: none, "
-                           "keys are not checked)")
+                      help="JSON file: API key (or sha256:<hex digest> of it) -> {tenant, tier, tokens_per_minute}; "
+                           "with keys, a call without a valid key is refused (401); reloaded on SIGHUP or when the "
+                           "file changes (default: none, keys are not checked)")
+    edge.add_argument("--anonymous-tier", metavar="TIER",
+                      help="with --keys: serve calls without a key on this tier, as --default-tenant (default: none, "
+                           "such calls are refused)")
     edge.add_argument("--default-tenant", default="anonymous", help="tenant of a request that names none")
     edge.add_argument("--default-tier", help="tier of a request that names none (default: the service's lowest)")
     edge.add_argument("--tenants", metavar="FILE",
@@ -191,9 +306,19 @@ def register(p: Parsers) -> None:
     edge.add_argument("--report", choices=["summaries", "events", "off"], default="summaries",
                       help="telemetry this edge sends")
     edge.add_argument("--deferred-capacity", type=int, default=1000, help="deferred batch tasks held at most")
-    edge.add_argument("--timeout", type=float, default=60.0, help="upstream timeout in seconds")
+    edge.add_argument("--timeout", type=float, default=600.0,
+                      help="seconds the upstream may take to begin its answer (a non-streamed answer begins when "
+                           "it is complete); nothing bounds the whole answer")
+    edge.add_argument("--idle-timeout", type=float, default=60.0,
+                      help="seconds a stream may go silent between two chunks; then it ends with an error event")
     edge.add_argument("--connect-timeout", type=float, default=1.0,
                       help="seconds to wait for a free upstream connection before answering 503 (overload)")
+    edge.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024,
+                      help="a larger request body is refused (413)")
+    edge.add_argument("--workers", type=int, default=1,
+                      help="edge processes sharing --port (SO_REUSEPORT), each with its part of --share")
+    edge.add_argument("--reuse-port", action="store_true", help="let other processes listen on --port too "
+                                                                "(what --workers sets for its processes)")
     edge.add_argument("--connections", type=int, default=1000, help="upstream connections kept at most")
     edge.add_argument("--deferral", choices=["lane", "memory"],
                       help="where deferred batch work waits: the durable lane (sg.deferred, task states in Redis, run "

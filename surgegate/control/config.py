@@ -6,7 +6,7 @@
 >>> parse_services('{"chat": {"slo_p99_ms": -1}}')
 Traceback (most recent call last):
 ...
-ValueError: services.chat.slo_p99_ms=-1: must be > 0
+ValueError: services.chat.slo_p99_ms=-1.0: must be > 0
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Any
+
+import msgspec
 
 from surgegate.checks import check
 from surgegate.control.scaling import PoolConfig
@@ -101,7 +103,10 @@ class ServiceConfig:
         unknown = set(self.scaling) - known
         check(not unknown, f"services.{self.service}.scaling", sorted(unknown),
               f"unknown settings (known: {', '.join(sorted(known))})")
-        return PoolConfig(pool=self.pool, replica_rps=self.replica_rps, **self.scaling)
+        try:  # typed like the service's own settings: a wrong type is named, not a TypeError deep inside
+            return msgspec.convert({"pool": self.pool, "replica_rps": self.replica_rps, **self.scaling}, PoolConfig)
+        except msgspec.ValidationError as exc:
+            raise ValueError(_named(f"services.{self.service}.scaling", exc)) from None
 
     def replica_rps_for(self, prompt_tokens: float, output_tokens: float) -> float | None:
         """Requests a second one replica serves at these mean lengths, by its token rates (None: not configured).
@@ -128,7 +133,7 @@ def parse_services(text: str) -> dict[str, ServiceConfig]:
         raise ValueError(f"services: not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise ValueError("services: expected a JSON object of service name -> settings")
-    known = {f.name for f in dataclasses.fields(ServiceConfig)}
+    known = {f.name for f in dataclasses.fields(ServiceConfig)} - {"service"}
     out = {}
     for service, fields in raw.items():
         if not isinstance(fields, dict):
@@ -136,9 +141,18 @@ def parse_services(text: str) -> dict[str, ServiceConfig]:
         unknown = set(fields) - known
         if unknown:
             raise ValueError(f"services.{service}: unknown settings {sorted(unknown)}")
-        values: dict[str, Any] = dict(fields)
-        for key in ("tiers", "weights"):
-            if key in values:
-                values[key] = tuple(values[key])
-        out[service] = ServiceConfig(service=service, **values)
+        try:  # every field typed (msgspec): a wrong type anywhere is one line naming it
+            out[service] = msgspec.convert({**fields, "service": service}, ServiceConfig)
+        except msgspec.ValidationError as exc:
+            raise ValueError(_named(f"services.{service}", exc)) from None
     return out
+
+
+def _named(where: str, exc: msgspec.ValidationError) -> str:
+    """A validation error with its path under ``where`` (``Expected int, got str - at $.replicas`` becomes
+    ``services.chat.replicas: Expected int, got str``); our own checks' messages name the field already."""
+    text = str(exc)
+    message, _, path = text.rpartition(" - at `$")
+    if not message:
+        return text
+    return f"{where}{path.rstrip('`')}: {message}"

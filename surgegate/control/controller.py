@@ -95,7 +95,7 @@ class ServiceController:
 
     def token_rate(self, traffic: TrafficStats) -> float | None:
         """The per-replica rate by the configured token capacity, at the window's mean lengths (None: not known)."""
-        served = traffic.ok + traffic.error + traffic.timeout - traffic.cache_hits  # the replicas' (hits: none)
+        served = traffic.served - traffic.cache_hits  # the replicas' (hits: none)
         if served <= 0 or not traffic.input_tokens:
             return self._rate
         rate = self.config.replica_rps_for(traffic.input_tokens / served, traffic.output_tokens / served)
@@ -118,7 +118,7 @@ class ServiceController:
             self.throttle.capacity.replica_rps = rate
             if pool is not None and pool.workers:
                 s = window.service
-                served = (s.ok + s.error + s.timeout - s.cache_hits) / (window.window_ms / 1000)
+                served = (s.served - s.cache_hits) / (window.window_ms / 1000)
                 pool = msgspec.structs.replace(pool, utilisation_mean=round(min(1.0, served / (ready * rate)), 6)
                                                if ready else 0.0)
         inputs = DecisionInputs(window_start=window.window_start, window_ms=window.window_ms,

@@ -125,7 +125,7 @@ class ThrottlePolicy(WindowPolicy):
         ready = inputs.pool.ready_replicas if inputs.pool and inputs.pool.workers else cfg.replicas
         util = inputs.pool.utilisation_mean if inputs.pool and inputs.pool.workers else None
         # what the servers answered: cache hits never reached them (cache-aware capacity)
-        served_rps = max(0, s.ok + s.error + s.timeout - s.cache_hits) / seconds
+        served_rps = max(0, s.served - s.cache_hits) / seconds
         threshold = self.capacity.update(window_start=inputs.window_start, served_rps=served_rps,
                                          p99_ms=s.latency_p99_ms, ready_replicas=ready, utilisation=util,
                                          tokens_per_s=s.tokens_per_s, queue_wait_ms=s.queue_wait_p99_ms)
@@ -148,7 +148,7 @@ class ThrottlePolicy(WindowPolicy):
             if incoming and upper_ahead > observed:
                 upper = max(observed, upper_ahead * ready / (ready + incoming))
         demands = self._class_demands(inputs, upper, seconds, capacity)
-        failures = (s.error + s.timeout) / max(1, s.ok + s.error + s.timeout)
+        failures = s.failure_share  # a client that left (cancelled) is no failure: stop buttons cannot open the breaker
         # a breach that queueing does not explain is not cured by admitting less
         slow = s.latency_p99_ms > cfg.slo_p99_ms and not self.capacity.last_service_bound
         # what the inference servers report: a full KV cache with a queue, or TTFT over its SLO
@@ -237,7 +237,8 @@ class ThrottlePolicy(WindowPolicy):
         total = sum(d.demand for d in demands)
         rt_total = sum(realtime.values())
         ranked = sorted(realtime, key=cfg.tier_rank)
-        top = realtime.get(ranked[0], 0.0) if ranked else 0.0
+        # level 4 protects the configured top tier: an idle top tier never makes another tier the protected one
+        top = realtime.get(cfg.tiers[0], 0.0)
         without_lowest = sum(realtime[t] for t in ranked[:-1]) if len(ranked) > 1 else rt_total
         head = f"forecast {upper:,.0f} rps vs safe {capacity:,.0f} rps"
         if total <= capacity:
@@ -248,7 +249,7 @@ class ThrottlePolicy(WindowPolicy):
             return 2, f"{head}: lowest tier throttled"
         if top <= capacity * TOP_TIER_SHARE:
             return 3, f"{head}: low tiers degraded"
-        return 4, f"{head}: only {ranked[0] if ranked else 'the top tier'} realtime protected"
+        return 4, f"{head}: only {cfg.tiers[0]} realtime protected"
 
     def _rates(self, level: int, demands: list[ClassDemand], capacity: float) -> dict[str, float]:
         """Admitted rate per class, each within [0, capacity].
@@ -260,7 +261,8 @@ class ThrottlePolicy(WindowPolicy):
         than its reserved floor, so its traffic is admitted at once even when
         it was idle and others borrowed the reservation; the top tier may take
         all of it. Level 4 gives all of the capacity to
-        the top tier's realtime class and nothing to the rest.
+        the configured top tier's realtime class and nothing to the rest, whatever
+        tiers the window saw (an operator's level-4 pin means exactly that).
         """
         top_tier = min((d.name.split("/")[0] for d in demands), key=self.config.tier_rank)
         protected = f"{top_tier}/realtime"
@@ -275,9 +277,8 @@ class ThrottlePolicy(WindowPolicy):
                     else capacity if d.name == protected else max(d.demand, capacity - (realtime - d.demand))
                     for d in demands}
         if level >= 4:
-            top = min(demands, key=lambda d: (self.config.tier_rank(d.name.split("/")[0]),
-                                              d.name.endswith("/batch")))
-            return {d.name: (capacity if d is top else 0.0) for d in demands}
+            top = f"{self.config.tiers[0]}/realtime"
+            return {d.name: (capacity if d.name == top else 0.0) for d in demands}
         granted = allocate(capacity, demands, protected=protected)
         # what the forecast leaves over is shared by demand, so a class that grows within the window
         # takes it before it is refused; the top tier's realtime class may take all of the capacity
@@ -293,8 +294,14 @@ class ThrottlePolicy(WindowPolicy):
                   override: Override | None, *, defer_batch: bool) -> ThrottleDecision:
         cfg = self.config
         tiers: dict[str, TierLimit] = {}
-        for tier in sorted({d.name.split("/")[0] for d in demands}):
-            rt, batch = rates.get(f"{tier}/realtime", 0.0), rates.get(f"{tier}/batch", 0.0)
+        seen = {d.name.split("/")[0] for d in demands}
+        for tier in sorted(seen | set(cfg.tiers)):
+            if tier in seen:
+                rt, batch = rates.get(f"{tier}/realtime", 0.0), rates.get(f"{tier}/batch", 0.0)
+            else:
+                rt, batch = self._idle_tier(tier, level, capacity, defer_batch)
+                if breaker != "closed":
+                    rt, batch = rt * self.breaker.probe_share, batch * self.breaker.probe_share
             degraded = level >= 3 and cfg.tier_rank(tier) > 0
             tiers[tier] = TierLimit(realtime_rps=round(rt, 3), batch_rps=round(batch, 3),
                                     burst=round(max(1.0, (rt + batch) * BURST_SECONDS), 3),
@@ -322,6 +329,14 @@ class ThrottlePolicy(WindowPolicy):
             forecast_upper_rps=round(upper, 3), safe_rps=round(capacity, 3), reason=reason,
             override=override.id if override is not None else None,
         )
+
+    def _idle_tier(self, tier: str, level: int, capacity: float, defer_batch: bool) -> tuple[float, float]:
+        """(realtime, batch) rates of a configured tier the window did not see: at level 0 it may use all of the
+        capacity, at levels 1-3 its reserved floor, at level 4 nothing unless it is the top tier."""
+        if level >= 4:
+            return (capacity if tier == self.config.tiers[0] else 0.0), 0.0
+        rate = capacity if level == 0 else capacity * self.config.floor_share.get(tier, 0.0)
+        return rate, 0.0 if defer_batch else rate
 
     def _tenant_limits(self, inputs: DecisionInputs, level: int, admitted: float) -> dict[str, TenantLimit]:
         seconds = inputs.window_ms / 1000

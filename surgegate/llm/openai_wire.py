@@ -1,7 +1,8 @@
 """The OpenAI HTTP API as admission sees it: the request fields that matter, errors, rate-limit headers.
 
-Only what admission reads is decoded (``model``, ``stream``, ``max_tokens``,
-``max_completion_tokens``, ``n``, ``stream_options.include_usage``, and
+Only what admission reads is decoded (``model``, ``stream``, the output
+budget: ``max_tokens``, ``max_completion_tokens`` or the Responses API's
+``max_output_tokens``, ``n``, ``stream_options.include_usage``, and
 ``temperature``, which says whether an answer may be cached); every
 other field passes through untouched. A field of the wrong type is a
 ``ValueError`` naming it (``$.max_tokens``), which the gateway answers as a
@@ -18,6 +19,8 @@ arrive with the response's ``usage`` and replace the estimate.
 >>> capped = with_token_cap(b'{"model": "m", "max_tokens": 900, "messages": []}', 256)
 >>> OpenAIRequest.decode(capped).token_cap()
 256
+>>> with_token_cap(b'{"model": "m", "input": "hi"}', 64, path="/v1/responses")
+b'{"model":"m","input":"hi","max_output_tokens":64}'
 >>> estimate_prompt_tokens({"messages": [{"role": "user", "content": "How busy is the service today?"}]})
 8
 >>> format_duration(0.25), format_duration(6.5), format_duration(360)
@@ -34,6 +37,10 @@ from msgspec import Meta
 
 #: The largest token budget a request may name.
 MAX_TOKENS_LIMIT = 10_000_000
+#: The paths whose JSON body admission reads: OpenAI's inference endpoints.
+INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"})
+#: The Responses API names its output budget differently.
+RESPONSES_PATH = "/v1/responses"
 #: Characters per token in the input estimate (see the module docstring).
 CHARS_PER_TOKEN = 4
 
@@ -53,6 +60,7 @@ class OpenAIRequest(msgspec.Struct, frozen=True):
     stream: bool = False
     max_tokens: _Tokens | None = None
     max_completion_tokens: _Tokens | None = None
+    max_output_tokens: _Tokens | None = None
     n: Annotated[int, Meta(ge=1, le=128)] = 1
     stream_options: StreamOptions | None = None
     temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
@@ -70,8 +78,8 @@ class OpenAIRequest(msgspec.Struct, frozen=True):
             raise ValueError(f"the request body is not JSON: {exc}") from None
 
     def token_cap(self) -> int | None:
-        """The output tokens the request allows itself (``max_completion_tokens`` wins), or None."""
-        caps = [c for c in (self.max_completion_tokens, self.max_tokens) if c is not None]
+        """The output tokens the request allows itself (the smallest budget it names), or None."""
+        caps = [c for c in (self.max_completion_tokens, self.max_tokens, self.max_output_tokens) if c is not None]
         return min(caps) if caps else None
 
     @property
@@ -83,13 +91,14 @@ class OpenAIRequest(msgspec.Struct, frozen=True):
 _DECODER = msgspec.json.Decoder(OpenAIRequest)
 
 
-def with_token_cap(body: bytes, cap: int) -> bytes:
-    """``body`` with its output budget at most ``cap``: the field the request used, else ``max_tokens``."""
+def with_token_cap(body: bytes, cap: int, path: str = "") -> bytes:
+    """``body`` with its output budget at most ``cap``: the fields the request used, else the path's own
+    (``max_output_tokens`` for the Responses API, ``max_tokens`` otherwise)."""
     raw = msgspec.json.decode(body) if body.strip() else {}
     if not isinstance(raw, dict):
         raise ValueError("invalid request body: expected a JSON object")
-    fields = [f for f in ("max_completion_tokens", "max_tokens") if isinstance(raw.get(f), int)]
-    for field in fields or ["max_tokens"]:
+    fields = [f for f in ("max_completion_tokens", "max_tokens", "max_output_tokens") if isinstance(raw.get(f), int)]
+    for field in fields or ["max_output_tokens" if path.split("?")[0] == RESPONSES_PATH else "max_tokens"]:
         current = raw.get(field)
         raw[field] = min(current, cap) if isinstance(current, int) else cap
     return msgspec.json.encode(raw)

@@ -45,7 +45,7 @@ class SummaryBuilder:
         """The summaries of everything added, in time order; starts empty again."""
         out = []
         for (start, service, tenant, tier, rtype, edge), cell in sorted(self._cells.items(), key=lambda kv: kv[0]):
-            _, _, _, throttled, deferred = cell.counts
+            _, _, _, throttled, deferred, _ = cell.counts
             out.append(RequestSummary(
                 ts=start, service=service, tenant=tenant, tier=tier, request_type=rtype, edge_id=edge,
                 duration_ms=self.interval_ms, throttled=throttled, deferred=deferred, **cell.summary_fields(),

@@ -58,8 +58,8 @@ class TrafficCell:
                  "realtime", "batch", "latency", "queue_wait", "ttft", "itl")
 
     def __init__(self) -> None:
-        # ok, error, timeout, throttled, deferred
-        self.counts = [0, 0, 0, 0, 0]
+        # ok, error, timeout, throttled, deferred, cancelled
+        self.counts = [0, 0, 0, 0, 0, 0]
         self.input_tokens = 0
         self.output_tokens = 0
         self.cache_hits = 0
@@ -81,6 +81,8 @@ class TrafficCell:
             # backlog, not demand: the request is reported again when it runs
             self.counts[4] += 1
             return
+        elif status == "cancelled":  # served as far as the client stayed; no latency of the service
+            self.counts[5] += 1
         else:
             self.counts[_STATUS_INDEX[status]] += 1
             latency = ev.latency_ms
@@ -128,6 +130,7 @@ class TrafficCell:
         c[2] += s.timeout
         c[3] += s.throttled
         c[4] += s.deferred
+        c[5] += s.cancelled
         n = s.requests
         if s.request_type == "realtime":
             self.realtime += n
@@ -145,7 +148,7 @@ class TrafficCell:
 
     def merge(self, other: TrafficCell) -> None:
         """Merge another cell into this one."""
-        for i in range(5):
+        for i in range(6):
             self.counts[i] += other.counts[i]
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
@@ -166,8 +169,9 @@ class TrafficCell:
 
     def summary_fields(self) -> dict[str, Any]:
         """What a RequestSummary takes from this cell: outcomes, tokens and the wire sketches."""
-        ok, error, timeout, _, _ = self.counts
-        return {"ok": ok, "error": error, "timeout": timeout, "input_tokens": self.input_tokens,
+        ok, error, timeout, _, _, cancelled = self.counts
+        return {"ok": ok, "error": error, "timeout": timeout, "cancelled": cancelled,
+                "input_tokens": self.input_tokens,
                 "output_tokens": self.output_tokens, "cache_hits": self.cache_hits, "over_2s": self.over_2s,
                 "replayed": self.replayed, "latency": wire_sketch(self.latency),
                 "queue_wait": wire_sketch(self.queue_wait), "ttft": wire_sketch(self.ttft),
@@ -175,9 +179,9 @@ class TrafficCell:
 
     def to_wire(self) -> TrafficAggregate:
         """The immutable wire form."""
-        ok, error, timeout, throttled, deferred = self.counts
+        ok, error, timeout, throttled, deferred, cancelled = self.counts
         return TrafficAggregate(
-            ok=ok, error=error, timeout=timeout, throttled=throttled, deferred=deferred,
+            ok=ok, error=error, timeout=timeout, throttled=throttled, deferred=deferred, cancelled=cancelled,
             realtime=self.realtime, batch=self.batch,
             input_tokens=self.input_tokens, output_tokens=self.output_tokens,
             cache_hits=self.cache_hits, over_2s=self.over_2s, replayed=self.replayed,
@@ -320,7 +324,7 @@ def merge_traffic(a: TrafficAggregate, b: TrafficAggregate) -> TrafficAggregate:
         batch=a.batch + b.batch,
         input_tokens=a.input_tokens + b.input_tokens, output_tokens=a.output_tokens + b.output_tokens,
         cache_hits=a.cache_hits + b.cache_hits, over_2s=a.over_2s + b.over_2s,
-        replayed=a.replayed + b.replayed,
+        replayed=a.replayed + b.replayed, cancelled=a.cancelled + b.cancelled,
         latency=_merge_sketch(a.latency, b.latency), queue_wait=_merge_sketch(a.queue_wait, b.queue_wait),
         ttft=_merge_sketch(a.ttft, b.ttft), itl=_merge_sketch(a.itl, b.itl),
     )
@@ -360,11 +364,11 @@ def traffic_stats(agg: TrafficAggregate, window_ms: int) -> TrafficStats:
     queue.merge_parts(agg.queue_wait.bins, agg.queue_wait.zeros, agg.queue_wait.max)
     ttft.merge_parts(agg.ttft.bins, agg.ttft.zeros, agg.ttft.max)
     itl.merge_parts(agg.itl.bins, agg.itl.zeros, agg.itl.max)
-    requests = agg.ok + agg.error + agg.timeout + agg.throttled
-    served = agg.ok + agg.error + agg.timeout
+    requests = agg.ok + agg.error + agg.timeout + agg.throttled + agg.cancelled
+    served = agg.ok + agg.error + agg.timeout  # the latency sketch's requests
     return TrafficStats(
         requests=requests, rate_rps=round(requests / seconds, 3),
-        ok=agg.ok, error=agg.error, timeout=agg.timeout, throttled=agg.throttled,
+        ok=agg.ok, error=agg.error, timeout=agg.timeout, throttled=agg.throttled, cancelled=agg.cancelled,
         realtime=agg.realtime, batch=agg.batch,
         latency_p50_ms=_r(latency.quantile(0.5)), latency_p90_ms=_r(latency.quantile(0.9)),
         latency_p99_ms=_r(latency.quantile(0.99)), latency_max_ms=_r(latency.max),
