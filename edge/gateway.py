@@ -114,6 +114,7 @@ class EdgeProxy:
         self.budgets = TokenBudgets()
         self.tier_tpm = {t: v * gate.admission.share for t, v in gate.config.tier_tokens_per_minute.items()}
         self.top_tier = gate.admission.tier_order[0]
+        self._decision_headers: dict[tuple, dict[str, str]] = {}
 
     async def start(self) -> None:
         await self.lane.start()
@@ -127,12 +128,15 @@ class EdgeProxy:
                                                                                   OpenAIRequest, int]:
         who = self.identifier.identify(request.headers)
         rtype = request_type(request.headers)
-        try:
-            async with asyncio.timeout(self.body_timeout_s):
-                body = await request.read()
-        except TimeoutError:
-            raise BadRequest(408, "request_timeout", f"the request body did not arrive within "
-                             f"{self.body_timeout_s:g} s", "body") from None
+        if request.content.is_eof():  # the usual case: the whole body came with the headers
+            body = await request.read()
+        else:
+            try:
+                async with asyncio.timeout(self.body_timeout_s):
+                    body = await request.read()
+            except TimeoutError:
+                raise BadRequest(408, "request_timeout", f"the request body did not arrive within "
+                                 f"{self.body_timeout_s:g} s", "body") from None
         parsed = OpenAIRequest.decode(body) if inference else OpenAIRequest()
         tokens = self._token_budget(request, parsed)
         if request.headers.get(CACHE_HEADER, OPT_IN) not in (OPT_IN, OPT_OUT):
@@ -193,9 +197,9 @@ class EdgeProxy:
         if verdict.max_tokens is not None and inference:
             body = with_token_cap(body, verdict.max_tokens, request.path)
             tokens = min(tokens, verdict.max_tokens * parsed.n) if tokens else verdict.max_tokens * parsed.n
-        estimate = _estimate(body) if inference else 0
-        reserved = estimate + tokens if inference and (who.tokens_per_minute is not None or who.tier in self.tier_tpm) \
-            else 0
+        estimate = _Estimate(body if inference else b"")  # read from the body only where it is needed
+        budgeted = inference and (who.tokens_per_minute is not None or who.tier in self.tier_tpm)
+        reserved = estimate() + tokens if budgeted else 0
         if reserved and not verdict.shadow:
             refused = self._reserve(who, rtype, reserved, verdict)
             if refused is not None:
@@ -229,9 +233,16 @@ class EdgeProxy:
     def _answer_headers(self, who: Identity, rtype: RequestType, verdict: Verdict) -> dict[str, str]:
         """The decision that applied, and the rate limits that bind this caller (requests, and tokens where a token
         budget applies), as OpenAI sends them on every answer."""
-        headers = {"X-Surgegate-Version": str(verdict.version), "X-Surgegate-Level": str(verdict.level),
-                   "X-Surgegate-State": verdict.state, "X-Surgegate-Shadow": "1" if verdict.shadow else "0",
-                   "X-Surgegate-Would": verdict.would}
+        applied = (verdict.version, verdict.level, verdict.state, verdict.shadow, verdict.would)
+        decision = self._decision_headers.get(applied)
+        if decision is None:  # the same few combinations answer thousands of requests a second: made once each
+            if len(self._decision_headers) > 64:
+                self._decision_headers.clear()
+            decision = self._decision_headers[applied] = {
+                "X-Surgegate-Version": str(verdict.version), "X-Surgegate-Level": str(verdict.level),
+                "X-Surgegate-State": verdict.state, "X-Surgegate-Shadow": "1" if verdict.shadow else "0",
+                "X-Surgegate-Would": verdict.would}
+        headers = dict(decision)
         rate, burst, available = self.gate.admission.request_limit(who.tenant, who.tier, rtype, verdict.bucket)
         if math.isfinite(rate):
             remaining = max(0.0, available)
@@ -371,7 +382,7 @@ class EdgeProxy:
             body = with_token_cap(body, verdict.max_tokens, task.path)
         started = time.perf_counter()
         outcome, _, payload = await self.relay.fetch(task.method, self._upstream_for(who, "batch") + task.path,
-                                                     task.headers, body, _estimate(body))
+                                                     task.headers, body, _Estimate(body))
         self._record(who, "batch", outcome, started, True)
         self.counts["deferred_done"] += 1
         return outcome.status, payload
@@ -424,11 +435,22 @@ class EdgeProxy:
 PROXY = web.AppKey("proxy", EdgeProxy)
 
 
-def _estimate(body: bytes) -> int:
-    try:
-        return estimate_prompt_tokens(msgspec.json.decode(body)) if body.strip() else 0
-    except (msgspec.DecodeError, RecursionError):
-        return 0
+class _Estimate:
+    """A request's input tokens estimated from its body, worked out once, when first asked."""
+
+    __slots__ = ("body", "value")
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.value: int | None = None
+
+    def __call__(self) -> int:
+        if self.value is None:
+            try:
+                self.value = estimate_prompt_tokens(msgspec.json.decode(self.body)) if self.body.strip() else 0
+            except (msgspec.DecodeError, RecursionError):
+                self.value = 0
+        return self.value
 
 
 def _refused(verdict: Verdict, retry_after_s: float, bucket: str | None = None) -> Verdict:

@@ -3,10 +3,10 @@ the whole answer), streams relayed as they arrive, compressed answers read, toke
 
 - **Timeouts.** ``connect_timeout_s`` bounds the wait for a pooled connection
   (running out is overload at the edge: 503 with ``Retry-After``);
-  ``first_byte_s`` the wait for the answer to begin (a non-streamed answer
-  begins when it is complete, so it is long); ``idle_s`` the silence between
-  two chunks of a stream. Nothing bounds the whole answer: a generation that
-  keeps producing runs as long as it produces.
+  ``first_byte_s`` the wait for the answer to begin, and for each later read
+  of it (a non-streamed answer begins when it is complete, so it is long);
+  ``idle_s`` the silence between two chunks of a stream. Nothing bounds the
+  whole answer: a generation that keeps producing runs as long as it produces.
 - **Streams.** Any ``text/event-stream`` answer, on any path (chat,
   completions, responses), is relayed chunk by chunk. A stream the edge must
   end (the upstream went silent for ``idle_s``, or failed) gets an
@@ -53,6 +53,9 @@ OVERLOAD_STATUSES = frozenset({429, 503})
 USAGE_TAIL_BYTES = 64 * 1024
 SSE = "text/event-stream"
 
+#: The input tokens of a request, estimated from its body: asked only where the answer's usage does not say.
+Estimate = Callable[[], int]
+
 #: defaults: a pooled connection within 1 s; an answer begun within 10 minutes (the official clients' own
 #: timeout); a stream silent for at most a minute
 CONNECT_TIMEOUT_S, FIRST_BYTE_TIMEOUT_S, IDLE_TIMEOUT_S = 1.0, 600.0, 60.0
@@ -95,8 +98,10 @@ class Relay:
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.connections, limit_per_host=self.connections)
         # waiting for a pooled connection is bounded apart from the upstream's own time: running out of
-        # connections is overload at the edge, not an upstream timeout; the rest is bounded by silence only
-        timeout = aiohttp.ClientTimeout(total=None, connect=self.connect_timeout_s, sock_read=None)
+        # connections is overload at the edge, not an upstream timeout; the rest is bounded by silence only:
+        # every read of the answer within first_byte_s (aiohttp's own timer, cheaper than one of ours per call),
+        # and a stream's chunks within idle_s (see _stream)
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.connect_timeout_s, sock_read=self.first_byte_s)
         self._session = aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=True)
 
     async def close(self) -> None:
@@ -118,52 +123,49 @@ class Relay:
     # ------------------------------------------------------------ buffered (deferred tasks, other paths)
 
     async def fetch(self, method: str, url: str, headers: Mapping[str, str], body: bytes,
-                    estimate: int) -> tuple[Outcome, dict[str, str], bytes]:
+                    estimate: Estimate) -> tuple[Outcome, dict[str, str], bytes]:
         """One call read whole: its outcome, the headers to relay and the body (in OpenAI's error shape when
         the call failed)."""
         session = self._require()
         try:
-            async with asyncio.timeout(self.first_byte_s):
-                resp = await session.request(method, url, headers=self.upstream_headers(headers), data=body)
-            async with resp:
-                async with asyncio.timeout(self.idle_s):
-                    payload = await resp.read()
+            async with session.request(method, url, headers=self.upstream_headers(headers), data=body) as resp:
+                payload = await resp.read()
                 return self.buffered_outcome(resp.status, payload, estimate), _down(resp.headers), payload
         except (TimeoutError, aiohttp.ClientError) as exc:
             outcome, reply, payload = self.failure(exc, estimate)
             return outcome, reply, payload
 
-    def buffered_outcome(self, status: int, payload: bytes, estimate: int) -> Outcome:
-        """Status and tokens of an answer read whole (its ``usage`` when it has one)."""
+    def buffered_outcome(self, status: int, payload: bytes, estimate: Estimate) -> Outcome:
+        """Status and tokens of an answer read whole (its ``usage`` when it has one, else the estimate)."""
         if status < 400:
-            prompt, output = usage_counts(find_usage(payload))
-            return Outcome(status, "ok", prompt if prompt is not None else estimate, output or 0)
+            prompt, output = usage_counts(json_usage(payload))
+            return Outcome(status, "ok", prompt if prompt is not None else estimate(), output or 0)
         if status in OVERLOAD_STATUSES or status >= 500:
             self._count("upstream_overload" if status in OVERLOAD_STATUSES else "upstream_5xx")
-            return Outcome(status, "error", estimate, 0)
-        return Outcome(status, "ok", estimate, 0)  # the client's own mistake: the service was fine
+            return Outcome(status, "error", estimate(), 0)
+        return Outcome(status, "ok", estimate(), 0)  # the client's own mistake: the service was fine
 
-    def failure(self, exc: BaseException, estimate: int) -> tuple[Outcome, dict[str, str], bytes]:
+    def failure(self, exc: BaseException, estimate: Estimate) -> tuple[Outcome, dict[str, str], bytes]:
         """An upstream call that failed before it answered: its outcome, headers and OpenAI-shaped body."""
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             # no upstream connection within connect_timeout_s: the edge is overloaded, come back shortly
             self._count("upstream_busy")
             message = (f"The service is busy: no upstream connection was free within {self.connect_timeout_s:g} s. "
                        f"Please retry after 1 s.")
-            return (Outcome(503, "throttled", estimate, 0, answered=False), {"Retry-After": "1",
+            return (Outcome(503, "throttled", estimate(), 0, answered=False), {"Retry-After": "1",
                     "retry-after-ms": "1000"}, openai_error(message, "server_error", "upstream_busy"))
         if isinstance(exc, TimeoutError):
             self._count("upstream_timeout")
-            return (Outcome(504, "timeout", estimate, 0, answered=False), {},
+            return (Outcome(504, "timeout", estimate(), 0, answered=False), {},
                     openai_error(f"the upstream server did not answer within {self.first_byte_s:g} s",
                                  "server_error", "upstream_timeout"))
         self._count("upstream_error")
-        return (Outcome(502, "error", estimate, 0, answered=False), {},
+        return (Outcome(502, "error", estimate(), 0, answered=False), {},
                 openai_error(f"the upstream server failed: {type(exc).__name__}", "server_error", "upstream_error"))
 
     # ------------------------------------------------------------ the client's call
 
-    async def relay(self, request: web.Request, url: str, body: bytes, estimate: int, *,
+    async def relay(self, request: web.Request, url: str, body: bytes, estimate: Estimate, *,
                     headers: Callable[[], dict[str, str]], keep: Callable[[int, str, bytes, bool], Any] | None = None,
                     done: Callable[[Outcome], None]) -> web.StreamResponse:
         """Answer ``request`` with the upstream's answer to it: streamed as it arrives when the upstream
@@ -171,12 +173,11 @@ class Relay:
         ``keep(status, content_type, body, streamed)`` gets a complete successful answer (for the cache),
         ``done(outcome)`` is called once, however the call ends (the client leaving included)."""
         session = self._require()
-        call = _Call(Outcome(499, "cancelled", estimate, 0), time.perf_counter())
+        call = _Call(Outcome(499, "cancelled", 0, 0), time.perf_counter(), estimate)
         try:
             try:
-                async with asyncio.timeout(self.first_byte_s):
-                    resp = await session.request(request.method, url, data=body,
-                                                 headers=self.upstream_headers(request.headers))
+                resp = await session.request(request.method, url, data=body,
+                                             headers=self.upstream_headers(request.headers))
             except (TimeoutError, aiohttp.ClientError) as exc:
                 call.outcome, reply, payload = self.failure(exc, estimate)
                 return web.Response(status=call.outcome.status, body=payload, content_type="application/json",
@@ -185,8 +186,7 @@ class Relay:
                 if resp.content_type == SSE and resp.status == 200:
                     return await self._stream(request, resp, call, headers, keep)
                 try:
-                    async with asyncio.timeout(self.idle_s):
-                        payload = await resp.read()
+                    payload = await resp.read()
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     call.outcome, reply, payload = self.failure(exc, estimate)
                     return web.Response(status=call.outcome.status, body=payload, content_type="application/json",
@@ -252,11 +252,12 @@ class Relay:
 class _Call:
     """One relayed call as it goes: its outcome so far, and what a stream has shown of its tokens."""
 
-    __slots__ = ("outcome", "started", "chunks", "tail", "first")
+    __slots__ = ("outcome", "started", "estimate", "chunks", "tail", "first")
 
-    def __init__(self, outcome: Outcome, started: float) -> None:
+    def __init__(self, outcome: Outcome, started: float, estimate: Estimate) -> None:
         self.outcome = outcome
         self.started = started
+        self.estimate = estimate
         self.chunks = 0
         self.tail = b""
         self.first: float | None = None
@@ -277,8 +278,7 @@ class _Call:
         now = (time.perf_counter() - self.started) * 1000
         itl = (now - self.first) / (tokens - 1) if self.first is not None and tokens > 1 else None
         status = {"ok": 200, "timeout": 504, "error": 502}.get(ended, 499)
-        return Outcome(status, ended, prompt if prompt is not None else self.outcome.input_tokens, tokens,
-                       self.first, itl)
+        return Outcome(status, ended, prompt if prompt is not None else self.estimate(), tokens, self.first, itl)
 
 
 def _down(headers: Mapping[str, str]) -> dict[str, str]:
@@ -293,6 +293,31 @@ def _sse_error(message: str, code: str) -> bytes:
 
 
 _USAGE_DECODER = msgspec.json.Decoder(dict[str, Any])
+
+
+class _Answer(msgspec.Struct):
+    """A JSON answer as far as tokens go: its top-level ``usage`` (every other field skipped by the decoder)."""
+
+    usage: dict[str, Any] | None = None
+
+
+_ANSWER_DECODER = msgspec.json.Decoder(_Answer)
+
+
+def json_usage(payload: bytes) -> dict[str, Any]:
+    """The ``usage`` of a JSON answer (chat, completions, embeddings, Responses), or empty; the decoder skips
+    the rest, so this costs a fraction of reading the answer.
+
+    >>> json_usage(b'{"id": "x", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}')
+    {'prompt_tokens': 3, 'completion_tokens': 4}
+    >>> json_usage(b"not json"), json_usage(b'[1]')
+    ({}, {})
+    """
+    try:
+        usage = _ANSWER_DECODER.decode(payload).usage
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return {}
+    return usage or {}
 
 
 def find_usage(data: bytes) -> dict[str, Any]:

@@ -364,18 +364,27 @@ class Admission:
 
         Read only: nothing is taken. Where no bucket limits (an unlimited fallback) it answers infinities.
         """
+        # on every answer: plain comparisons, no containers
         now = self._clock()
         rules = self._in_force(now) or self._fallback_rules
         tr = rules.tiers.get(tier) or rules.missing(tier)
-        candidates = {"tier": tr.batch if request_type == "batch" else tr.realtime,
-                      "tenant": rules.tenants.get(tenant),
-                      "service": rules.total or (rules.safe if request_type == "batch" or tier != self.tier_order[0]
-                                                 else None)}
-        chosen = candidates.get(bucket) if bucket is not None else None
-        if chosen is None:
-            limited = [b for b in candidates.values() if b is not None and math.isfinite(b.rate)]
-            chosen = min(limited, key=lambda b: (b.available(now), b.rate), default=None)
-        if chosen is None or not math.isfinite(chosen.rate):
+        own = tr.batch if request_type == "batch" else tr.realtime
+        tenant_bucket = rules.tenants.get(tenant)
+        service = rules.total or (rules.safe if request_type == "batch" or tier != self.tier_order[0] else None)
+        if bucket == "tenant" and tenant_bucket is not None:
+            chosen: Bucket | None = tenant_bucket
+        elif bucket == "service" and service is not None:
+            chosen = service
+        elif bucket == "tier":
+            chosen = own
+        else:
+            chosen, left = None, math.inf
+            for b in (own, tenant_bucket, service):
+                if b is not None and b.rate != math.inf:
+                    available = b.available(now)
+                    if chosen is None or available < left or (available == left and b.rate < chosen.rate):
+                        chosen, left = b, available
+        if chosen is None or chosen.rate == math.inf:
             return math.inf, math.inf, math.inf
         return chosen.rate, chosen.burst, chosen.available(now)
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from surgegate.cli.common import Parsers, json_option, log, need_kafka, need_redis, settings_of
+from surgegate.cli.common import Parsers, event_loop, json_option, log, need_kafka, need_redis, settings_of
 from surgegate.cli.gpu import serve_grpc
 from surgegate.errors import SettingsError, SurgegateError
 from surgegate.settings import Settings
@@ -147,7 +147,7 @@ def cmd_edge(args: argparse.Namespace) -> None:
         # a client that goes away cancels its handler, and with it the upstream request; several processes may
         # share the port (--workers), the kernel spreading connections among them
         web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handler_cancellation=True,
-                    reuse_port=args.reuse_port)
+                    reuse_port=args.reuse_port, loop=event_loop())
     finally:
         for g in (gate, *gates.values()):
             g.close()

@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from surgegate.cli.common import Parsers, exit_on_death, log, need_kafka, settings_of, supervised
+from surgegate.cli.common import Parsers, event_loop, exit_on_death, log, need_kafka, settings_of, supervised
 from surgegate.errors import SurgegateError
 
 
@@ -125,7 +125,8 @@ def cmd_fake_llm(args: argparse.Namespace) -> None:
     app = create_fake_llm_app(model=args.model, profile=profile, time_scale=args.time_scale, seed=args.seed,
                               output_median=args.output_median, error_share=args.error_share)
     print(f"fake LLM ({args.model}, vLLM-like) on http://{args.host}:{args.port}/v1", flush=True)
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handler_cancellation=True)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handler_cancellation=True,
+                loop=event_loop())
 
 
 def register(p: Parsers) -> None:
