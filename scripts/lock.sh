@@ -11,6 +11,7 @@ trap 'rm -rf "$tmp"' EXIT
 {
   echo "# Exact versions the tests passed with; pip installs them with -c requirements.lock."
   echo "# Refresh with: sh scripts/lock.sh (see the README)."
-  "$tmp/venv/bin/pip" freeze --exclude-editable | grep -v '^#'
+  # --all keeps setuptools (the packaging test builds the wheel with it); pip itself is the venv's own
+  "$tmp/venv/bin/pip" freeze --all --exclude-editable | grep -v -e '^#' -e '^pip=='
 } > requirements.lock
 echo "wrote requirements.lock ($(grep -vc '^#' requirements.lock) packages)"
