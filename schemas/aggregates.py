@@ -31,6 +31,10 @@ class TrafficAggregate(msgspec.Struct, frozen=True):
     itl: Sketch = msgspec.field(default_factory=Sketch)
     #: requests whose client left before the answer ended: served as far as they went, no failure of the service
     cancelled: Count = 0
+    #: new demand (as ``demand_rps`` counts it, so a replayed cache hit counts -1) by the epoch second it
+    #: arrived in: a window's busiest second is what a fleet must absorb, which its mean hides when
+    #: requests come in spikes
+    arrivals: dict[int, int] = msgspec.field(default_factory=dict)
 
 
 class WorkerSample(msgspec.Struct, frozen=True, array_like=True):
@@ -142,6 +146,8 @@ class TrafficStats(msgspec.Struct, frozen=True):
     itl_p99_ms: Millis | None = None
     #: requests whose client left before the answer ended (in ``requests``; in no latency statistic)
     cancelled: Count = 0
+    #: new demand in the window's busiest second, per second (None: not measured)
+    peak_rps: Rate | None = None
 
     @property
     def served(self) -> int:
@@ -157,6 +163,11 @@ class TrafficStats(msgspec.Struct, frozen=True):
     def demand(self) -> float:
         """``demand_rps``; the rate itself for a window that does not give it."""
         return self.rate_rps if self.demand_rps is None else self.demand_rps
+
+    @property
+    def peak(self) -> float:
+        """The busiest second's new demand per second; the window's mean where that was not measured."""
+        return max(self.demand, self.peak_rps or 0.0)
 
 
 class PoolStats(msgspec.Struct, frozen=True):

@@ -103,8 +103,11 @@ class ServiceConfig:
         unknown = set(self.scaling) - known
         check(not unknown, f"services.{self.service}.scaling", sorted(unknown),
               f"unknown settings (known: {', '.join(sorted(known))})")
+        # a request may wait for a replica half its TTFT target (the rest is its prefill's), unless set
+        allowance = {"queue_allowance_s": self.ttft_slo_ms / 2000} if self.ttft_slo_ms is not None else {}
         try:  # typed like the service's own settings: a wrong type is named, not a TypeError deep inside
-            return msgspec.convert({"pool": self.pool, "replica_rps": self.replica_rps, **self.scaling}, PoolConfig)
+            return msgspec.convert({"pool": self.pool, "replica_rps": self.replica_rps, **allowance, **self.scaling},
+                                   PoolConfig)
         except msgspec.ValidationError as exc:
             raise ValueError(_named(f"services.{self.service}.scaling", exc)) from None
 

@@ -109,6 +109,15 @@ class ServiceController:
             return None
         return ttft - slo
 
+    def _protected(self, window: ServiceWindow) -> dict[str, float]:
+        """The top tier's realtime demand and its busiest second's (its realtime share of them), if it was seen."""
+        top = window.tiers.get(self.config.tiers[0])
+        if top is None:
+            return {}
+        share = top.realtime / max(1, top.realtime + top.batch)
+        return {"protected_rps": top.demand * share,
+                "protected_peak_rps": top.peak_rps * share if top.peak_rps is not None else top.demand * share}
+
     def step(self, window: ServiceWindow) -> ControlOutput:
         """The threshold and both decisions for the window after ``window``."""
         ready = self.ready_replicas(window.pool)
@@ -137,5 +146,6 @@ class ServiceController:
             upper_rps=tuple(forecast.upper_after(window.window_start)) if forecast is not None else (),
             point_rps=tuple(forecast.point_after(window.window_start)) if forecast is not None else (),
             replica_rps=threshold.replica_rps, ttft_over_ms=self._ttft_over(traffic, window.pool),
+            peak_rps=traffic.peak_rps, **self._protected(window),
             backlog_required_rps=window.pool.backlog_required_rps if window.pool is not None else 0.0))
         return ControlOutput(threshold=threshold, throttle=throttle, scaling=scaling)

@@ -8,10 +8,23 @@ the cold start, so it must be started for the load expected then.
 - Capacity follows the *expected* load: the forecast's point over the lead
   time (or the demand now, if higher) at the target utilisation. The forecast's
   uncertainty is not paid for twice: the gap up to its upper bound is held as
-  a warm pool (loaded, idle replicas that start in about a second), and
-  whatever a burst brings beyond that, throttling absorbs.
-- Scale up at once when the target is higher, at most ``max(4, 100%)`` per
-  window (Kubernetes HPA's default scale-up policy).
+  a warm pool (loaded, idle replicas that start in about a second).
+- Capacity holds for the bursts the service has: a burst rises within less
+  than a cold start, so what it needs must be there before it begins. A
+  :class:`~surgegate.control.burst.BurstEnvelope` learns, online, how far the
+  load rises within the lead time (the load being the demand, or what the
+  window's busiest second needs if requests may wait ``queue_allowance_s`` for
+  a replica, whichever is higher), and the pool holds capacity for its
+  ``burst_coverage`` quantile at ``burst_utilisation``: the stated risk, the
+  share of windows whose rise the held capacity covers. 1.0 holds for the
+  worst rise seen, as a fleet sized for the peak does; lower holds less and
+  pays less. Whatever a burst brings beyond it, throttling absorbs: so a
+  second envelope learns the top tier's realtime load alone and the pool
+  always holds capacity for its ``protected_coverage`` quantile (by default
+  the worst rise seen). The lower tiers are shed first in a burst; the top
+  tier's own rise is covered by replicas already serving.
+- Scale up at once to the target: the policy knows what it needs, and a
+  step limit would only make a burst's first windows short.
 - Scale down on the forecast: to the highest need the point forecast shows
   within the lead time (a replica stopped now takes that long to come back),
   held for ``cooldown_s`` against noise, with 5% headroom, at most 20% a window.
@@ -35,7 +48,7 @@ now, or the deferred backlog.
 >>> p = ScalingPolicy(cfg)
 >>> d = p.decide(ScalingInputs(window_start=0, window_ms=10_000, demand_rps=2000.0, ready_replicas=5))
 >>> d.desired_replicas, d.reason
-(10, 'scale 5 -> 10: demand 2,000 rps > 5 x 100 x 0.7; needs 29, +max(4, 100%) a window at most')
+(29, 'scale 5 -> 29: demand 2,000 rps > 5 x 100 x 0.7')
 """
 
 from __future__ import annotations
@@ -47,14 +60,13 @@ from typing import Any
 
 from surgegate.checks import check
 from surgegate.control.base import WindowPolicy
-from surgegate.control.state import FORMAT, ScalingState
+from surgegate.control.burst import BurstEnvelope
+from surgegate.control.state import FORMAT, BurstState, ScalingState
 from surgegate.control.version import decision_version
 from surgegate.schemas.decisions import CapacityMix, Overflow, ScalingDecision
 
 #: Deferred work is planned to drain within this long.
 BACKLOG_DRAIN_S = 60.0
-#: Scale-up per window: at least this many replicas or 100% of the current size.
-SCALE_UP_MIN_STEP = 4
 #: Scale-down per window: at most this share of the current size (at least one replica).
 SCALE_DOWN_SHARE = 0.2
 #: Scaling down keeps this headroom over the cooldown's highest need, so a load that
@@ -95,6 +107,15 @@ class PoolConfig:
     secondary_pool: str = ""
     secondary_max: int = 0
     secondary_price: float = 5.0
+    #: the share of windows whose rise within the lead time the held capacity covers (the stated risk)
+    burst_coverage: float = 0.9
+    #: the same for the top tier's realtime load alone (1: the worst rise seen)
+    protected_coverage: float = 1.0
+    #: the utilisation of the SLO-measured per-replica rate a burst may run the pool at
+    burst_utilisation: float = 0.95
+    #: seconds a request may wait for a replica within its SLO: a second's arrivals may be served over
+    #: one second plus this
+    queue_allowance_s: float = 0.5
 
     def __post_init__(self) -> None:
         name = f"pools.{self.pool}"
@@ -108,6 +129,12 @@ class PoolConfig:
         check(self.cold_start_s > 0, f"{name}.cold_start_s", self.cold_start_s, "must be > 0")
         check(self.warm_min >= 0, f"{name}.warm_min", self.warm_min, "must be >= 0")
         check(self.secondary_max >= 0, f"{name}.secondary_max", self.secondary_max, "must be >= 0")
+        for field in ("burst_coverage", "protected_coverage"):
+            value = getattr(self, field)
+            check(0.5 <= value <= 1.0, f"{name}.{field}", value, "must be within [0.5, 1]")
+        check(0 < self.burst_utilisation <= 1, f"{name}.burst_utilisation", self.burst_utilisation,
+              "must be within (0, 1]")
+        check(self.queue_allowance_s >= 0, f"{name}.queue_allowance_s", self.queue_allowance_s, "must be >= 0")
         for field in ("price_reserved", "price_on_demand", "price_spot", "secondary_price"):
             check(getattr(self, field) >= 0, f"{name}.{field}", getattr(self, field), "must be >= 0")
 
@@ -144,6 +171,11 @@ class ScalingInputs:
     ttft_over_ms: float | None = None
     #: the per-replica rate the safe-capacity estimate has learned (None: the configured one)
     replica_rps: float | None = None
+    #: new demand in the window's busiest second, per second (None: not measured)
+    peak_rps: float | None = None
+    #: the top tier's realtime demand, and its busiest second's (None: not known)
+    protected_rps: float | None = None
+    protected_peak_rps: float | None = None
 
 
 class ScalingPolicy(WindowPolicy):
@@ -157,7 +189,7 @@ class ScalingPolicy(WindowPolicy):
     @classmethod
     def _invalid_params(cls) -> list[dict[str, Any]]:
         return [{"replica_rps": 0.0}, {"min_replicas": 30}, {"max_replicas": 0}, {"cold_start_s": 0.0},
-                {"target_utilisation": 0.0}]
+                {"target_utilisation": 0.0}, {"burst_coverage": 0.2}, {"burst_utilisation": 0.0}]
 
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
@@ -170,14 +202,23 @@ class ScalingPolicy(WindowPolicy):
         self.recommendations: collections.deque[tuple[int, int]] = collections.deque()
         # a scale-up waiting to be ready: (window_start it was asked, replicas asked)
         self.pending: tuple[int, int] | None = None
+        #: how far the load rises within the lead time, everyone's and the top tier's realtime load's (made at
+        #: the first window, whose length sets the horizon)
+        self.burst: BurstEnvelope | None = None
+        self.protected: BurstEnvelope | None = None
+        self._burst_state: BurstState | None = None
+        self._protected_state: BurstState | None = None
 
     # ------------------------------------------------------------ state
 
     def state(self) -> ScalingState:
         """What the policy has learned (its checkpoint)."""
+        burst = self.burst.state() if self.burst is not None else self._burst_state
+        protected = self.protected.state() if self.protected is not None else self._protected_state
         return ScalingState(format=FORMAT, pool=self.config.pool, current=self.current,
                             ttft_headroom=self.ttft_headroom, lead_s=self.lead_s, last_version=self.last_version,
-                            recommendations=list(self.recommendations), pending=self.pending)
+                            recommendations=list(self.recommendations), pending=self.pending, burst=burst,
+                            protected=protected)
 
     def load(self, state: ScalingState) -> None:
         """Take up ``state`` (from :meth:`state`) under the configuration in force."""
@@ -186,6 +227,9 @@ class ScalingPolicy(WindowPolicy):
         self.current, self.ttft_headroom, self.lead_s = state.current, state.ttft_headroom, state.lead_s
         self.last_version, self.pending = state.last_version, state.pending
         self.recommendations = collections.deque(state.recommendations)
+        # taken up at the next window, whose length they need
+        self.burst, self._burst_state = None, state.burst
+        self.protected, self._protected_state = None, state.protected
 
     # ------------------------------------------------------------ lead time
 
@@ -210,6 +254,22 @@ class ScalingPolicy(WindowPolicy):
         asked_at, _ = self.pending
         return ((int(asked_at + self.lead_s * 1000), self.current - ready_replicas),)
 
+    def _envelopes(self, window_ms: int) -> tuple[BurstEnvelope, BurstEnvelope]:
+        """The burst envelopes, over the configured lead time (the horizon a restored one learned over)."""
+        if self.burst is None or self.protected is None:
+            made = []
+            for restored, coverage in ((self._burst_state, self.config.burst_coverage),
+                                       (self._protected_state, self.config.protected_coverage)):
+                horizon = restored.horizon if restored is not None else \
+                    max(1, math.ceil(self.config.cold_start_s * 1000 / window_ms)) + 1
+                envelope = BurstEnvelope(horizon=min(360, horizon), coverage=coverage)
+                if restored is not None:
+                    envelope.load(restored)
+                made.append(envelope)
+            self.burst, self.protected = made
+            self._burst_state = self._protected_state = None
+        return self.burst, self.protected
+
     # ------------------------------------------------------------ decide
 
     def decide(self, inputs: ScalingInputs) -> ScalingDecision:
@@ -227,19 +287,33 @@ class ScalingPolicy(WindowPolicy):
         backlog = max(inputs.deferred / BACKLOG_DRAIN_S + inputs.replayed_rps, inputs.backlog_required_rps)
         # the point forecast, or the upper bound where a forecast gives no point (an older producer)
         point = inputs.point_rps or inputs.upper_rps
-        # look as far ahead as the cold start, plus the windows the step limit needs to get there
-        peak = max(max(point, default=0.0), inputs.demand_rps) + backlog
-        steps = _up_steps(current, min(cfg.max_replicas, math.ceil(peak / per - 1e-9)))
-        ahead = point[:lead + max(0, steps - 1)]
+        ahead = point[:lead]
         forecast = max(ahead) if ahead else 0.0
         need = max(forecast, inputs.demand_rps) + backlog
         raw = math.ceil(need / per - 1e-9) if need > 0 else 0
+        # the bursts: what the load may rise to within the lead time, from the rises of the windows before
+        # this one; then this window's load is learned
+        everyone, top = self._envelopes(inputs.window_ms)
+        load = max(inputs.demand_rps, (inputs.peak_rps or 0.0) / (1 + cfg.queue_allowance_s)) + backlog
+        held = everyone.envelope(load) or 0.0
+        everyone.learn(load)
+        binding: tuple[str, BurstEnvelope, float] = ("load", everyone, cfg.burst_coverage)
+        if inputs.protected_rps is not None:
+            own = max(inputs.protected_rps, (inputs.protected_peak_rps or 0.0) / (1 + cfg.queue_allowance_s))
+            held_top = top.envelope(own) or 0.0
+            top.learn(own)
+            if held_top > held:
+                held, binding = held_top, ("the top tier's realtime load", top, cfg.protected_coverage)
+        burst_per = (inputs.replica_rps or cfg.replica_rps) * cfg.burst_utilisation / self.ttft_headroom
+        for_bursts = math.ceil(held / burst_per - 1e-9) if held > 0 else 0
+        raw = max(raw, for_bursts)
         overflow = min(max(0, raw - cfg.max_replicas), cfg.secondary_max) if cfg.secondary_pool else 0
         recommendation = min(cfg.max_replicas, max(cfg.min_replicas, raw))
-        # scale-down holds what the point forecast needs within the lead time, with headroom
+        # scale-down holds what the point forecast needs within the lead time, with headroom, and the bursts
         near = max(point[:lead], default=0.0)
         keep_need = max(near, inputs.demand_rps) + backlog
         keep = math.ceil(keep_need * (1 + TOLERANCE) / per - 1e-9) if keep_need > 0 else 0
+        keep = max(keep, for_bursts)
         self.recommendations.append((inputs.window_start, min(cfg.max_replicas, max(cfg.min_replicas, keep))))
         horizon = inputs.window_start - cfg.cooldown_s * 1000
         while self.recommendations and self.recommendations[0][0] <= horizon:
@@ -247,8 +321,7 @@ class ScalingPolicy(WindowPolicy):
 
         capped = False
         if recommendation > current:
-            target = min(recommendation, current + max(SCALE_UP_MIN_STEP, current))
-            capped = target < recommendation
+            target = recommendation
         else:
             stabilised = max(r for _, r in self.recommendations)
             floor = current - max(1, math.floor(current * SCALE_DOWN_SHARE))
@@ -266,7 +339,13 @@ class ScalingPolicy(WindowPolicy):
         mix = self._mix(target, inputs.batch_rps + backlog, per)
         cost = (mix.reserved * cfg.price_reserved + mix.on_demand * cfg.price_on_demand + mix.spot * cfg.price_spot
                 + overflow * cfg.secondary_price)
-        reason = self._reason(current, target, recommendation, inputs, forecast, backlog, lead, capped, overflow)
+        what, envelope, coverage = binding
+        bursts = (f"{what} rose up to {envelope.factor() or 0:.1f}x within {lead * inputs.window_ms / 1000:.0f} s "
+                  + ("at worst" if coverage >= 1.0 else f"in {coverage:.1%} of windows")
+                  + f", {_n(held)} rps held at {cfg.burst_utilisation:g}") \
+            if for_bursts > math.ceil(need / per - 1e-9) else None
+        reason = self._reason(current, target, recommendation, inputs, forecast, backlog, lead, capped, overflow,
+                              bursts)
         version = decision_version(inputs.window_start)
         self.current = target
         self.last_version = version
@@ -288,12 +367,15 @@ class ScalingPolicy(WindowPolicy):
         return CapacityMix(reserved=reserved, on_demand=above - spot, spot=spot)
 
     def _reason(self, current: int, target: int, recommendation: int, inputs: ScalingInputs, forecast: float,
-                backlog: float, lead: int, capped: bool, overflow: int) -> str:
+                backlog: float, lead: int, capped: bool, overflow: int, bursts: str | None) -> str:
         cfg = self.config
         lead_s = lead * inputs.window_ms / 1000
         rps = _n(inputs.replica_rps or cfg.replica_rps)
         capacity = f"{current} x {rps} x {cfg.target_utilisation:g}"
-        if forecast >= inputs.demand_rps and forecast > 0:
+        if bursts is not None:
+            driver = f"bursts: {bursts}"
+            capacity = f"{current} x {rps} x {cfg.burst_utilisation:g}"
+        elif forecast >= inputs.demand_rps and forecast > 0:
             driver = f"forecast {_n(forecast)} rps within {lead_s:.0f} s"
         else:
             driver = f"demand {_n(inputs.demand_rps)} rps"
@@ -306,11 +388,10 @@ class ScalingPolicy(WindowPolicy):
             driver += f" ({why_ttft}: {self.ttft_headroom - 1:.0%} more capacity held)"
         if target > current:
             why = f"scale {current} -> {target}: {driver} > {capacity}"
-            if capped:
-                why += f"; needs {recommendation}, +max({SCALE_UP_MIN_STEP}, 100%) a window at most"
         elif target < current:
+            util = cfg.burst_utilisation if bursts is not None else cfg.target_utilisation
             why = f"scale {current} -> {target}: {driver} fits {target} x {rps} x " \
-                  f"{cfg.target_utilisation:g}; no higher need forecast or seen for {cfg.cooldown_s:.0f} s"
+                  f"{util:g}; no higher need forecast or seen for {cfg.cooldown_s:.0f} s"
             if capped:
                 why += f"; -{current - target} a window at most ({SCALE_DOWN_SHARE:.0%})"
         elif recommendation < current:
@@ -323,15 +404,6 @@ class ScalingPolicy(WindowPolicy):
         if overflow:
             why += f"; overflow {overflow} on {cfg.secondary_pool}"
         return why
-
-
-def _up_steps(current: int, target: int) -> int:
-    """Windows the scale-up step limit needs from ``current`` to ``target`` replicas."""
-    steps = 0
-    while current < target:
-        current += max(SCALE_UP_MIN_STEP, current)
-        steps += 1
-    return steps
 
 
 def _n(value: float) -> str:

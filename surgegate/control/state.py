@@ -16,8 +16,8 @@ import msgspec
 
 from surgegate.schemas.aggregates import PoolStats
 
-#: The layout of :class:`ThrottleState` and :class:`ScalingState`.
-FORMAT = 1
+#: The layout of :class:`ThrottleState` and :class:`ScalingState` (2: the scaling policy's burst envelope).
+FORMAT = 2
 
 
 class CapacityState(msgspec.Struct, frozen=True):
@@ -54,9 +54,22 @@ class ThrottleState(msgspec.Struct, frozen=True, tag="sg.ThrottleState", tag_fie
     previous_pool: PoolStats | None
 
 
+class BurstState(msgspec.Struct, frozen=True):
+    """The burst envelope: the horizon it learns over, the load's level, the windows still within the
+    horizon ``[base, highest since]``, the rises learned (oldest first), the windows learned and the loads that
+    may still be the highest within the memory ``(window, load)``."""
+
+    horizon: int
+    level: float
+    open: list[tuple[float, float]]
+    rises: list[float]
+    seen: int
+    highs: list[tuple[int, float]]
+
+
 class ScalingState(msgspec.Struct, frozen=True, tag="sg.ScalingState", tag_field="schema"):
-    """A pool's scaling policy: target, TTFT headroom, learned lead time, the cooldown's recommendations and the
-    scale-up waiting to be ready."""
+    """A pool's scaling policy: target, TTFT headroom, learned lead time, the cooldown's recommendations, the
+    scale-up waiting to be ready and the burst envelopes (None: none learned yet, or format 1)."""
 
     format: int
     pool: str
@@ -66,6 +79,9 @@ class ScalingState(msgspec.Struct, frozen=True, tag="sg.ScalingState", tag_field
     last_version: int
     recommendations: list[tuple[int, int]]
     pending: tuple[int, int] | None
+    burst: BurstState | None = None
+    #: the top tier's realtime load's envelope
+    protected: BurstState | None = None
 
 
 class _Format(msgspec.Struct):
@@ -77,9 +93,14 @@ _ENCODER = msgspec.json.Encoder()
 
 
 def upgrade(raw: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint of an earlier format in the current one's layout (format 1 is the first: nothing to do)."""
+    """A checkpoint of an earlier format in the current one's layout.
+
+    Format 1 had no burst envelope: the scaling policy learns it again from the next windows.
+    """
+    if raw.get("format") == 1:
+        return {**raw, "format": 2}
     if raw.get("format") != FORMAT:
-        raise ValueError(f"policy state format {raw.get('format')!r}: this release reads {FORMAT}")
+        raise ValueError(f"policy state format {raw.get('format')!r}: this release reads 1 to {FORMAT}")
     return raw
 
 

@@ -180,8 +180,14 @@ class ThrottlePolicy(WindowPolicy):
         if override is not None and override.level is not None:
             level = ration = override.level
         rates = self._rates(ration, demands, capacity)
+        # the top tier's realtime requests are refused only when the ready replicas are full: they may use the
+        # whole of the fleet's measured rate, not only the safe share of it the other classes are held to, and
+        # an SLO breach (which refusing them would not cure) does not hold them to last window's rate
+        protected = f"{cfg.tiers[0]}/realtime"
+        if protected in rates and saturated is None and breaker == "closed":
+            rates[protected] = max(rates[protected], threshold.replica_rps * ready)
         if breached:  # never admit more than last window while the SLO is breached
-            rates = {k: min(v, self.previous.get(k, v)) for k, v in rates.items()}
+            rates = {k: v if k == protected else min(v, self.previous.get(k, v)) for k, v in rates.items()}
         if breaker != "closed":
             rates = {k: v * self.breaker.probe_share for k, v in rates.items()}
         self.previous = rates

@@ -23,6 +23,8 @@ the edges or none (the edges then apply a static limit).
 - :class:`WithAdmission` puts surgegate's tier-aware admission (its throttle
   decisions, without its scaling) in front of any of them, so a report can
   tell what prediction adds over admission alone.
+- :class:`OraclePolicy` knows the demand ahead: the limit any causal policy is
+  measured against.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any
 from surgegate.checks import check
 from surgegate.control.config import ServiceConfig
 from surgegate.control.controller import ServiceController, ServiceWindow
+from surgegate.control.scaling import PoolConfig
 from surgegate.forecast.scope import ScopeForecaster
 from surgegate.schemas.aggregates import PoolStats, TrafficStats
 from surgegate.schemas.decisions import ThrottleDecision
@@ -98,6 +101,8 @@ class Policy(abc.ABC):
     #: what its operator tunes, and its value
     knob: str = ""
     knob_value: float = 0.0
+    #: the value as the report shows it ("" : knob_value)
+    knob_text: str = ""
 
     def second(self, sample: Sample) -> None:  # noqa: B027 - a null object: observing is optional
         """One simulated second's metrics."""
@@ -152,17 +157,22 @@ class FleetBounds:
 class SurgegatePolicy(Policy):
     """The forecaster, throttle policy and scaling policy the agents run, on simulated windows.
 
-    Its knob is the scaling policy's target utilisation of the learned per-replica capacity.
+    Its knob is the risk it takes: the scaling policy's target utilisation of the learned per-replica
+    capacity, and with it the burst coverage along :data:`RISK` (a lower utilisation holds for rarer
+    bursts), from the cheapest (0.9: the median rise) to a fleet sized for the worst rise seen (0.5).
     """
 
     name = "surgegate"
     static_limit_rps = None
-    knob = "target utilisation"
+    knob = "target utilisation / burst coverage"
 
     def __init__(self, fleet: FleetBounds, *, service: str = "chat", window_s: int = DEFAULT_WINDOW_S,
-                 target_utilisation: float | None = None) -> None:
-        self.knob_value = target_utilisation if target_utilisation is not None else fleet.target_utilisation
-        self.config = surgegate_config(fleet, service, self.knob_value)
+                 target_utilisation: float | None = None, burst_coverage: float | None = None) -> None:
+        self.knob_value = target_utilisation if target_utilisation is not None else DEFAULT_RISK
+        if burst_coverage is None:
+            burst_coverage = RISK.get(self.knob_value, PoolConfig.burst_coverage)
+        self.knob_text = f"{self.knob_value:g} / {burst_coverage:g}"
+        self.config = surgegate_config(fleet, service, self.knob_value, burst_coverage)
         self.forecaster = ScopeForecaster(f"service={service}", step_ms=window_s * 1000)
         self.controller = ServiceController(self.config)
         self.forecast: Forecast | None = None
@@ -189,10 +199,13 @@ class SurgegatePolicy(Policy):
 
 #: the share of the SLO-measured capacity admission lets in
 ADMISSION_UTILISATION = 0.95
+#: surgegate's risk line: target utilisation -> the burst coverage that goes with it
+RISK = {0.9: 0.5, 0.85: 0.8, 0.8: 0.9, 0.7: 0.99, 0.5: 1.0}
+DEFAULT_RISK = 0.8
 
 
-def surgegate_config(fleet: FleetBounds, service: str = "chat", target_utilisation: float | None = None
-                     ) -> ServiceConfig:
+def surgegate_config(fleet: FleetBounds, service: str = "chat", target_utilisation: float | None = None,
+                     burst_coverage: float | None = None) -> ServiceConfig:
     """The service configuration an operator would write for this fleet: its SLO, its benchmarked replica."""
     prompt_tps, output_tps = fleet.replica_tps if fleet.replica_tps is not None else (None, None)
     # a replica's rate is measured at the SLO (TPOT within target), so admission keeps a 5% margin on it
@@ -203,7 +216,8 @@ def surgegate_config(fleet: FleetBounds, service: str = "chat", target_utilisati
                              "min_replicas": fleet.min_replicas, "max_replicas": fleet.max_replicas,
                              "target_utilisation": fleet.target_utilisation if target_utilisation is None
                              else target_utilisation,
-                             "cold_start_s": fleet.cold_start_s})
+                             "cold_start_s": fleet.cold_start_s,
+                             **({"burst_coverage": burst_coverage} if burst_coverage is not None else {})})
 
 
 class StaticPolicy(Policy):
@@ -231,6 +245,65 @@ class StaticPolicy(Policy):
 
     def plan(self) -> Plan:
         return Plan(replicas=self.replicas, reason=f"fixed fleet of {self.replicas}")
+
+
+class OraclePolicy(Policy):
+    """Clairvoyant: it knows every second's demand (and request lengths) ahead, and starts each replica exactly
+    one cold start before it is needed and stops it as soon as it is not; it never throttles.
+
+    No causal policy can run the service for less at the same SLO (it could only match it by foreseeing every
+    burst), so every report gives each policy's cost as a ratio to the oracle's. Its knob is the utilisation it
+    runs replicas at: the SLO-measured rate times it is what one replica takes.
+    """
+
+    name = "oracle"
+    knob = "target utilisation"
+    static_limit_rps = None
+
+    def __init__(self, fleet: FleetBounds, demand: list[float], per_replica: list[float], *,
+                 cold_start_s: float | None = None, target_utilisation: float | None = None) -> None:
+        check(len(demand) == len(per_replica) and len(demand) > 0, "demand", len(demand),
+              "needs one rate (and one per-replica rate) per second")
+        check(min(per_replica) > 0, "per_replica", min(per_replica), "must be > 0 every second")
+        self.knob_value = target_utilisation if target_utilisation is not None else fleet.target_utilisation
+        check(0 < self.knob_value <= 1, "target_utilisation", self.knob_value, "must be within (0, 1]")
+        lead = max(1, math.ceil(cold_start_s if cold_start_s is not None else fleet.cold_start_s))
+        need = [min(fleet.max_replicas, max(fleet.min_replicas, math.ceil(d / (r * self.knob_value) - 1e-9)))
+                for d, r in zip(demand, per_replica)]
+        # what must run at second t: every replica needed from t until one cold start later (a replica stopped
+        # now could not be back in time), a sliding maximum
+        self._plan = _sliding_max(need, lead + 1)
+        self._now = 0
+
+    @classmethod
+    def _unit_test_params(cls, fleet: FleetBounds) -> dict[str, Any]:
+        demand = [fleet.replica_rps * fleet.max_replicas * (0.2 if t < 200 else 0.9) for t in range(600)]
+        return {"fleet": fleet, "demand": demand, "per_replica": [fleet.replica_rps] * 600}
+
+    @classmethod
+    def _invalid_params(cls) -> list[dict[str, Any]]:
+        return [{"target_utilisation": 0.0}, {"per_replica": [0.0] * 600}]
+
+    def second(self, sample: Sample) -> None:
+        self._now = int(sample.now_s) + 1  # plan() answers for the second about to begin
+
+    def plan(self) -> Plan:
+        t = min(self._now, len(self._plan) - 1)
+        return Plan(replicas=self._plan[t], reason=f"foreseen: {self._plan[t]} replicas from here")
+
+
+def _sliding_max(values: list[int], width: int) -> list[int]:
+    """``out[t] = max(values[t:t + width])`` in one pass (a monotonic deque)."""
+    out = [0] * len(values)
+    window: collections.deque[int] = collections.deque()
+    for t in range(len(values) - 1, -1, -1):
+        while window and values[window[-1]] <= values[t]:
+            window.pop()
+        window.append(t)
+        while window[0] >= t + width:
+            window.popleft()
+        out[t] = values[window[0]]
+    return out
 
 
 class Scraped:
@@ -380,7 +453,7 @@ class WithAdmission(Policy):
         check(inner is None or isinstance(inner, Policy), "inner", inner, "must be a simulated Policy")
         self.inner = inner if inner is not None else HpaPolicy(fleet, "gpu")
         self.name = f"{self.inner.name}+admission"
-        self.knob, self.knob_value = self.inner.knob, self.inner.knob_value
+        self.knob, self.knob_value, self.knob_text = self.inner.knob, self.inner.knob_value, self.inner.knob_text
         self.controller = ServiceController(surgegate_config(fleet, service))
         self.decision: ThrottleDecision | None = None
 

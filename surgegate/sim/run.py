@@ -142,6 +142,7 @@ class Result:
     window_s: int = DEFAULT_WINDOW_S
     knob: str = ""
     knob_value: float = 0.0
+    knob_text: str = ""
 
     @property
     def rows(self) -> list[WindowRow]:
@@ -262,6 +263,7 @@ def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None =
     for t in range(workload.seconds):
         now = float(t)
         clock[0] = now
+        acc.new_second()
         if t in workload.failures:
             fleet.fail(workload.failures[t])
         fleet.advance(now)
@@ -283,6 +285,7 @@ def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None =
             hits = arriving * model.cache_hit_ratio
             if hits:
                 acc.hit(tier, rtype, hits)
+            acc.arrivals[tier][-1] += arriving - hits
             n = max(1, _round((arriving - hits) / k, rng))
             calls += [i] * n
             each.append((arriving - hits) / n)
@@ -346,7 +349,8 @@ def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None =
             acc = _Window(tiers, window_s)
             if progress is not None and len(rows) % 60 == 0:
                 progress(t + 1, workload.seconds)
-    return Result(workload.name, policy.name, rows, workload.onset_s, window_s, policy.knob, policy.knob_value)
+    return Result(workload.name, policy.name, rows, workload.onset_s, window_s, policy.knob, policy.knob_value,
+                  policy.knob_text or f"{policy.knob_value:g}")
 
 
 class _Targets:
@@ -460,6 +464,12 @@ class _Window:
         self.waiting = 0.0
         self.running = 0.0
         self.capacity = 0.0
+        #: new demand (cache hits aside) of each second, per tier
+        self.arrivals: dict[str, list[float]] = {t: [] for t in tiers}
+
+    def new_second(self) -> None:
+        for seconds in self.arrivals.values():
+            seconds.append(0.0)
 
     def hit(self, tier: str, rtype: str, n: float) -> None:
         """``n`` requests answered from the response cache: served at once, within their SLO."""
@@ -514,6 +524,8 @@ class _Window:
     def _stats(self, classes: list[tuple[str, str]], ttft: list[tuple[float, float]], deferred: float,
                replayed: float) -> TrafficStats:
         w = self.window_s
+        tiers = {tier for tier, _ in classes}
+        peak = max(map(sum, zip(*(self.arrivals[t] for t in tiers))), default=0.0)
         hits = sum(self.hits[c] for c in classes)
         served = sum(self.served[c] for c in classes) + hits
         lost = sum(self.lost[c] for c in classes)
@@ -540,7 +552,8 @@ class _Window:
             demand_rps=round(max(0.0, n - replayed + deferred - hits) / w, 3),
             ttft_p50_ms=round(ttft_p50 * 1000, 3) if ttft_p50 is not None else None,
             ttft_p99_ms=round(p99, 3) if ttft_p99 is not None else None,
-            itl_p50_ms=None, itl_p99_ms=round(tpot * 1000, 3) if tpot is not None else None)
+            itl_p50_ms=None, itl_p99_ms=round(tpot * 1000, 3) if tpot is not None else None,
+            peak_rps=round(peak, 3))
 
     def observation(self, start: int, fleet: Fleet, backlog: tuple[int, float] = (0, 0.0)) -> Observation:
         tiers = {t: self._stats([(t, RT), (t, BATCH)], self.ttft[t], self.deferred[t], self.replayed[t])

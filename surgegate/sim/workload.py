@@ -19,6 +19,7 @@ import random
 from pathlib import Path
 
 from surgegate.schemas.telemetry import RequestType
+from surgegate.sim.bursty import NASA_1995_JUL, BurstStats, fit, generate
 from surgegate.telemetry.traces import read_trace, to_windows
 
 #: Traffic mix by (tier, request type): shares of all requests.
@@ -213,6 +214,22 @@ def replica_failures(rps: float = 80_000.0, *, seed: int = 0) -> Workload:
     return Workload("replica_failures", rate, True, failures={1200: 1 / 3, 2400: 0.25}, onset_s=1200)
 
 
+#: a sparse service's mean rate at its own scale: about three seconds in four without a request
+SPARSE_RPS = 0.3
+
+
+def bursty(peak_rps: float = 120_000.0, *, stats: BurstStats = NASA_1995_JUL, name: str = "bursty",
+           hours: float = 1.0, seed: int = 0) -> Workload:
+    """Synthetic: a new series with ``stats``' bursts (:mod:`surgegate.sim.bursty`), scaled as a trace is."""
+    return scaled(name, generate(stats, seconds=int(hours * 3600), seed=seed), peak_rps, synthetic=True)
+
+
+def bursty_from(path: Path, peak_rps: float = 120_000.0, *, seed: int = 0, hours: float = 1.0) -> Workload:
+    """Synthetic: bursts with the statistics :func:`~surgegate.sim.bursty.fit` measures on a trace."""
+    rate, _ = to_windows(read_trace(path), 1000)
+    return bursty(peak_rps, stats=fit(rate), name=f"bursty-{path.name.split('.')[0]}", hours=hours, seed=seed)
+
+
 #: name -> builder(peak_rps, seed)
 SCENARIOS = {
     "burst": lambda peak, seed: burst(peak, peak / 24, seed=seed),
@@ -223,4 +240,7 @@ SCENARIOS = {
     "token_heavy": lambda peak, seed: token_heavy(peak / 2, seed=seed),
     "gpu_quota": lambda peak, seed: gpu_quota(peak, seed=seed),
     "slow_cold_start": lambda peak, seed: slow_cold_start(peak, seed=seed),
+    "bursty": lambda peak, seed: bursty(peak, seed=seed),
+    "sparse_bursts": lambda peak, seed: bursty(peak, stats=dataclasses.replace(NASA_1995_JUL, mean_rps=SPARSE_RPS),
+                                               name="sparse_bursts", seed=seed),
 }

@@ -55,7 +55,7 @@ class TrafficCell:
     """Mutable request accumulator for one (service, tier, tenant, window)."""
 
     __slots__ = ("counts", "input_tokens", "output_tokens", "cache_hits", "over_2s", "replayed",
-                 "realtime", "batch", "latency", "queue_wait", "ttft", "itl")
+                 "realtime", "batch", "latency", "queue_wait", "ttft", "itl", "arrivals")
 
     def __init__(self) -> None:
         # ok, error, timeout, throttled, deferred, cancelled
@@ -71,10 +71,18 @@ class TrafficCell:
         self.queue_wait = LogHistogram()
         self.ttft = LogHistogram()
         self.itl = LogHistogram()
+        #: new demand by epoch second (see TrafficAggregate.arrivals)
+        self.arrivals: dict[int, int] = {}
 
     def add_event(self, ev: RequestEvent) -> None:
         """Fold one RequestEvent in (the hot path: sketch updates are inlined)."""
         status = ev.status
+        # new demand, exactly as demand_rps counts it (a deferred request is demand whatever its flags)
+        new = 1 if status == "deferred" else 1 - ev.replayed - ev.cache_hit
+        if new:
+            second = ev.ts // 1000
+            arrivals = self.arrivals
+            arrivals[second] = arrivals.get(second, 0) + new
         if status == "throttled":
             self.counts[3] += 1
         elif status == "deferred":
@@ -132,6 +140,7 @@ class TrafficCell:
         c[4] += s.deferred
         c[5] += s.cancelled
         n = s.requests
+        _spread(self.arrivals, s.ts, s.duration_ms, n + s.deferred - s.replayed - s.cache_hits)
         if s.request_type == "realtime":
             self.realtime += n
         else:
@@ -161,6 +170,7 @@ class TrafficCell:
         self.queue_wait.merge(other.queue_wait)
         self.ttft.merge(other.ttft)
         self.itl.merge(other.itl)
+        _add_arrivals(self.arrivals, other.arrivals)
 
     @property
     def events(self) -> int:
@@ -186,8 +196,27 @@ class TrafficCell:
             input_tokens=self.input_tokens, output_tokens=self.output_tokens,
             cache_hits=self.cache_hits, over_2s=self.over_2s, replayed=self.replayed,
             latency=wire_sketch(self.latency), queue_wait=wire_sketch(self.queue_wait),
-            ttft=wire_sketch(self.ttft), itl=wire_sketch(self.itl),
+            ttft=wire_sketch(self.ttft), itl=wire_sketch(self.itl), arrivals=dict(self.arrivals),
         )
+
+
+def _spread(arrivals: dict[int, int], ts: int, duration_ms: int, n: int) -> None:
+    """Count ``n`` arrivals over ``[ts, ts + duration_ms)`` evenly by second (a summary's interval)."""
+    if n == 0:
+        return
+    first, last = ts // 1000, (ts + duration_ms - 1) // 1000
+    seconds = last - first + 1
+    share, extra = divmod(abs(n), seconds)
+    sign = 1 if n > 0 else -1
+    for i in range(seconds):
+        k = share + (1 if i < extra else 0)
+        if k:
+            arrivals[first + i] = arrivals.get(first + i, 0) + sign * k
+
+
+def _add_arrivals(into: dict[int, int], other: dict[int, int]) -> None:
+    for second, n in other.items():
+        into[second] = into.get(second, 0) + n
 
 
 _STATUS_INDEX = {"ok": 0, "error": 1, "timeout": 2, "throttled": 3}
@@ -327,7 +356,16 @@ def merge_traffic(a: TrafficAggregate, b: TrafficAggregate) -> TrafficAggregate:
         replayed=a.replayed + b.replayed, cancelled=a.cancelled + b.cancelled,
         latency=_merge_sketch(a.latency, b.latency), queue_wait=_merge_sketch(a.queue_wait, b.queue_wait),
         ttft=_merge_sketch(a.ttft, b.ttft), itl=_merge_sketch(a.itl, b.itl),
+        arrivals=_merged_arrivals(a.arrivals, b.arrivals),
     )
+
+
+def _merged_arrivals(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
+    if not b:
+        return a
+    out = dict(a)
+    _add_arrivals(out, b)
+    return out
 
 
 def _merge_sketch(a: Sketch, b: Sketch) -> Sketch:
@@ -383,6 +421,7 @@ def traffic_stats(agg: TrafficAggregate, window_ms: int) -> TrafficStats:
         ttft_p99_ms=_r(ttft.quantile(0.99)) if ttft.count else None,
         itl_p50_ms=_r(itl.quantile(0.5)) if itl.count else None,
         itl_p99_ms=_r(itl.quantile(0.99)) if itl.count else None,
+        peak_rps=float(max(0, max(agg.arrivals.values()))) if agg.arrivals else None,
     )
 
 
