@@ -308,12 +308,12 @@ class Api:
 
     async def windows(self, request: web.Request) -> web.Response:
         scope, _ = self._scope(request)
-        raw = request.query.get("last", "30")
-        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LAST:  # "²" is a digit, not an int
+        last = _bounded(request.query.get("last", "30"), 1, MAX_LAST)
+        if last is None:
             raise ApiError(400, f"last must be an integer within [1, {MAX_LAST}]", "last")
         await self._known(scope)
         try:
-            rows = cast(list[bytes], await self.redis.zrange(self.keys.window_history(scope), -int(raw), -1))
+            rows = cast(list[bytes], await self.redis.zrange(self.keys.window_history(scope), -last, -1))
         except (redis.RedisError, OSError):
             raise _redis_down() from None
         return self._raw(b'{"scope":' + json.dumps(scope).encode() + b',"windows":[' + b",".join(rows) + b"]}")
@@ -354,10 +354,9 @@ class Api:
         service = request.match_info["service"]
         if not _NAME.fullmatch(service):
             raise ApiError(400, "service must be a service name", "service")
-        raw = request.query.get("at", "")
-        if not (raw.isascii() and raw.isdigit()) or int(raw) > 2**53:
+        at = _bounded(request.query.get("at", ""), 0, 2**53)
+        if at is None:
             raise ApiError(400, "at must be epoch milliseconds", "at")
-        at = int(raw)
         who = {name: request.query.get(name) for name in ("tenant", "tier")}
         for name, given in who.items():
             if given is not None and not _NAME.fullmatch(given):
@@ -386,15 +385,15 @@ class Api:
         service = request.match_info["service"]
         if not _NAME.fullmatch(service):
             raise ApiError(400, "service must be a service name", "service")
-        raw = request.query.get("minutes", "15")
-        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_RECENT_MINUTES:
+        minutes = _bounded(request.query.get("minutes", "15"), 1, MAX_RECENT_MINUTES)
+        if minutes is None:
             raise ApiError(400, f"minutes must be an integer within [1, {MAX_RECENT_MINUTES}]", "minutes")
         config = self.settings.service_configs().get(service)
         pool = config.pool if config is not None else service
         now = int(time.time() * 1000)
         try:
             values = await asyncio.get_running_loop().run_in_executor(
-                None, read_between, self.settings, self.topics.history, now - int(raw) * 60_000, now,
+                None, read_between, self.settings, self.topics.history, now - minutes * 60_000, now,
                 frozenset({service.encode(), pool.encode()}))
         except BrokerError as exc:
             raise ApiError(503, f"the decision history could not be read: {exc}") from None
@@ -482,7 +481,12 @@ class Api:
     async def create_override(self, request: web.Request) -> web.Response:
         author = self._authorised(request)
         try:
-            body = msgspec.json.decode(await request.read(), type=dict[str, Any])
+            async with asyncio.timeout(BODY_TIMEOUT_S):  # a body sent slowly does not hold the connection
+                raw = await request.read()
+        except TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {BODY_TIMEOUT_S:g} s", "body") from None
+        try:
+            body = msgspec.json.decode(raw, type=dict[str, Any])
         except msgspec.DecodeError as exc:
             raise ApiError(400, f"the body must be a JSON object: {exc}", "body") from None
         except RecursionError:  # absurdly nested values
@@ -605,6 +609,21 @@ class Api:
 
 
 _HISTORY = msgspec.json.Decoder(HistoryRecord)
+#: seconds a request body may take to arrive
+BODY_TIMEOUT_S = 10.0
+
+
+def _bounded(raw: str, low: int, high: int) -> int | None:
+    """``raw`` as an integer within [low, high], else None: ASCII digits only ("²" is a digit, not an int), and
+    never more of them than ``high`` has (Python refuses to read an int of thousands of digits).
+
+    >>> _bounded("30", 1, 100), _bounded("9" * 5000, 1, 100), _bounded("²", 0, 9), _bounded("0", 1, 9)
+    (30, None, None, None)
+    """
+    if not raw or len(raw) > len(str(high)) or not (raw.isascii() and raw.isdigit()):
+        return None
+    value = int(raw)
+    return value if low <= value <= high else None
 _NAME = re.compile(NAME_PATTERN)
 API = web.AppKey("api", Api)
 

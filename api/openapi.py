@@ -165,6 +165,7 @@ def openapi_document() -> dict:
                     "requestBody": {"required": True, "content": _json(override_body)},
                     "responses": {"201": {"description": "the override as written", "content": _json(_ref("Override"))},
                                   "400": _error("a malformed field, named"), "401": _error(_ERRORS[401]),
+                                  "408": _error("the body did not arrive within 10 s"),
                                   "503": _error("the audit log could not be written")}}},
             "/v1/overrides/{override_id}": {"delete": {
                 "summary": "Release an override early (audited)", "security": bearer,

@@ -142,7 +142,18 @@ class EdgeProxy:
         if request.headers.get(CACHE_HEADER, OPT_IN) not in (OPT_IN, OPT_OUT):
             raise BadRequest(400, "malformed_cache_header", f"header {CACHE_HEADER} must be {OPT_IN} or {OPT_OUT}",
                              CACHE_HEADER)
+        self._deadline(request)  # whether or not the request is deferred, a malformed header is the client's error
         return who, rtype, body, parsed, tokens
+
+    def _deadline(self, request: web.Request) -> float:
+        """Seconds a deferred request may wait: its ``X-Surgegate-Deadline``, else the edge's default."""
+        raw = request.headers.get(DEADLINE_HEADER)
+        if raw is None:
+            return self.deadline_s
+        if len(raw) <= 6 and raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_DEADLINE_S:
+            return int(raw)
+        raise BadRequest(400, "malformed_deadline", f"header {DEADLINE_HEADER} must be whole seconds within "
+                         f"[1, {MAX_DEADLINE_S}]", DEADLINE_HEADER)
 
     @staticmethod
     def _token_budget(request: web.Request, parsed: OpenAIRequest) -> int:
@@ -344,16 +355,7 @@ class EdgeProxy:
     async def _defer(self, request: web.Request, who: Identity, rtype: RequestType, tokens: int, body: bytes,
                      verdict: Verdict) -> web.Response:
         """Put the request on the deferral lane; 202 with its task id once the lane has it."""
-        raw = request.headers.get(DEADLINE_HEADER)
-        if raw is None:
-            deadline_s = self.deadline_s
-        elif len(raw) <= 6 and raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_DEADLINE_S:
-            deadline_s = int(raw)
-        else:
-            self.gate.admission.tally.moved(who.tenant, who.tier, rtype, DEFER, REJECT)
-            self.bad_requests["malformed_deadline"] += 1
-            return _error(400, f"header {DEADLINE_HEADER} must be whole seconds within [1, {MAX_DEADLINE_S}]",
-                          "invalid_request_error", "malformed_deadline", DEADLINE_HEADER)
+        deadline_s = self._deadline(request)  # checked at classification: well formed here
         now = int(time.time() * 1000)
         task = DeferredTask(id=new_task_id(), service=self.gate.service, tenant=who.tenant, tier=who.tier,
                             method=request.method, path=request.path_qs, body=body, created_at=now,

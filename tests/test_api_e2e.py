@@ -149,6 +149,10 @@ def test_health_readiness_and_reads(api_settings):
     ("/v1/windows/service=chat?last=zero", 400, "last"),
     ("/v1/windows/service=chat?last=%C2%B2", 400, "last"),  # "²": a digit to str.isdigit, not an integer
     ("/v1/windows/service=chat?last=100000", 400, "last"),
+    # thousands of digits: Python refuses to read such an int, the API refuses the parameter
+    ("/v1/windows/service=chat?last=" + "9" * 5000, 400, "last"),
+    ("/v1/history/chat?at=" + "9" * 5000, 400, "at"),
+    ("/v1/history/chat/recent?minutes=" + "9" * 5000, 400, "minutes"),
     ("/v1/windows/bogus", 400, "scope"),
     ("/v1/decisions/service=chat,tier=pro", 400, "scope"),
     ("/v1/decisions/pool=gpu-a", 503, None),  # pools come from the decision stream, off in this instance

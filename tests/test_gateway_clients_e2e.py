@@ -291,3 +291,57 @@ def test_a_level_4_pin_admits_only_the_top_tiers_realtime_whatever_tiers_the_win
 
     served, version = run(go())
     assert served.choices and version == 2
+
+
+def test_no_input_is_a_500_and_no_header_a_client_sent_reaches_the_log(settings, caplog):
+    import logging
+    import socket
+
+    from surgegate.logs import redact_bad_requests
+
+    redact_bad_requests()
+    publish(settings, decision(1))
+
+    async def go():
+        async with Stack(settings, body_timeout_s=1.0) as s:
+            url, auth = s.base + "/chat/completions", {"Authorization": "Bearer sk-acme-pro"}
+            answers = {}
+            async with aiohttp.ClientSession() as session:
+                nested = b'{"model": "m", "messages": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+                async with session.post(url, data=nested, headers=auth) as r:
+                    answers["nested"] = r.status, (await r.json())["error"]["code"]
+                async with session.post(url, data=b"{}", headers={**auth, "X-Surgegate-Deadline": "9" * 5000,
+                                                                  "X-Request-Type": "batch"}) as r:
+                    answers["deadline"] = r.status, (await r.json())["error"]["param"]
+                async with session.post(url, json={"model": "m"}, headers={**auth, "X-Max-Tokens": "9" * 5000}) as r:
+                    answers["max tokens"] = r.status, (await r.json())["error"]["param"]
+            host, port = s.server.host, s.server.port
+
+            def raw(request: bytes) -> tuple[bytes, float]:
+                started = time.monotonic()
+                with socket.create_connection((host, port), timeout=10) as sock:
+                    sock.sendall(request)
+                    return sock.recv(4096), time.monotonic() - started
+
+            loop = asyncio.get_running_loop()
+            head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            # a key of bytes that are not UTF-8, and a header line longer than aiohttp reads (8,190 bytes)
+            answers["non-utf8 key"] = (await loop.run_in_executor(None, raw, head + b"Authorization: Bearer \xff\xfe"
+                                                                  b"sk-SECRET\r\nContent-Length: 2\r\n\r\n{}"))[0]
+            answers["long header"] = (await loop.run_in_executor(None, raw, head + b"Authorization: Bearer sk-SECRET"
+                                                                 + b"a" * 9000 + b"\r\n\r\n"))[0]
+            # a body that never finishes arriving: refused at its deadline (1 s here), not held open
+            answers["slow body"] = await loop.run_in_executor(
+                None, raw, head + b"Authorization: Bearer sk-acme-pro\r\nContent-Length: 100\r\n\r\n{\"model\"")
+            return answers
+
+    with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+        answers = run(go())
+    assert answers["nested"] == (400, "invalid_body")
+    assert answers["deadline"] == (400, "X-Surgegate-Deadline")
+    assert answers["max tokens"] == (400, "X-Max-Tokens")
+    assert answers["non-utf8 key"].startswith(b"HTTP/1.1 401")
+    assert answers["long header"].startswith(b"HTTP/1.") and b" 400 " in answers["long header"].split(b"\r\n")[0]
+    slow, took = answers["slow body"]
+    assert slow.startswith(b"HTTP/1.1 408") and took < 3.0, (slow[:40], took)
+    assert "sk-SECRET" not in caplog.text and "refused a malformed request" in caplog.text

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from surgegate.errors import SettingsError, SurgegateError
+from surgegate.logs import redact_bad_requests
 from surgegate.settings import Settings
 
 log = logging.getLogger("surgegate")
@@ -63,6 +64,7 @@ def configure_logging(settings: Settings, verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format=LOG_FORMAT)
     logging.getLogger("surgegate").setLevel(logging.DEBUG if verbose else settings.log_level.upper())
     logging.getLogger("surgegate.librdkafka").setLevel(logging.INFO if verbose else logging.CRITICAL)
+    redact_bad_requests()
 
 
 def logging_as_configured() -> dict[str, Any]:

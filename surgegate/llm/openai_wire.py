@@ -76,6 +76,8 @@ class OpenAIRequest(msgspec.Struct, frozen=True):
             raise ValueError(f"invalid request body: {exc}") from None
         except msgspec.DecodeError as exc:
             raise ValueError(f"the request body is not JSON: {exc}") from None
+        except RecursionError:
+            raise ValueError("the request body nests its JSON too deep") from None
 
     def token_cap(self) -> int | None:
         """The output tokens the request allows itself (the smallest budget it names), or None."""
