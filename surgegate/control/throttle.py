@@ -126,9 +126,13 @@ class ThrottlePolicy(WindowPolicy):
         util = inputs.pool.utilisation_mean if inputs.pool and inputs.pool.workers else None
         # what the servers answered: cache hits never reached them (cache-aware capacity)
         served_rps = max(0, s.served - s.cache_hits) / seconds
+        # the latency load shows in: a streamed answer's time to first token where it was measured (its whole
+        # length is the output's, whatever the load), else the requests' latency
+        p99, slo = (s.ttft_p99_ms, cfg.ttft_slo_ms) if s.ttft_p99_ms is not None and cfg.ttft_slo_ms is not None \
+            else (s.latency_p99_ms, cfg.slo_p99_ms)
         threshold = self.capacity.update(window_start=inputs.window_start, served_rps=served_rps,
-                                         p99_ms=s.latency_p99_ms, ready_replicas=ready, utilisation=util,
-                                         tokens_per_s=s.tokens_per_s, queue_wait_ms=s.queue_wait_p99_ms)
+                                         p99_ms=p99, ready_replicas=ready, utilisation=util,
+                                         tokens_per_s=s.tokens_per_s, queue_wait_ms=s.queue_wait_p99_ms, slo_ms=slo)
         capacity = threshold.safe_rps
         override = self._override(inputs)
         if override is not None and override.limit_rps is not None:
@@ -150,7 +154,7 @@ class ThrottlePolicy(WindowPolicy):
         demands = self._class_demands(inputs, upper, seconds, capacity)
         failures = s.failure_share  # a client that left (cancelled) is no failure: stop buttons cannot open the breaker
         # a breach that queueing does not explain is not cured by admitting less
-        slow = s.latency_p99_ms > cfg.slo_p99_ms and not self.capacity.last_service_bound
+        slow = p99 > slo and not self.capacity.last_service_bound
         # what the inference servers report: a full KV cache with a queue, or TTFT over its SLO
         saturated = saturation(inputs.pool, self.previous_pool, ttft_p99_ms=s.ttft_p99_ms,
                                ttft_slo_ms=cfg.ttft_slo_ms)
@@ -171,7 +175,8 @@ class ThrottlePolicy(WindowPolicy):
             if saturated is not None:
                 why = f"servers saturated ({saturated}); " + why
             else:
-                why = (f"window breaches the SLO (p99 {s.latency_p99_ms:,.0f} ms vs {cfg.slo_p99_ms:,.0f} ms, "
+                what = "TTFT p99" if slo == cfg.ttft_slo_ms and s.ttft_p99_ms is not None else "p99"
+                why = (f"window breaches the SLO ({what} {p99:,.0f} ms vs {slo:,.0f} ms, "
                        f"failures {100 * failures:.1f}% vs {100 * cfg.error_budget:.0f}%); " + why)
         level = self.levels.step(target, calm_target)
         # the level steps down slowly (its label, and degraded answers), but admission follows the
