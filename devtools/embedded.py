@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Self
 
+from surgegate.children import die_with_parent
 from surgegate.errors import EmbeddedServiceError
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,10 @@ class _Embedded:
     def start(self) -> Self:
         """Start the process and wait until it accepts connections."""
         with open(self.log_path, "wb") as out:
+            # its own session (a Ctrl-C at the terminal is the parent's to handle), and it dies with the parent
+            # however the parent ends, kill -9 included
             self._proc = subprocess.Popen(self._command(), stdout=out, stderr=subprocess.STDOUT,
-                                          cwd=self._dir, start_new_session=True)
+                                          cwd=self._dir, start_new_session=True, preexec_fn=die_with_parent)
         _wait_for_port(self.port, self._proc, self.name, self.log_path)
         log.info("embedded %s on 127.0.0.1:%d", self.name, self.port)
         return self

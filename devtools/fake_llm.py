@@ -21,6 +21,7 @@ the waiting queue and a full cache preempts sequences, as on a real server.
   with ``model_name``.
 - ``time_scale`` multiplies every simulated duration (0.01: a hundred times
   faster than the GPU); figures in ``/metrics`` stay in simulated seconds.
+- ``GET /health`` answers 200, as vLLM's does once its model is loaded.
 - ``GET /_fake/stats`` counts requests, tokens and cancellations and shows the
   last request body received, so tests can see what reached the upstream.
 - A request with ``X-Fake-Stamps: 1`` gets an SSE comment before each chunk,
@@ -293,6 +294,11 @@ def _error(status: int, message: str, kind: str, code: str | None) -> web.Respon
 FAKE = web.AppKey("fake_llm", FakeLLM)
 
 
+async def _health(request: web.Request) -> web.Response:
+    """vLLM's liveness probe: 200 once the server serves."""
+    return web.Response(status=200)
+
+
 def create_fake_llm_app(**options: Any) -> web.Application:
     """The fake server's application; ``options`` go to :class:`FakeLLM`."""
     fake = FakeLLM(**options)
@@ -309,6 +315,7 @@ def create_fake_llm_app(**options: Any) -> web.Application:
     app.router.add_post("/v1/completions", fake.completions)
     app.router.add_post("/v1/embeddings", fake.embeddings)
     app.router.add_get("/v1/models", fake.models)
+    app.router.add_get("/health", _health)
     app.router.add_get("/metrics", fake.metrics)
     app.router.add_get("/_fake/stats", fake.stats_view)
     return app

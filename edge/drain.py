@@ -359,8 +359,7 @@ class Drainer:
             with contextlib.suppress(ValueError):
                 body = with_token_cap(body, max_tokens, task.path)
         started = time.perf_counter()
-        result, _, payload = await self.relay.fetch(task.method, self.upstream + task.path, task.headers, body,
-                                                    lambda: 0)
+        result, _, payload = await self.relay.fetch(task.method, task.path, task.headers, body, lambda: 0)
         status: int | None = result.status
         outcome: Status = result.outcome
         why: str | None = None

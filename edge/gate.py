@@ -30,6 +30,7 @@ from surgegate.admission.gate import Admission, Fallback, Verdict
 from surgegate.admission.gate import hold_after_s as _hold_after
 from surgegate.control.config import DEFAULT_TIERS, ServiceConfig
 from surgegate.edge.metrics import GateMetrics
+from surgegate.edge.shares import DemandShares
 from surgegate.errors import DeliveryFailed, ProducerBufferFull
 from surgegate.gpu.pools import PoolBook
 from surgegate.schemas.decisions import ThrottleDecision
@@ -65,7 +66,7 @@ class EdgeGate:
                  shadow: bool = False, tiers: tuple[str, ...] | None = None, fallback: Fallback | None = None,
                  report: Report = "summaries", bootstrap_from_redis: bool = True,
                  hold_after_s: float | None = None, metrics: GateMetrics | None = None,
-                 follow_scaling: bool = False) -> None:
+                 follow_scaling: bool = False, share_from_demand: bool = False) -> None:
         if report not in ("summaries", "events", "off"):
             raise ValueError(f"report={report!r}: must be summaries, events or off")
         config = settings.service_configs().get(service) or ServiceConfig(service=service)
@@ -81,6 +82,12 @@ class EdgeGate:
             fallback=fallback or Fallback.conservative(config, share), floor_share=config.floor_share,
             hold_after_s=hold_after_s if hold_after_s is not None else _hold_after(settings.window_s))
         self.bootstrap_from_redis = bootstrap_from_redis
+        #: the configured share (the fallback), and the edges' demands where they meet (with Redis)
+        self.configured_share = share
+        self.shares: DemandShares | None = None
+        if share_from_demand and settings.redis:
+            self.shares = DemandShares(sync_client(settings.redis_target(), timeout_s=0.5),
+                                       Keys.for_topic_prefix(settings.topic_prefix).edge_demand(service), edge_id)
         #: Prometheus metrics, shared by the process's gates when given (else this gate's own registry)
         self.metrics = metrics if metrics is not None else GateMetrics()
         self.metrics.attach(self)
@@ -242,6 +249,10 @@ class EdgeGate:
         summaries = self.admission.tally.drain(
             ts=boundary_ms - REPORT_INTERVAL_MS, duration_ms=REPORT_INTERVAL_MS, service=self.service,
             edge_id=self.edge_id, gate=self.admission.state(), shadow=self.admission.shadowing())
+        if self.shares is not None:  # this second's demand at this edge: every request that met the gate
+            arrivals = sum(s.requests + s.deferred for s in summaries) * 1000 / REPORT_INTERVAL_MS
+            share = self.shares.update(arrivals)
+            self.admission.set_share(share if share is not None else self.configured_share)
         producer = self._producer
         if producer is None or not summaries:
             return

@@ -45,6 +45,7 @@ from prometheus_client import generate_latest
 from surgegate.admission.actions import ADMIT, DEFER, REJECT
 from surgegate.admission.gate import UnknownTier, Verdict
 from surgegate.admission.tokens import TokenBudgets
+from surgegate.edge.balancer import PoolWatcher
 from surgegate.edge.cache import CachedAnswer, ResponseCache
 from surgegate.edge.gate import EdgeGate, GlobalQuota
 from surgegate.edge.identity import BadRequest, Identifier, Identity, KeyRing, request_type
@@ -229,8 +230,8 @@ class EdgeProxy:
             return extra
 
         keep = functools.partial(self._keep_answer, cache_key) if cache_key is not None else None
-        return await self.relay.relay(request, self._upstream_for(who, rtype) + request.path_qs, body, estimate,
-                                      headers=headers, keep=keep, done=done)
+        return await self.relay.relay(request, request.path_qs, body, estimate, headers=headers, keep=keep, done=done,
+                                      base=self._upstream_for(who, rtype))
 
     def _record(self, who: Identity, rtype: RequestType, outcome: Outcome, started: float, replayed: bool) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
@@ -383,8 +384,8 @@ class EdgeProxy:
         if verdict.max_tokens is not None and task.path.split("?")[0] in INFERENCE_PATHS:
             body = with_token_cap(body, verdict.max_tokens, task.path)
         started = time.perf_counter()
-        outcome, _, payload = await self.relay.fetch(task.method, self._upstream_for(who, "batch") + task.path,
-                                                     task.headers, body, _Estimate(body))
+        outcome, _, payload = await self.relay.fetch(task.method, task.path, task.headers, body, _Estimate(body),
+                                                     base=self._upstream_for(who, "batch"))
         self._record(who, "batch", outcome, started, True)
         self.counts["deferred_done"] += 1
         return outcome.status, payload
@@ -423,13 +424,13 @@ class EdgeProxy:
             "deferred_queued": lane.queued if isinstance(lane, MemoryLane) else None,
             "global_quota": dict(self.quota.counts) if self.quota is not None else None}}
 
-    def _upstream_for(self, who: Identity, rtype: RequestType) -> str:
-        """The primary upstream, or the overflow one for lower tiers and batch work while the pool's decision asks
-        overflow replicas; the top tier's realtime traffic always stays on the primary pool."""
+    def _upstream_for(self, who: Identity, rtype: RequestType) -> str | None:
+        """None for the primary upstream (or pool), or the overflow one for lower tiers and batch work while the
+        pool's decision asks overflow replicas; the top tier's realtime traffic always stays on the primary."""
         if self.overflow is None or self.gate.overflow() == 0:
-            return self.relay.upstream
+            return None
         if rtype == "realtime" and who.tier == self.top_tier:
-            return self.relay.upstream
+            return None
         self.counts["to_overflow"] += 1
         return self.overflow
 
@@ -496,7 +497,8 @@ def create_edge_app(gate: EdgeGate, upstream: str | Relay, *, models: Mapping[st
                     gates: Mapping[str, EdgeGate] | None = None, keys: Any = None,
                     tenants: Mapping[str, str] | None = None, default_tenant: str = "anonymous",
                     default_tier: str | None = None, anonymous_tier: str | None = None,
-                    max_body_bytes: int = 32 * 1024 * 1024, **options: Any) -> web.Application:
+                    max_body_bytes: int = 32 * 1024 * 1024, watcher: PoolWatcher | None = None,
+                    **options: Any) -> web.Application:
     """The gateway application; every gate must be started, and its owner closes it after the app.
 
     ``gate`` serves the default service. ``models`` maps a request's ``model``
@@ -505,7 +507,8 @@ def create_edge_app(gate: EdgeGate, upstream: str | Relay, *, models: Mapping[st
     (and an unmapped model by the default one). ``upstream`` is the upstream's
     base URL, or a :class:`Relay` already made; ``keys`` a
     :class:`~surgegate.edge.identity.KeyFile`, a ``KeyRing``, plain keys and
-    their identities, or None (keys are not checked).
+    their identities, or None (keys are not checked). ``watcher`` keeps the
+    relay's balancer on a pool's replicas while the app runs.
     Run it with ``handler_cancellation=True`` (``web.run_app``, ``AppRunner``)
     so a client that disconnects also cancels its upstream request.
     """
@@ -531,11 +534,15 @@ def create_edge_app(gate: EdgeGate, upstream: str | Relay, *, models: Mapping[st
 
     async def lifecycle(app: web.Application):
         await relay.start()
+        if watcher is not None:
+            await watcher.start()
         for p in proxies:
             await p.start()
         yield
         for p in proxies:
             await p.close()
+        if watcher is not None:
+            await watcher.close()
         await relay.close()
 
     async def route(request: web.Request) -> web.StreamResponse:

@@ -19,6 +19,10 @@ the whole answer), streams relayed as they arrive, compressed answers read, toke
 - **Encodings.** The upstream is asked for ``identity`` and whatever it sends
   anyway (gzip, deflate) is decoded, so usage is read from the text and the
   client gets plain bytes whatever it asked for.
+- **Replicas.** The upstream is one URL, or a :class:`~surgegate.edge.balancer.Balancer`
+  over a pool's replicas: each call goes to the replica it picks (least
+  outstanding requests), and a replica that fails the call is ejected for a
+  while. A pool with no replica serving is a ``503`` with ``Retry-After``.
 - **Credentials.** The tenant's key never leaves the edge: the upstream gets
   ``upstream_key`` (``SURGEGATE_UPSTREAM_KEY``) or no ``Authorization`` at all.
 - **Tokens.** From ``usage`` wherever it appears: a JSON answer's, a stream's
@@ -38,6 +42,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
+from surgegate.edge.balancer import Balancer, Endpoint
 from surgegate.llm.openai_wire import openai_error
 from surgegate.schemas.telemetry import Status
 
@@ -79,14 +84,16 @@ class Outcome:
 class Relay:
     """Calls the upstream for the gateway (see the module docstring)."""
 
-    def __init__(self, upstream: str, *, upstream_key: str = "", connect_timeout_s: float = CONNECT_TIMEOUT_S,
-                 first_byte_s: float = FIRST_BYTE_TIMEOUT_S, idle_s: float = IDLE_TIMEOUT_S,
-                 connections: int = 1000) -> None:
+    def __init__(self, upstream: str | Balancer, *, upstream_key: str = "",
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S, first_byte_s: float = FIRST_BYTE_TIMEOUT_S,
+                 idle_s: float = IDLE_TIMEOUT_S, connections: int = 1000) -> None:
         for name, value in (("connect_timeout_s", connect_timeout_s), ("first_byte_s", first_byte_s),
                             ("idle_s", idle_s)):
             if not value > 0:
                 raise ValueError(f"{name}={value!r}: must be > 0")
-        self.upstream = upstream.rstrip("/")
+        #: one upstream URL, or the balancer over a pool's replicas ("" then)
+        self.balancer = upstream if isinstance(upstream, Balancer) else None
+        self.upstream = upstream.rstrip("/") if isinstance(upstream, str) else ""
         self.upstream_key = upstream_key
         self.connect_timeout_s = connect_timeout_s
         self.first_byte_s = first_byte_s
@@ -122,18 +129,49 @@ class Relay:
 
     # ------------------------------------------------------------ buffered (deferred tasks, other paths)
 
-    async def fetch(self, method: str, url: str, headers: Mapping[str, str], body: bytes,
-                    estimate: Estimate) -> tuple[Outcome, dict[str, str], bytes]:
+    def _target(self, base: str | None) -> tuple[str | None, Endpoint | None]:
+        """The base URL of the next call (``base``, else the upstream, else a replica the balancer picks), and the
+        replica picked; (None, None) when the pool has no replica serving."""
+        if base is not None:
+            return base, None
+        if self.balancer is None:
+            return self.upstream, None
+        ep = self.balancer.pick()
+        return (ep.url, ep) if ep is not None else (None, None)
+
+    def _settle(self, ep: Endpoint | None, outcome: Outcome) -> None:
+        if ep is not None and self.balancer is not None:
+            self.balancer.done(ep, ok=outcome.answered and outcome.status < 500)
+
+    def no_replica(self, estimate: Estimate) -> tuple[Outcome, dict[str, str], bytes]:
+        """The answer when the pool has no replica serving: 503, come back in a second."""
+        self._count("no_replica")
+        # no capacity at all, which is no failure of the service: refused for lack of replicas, as a full pool is
+        retry = {"Retry-After": "1", "retry-after-ms": "1000"}
+        return (Outcome(503, "throttled", estimate(), 0, answered=False), retry,
+                openai_error("The service is busy: no replica of its pool is serving. Please retry after 1 s.",
+                             "server_error", "no_replica"))
+
+    async def fetch(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
+                    estimate: Estimate, *, base: str | None = None) -> tuple[Outcome, dict[str, str], bytes]:
         """One call read whole: its outcome, the headers to relay and the body (in OpenAI's error shape when
-        the call failed)."""
+        the call failed). ``base``: the upstream to call (default: the relay's, or a replica of its pool)."""
         session = self._require()
+        root, ep = self._target(base)
+        if root is None:
+            return self.no_replica(estimate)
+        outcome = Outcome(499, "cancelled", 0, 0)
         try:
-            async with session.request(method, url, headers=self.upstream_headers(headers), data=body) as resp:
+            async with session.request(method, root + path, headers=self.upstream_headers(headers),
+                                       data=body) as resp:
                 payload = await resp.read()
-                return self.buffered_outcome(resp.status, payload, estimate), _down(resp.headers), payload
+                outcome = self.buffered_outcome(resp.status, payload, estimate)
+                return outcome, _down(resp.headers), payload
         except (TimeoutError, aiohttp.ClientError) as exc:
             outcome, reply, payload = self.failure(exc, estimate)
             return outcome, reply, payload
+        finally:
+            self._settle(ep, outcome)
 
     def buffered_outcome(self, status: int, payload: bytes, estimate: Estimate) -> Outcome:
         """Status and tokens of an answer read whole (its ``usage`` when it has one, else the estimate)."""
@@ -165,18 +203,24 @@ class Relay:
 
     # ------------------------------------------------------------ the client's call
 
-    async def relay(self, request: web.Request, url: str, body: bytes, estimate: Estimate, *,
+    async def relay(self, request: web.Request, path: str, body: bytes, estimate: Estimate, *,
                     headers: Callable[[], dict[str, str]], keep: Callable[[int, str, bytes, bool], Any] | None = None,
-                    done: Callable[[Outcome], None]) -> web.StreamResponse:
-        """Answer ``request`` with the upstream's answer to it: streamed as it arrives when the upstream
-        streams, else read whole. ``headers()`` gives the edge's own headers (asked once the answer begins),
+                    done: Callable[[Outcome], None], base: str | None = None) -> web.StreamResponse:
+        """Answer ``request`` with the upstream's answer to it (``path`` on ``base``, default the relay's
+        upstream or a replica of its pool): streamed as it arrives when the upstream streams, else read whole.
+        ``headers()`` gives the edge's own headers (asked once the answer begins),
         ``keep(status, content_type, body, streamed)`` gets a complete successful answer (for the cache),
         ``done(outcome)`` is called once, however the call ends (the client leaving included)."""
         session = self._require()
         call = _Call(Outcome(499, "cancelled", 0, 0), time.perf_counter(), estimate)
+        root, ep = self._target(base)
         try:
+            if root is None:
+                call.outcome, reply, payload = self.no_replica(estimate)
+                return web.Response(status=503, body=payload, content_type="application/json",
+                                    headers={**reply, **headers()})
             try:
-                resp = await session.request(request.method, url, data=body,
+                resp = await session.request(request.method, root + path, data=body,
                                              headers=self.upstream_headers(request.headers))
             except (TimeoutError, aiohttp.ClientError) as exc:
                 call.outcome, reply, payload = self.failure(exc, estimate)
@@ -199,6 +243,7 @@ class Relay:
             self._count("client_disconnects")
             raise
         finally:
+            self._settle(ep, call.outcome)
             done(call.outcome)
 
     async def _stream(self, request: web.Request, resp: aiohttp.ClientResponse, call: _Call,

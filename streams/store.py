@@ -71,6 +71,15 @@ class Keys:
     def latest_threshold(self, service: str) -> str:
         return f"{self.prefix}threshold:{service}"
 
+    def pool_replicas(self, pool: str) -> str:
+        """A pool's serving replicas (hash: URL -> its latest report), written by the process that runs them."""
+        return f"{self.prefix}replicas:{pool}"
+
+    def edge_demand(self, service: str) -> str:
+        """Each edge's recent demand for a service (hash: edge id -> ``rps@epoch seconds``), from which edges take
+        their shares of the service's rates."""
+        return f"{self.prefix}edge-demand:{service}"
+
 
 class _Backoff:
     def __init__(self) -> None:

@@ -184,6 +184,13 @@ class Settings:
         except ValueError as exc:
             raise SettingsError(f"{ENV_PREFIX}SERVICES: {exc}") from None
         object.__setattr__(self, "_service_configs", configs)  # parsed once, here
+        # a window's decision is issued once it closes (the lateness after its end) and must reach the edges
+        # with some of its lease left, or they never apply one and run on their fallback
+        for config in configs.values() or [None]:
+            lease = (config.lease_windows if config is not None else 3) * self.window_s
+            _check(self.lateness_s + self.window_s < lease, "LATENESS_S", self.lateness_s,
+                   f"must leave a window of the decisions' lease ({lease:g} s = lease_windows x WINDOW_S"
+                   f"{f' of service {config.service}' if config is not None else ''}): below {lease - self.window_s:g}")
         _check(bool(_TOPIC_PREFIX.match(self.topic_prefix)), "TOPIC_PREFIX", self.topic_prefix,
                "may hold only letters, digits, '.', '_' and '-'")
         _check(self.log_level in ("debug", "info", "warning", "error"), "LOG_LEVEL", self.log_level,

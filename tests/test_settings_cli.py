@@ -200,7 +200,7 @@ def test_kafka_security_reaches_every_client_config_and_the_agents(tmp_path):
 
 
 def test_every_setting_survives_the_way_to_a_child_process():
-    s = Settings(kafka="k:1", redis="redis://r:2/0", window_s=2.0, forecast_horizon=12, max_skew_s=3.5,
+    s = Settings(kafka="k:1", redis="redis://r:2/0", window_s=2.0, lateness_s=1.5, forecast_horizon=12, max_skew_s=3.5,
                  upstream_key="sk-up", api_token="t", services='{"chat": {"replicas": 3}}', worker_id="w-9")
     assert Settings.from_env(s.to_env()) == s
     assert set(s.to_env()) == set(Settings.names())

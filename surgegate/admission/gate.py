@@ -136,12 +136,17 @@ class Fallback:
     """The static policy once decisions have expired: per-tier limits and a service total.
 
     A tier without a limit of its own is admitted up to ``total_rps``;
-    ``total_rps=None`` admits everything.
+    ``total_rps=None`` admits everything. With ``protect_top``, the top tier's
+    realtime requests draw on the total without being refused by it (their
+    tier's limit bounds them), as a decision's safe capacity is drawn on: a
+    control plane that is away does not take priority away. A plain static
+    limit (a baseline's, in the simulator) is tier-blind.
     """
 
     total_rps: float | None = None
     tier_rps: Mapping[str, float] = dataclasses.field(default_factory=dict)
     burst_s: float = 2.0
+    protect_top: bool = False
 
     @classmethod
     def conservative(cls, config: ServiceConfig, share: float = 1.0) -> Fallback:
@@ -153,7 +158,8 @@ class Fallback:
         total = config.replicas * config.replica_rps * config.target_utilisation * share
         free = max(0.0, 1.0 - sum(config.floor_share.values()))
         return cls(total_rps=total,
-                   tier_rps={t: total * (config.floor_share.get(t, 0.0) + free) for t in config.tiers})
+                   tier_rps={t: total * (config.floor_share.get(t, 0.0) + free) for t in config.tiers},
+                   protect_top=True)
 
 
 class Verdict:
@@ -281,6 +287,19 @@ class Admission:
         self.counts["applied"] += 1
         return True
 
+    def set_share(self, share: float) -> bool:
+        """This edge's part of the service's rates from now on (its demand's share, as the edges agree it); the
+        decision in force is applied again at the new share, each bucket keeping what it holds. False when the
+        change is too small to matter (under 1%)."""
+        if not 0 < share <= 1:
+            raise ValueError(f"share={share!r}: must be within (0, 1]")
+        if abs(share - self.share) <= 0.01 * self.share:
+            return False
+        self.share = share
+        if self.decision is not None:
+            self._rules = self._build(self.decision, self._clock())
+        return True
+
     def _applied(self, now: float) -> None:
         self.applied_at = now
         lease_left = self._rules.valid_until_s - now if self._rules is not None else 0.0
@@ -339,6 +358,8 @@ class Admission:
             tiers[tier] = _TierRules(bucket(rate), bucket(rate), None)
         total = (Bucket(fb.total_rps, max(1.0, fb.total_rps * fb.burst_s), now)
                  if fb.total_rps is not None else None)
+        if fb.protect_top:  # the total, drawn on as a decision's safe capacity is
+            return _Rules(0, 0, math.inf, False, False, tiers, {}, None, tiers.__getitem__, "fallback", total)
         return _Rules(0, 0, math.inf, False, False, tiers, {}, total, tiers.__getitem__, "fallback")
 
     # ------------------------------------------------------------ admission

@@ -1,6 +1,6 @@
 """The `surgegate` command, one module per group of commands: the pipeline (up, worker, topics, replay,
-chaos), the status API (api), the edge (edge, drain, ratelimit), the GPU side (scaler, keda, scrape, fake-llm)
-and the offline tools (simulate, eval-forecast, schemas)."""
+chaos), the status API (api), the edge (edge, drain, ratelimit), the GPU side (scaler, keda, scrape, fake-llm),
+live load (load) and the offline tools (simulate, eval-forecast, schemas)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import argparse
 import os
 import sys
 
-from surgegate.cli import api, edge, gpu, offline, pipeline
+from surgegate.cli import api, edge, gpu, live, offline, pipeline
 from surgegate.cli.common import EX_TEMPFAIL, Parsers, configure_logging
 from surgegate.errors import SurgegateError
 from surgegate.settings import Settings
 
 #: every group of commands, in the order ``--help`` lists them
-GROUPS = (pipeline, api, edge, gpu, offline)
+GROUPS = (pipeline, api, edge, gpu, live, offline)
 
 
 class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):

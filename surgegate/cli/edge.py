@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from surgegate.children import die_with_parent
 from surgegate.cli.common import Parsers, event_loop, json_option, log, need_kafka, need_redis, settings_of
 from surgegate.cli.gpu import serve_grpc
 from surgegate.errors import SettingsError, SurgegateError
@@ -80,6 +81,7 @@ def cmd_edge(args: argparse.Namespace) -> None:
     from aiohttp import web
 
     from surgegate.control.config import ServiceConfig
+    from surgegate.edge.balancer import Balancer, PoolWatcher
     from surgegate.edge.gate import EdgeGate, GlobalQuota
     from surgegate.edge.gateway import create_edge_app
     from surgegate.edge.identity import KeyFile
@@ -88,7 +90,11 @@ def cmd_edge(args: argparse.Namespace) -> None:
     from surgegate.streams.store import Keys
 
     # everything that needs no broker is checked first: a bad setting stops the edge in one line, broker or not
-    check_upstream("--upstream", args.upstream)
+    if bool(args.upstream) == bool(args.pool_replicas):
+        raise SettingsError("give --upstream (one URL, or several separated by commas) or --pool-replicas POOL")
+    upstreams = [check_upstream("--upstream", u.strip()) for u in (args.upstream or "").split(",") if u.strip()]
+    if args.upstream and not upstreams:
+        raise SettingsError("--upstream: name at least one URL")
     if args.overflow_upstream:
         check_upstream("--overflow-upstream", args.overflow_upstream)
     models = json_option("--models", args.models) if args.models else {}
@@ -122,28 +128,40 @@ def cmd_edge(args: argparse.Namespace) -> None:
 
         need_redis(settings, "--deferral lane (task states)")
         lane = DeferralLane(settings, args.edge_id)
+    watcher = None
+    target: Any = upstreams[0] if len(upstreams) == 1 else Balancer(upstreams)
+    if args.pool_replicas:
+        need_redis(settings, "--pool-replicas (the pool's replica registry)")
+        from surgegate.streams.redis_client import async_client
+
+        target = Balancer()
+        watcher = PoolWatcher(target, async_client(settings.redis_target(), timeout_s=1.0),
+                              Keys.for_topic_prefix(settings.topic_prefix).pool_replicas(args.pool_replicas))
     try:
-        relay = Relay(args.upstream, upstream_key=settings.upstream_key, connect_timeout_s=args.connect_timeout,
+        relay = Relay(target, upstream_key=settings.upstream_key, connect_timeout_s=args.connect_timeout,
                       first_byte_s=args.timeout, idle_s=args.idle_timeout, connections=args.connections)
     except ValueError as exc:
         raise SettingsError(f"--connect-timeout / --timeout / --idle-timeout: {exc}") from None
     metrics = GateMetrics()
     overflow = bool(args.overflow_upstream)
+    demand = args.share_from_demand and bool(settings.redis)
     gate = EdgeGate(settings, args.service, edge_id=args.edge_id, share=args.share, shadow=args.shadow,
-                    report=args.report, metrics=metrics, follow_scaling=overflow).start()
+                    report=args.report, metrics=metrics, follow_scaling=overflow, share_from_demand=demand).start()
     gates = {service: EdgeGate(settings, service, edge_id=args.edge_id, share=args.share, shadow=args.shadow,
-                               report=args.report, metrics=metrics, follow_scaling=overflow).start()
+                               report=args.report, metrics=metrics, follow_scaling=overflow,
+                               share_from_demand=demand).start()
              for service in sorted(set(models.values()) - {args.service})}
     try:
         app = create_edge_app(gate, relay, models=models, gates=gates, tenants=tenants, keys=keys, quota=quota,
                               default_tenant=args.default_tenant, default_tier=args.default_tier,
                               anonymous_tier=args.anonymous_tier, deferred_capacity=args.deferred_capacity,
                               overflow=args.overflow_upstream, cache=cache, lane=lane, deadline_s=args.deadline,
-                              api_token=settings.api_token, max_body_bytes=args.max_body_bytes)
+                              api_token=settings.api_token, max_body_bytes=args.max_body_bytes, watcher=watcher)
         if keys is not None:
             app.cleanup_ctx.append(_watch_keys(keys))
+        where = args.upstream or f"the replicas of pool {args.pool_replicas}"
         print(f"surgegate edge {args.edge_id}: service {args.service} on http://{args.host}:{args.port} -> "
-              f"{args.upstream}{' (shadow)' if args.shadow else ''}", flush=True)
+              f"{where}{' (shadow)' if args.shadow else ''}", flush=True)
         # a client that goes away cancels its handler, and with it the upstream request; several processes may
         # share the port (--workers), the kernel spreading connections among them
         web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handler_cancellation=True,
@@ -186,7 +204,7 @@ def run_edge_workers(args: argparse.Namespace) -> None:
     for i in range(1, args.workers + 1):
         child = [*_without(argv, ("--workers", "--edge-id", "--share")), "--workers", "1", "--reuse-port",
                  "--edge-id", f"{args.edge_id}-{i}", "--share", repr(args.share / args.workers)]
-        children.append(subprocess.Popen([sys.executable, "-m", "surgegate.cli", *child]))
+        children.append(subprocess.Popen([sys.executable, "-m", "surgegate.cli", *child], preexec_fn=die_with_parent))
     print(f"surgegate edge {args.edge_id}: {args.workers} worker processes on port {args.port}", flush=True)
     try:
         while all(c.poll() is None for c in children):
@@ -278,7 +296,12 @@ def register(p: Parsers) -> None:
     edge = p.command("edge", "run an admitting reverse proxy in front of an LLM service")
     p.broker(edge)
     p.redis(edge, "decision bootstrap and tenant contracts")
-    edge.add_argument("--upstream", required=True, help="the service's base URL, e.g. http://127.0.0.1:9000")
+    edge.add_argument("--upstream", help="the service's base URL, e.g. http://127.0.0.1:9000, or several separated "
+                                         "by commas (each call to the replica with the fewest requests outstanding); "
+                                         "or --pool-replicas (default: none)")
+    edge.add_argument("--pool-replicas", metavar="POOL",
+                      help="send to the serving replicas of this pool, as its local pool lists them in Redis "
+                           "(surgegate scaler --local) (default: none)")
     edge.add_argument("--overflow-upstream", metavar="URL",
                       help="the overflow pool's base URL: lower tiers and batch work go there while the pool's "
                            "scaling decision asks overflow replicas (default: none)")
@@ -289,7 +312,10 @@ def register(p: Parsers) -> None:
     edge.add_argument("--edge-id", default="edge-1", help="this edge's name in its telemetry")
     edge.add_argument("--host", default="127.0.0.1", help="address to listen on")
     edge.add_argument("--port", type=int, default=8080, help="port to listen on")
-    edge.add_argument("--share", type=float, default=1.0, help="this edge's share of the service's traffic")
+    edge.add_argument("--share", type=float, default=1.0,
+                      help="this edge's share of the service's traffic: the fallback when shares follow demand")
+    edge.add_argument("--share-from-demand", action=argparse.BooleanOptionalAction, default=True,
+                      help="with Redis, take the part of the service's rates this edge's demand is of all edges'")
     edge.add_argument("--shadow", action="store_true", help="admit everything; record what would be refused")
     edge.add_argument("--keys", metavar="FILE",
                       help="JSON file: API key (or sha256:<hex digest> of it) -> {tenant, tier, tokens_per_minute}; "

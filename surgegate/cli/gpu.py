@@ -8,10 +8,23 @@ import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from surgegate.cli.common import Parsers, event_loop, exit_on_death, log, need_kafka, settings_of, supervised
+from surgegate.cli.common import (
+    Parsers,
+    event_loop,
+    exit_on_death,
+    log,
+    need_kafka,
+    need_redis,
+    settings_of,
+    supervised,
+)
 from surgegate.errors import SurgegateError
+from surgegate.settings import Settings
+
+if TYPE_CHECKING:
+    from surgegate.gpu.local_pool import LocalPool
 
 
 def serve_grpc(start: Callable[[], Awaitable[tuple[Any, int]]], listen: str, metrics_port: int,
@@ -46,8 +59,8 @@ def cmd_scaler(args: argparse.Namespace) -> None:
     )
 
     settings = need_kafka(settings_of(args))
-    if args.command and args.deployment:
-        raise SurgegateError("give --command or --deployment, not both")
+    if sum(map(bool, (args.command, args.deployment, args.local))) > 1:
+        raise SurgegateError("give one of --command, --deployment and --local")
     if (args.warm_deployment or args.overflow_deployment) and not args.deployment:
         raise SurgegateError("--warm-deployment and --overflow-deployment go with --deployment")
     if args.command:
@@ -56,22 +69,58 @@ def cmd_scaler(args: argparse.Namespace) -> None:
     elif args.deployment:
         scaler = KubernetesScaler(args.deployment, args.namespace, warm_deployment=args.warm_deployment,
                                   overflow_deployment=args.overflow_deployment)
+    elif args.local:
+        pool = local_pool(settings, args)
+        scaler = pool.start()
     else:
         scaler = LogScaler()
     print(f"surgegate scaler: pool {args.pool} -> {type(scaler).__name__}", flush=True)
-    with ScalingSubscriber(settings, args.pool, scaler) as subscriber:
-        if args.metrics_port:
-            from prometheus_client import CollectorRegistry, start_http_server
+    try:
+        with ScalingSubscriber(settings, args.pool, scaler) as subscriber:
+            if args.metrics_port:
+                from prometheus_client import CollectorRegistry, start_http_server
 
-            registry = CollectorRegistry()
-            registry.register(ScalerCollector(subscriber))
-            start_http_server(args.metrics_port, registry=registry)
-        try:
-            while True:
-                time.sleep(60)
-                log.info("pool %s: %s", args.pool, subscriber.counts)
-        except KeyboardInterrupt:
-            pass
+                registry = CollectorRegistry()
+                registry.register(ScalerCollector(subscriber))
+                start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry)
+            try:
+                last = time.monotonic()
+                while True:
+                    time.sleep(1)
+                    if args.local and not pool.alive():  # a pool no longer run must not look like one
+                        raise SurgegateError(f"pool {args.pool}: the local pool stopped; see the log above")
+                    if time.monotonic() - last >= 60:
+                        last = time.monotonic()
+                        log.info("pool %s: %s", args.pool, subscriber.counts)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        if args.local:
+            pool.close()
+
+
+def local_pool(settings: Settings, args: argparse.Namespace) -> LocalPool:
+    """``--local``: replica processes on this host, registered in Redis for the edges, reported on the broker."""
+    import shlex
+
+    from surgegate.gpu.local_pool import LocalPool, fake_llm_command, redis_registry
+    from surgegate.streams.producer import TelemetryProducer
+    from surgegate.streams.redis_client import sync_client
+    from surgegate.streams.store import Keys
+
+    need_redis(settings, "--local (the pool's replica registry, which edges read)")
+    command = shlex.split(args.replica_command) if args.replica_command else \
+        fake_llm_command(args.fake_time_scale, args.fake_output_median)
+    producer = TelemetryProducer(settings, client_id=f"pool-{args.pool}")
+    key = Keys.for_topic_prefix(settings.topic_prefix).pool_replicas(args.pool)
+    try:
+        pool = LocalPool(args.pool, command=command, cold_start_s=args.cold_start, warm_start_s=args.warm_start,
+                         max_replicas=args.max_replicas, publish=producer.send_metric,
+                         registry=redis_registry(sync_client(settings.redis_target(), timeout_s=1.0), key))
+    except ValueError as exc:
+        raise SurgegateError(f"--local: {exc}") from None
+    pool.set_targets(args.initial_replicas)
+    return pool
 
 
 def cmd_keda(args: argparse.Namespace) -> None:
@@ -145,6 +194,21 @@ def register(p: Parsers) -> None:
     sc.add_argument("--overflow-deployment", help="with --deployment: the overflow pool's Deployment, which gets the "
                                                   "overflow replicas, 0 when none are asked (default: none)")
     sc.add_argument("--namespace", default="default", help="the Deployments' namespace")
+    sc.add_argument("--local", action="store_true",
+                    help="run the pool's replicas as processes on this host (surgegate fake-llm, or "
+                         "--replica-command), registered in Redis for edges started with --pool-replicas")
+    sc.add_argument("--replica-command", help="with --local: one replica's command, with a {port} placeholder "
+                                              "(default: surgegate fake-llm)")
+    sc.add_argument("--cold-start", type=float, default=15.0, help="with --local: seconds until a new replica serves")
+    sc.add_argument("--warm-start", type=float, default=0.8,
+                    help="with --local: seconds until a replica of the warm pool serves")
+    sc.add_argument("--max-replicas", type=int, default=32, help="with --local: replicas on this host at most")
+    sc.add_argument("--initial-replicas", type=int, default=1, help="with --local: replicas run before any decision")
+    sc.add_argument("--fake-time-scale", type=float, default=1.0,
+                    help="with --local and the default replica: fake-llm's --time-scale")
+    sc.add_argument("--fake-output-median", type=int, default=200,
+                    help="with --local and the default replica: fake-llm's --output-median")
+    sc.add_argument("--metrics-host", default="127.0.0.1", help="address the /metrics port listens on")
     sc.add_argument("--metrics-port", type=int, default=0,
                     help="serve the scaler's counts and its pool's decision on this port's /metrics (0: none)")
     sc.set_defaults(func=cmd_scaler)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -19,10 +21,24 @@ from surgegate.cli.common import (
     settings_of,
     supervised,
 )
+from surgegate.cli.live import add_plan_options
 from surgegate.errors import SurgegateError
 from surgegate.settings import Settings
 
-DEMO_SERVICES = '{"chat": {"pool": "gpu-a", "replica_rps": 40, "replicas": 8}}'
+
+#: the demo's service: its replicas are local `surgegate fake-llm` processes of about 10 requests a second each
+#: within a 1 s time to first token (see surgegate.devtools.live.ReplicaSpec)
+def demo_services(replica_rps: float = 10, min_replicas: int = 2, max_replicas: int = 16, cold_start_s: float = 15,
+                  ttft_slo_ms: float = 1000, window_s: float = 10) -> str:
+    """``SURGEGATE_SERVICES`` for the demo's service ``chat`` on pool ``gpu-a``; a decision's lease is 3 windows, and
+    at least 10 s on short windows (they compress time, not the pipeline's own latency)."""
+    return json.dumps({"chat": {"pool": "gpu-a", "replica_rps": replica_rps, "replicas": min_replicas,
+                                "ttft_slo_ms": ttft_slo_ms, "lease_windows": max(3, math.ceil(10 / window_s)),
+                                "scaling": {"min_replicas": min_replicas, "max_replicas": max_replicas,
+                                            "cold_start_s": cold_start_s}}})
+
+
+DEMO_SERVICES = demo_services()
 
 
 def run_worker(settings: Settings, *, ingest: bool = True, metrics_port: int = 0) -> None:
@@ -128,25 +144,53 @@ def cmd_up(args: argparse.Namespace) -> None:
         if args.api_port:
             serve_api_in_thread(settings, "127.0.0.1", args.api_port)
             print(f"surgegate up: status API on http://127.0.0.1:{args.api_port}", flush=True)
-        stop_demo = threading.Event()
-        if args.demo:
-            threading.Thread(target=_demo, args=(settings, stop_demo), name="demo", daemon=True).start()
-            print("surgegate up: sending synthetic demo traffic (service 'chat', pool 'gpu-a')", flush=True)
+        stack = _demo(settings, args) if args.demo else None
         try:
             run_worker(settings)
         finally:
-            stop_demo.set()
+            if stack is not None:
+                stack.close()
     finally:
         for service in reversed(started):
             service.stop()
 
 
-def _demo(settings: Settings, stop: threading.Event) -> None:
-    from surgegate.devtools.demo import run_demo
-    from surgegate.streams.producer import TelemetryProducer
+def _demo(settings: Settings, args: argparse.Namespace):
+    """The whole loop: a local pool of fake replicas, edges in front of it, and bursts of OpenAI calls through
+    them, split unevenly over the edges (70/30 for two) as a load balancer in front may split it."""
+    import asyncio
+    import dataclasses
 
-    with TelemetryProducer(settings, client_id="surgegate-demo") as producer:
-        run_demo(producer, stop)
+    from surgegate.cli.live import DEFAULT_TTFT_SLO, parse_pairs, plan_of
+    from surgegate.devtools.live import LiveStack, keys_by_tier
+    from surgegate.devtools.load import run
+
+    config = settings.service_configs().get("chat")
+    pool = config.pool_config() if config is not None else None
+    cold = pool.cold_start_s if pool is not None else 15.0
+    stack = LiveStack(settings, edges=args.edges, edge_ports=[args.edge_port + i for i in range(args.edges)],
+                      cold_start_s=cold, initial_replicas=pool.min_replicas if pool is not None else 2).start()
+    plan = plan_of(args)
+    print(f"surgegate up: a local pool of fake-llm replicas (pool gpu-a, cold start {cold:g} s) behind "
+          f"{args.edges} edge(s) on {', '.join(e.url for e in stack.edges)}; keys "
+          f"{', '.join(f'{t}={k}' for t, k in keys_by_tier().items())}", flush=True)
+    print(f"surgegate up: OpenAI calls at {plan.base_rps:g} rps, bursting to {plan.peak_rps:g} rps at "
+          f"{plan.burst_at_s:g} s and every {plan.every_s:g} s after", flush=True)
+    weights = [0.7, 0.3] if len(stack.edges) == 2 else [1 / len(stack.edges)] * len(stack.edges)
+
+    def load() -> None:
+        async def all_edges():
+            parts = [dataclasses.replace(plan, base_rps=plan.base_rps * w, peak_rps=plan.peak_rps * w)
+                     for w in weights]
+            return await asyncio.gather(*(run(part, edge.url, keys_by_tier(), window_s=settings.window_s,
+                                              ttft_slo_s=parse_pairs("--ttft-slo", DEFAULT_TTFT_SLO), seed=i)
+                                          for i, (part, edge) in enumerate(zip(parts, stack.edges))))
+
+        for edge, report in zip(stack.edges, asyncio.run(all_edges())):
+            print(report.markdown(f"demo load through {edge.url}"), flush=True)
+
+    threading.Thread(target=load, name="demo-load", daemon=True).start()
+    return stack
 
 
 def cmd_chaos(args: argparse.Namespace) -> None:
@@ -219,7 +263,14 @@ def register(p: Parsers) -> None:
                                                    "(default: SURGEGATE_REDIS, else embedded)")
     up.add_argument("--partitions", type=int, help="partitions per topic at creation "
                                                    "(default: SURGEGATE_PARTITIONS, else 4)")
-    up.add_argument("--demo", action="store_true", help="also send synthetic traffic (service chat, pool gpu-a)")
+    up.add_argument("--demo", action="store_true",
+                    help="also run the whole loop: a local pool of fake-llm replicas (pool gpu-a), edges in front "
+                         "of it (from --edge-port) and bursts of OpenAI calls through them (service chat)")
+    up.add_argument("--edges", type=int, default=1, help="with --demo: gateways in front of the pool")
+    up.add_argument("--edge-port", type=int, default=8080, help="with --demo: the first gateway's port")
+    add_plan_options(up)
+    up.set_defaults(burst_at=60.0, every=300.0, base=3.0, peak=40.0, ramp=20.0, hold=90.0)
+    up.add_argument("--duration", type=float, default=24 * 3600.0, help="with --demo: seconds of load")
     up.add_argument("--broker-port", type=int, help="port of the embedded broker (default: a free one)")
     up.add_argument("--redis-port", type=int, help="port of the embedded Redis (default: a free one)")
     up.add_argument("--api-port", type=int, default=8000, help="status API port on 127.0.0.1 (0: no API)")
