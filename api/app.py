@@ -20,6 +20,7 @@ import logging
 import re
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -210,6 +211,12 @@ class Api:
             self.stream.start(asyncio.get_running_loop())
         if self.settings.kafka:
             self.overrides.start()
+        try:  # an API that starts without its mirror says so at once, not at its first read
+            await self.redis.ping()
+        except (redis.RedisError, OSError) as exc:
+            where = urllib.parse.urlsplit(self.settings.redis)  # host and port only: a URL may hold a password
+            log.warning("api: Redis at %s:%s does not answer (%s): reads answer 503 and /readyz is not ready until "
+                        "it does", where.hostname, where.port, exc)
 
     async def close(self) -> None:
         if self.stream is not None:
@@ -433,6 +440,11 @@ class Api:
             for name, c in sorted(self.settings.service_configs().items())}})
 
     async def decisions(self, request: web.Request) -> web.Response:
+        if request.query:  # a filter it does not have must not read as "no decisions match"
+            name = next(iter(request.query))
+            raise ApiError(400, f"unknown query parameter {name[:40]!r}: /v1/decisions lists every service's newest "
+                                "throttle decision; one scope's is /v1/decisions/service=NAME or "
+                                "/v1/decisions/pool=NAME", name[:40])
         try:
             out = await self._latest_decisions()
         except (redis.RedisError, OSError):

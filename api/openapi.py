@@ -120,8 +120,10 @@ def openapi_document() -> dict:
                                           params=(_SCOPE,)),
             "/v1/thresholds/{scope}": _get("A service's newest threshold (safe capacity); scope service=NAME",
                                            _ref("Threshold"), errors=(400, 404, 503), params=(_SERVICE_SCOPE,)),
-            "/v1/decisions": _get("Every service's newest throttle decision, with its reason",
-                                  _object(decisions={"type": "array", "items": _ref("ThrottleDecision")})),
+            "/v1/decisions": _get("Every service's newest throttle decision, with its reason (no query parameters: "
+                                  "one scope's decision is /v1/decisions/{scope})",
+                                  _object(decisions={"type": "array", "items": _ref("ThrottleDecision")}),
+                                  errors=(400, 503)),
             "/v1/decisions/{scope}": _get("A service's newest throttle decision (service=NAME) or a pool's newest "
                                           "scaling decision (pool=NAME)", decision_either, errors=(400, 404, 503),
                                           params=(_DECISION_SCOPE,)),

@@ -90,6 +90,10 @@ class Override(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.Override
 
 #: At most this long, in seconds, an override holds.
 MAX_OVERRIDE_S = 86_400
+#: Text with at least one character that is not white space to either regex engine: Python's ``\s`` (which the
+#: server's decoder uses) counts the information separators U+001C-U+001F and U+0085 as space, ECMAScript's (the
+#: OpenAPI document's) counts U+FEFF; ``\S`` alone would mean two things.
+NOT_BLANK = r"[^\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
 
 
 class OverrideRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -97,11 +101,11 @@ class OverrideRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     and ``limit_rps``. The API decodes it with exactly these bounds, those of :class:`Override` the worker reads."""
 
     service: CheckedName
-    reason: Annotated[str, Meta(min_length=1, max_length=1000, pattern=r"\S", description="why; it is audited")]
+    reason: Annotated[str, Meta(min_length=1, max_length=1000, pattern=NOT_BLANK, description="why; it is audited")]
     level: Level | None = None
     limit_rps: Rate | None = None
     expires_in_s: Annotated[float, Meta(ge=1, le=MAX_OVERRIDE_S)] = 900.0
-    author: Annotated[str, Meta(min_length=1, max_length=200, pattern=r"\S")] | None = None
+    author: Annotated[str, Meta(min_length=1, max_length=200, pattern=NOT_BLANK)] | None = None
 
 
 class CapacityMix(msgspec.Struct, frozen=True):

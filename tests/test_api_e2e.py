@@ -17,7 +17,7 @@ from support import TopicReader
 
 from surgegate.api.app import create_api
 from surgegate.api.openapi import openapi_document
-from surgegate.devtools.embedded import EmbeddedRedis
+from surgegate.devtools.embedded import EmbeddedRedis, free_port
 from surgegate.schemas.aggregates import WindowStats
 from surgegate.schemas.decisions import Override, ThrottleDecision, TierLimit
 from surgegate.schemas.telemetry import RequestEvent
@@ -156,6 +156,7 @@ def test_health_readiness_and_reads(api_settings):
     ("/v1/windows/bogus", 400, "scope"),
     ("/v1/decisions/service=chat,tier=pro", 400, "scope"),
     ("/v1/decisions/pool=gpu-a", 503, None),  # pools come from the decision stream, off in this instance
+    ("/v1/decisions?pool=gpu-a", 400, "pool"),  # not a filter it has: refused, not ignored
 ])
 def test_unknown_scopes_are_404_and_malformed_parameters_400_naming_them(api_settings, path, status, parameter):
     async def go():
@@ -291,6 +292,20 @@ def test_redis_down_is_a_503_from_readyz_and_the_process_stays_up(settings):
         run(go())
     finally:
         own.stop()
+
+
+def test_an_api_started_with_redis_down_says_so_at_start_without_its_password(settings, caplog):
+    s = settings.replace(redis=f"redis://:hunter2@127.0.0.1:{free_port()}/0")
+
+    async def go():
+        c = await client_for(s)
+        try:
+            said = [r.getMessage() for r in caplog.records if "does not answer" in r.getMessage()]
+            assert len(said) == 1 and "127.0.0.1" in said[0] and "hunter2" not in said[0]
+        finally:
+            await c.close()
+
+    run(go())
 
 
 def test_an_override_is_listed_and_released_while_redis_is_down(settings):

@@ -74,3 +74,22 @@ def test_inconsistent_summary_is_rejected():
     crossing = {**summary, "ts": NOW + 9_500, "latency": {"zeros": 3}}
     with pytest.raises(InvalidEvent, match="crosses the window boundary"):
         validator().decode(msgspec.json.encode(crossing), now_ms=NOW)
+
+
+#: white space to Python's ``\s`` (the server's decoder), to ECMAScript's (the OpenAPI document's), or to both
+SPACE_TO_EITHER = ["\t", "\n", "\v", "\f", "\r", " ", "\x1c", "\x1e", "\x1f", "\x85", "\xa0", "\u1680", "\u2000",
+                   "\u200a", "\u2028", "\u2029", "\u202f", "\u205f", "\u3000", "\ufeff"]
+
+
+@pytest.mark.parametrize("blank", SPACE_TO_EITHER, ids=[f"U+{ord(c):04X}" for c in SPACE_TO_EITHER])
+def test_an_override_reason_of_white_space_is_refused_by_the_server_as_the_document_refuses_it(blank):
+    from surgegate.api.openapi import openapi_document
+    from surgegate.schemas.decisions import NOT_BLANK, OverrideRequest
+
+    body = msgspec.json.encode({"service": "chat", "reason": blank * 3, "level": 2})
+    with pytest.raises(msgspec.ValidationError, match="reason"):
+        msgspec.json.decode(body, type=OverrideRequest)
+    ok = msgspec.json.encode({"service": "chat", "reason": blank + "drill" + blank, "level": 2})
+    assert msgspec.json.decode(ok, type=OverrideRequest).reason.strip(blank) == "drill"
+    # the document states the very pattern the server decodes with
+    assert msgspec.json.encode(NOT_BLANK).decode()[1:-1] in msgspec.json.encode(openapi_document()).decode()

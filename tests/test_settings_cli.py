@@ -204,3 +204,38 @@ def test_every_setting_survives_the_way_to_a_child_process():
                  upstream_key="sk-up", api_token="t", services='{"chat": {"replicas": 3}}', worker_id="w-9")
     assert Settings.from_env(s.to_env()) == s
     assert set(s.to_env()) == set(Settings.names())
+
+
+@pytest.mark.slow
+def test_up_with_its_api_port_taken_stops_with_one_line_naming_it_and_leaves_nothing_running(tmp_path):
+    from surgegate.devtools.embedded import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SURGEGATE_")}
+        broker, redis_port = free_port(), free_port()
+        result = subprocess.run([sys.executable, "-m", "surgegate.cli", "up", "--api-port", str(port),
+                                 "--broker-port", str(broker), "--redis-port", str(redis_port)],
+                                capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("surgegate up:")]
+    assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0] and "address already in use" in errors[0], \
+        result.stderr
+    assert "Traceback" not in result.stderr
+    for started in (broker, redis_port):  # the embedded broker and Redis it had started are gone with it
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", started)) != 0
+
+
+def test_the_command_serves_counters_without_created_series():
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+    from surgegate.cli import no_created_series
+
+    registry = CollectorRegistry()
+    Counter("surgegate_probe", "a counter", registry=registry).inc()
+    no_created_series()
+    text = generate_latest(registry).decode()
+    assert "surgegate_probe_total 1.0" in text and "_created" not in text

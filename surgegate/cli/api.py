@@ -7,6 +7,7 @@ import asyncio
 import threading
 
 from surgegate.cli.common import Parsers, need_kafka, need_redis, settings_of
+from surgegate.errors import SurgegateError
 from surgegate.settings import Settings
 
 
@@ -22,21 +23,35 @@ def cmd_api(args: argparse.Namespace) -> None:
 
 
 def serve_api_in_thread(settings: Settings, host: str, port: int) -> threading.Thread:
-    """Run the status API on its own event loop in a daemon thread (for `surgegate up`)."""
+    """Run the status API on its own event loop in a daemon thread (for `surgegate up`); returns once it listens,
+    and raises :class:`SurgegateError` naming the address when it cannot (a port taken, say)."""
     from aiohttp import web
 
     from surgegate.api.app import create_api
 
+    listening = threading.Event()
+    failed: list[BaseException] = []
+
     def run() -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        runner = web.AppRunner(create_api(settings))
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, host, port).start())
+        try:
+            runner = web.AppRunner(create_api(settings))
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.TCPSite(runner, host, port).start())
+        except BaseException as exc:
+            failed.append(exc)
+            return
+        finally:
+            listening.set()
         loop.run_forever()
 
     thread = threading.Thread(target=run, name="api", daemon=True)
     thread.start()
+    if not listening.wait(30):
+        raise SurgegateError(f"status API on {host}:{port} did not start within 30 s")
+    if failed:
+        raise SurgegateError(f"status API on {host}:{port}: {failed[0]} (--api-port picks another port, 0 none)")
     return thread
 
 

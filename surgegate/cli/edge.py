@@ -278,7 +278,7 @@ def cmd_drain(args: argparse.Namespace) -> None:
     if args.metrics_port:
         registry = CollectorRegistry()
         registry.register(DrainerCollector(drainer))
-        start_http_server(args.metrics_port, registry=registry)
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry)
     print(f"surgegate drain {args.drainer_id}: service {args.service} -> {args.upstream}"
           f"{f', /metrics on port {args.metrics_port}' if args.metrics_port else ''}", flush=True)
 
@@ -378,6 +378,8 @@ def register(p: Parsers) -> None:
     dr.add_argument("--hold", type=int, default=1000, help="tasks held in memory (reading pauses beyond)")
     dr.add_argument("--timeout", type=float, default=300.0, help="upstream timeout of one try, in seconds")
     dr.add_argument("--metrics-port", type=int, default=0, help="serve the backlog on this port's /metrics (0: none)")
+    dr.add_argument("--metrics-host", default="127.0.0.1",
+                    help="address the /metrics port listens on (0.0.0.0: every interface, for a scraper elsewhere)")
     dr.set_defaults(func=cmd_drain)
 
     rl = p.command("ratelimit", "answer Envoy's rate limit service calls (v3 ShouldRateLimit) with the edge gate")

@@ -102,16 +102,17 @@ def _compare(args: argparse.Namespace, plan, slo: dict[str, float]) -> None:
         print(f"surgegate load --compare: {plan.base_rps:g} -> {plan.peak_rps:g} rps, {plan.duration_s:g} s, twice "
               f"live, then simulated; logs in {logs}", file=sys.stderr, flush=True)
         keys = keys_by_tier()
-        enforce, _ = compare.live(settings, plan, fleet, shadow=False, keys=keys, ttft_slo_s=slo, spec=spec,
-                                  log_dir=logs, seed=args.seed)
-        shadow, _ = compare.live(settings, plan, fleet, shadow=True, keys=keys, ttft_slo_s=slo, spec=spec,
-                                 log_dir=logs, seed=args.seed)
+        enforce, enforced = compare.live(settings, plan, fleet, shadow=False, keys=keys, ttft_slo_s=slo, spec=spec,
+                                         log_dir=logs, seed=args.seed)
+        shadow, shadowed = compare.live(settings, plan, fleet, shadow=True, keys=keys, ttft_slo_s=slo, spec=spec,
+                                        log_dir=logs, seed=args.seed)
     finally:
         for service in reversed(started):
             service.stop()
     window = int(settings.window_s)
     sim = [compare.simulated(plan, fleet, spec, slo, shadow=s, window_s=window, seed=args.seed) for s in (False, True)]
-    text = compare.report(plan, [enforce, shadow, *sim], window, spec)
+    text = (compare.report(plan, [enforce, shadow, *sim], window, spec) + "\n"
+            + enforced.markdown(enforce.name) + "\n" + shadowed.markdown(shadow.name))
     print(text, flush=True)
     if args.out:
         Path(args.out).write_text(text)

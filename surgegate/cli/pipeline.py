@@ -41,7 +41,8 @@ def demo_services(replica_rps: float = 10, min_replicas: int = 2, max_replicas: 
 DEMO_SERVICES = demo_services()
 
 
-def run_worker(settings: Settings, *, ingest: bool = True, metrics_port: int = 0) -> None:
+def run_worker(settings: Settings, *, ingest: bool = True, metrics_port: int = 0,
+               metrics_host: str = "127.0.0.1") -> None:
     """Run the Faust agents and, in threads, an ingest consumer and the topic keeper, until stopped; with
     ``metrics_port``, this process's counters on its ``/metrics``."""
     import faust
@@ -69,7 +70,7 @@ def run_worker(settings: Settings, *, ingest: bool = True, metrics_port: int = 0
     thread = (supervised("ingest", ingest_worker.run, exit_on_death("worker", "ingest consumer"))
               if ingest_worker is not None else None)
     if metrics_port:
-        serve_worker_metrics(metrics_port, ingest_worker)
+        serve_worker_metrics(metrics_port, ingest_worker, metrics_host)
     # levels as configure_logging set them (Faust's own lines only with --verbose); Faust's start-up spinner,
     # the one user of a worker's loglevel here, would put its own level on the root handler (and the root
     # logger at debug, so every library's debug records are made) and write terminal escapes into the log
@@ -84,7 +85,7 @@ def run_worker(settings: Settings, *, ingest: bool = True, metrics_port: int = 0
             thread.join(30)
 
 
-def serve_worker_metrics(port: int, ingest_worker: Any) -> None:
+def serve_worker_metrics(port: int, ingest_worker: Any, host: str = "127.0.0.1") -> None:
     """This worker's own counters (its agents', its ingest consumer's) on ``port``'s ``/metrics``, under the
     names the API uses for the whole pipeline's."""
     from collections import Counter
@@ -107,13 +108,13 @@ def serve_worker_metrics(port: int, ingest_worker: Any) -> None:
 
     registry = CollectorRegistry()
     registry.register(WorkerCollector())
-    start_http_server(port, registry=registry)
+    start_http_server(port, addr=host, registry=registry)
     log.info("worker /metrics on port %d", port)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
     settings = need_kafka(settings_of(args))
-    run_worker(settings, ingest=not args.no_ingest, metrics_port=args.metrics_port)
+    run_worker(settings, ingest=not args.no_ingest, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
 
 
 def cmd_up(args: argparse.Namespace) -> None:
@@ -282,6 +283,8 @@ def register(p: Parsers) -> None:
     worker.add_argument("--no-ingest", action="store_true", help="run the Faust agents only")
     worker.add_argument("--metrics-port", type=int, default=0,
                         help="serve this worker's counters on this port's /metrics, e.g. 9440 (0: none)")
+    worker.add_argument("--metrics-host", default="127.0.0.1",
+                        help="address the /metrics port listens on (0.0.0.0: every interface, for a scraper elsewhere)")
     worker.set_defaults(func=cmd_worker)
 
     ch = p.command("chaos", "kill the worker, Redis, an edge and the broker of an embedded stack under load, and "
