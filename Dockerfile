@@ -1,14 +1,7 @@
-# Image for docker-compose.yml: the surgegate worker and CLI.
+# Image for docker-compose.yml: the surgegate worker and CLI, installed from the lock the tests passed with.
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY surgegate surgegate
-COPY schemas schemas
-COPY streams streams
-COPY agents agents
-COPY api api
-COPY edge edge
-COPY gpu gpu
-COPY devtools devtools
-RUN pip install --no-cache-dir .
+# the whole tree (.dockerignore leaves out environments, caches and the repository), so no package is forgotten
+COPY . .
+RUN pip install --no-cache-dir -c requirements.lock .
 ENTRYPOINT ["surgegate"]
