@@ -31,6 +31,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 import msgspec
 
@@ -122,6 +123,15 @@ class _Report(msgspec.Struct):
 
 
 _REPORT = msgspec.json.Decoder(_Report)
+
+
+class ReplicaSource(Protocol):
+    """What keeps a :class:`Balancer` on a changing pool: a local pool's registry (:class:`PoolWatcher`) or a
+    Kubernetes Service's endpoints (:class:`~surgegate.edge.k8s_endpoints.EndpointSliceWatcher`)."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class PoolWatcher:

@@ -45,7 +45,7 @@ from prometheus_client import generate_latest
 from surgegate.admission.actions import ADMIT, DEFER, REJECT
 from surgegate.admission.gate import UnknownTier, Verdict
 from surgegate.admission.tokens import TokenBudgets
-from surgegate.edge.balancer import PoolWatcher
+from surgegate.edge.balancer import ReplicaSource
 from surgegate.edge.cache import CachedAnswer, ResponseCache
 from surgegate.edge.gate import EdgeGate, GlobalQuota
 from surgegate.edge.identity import BadRequest, Identifier, Identity, KeyRing, request_type
@@ -497,7 +497,7 @@ def create_edge_app(gate: EdgeGate, upstream: str | Relay, *, models: Mapping[st
                     gates: Mapping[str, EdgeGate] | None = None, keys: Any = None,
                     tenants: Mapping[str, str] | None = None, default_tenant: str = "anonymous",
                     default_tier: str | None = None, anonymous_tier: str | None = None,
-                    max_body_bytes: int = 32 * 1024 * 1024, watcher: PoolWatcher | None = None,
+                    max_body_bytes: int = 32 * 1024 * 1024, watcher: ReplicaSource | None = None,
                     **options: Any) -> web.Application:
     """The gateway application; every gate must be started, and its owner closes it after the app.
 

@@ -1,9 +1,12 @@
-"""A local stand-in of the Kubernetes API: Deployments' ``scale`` subresource and the HPA list, recording calls.
+"""A local stand-in of the Kubernetes API: Deployments' ``scale`` subresource, the HPA list and EndpointSlices,
+recording calls.
 
 Enough of the API for the official ``kubernetes`` client to read and patch a
 Deployment's replicas (``/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale``)
 and to list HorizontalPodAutoscalers (``/apis/autoscaling/v2/namespaces/{ns}/
-horizontalpodautoscalers``). Every call is kept in :attr:`KubeStandIn.calls`.
+horizontalpodautoscalers``), and to list a Service's EndpointSlices (``/apis/discovery.k8s.io/v1/namespaces/
+{ns}/endpointslices?labelSelector=kubernetes.io/service-name=NAME``). Every call is kept in
+:attr:`KubeStandIn.calls`.
 Runs in a thread on 127.0.0.1.
 """
 
@@ -16,14 +19,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SCALE = re.compile(r"^/apis/apps/v1/namespaces/([^/]+)/deployments/([^/]+)/scale$")
 HPAS = re.compile(r"^/apis/autoscaling/v2/namespaces/([^/]+)/horizontalpodautoscalers$")
+SLICES = re.compile(r"^/apis/discovery.k8s.io/v1/namespaces/([^/]+)/endpointslices$")
 
 
 class KubeStandIn:
     """Deployments by (namespace, name) -> replicas; HPAs by namespace -> [(name, deployment)]."""
 
-    def __init__(self, deployments: dict[tuple[str, str], int], hpas: dict[str, list[tuple[str, str]]] | None = None):
+    def __init__(self, deployments: dict[tuple[str, str], int], hpas: dict[str, list[tuple[str, str]]] | None = None,
+                 slices: dict[tuple[str, str], list[dict]] | None = None):
         self.deployments = dict(deployments)
         self.hpas = hpas or {}
+        #: (namespace, service) -> its EndpointSlices' ``ports`` and ``endpoints``, as the API writes them
+        self.slices = slices or {}
+        self.fail = False
         self.calls: list[tuple[str, str, object]] = []
         self._lock = threading.Lock()
         standin = self
@@ -61,9 +69,23 @@ class KubeStandIn:
                 "spec": {"replicas": replicas}, "status": {"replicas": replicas}}
 
     def _handle(self, h, method: str, payload: tuple[str, object] | None) -> None:
-        path = h.path.split("?")[0]
+        from urllib.parse import parse_qs, urlsplit
+
+        path, query = h.path.split("?")[0], parse_qs(urlsplit(h.path).query)
         with self._lock:
             self.calls.append((method, path, payload[1] if payload else None))
+            if self.fail:
+                return h._send(503, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503,
+                                     "message": "the API server is away"})
+            if m := SLICES.match(path):
+                selector = query.get("labelSelector", [""])[0]
+                service = selector.removeprefix("kubernetes.io/service-name=")
+                items = [{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+                          "metadata": {"name": f"{service}-{i}", "namespace": m.group(1),
+                                       "labels": {"kubernetes.io/service-name": service}}, **piece}
+                         for i, piece in enumerate(self.slices.get((m.group(1), service), []))]
+                return h._send(200, {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList",
+                                     "metadata": {}, "items": items})
             if m := HPAS.match(path):
                 items = [{"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
                           "metadata": {"name": hpa, "namespace": m.group(1)},

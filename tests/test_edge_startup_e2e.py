@@ -39,7 +39,9 @@ def _one_line(result: subprocess.CompletedProcess) -> str:
      "SURGEGATE_SERVICES: services.chat.replicas: Expected `int`, got `str`"),
     (["--upstream", "http://127.0.0.1:9000"], {"SURGEGATE_SERVICES": '{"chat": {"scaling": {"cooldown_s": []}}}'},
      "services.chat.scaling.cooldown_s: Expected `float`, got `array`"),
-], ids=["no scheme", "unknown service", "wrong type", "wrong nested type"])
+    (["--k8s-service", "vllm"], {}, "--k8s-service 'vllm': expected NAMESPACE/NAME[:PORT_NAME]"),
+    (["--upstream", "http://127.0.0.1:9000", "--k8s-service", "llm/vllm"], {}, "give one of --upstream"),
+], ids=["no scheme", "unknown service", "wrong type", "wrong nested type", "bad service", "two sources"])
 def test_bad_configuration_stops_the_edge_in_one_line_naming_the_setting(args, env, names):
     line = _one_line(_edge(*args, "--kafka", "127.0.0.1:1", env=env))
     assert names in line, line

@@ -81,7 +81,7 @@ def cmd_edge(args: argparse.Namespace) -> None:
     from aiohttp import web
 
     from surgegate.control.config import ServiceConfig
-    from surgegate.edge.balancer import Balancer, PoolWatcher
+    from surgegate.edge.balancer import Balancer, PoolWatcher, ReplicaSource
     from surgegate.edge.gate import EdgeGate, GlobalQuota
     from surgegate.edge.gateway import create_edge_app
     from surgegate.edge.identity import KeyFile
@@ -90,8 +90,13 @@ def cmd_edge(args: argparse.Namespace) -> None:
     from surgegate.streams.store import Keys
 
     # everything that needs no broker is checked first: a bad setting stops the edge in one line, broker or not
-    if bool(args.upstream) == bool(args.pool_replicas):
-        raise SettingsError("give --upstream (one URL, or several separated by commas) or --pool-replicas POOL")
+    if sum(map(bool, (args.upstream, args.pool_replicas, args.k8s_service))) != 1:
+        raise SettingsError("give one of --upstream (one URL, or several separated by commas), --pool-replicas POOL "
+                            "or --k8s-service NAMESPACE/NAME[:PORT_NAME]")
+    if args.k8s_service:
+        from surgegate.edge.k8s_endpoints import parse_service
+
+        k8s_service = parse_service(args.k8s_service)
     upstreams = [check_upstream("--upstream", u.strip()) for u in (args.upstream or "").split(",") if u.strip()]
     if args.upstream and not upstreams:
         raise SettingsError("--upstream: name at least one URL")
@@ -128,7 +133,7 @@ def cmd_edge(args: argparse.Namespace) -> None:
 
         need_redis(settings, "--deferral lane (task states)")
         lane = DeferralLane(settings, args.edge_id)
-    watcher = None
+    watcher: ReplicaSource | None = None
     target: Any = upstreams[0] if len(upstreams) == 1 else Balancer(upstreams)
     if args.pool_replicas:
         need_redis(settings, "--pool-replicas (the pool's replica registry)")
@@ -137,6 +142,12 @@ def cmd_edge(args: argparse.Namespace) -> None:
         target = Balancer()
         watcher = PoolWatcher(target, async_client(settings.redis_target(), timeout_s=1.0),
                               Keys.for_topic_prefix(settings.topic_prefix).pool_replicas(args.pool_replicas))
+    if args.k8s_service:
+        from surgegate.edge.k8s_endpoints import EndpointSliceWatcher
+
+        target = Balancer()
+        namespace, name, port = k8s_service
+        watcher = EndpointSliceWatcher(target, namespace, name, port_name=port)
     try:
         relay = Relay(target, upstream_key=settings.upstream_key, connect_timeout_s=args.connect_timeout,
                       first_byte_s=args.timeout, idle_s=args.idle_timeout, connections=args.connections)
@@ -159,7 +170,8 @@ def cmd_edge(args: argparse.Namespace) -> None:
                               api_token=settings.api_token, max_body_bytes=args.max_body_bytes, watcher=watcher)
         if keys is not None:
             app.cleanup_ctx.append(_watch_keys(keys))
-        where = args.upstream or f"the replicas of pool {args.pool_replicas}"
+        where = args.upstream or (f"the replicas of pool {args.pool_replicas}" if args.pool_replicas
+                                  else f"the ready endpoints of Service {args.k8s_service}")
         print(f"surgegate edge {args.edge_id}: service {args.service} on http://{args.host}:{args.port} -> "
               f"{where}{' (shadow)' if args.shadow else ''}", flush=True)
         # a client that goes away cancels its handler, and with it the upstream request; several processes may
@@ -302,6 +314,9 @@ def register(p: Parsers) -> None:
     edge.add_argument("--pool-replicas", metavar="POOL",
                       help="send to the serving replicas of this pool, as its local pool lists them in Redis "
                            "(surgegate scaler --local) (default: none)")
+    edge.add_argument("--k8s-service", metavar="NAMESPACE/NAME[:PORT_NAME]",
+                      help="send to this Kubernetes Service's ready endpoints, read from its EndpointSlices every "
+                           "second (in-cluster credentials, else the kubeconfig) (default: none)")
     edge.add_argument("--overflow-upstream", metavar="URL",
                       help="the overflow pool's base URL: lower tiers and batch work go there while the pool's "
                            "scaling decision asks overflow replicas (default: none)")
