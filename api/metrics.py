@@ -162,21 +162,23 @@ def _traffic_families(s: Snapshot) -> Iterator[Metric]:
     rates = GaugeMetricFamily("surgegate_tier_requests_per_second",
                               "Requests per second in the newest window, by tier and what became of them",
                               labels=["service", "tier", "outcome"])
+    # percentiles of one window, computed by the pipeline: gauges, labelled `percentile` (the `quantile` label is
+    # a summary's, whose quantiles Prometheus may aggregate over time; these are not)
     ttft = GaugeMetricFamily("surgegate_time_to_first_token_seconds",
-                             "Time to first token of streamed responses in the newest window",
-                             labels=["service", "quantile"])
+                             "Time to first token of streamed responses in the newest window, at a percentile",
+                             labels=["service", "percentile"])
     itl = GaugeMetricFamily("surgegate_inter_token_latency_seconds",
-                            "Inter-token latency of streamed responses in the newest window",
-                            labels=["service", "quantile"])
-    latency = GaugeMetricFamily("surgegate_latency_seconds", "Request latency in the newest window",
-                                labels=["service", "quantile"])
+                            "Inter-token latency of streamed responses in the newest window, at a percentile",
+                            labels=["service", "percentile"])
+    latency = GaugeMetricFamily("surgegate_latency_seconds", "Request latency in the newest window, at a percentile",
+                                labels=["service", "percentile"])
     for service, by_tier in sorted(s.traffic.items()):
         for tier, t in sorted(by_tier.items(), key=lambda item: item[0] or ""):
             if tier is None:
-                for q, ms in (("0.5", t.latency_p50_ms), ("0.99", t.latency_p99_ms)):
+                for q, ms in (("50", t.latency_p50_ms), ("99", t.latency_p99_ms)):
                     latency.add_metric([service, q], ms / 1000)
                 for family, p50, p99 in ((ttft, t.ttft_p50_ms, t.ttft_p99_ms), (itl, t.itl_p50_ms, t.itl_p99_ms)):
-                    for q, v in (("0.5", p50), ("0.99", p99)):
+                    for q, v in (("50", p50), ("99", p99)):
                         if v is not None:
                             family.add_metric([service, q], v / 1000)
                 continue

@@ -128,8 +128,8 @@ def test_health_readiness_and_reads(api_settings):
             assert m["surgegate_agent_seconds_total", (("agent", "decide"),)] == 0.005
             assert m["surgegate_agent_runs_total", (("agent", "decide"),)] == 10
             assert ("surgegate_window_lag_seconds", ()) in m
-            ttft = m["surgegate_time_to_first_token_seconds", (("quantile", "0.5"), ("service", "chat"))]
-            itl = m["surgegate_inter_token_latency_seconds", (("quantile", "0.5"), ("service", "chat"))]
+            ttft = m["surgegate_time_to_first_token_seconds", (("percentile", "50"), ("service", "chat"))]
+            itl = m["surgegate_inter_token_latency_seconds", (("percentile", "50"), ("service", "chat"))]
             assert 0.19 <= ttft <= 0.41 and 0.019 <= itl <= 0.041  # the sketch's 1% accuracy
             page = await c.get("/")
             assert page.status == 200 and "/static/plotly.min.js" in await page.text()
@@ -268,6 +268,45 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
     """Every sample of a Prometheus exposition, parsed by prometheus_client: (name, sorted labels) -> value."""
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def lint(text: str) -> list[str]:
+    """What promtool's naming rules and the exposition's types say against a /metrics page, parsed by
+    prometheus_client: our prefix, counters ending in _total, no _created series, the quantile label on
+    summaries only, base units (seconds, not milliseconds)."""
+    problems = []
+    for family in text_string_to_metric_families(text):
+        if not family.name.startswith("surgegate_"):
+            problems.append(f"{family.name}: not under surgegate_")
+        if family.name.endswith(("_ms", "_milliseconds")):
+            problems.append(f"{family.name}: not in base units")
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                problems.append(f"{sample.name}: a _created series")
+            if family.type == "counter" and not sample.name.endswith("_total"):
+                problems.append(f"{sample.name}: a counter not ending in _total")
+            if "quantile" in sample.labels and family.type != "summary":
+                problems.append(f"{sample.name}: the quantile label on a {family.type}")
+    return sorted(set(problems))
+
+
+def test_the_metrics_page_follows_the_naming_rules(api_settings):
+    from surgegate.cli import no_created_series
+
+    no_created_series()  # as every command does at start
+
+    async def go():
+        c = await client_for(api_settings)
+        try:
+            return await (await c.get("/metrics")).text()
+        finally:
+            await c.close()
+
+    text = run(go())
+    assert "surgegate_time_to_first_token_seconds" in text  # the seeded window's families are there to judge
+    assert lint(text) == []
+    assert lint('# TYPE x_ms gauge\nx_ms{quantile="0.5"} 1\n') == [
+        "x_ms: not in base units", "x_ms: not under surgegate_", "x_ms: the quantile label on a gauge"]
 
 
 def test_redis_down_is_a_503_from_readyz_and_the_process_stays_up(settings):
