@@ -9,6 +9,9 @@ defer: a ``202`` with a task id). Arrivals are Poisson at the plan's rate:
 burst this product exists for, 5,000 -> 120,000 rps, scaled to what one
 machine serves).
 
+``LoadPlan.from_trace`` follows a trace file instead (``surgegate load --trace``), read
+as the simulator reads it and scaled so its busiest 10 s is ``--peak``.
+
 Per request it records what the client saw: refused (429), deferred (202),
 failed (another error, or a stream that ended in an error event), or served,
 with its time to first token and time per output token. Per tier and window,
@@ -53,6 +56,9 @@ class LoadPlan:
     batch_share: float = 0.2
     max_tokens: int = 32
     model: str = "llama-3-8b"
+    #: requests a second for each second from the start, instead of the burst (a trace, scaled); the last
+    #: second's rate holds beyond its end
+    rates: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         check(self.base_rps >= 0, "base_rps", self.base_rps, "must be >= 0")
@@ -63,9 +69,23 @@ class LoadPlan:
         check(bool(self.tiers) and all(v > 0 for v in self.tiers.values()), "tiers", dict(self.tiers),
               "must give each tier a share > 0")
         check(0 <= self.batch_share < 1, "batch_share", self.batch_share, "must be within [0, 1)")
+        check(all(r >= 0 for r in self.rates), "rates", "...", "must all be >= 0")
+
+    @classmethod
+    def from_trace(cls, path, peak_rps: float, duration_s: float, **kw) -> LoadPlan:
+        """The plan of a trace file (the simulator's reading of it: 1 s resolution, its busiest 10 s scaled to
+        ``peak_rps``), its first ``duration_s`` seconds."""
+        from surgegate.sim.workload import from_trace
+
+        w = from_trace(path, peak_rps=peak_rps, hours=duration_s / 3600)
+        top = max(w.rate) if w.rate else 0.0
+        return cls(base_rps=min(w.rate, default=0.0), peak_rps=max(top, min(w.rate, default=0.0)),
+                   duration_s=min(duration_s, float(w.seconds)), rates=tuple(w.rate), **kw)
 
     def rate(self, t: float) -> float:
         """Requests a second at ``t`` seconds from the start."""
+        if self.rates:
+            return self.rates[min(int(t), len(self.rates) - 1)]
         if t < self.burst_at_s:
             return self.base_rps
         since = t - self.burst_at_s

@@ -154,3 +154,14 @@ def test_shadow_mode_scales_on_gpu_utilisation_as_the_simulator_s_hpa_does():
     pool.sample = None  # before the first scrape: nothing to act on
     rule.tick(31)
     assert len(pool.targets) == 30
+
+
+def test_a_plan_follows_a_trace_scaled_as_the_simulator_scales_it():
+    from pathlib import Path
+
+    trace = Path(__file__).resolve().parents[1] / "docs" / "examples" / "burst.csv"
+    plan = LoadPlan.from_trace(trace, peak_rps=20.0, duration_s=600.0)
+    busiest = max(sum(plan.rates[i:i + 10]) / len(plan.rates[i:i + 10]) for i in range(0, len(plan.rates), 10))
+    assert busiest == pytest.approx(20.0)
+    assert plan.rate(0) == plan.rates[0] and plan.rate(10_000) == plan.rates[-1]
+    assert len(compare.workload_of(plan, ReplicaSpec()).rate) == len(plan.rates)  # its simulated twin follows it

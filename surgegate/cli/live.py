@@ -31,11 +31,15 @@ def parse_pairs(option: str, raw: str) -> dict[str, float]:
 def plan_of(args: argparse.Namespace):
     from surgegate.devtools.load import LoadPlan
 
+    mix = {"tiers": parse_pairs("--tiers", args.tiers), "batch_share": args.batch_share,
+           "max_tokens": args.max_tokens, "model": args.model}
     try:
+        if getattr(args, "trace", None):
+            if not Path(args.trace).is_file():
+                raise SurgegateError(f"--trace {args.trace}: no such file")
+            return LoadPlan.from_trace(Path(args.trace), args.peak, args.duration, **mix)
         return LoadPlan(base_rps=args.base, peak_rps=args.peak, burst_at_s=args.burst_at, ramp_s=args.ramp,
-                        hold_s=args.hold, duration_s=args.duration, every_s=args.every,
-                        tiers=parse_pairs("--tiers", args.tiers), batch_share=args.batch_share,
-                        max_tokens=args.max_tokens, model=args.model)
+                        hold_s=args.hold, duration_s=args.duration, every_s=args.every, **mix)
     except ValueError as exc:
         raise SurgegateError(f"load plan: {exc}") from None
 
@@ -140,6 +144,9 @@ def register(p: Parsers) -> None:
     load.add_argument("--keys", help="JSON object of tier -> API key (default: the demo's keys)")
     add_plan_options(load)
     load.add_argument("--duration", type=float, default=180.0, help="seconds of load")
+    load.add_argument("--trace", metavar="FILE",
+                      help="follow this trace (timestamp_s,count[,...], gzipped or not) from its start instead of "
+                           "the burst, its busiest 10 s scaled to --peak (default: the burst)")
     load.add_argument("--ttft-slo", default=DEFAULT_TTFT_SLO, help="time-to-first-token target per tier, s")
     load.add_argument("--window", type=float, default=0.0,
                       help="seconds per scored window (0: SURGEGATE_WINDOW_S)")
