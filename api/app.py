@@ -37,6 +37,7 @@ from surgegate.control.history import LOOKBACK_MS, HistoryRecord, explain_at
 from surgegate.edge.metrics import PROMETHEUS_TEXT
 from surgegate.errors import BrokerError
 from surgegate.gpu.pools import PoolBook, PoolCollector
+from surgegate.llm.openai_wire import MAX_JSON_DEPTH, json_too_deep
 from surgegate.schemas.aggregates import TrafficStats, WindowStats
 from surgegate.schemas.decisions import Override, OverrideRequest, ScalingDecision, ThrottleDecision
 from surgegate.schemas.deferral import TASK_ID_PATTERN
@@ -497,6 +498,8 @@ class Api:
                 raw = await request.read()
         except TimeoutError:
             raise ApiError(408, f"the request body did not arrive within {BODY_TIMEOUT_S:g} s", "body") from None
+        if json_too_deep(raw):  # a bound of our own, not the interpreter's recursion limit
+            raise ApiError(400, f"the body nests its JSON deeper than {MAX_JSON_DEPTH} levels", "body")
         try:
             body = msgspec.json.decode(raw, type=dict[str, Any])
         except msgspec.DecodeError as exc:

@@ -30,6 +30,7 @@ b'{"model":"m","input":"hi","max_output_tokens":64}'
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any
 
 import msgspec
@@ -70,6 +71,8 @@ class OpenAIRequest(msgspec.Struct, frozen=True):
         """The request in ``body`` (JSON); ``ValueError`` naming the field that is wrong."""
         if not body.strip():
             return cls()
+        if json_too_deep(body):
+            raise ValueError(f"the request body nests its JSON deeper than {MAX_JSON_DEPTH} levels")
         try:
             return _DECODER.decode(body)
         except msgspec.ValidationError as exc:
@@ -91,6 +94,43 @@ class OpenAIRequest(msgspec.Struct, frozen=True):
 
 
 _DECODER = msgspec.json.Decoder(OpenAIRequest)
+#: JSON nested deeper than this is refused: far beyond any OpenAI request's, and a bound of our own rather than the
+#: interpreter's recursion limit, which differs between Python versions (3.11 stops near 1,000, 3.13 far later)
+MAX_JSON_DEPTH = 100
+_STRUCTURE = re.compile(rb'["\\\[\]{}]')
+
+
+def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the JSON text ``body`` nests arrays and objects deeper than ``limit``, brackets inside strings aside.
+
+    Bodies with no more than ``limit`` opening brackets in all (nearly every request) are answered by two byte
+    counts; the rest by a scan of their brackets and quotes only.
+
+    >>> json_too_deep(b'{"a": [[["[[[[not nesting"]]]}', limit=4), json_too_deep(b"[" * 5 + b"]" * 5, limit=4)
+    (False, True)
+    """
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth, in_string, escaped_until = 0, False, -1
+    for m in _STRUCTURE.finditer(body):
+        i = m.start()
+        if i < escaped_until:  # the byte after a backslash, inside a string
+            continue
+        c = body[i]
+        if in_string:
+            if c == 0x5C:  # backslash: the next byte is escaped
+                escaped_until = i + 2
+            elif c == 0x22:
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif c in (0x5D, 0x7D):
+            depth -= 1
+    return False
 
 
 def with_token_cap(body: bytes, cap: int, path: str = "") -> bytes:
@@ -117,13 +157,18 @@ def estimate_prompt_tokens(raw: Any) -> int:
 
 
 def _text_chars(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(_text_chars(v) for v in value)
-    if isinstance(value, dict):  # a chat message, or a content part
-        return _text_chars(value.get("content")) + _text_chars(value.get("text"))
-    return 0
+    """Characters of text in a prompt, a message list or content parts; iterative, so no nesting overflows it."""
+    chars, stack = 0, [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            chars += len(v)
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict):  # a chat message, or a content part
+            stack.append(v.get("content"))
+            stack.append(v.get("text"))
+    return chars
 
 
 def openai_error(message: str, kind: str, code: str | None, param: str | None = None) -> bytes:
