@@ -191,12 +191,6 @@ def _read_json(path: Path) -> dict:
 # ------------------------------------------------------------------ the runner
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SURGEGATE_")}
-    env.update(settings.to_env())
-    return env
-
-
 class _Follower:
     """Keeps every service-level window and every dead letter published, across brokers."""
 
@@ -285,8 +279,9 @@ class Chaos:
 
     def _start_worker(self) -> None:
         out = open(self.dir / "worker.log", "ab")  # noqa: SIM115 - the child keeps it
-        self.worker = subprocess.Popen([sys.executable, "-m", "surgegate.cli", "worker"], env=_env(self.settings),
-                                       stdout=out, stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True)
+        self.worker = subprocess.Popen([sys.executable, "-m", "surgegate.cli", "worker"],
+                                       env=self.settings.child_environ(), stdout=out, stderr=subprocess.STDOUT,
+                                       cwd=self.dir, start_new_session=True)
 
     def _start_edge(self, name: str) -> None:
         out = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
@@ -294,7 +289,8 @@ class Chaos:
             [sys.executable, "-m", "surgegate.devtools.chaos", "--edge", name, "--rate",
              str(self.rate / self.edge_count), "--phase-file", str(self.phase_file),
              "--status-file", str(self._status(name))],
-            env=_env(self.settings), stdout=out, stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True)
+            env=self.settings.child_environ(), stdout=out, stderr=subprocess.STDOUT, cwd=self.dir,
+            start_new_session=True)
 
     def _status(self, name: str) -> Path:
         return self.dir / f"{name}.json"

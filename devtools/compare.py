@@ -25,7 +25,6 @@ import asyncio
 import dataclasses
 import logging
 import math
-import os
 import random
 import subprocess
 import sys
@@ -97,13 +96,11 @@ class UtilisationRule:
 
 
 def _worker(settings: Settings, log_dir: Path, name: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SURGEGATE_")}
-    env.update(settings.to_env())
     work = log_dir / name
     work.mkdir(parents=True, exist_ok=True)
     with open(work / "worker.log", "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "surgegate.cli", "worker"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, cwd=work, preexec_fn=die_with_parent)
+        return subprocess.Popen([sys.executable, "-m", "surgegate.cli", "worker"], env=settings.child_environ(),
+                                stdout=out, stderr=subprocess.STDOUT, cwd=work, preexec_fn=die_with_parent)
 
 
 def live(settings: Settings, plan: LoadPlan, fleet: FleetBounds, *, shadow: bool, keys: Mapping[str, str],

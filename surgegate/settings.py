@@ -295,6 +295,12 @@ class Settings:
         what a child process is given (secrets included: it needs them too)."""
         return {ENV_PREFIX + f.name.upper(): _text(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
+    def child_environ(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """A child process's whole environment: ``base`` (default: this process's) without any ``SURGEGATE_*``
+        variable of its own, then these settings (:meth:`to_env`), so the child reads exactly them."""
+        base = os.environ if base is None else base
+        return {**{k: v for k, v in base.items() if not k.startswith(ENV_PREFIX)}, **self.to_env()}
+
     @classmethod
     def names(cls) -> list[str]:
         """Every variable's name, ``SURGEGATE_KAFKA`` first."""

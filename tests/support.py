@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -40,8 +39,7 @@ class Child:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Child:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SURGEGATE_")}
-        env.update({**self.settings.to_env(), **self.extra_env})
+        env = {**self.settings.child_environ(), **self.extra_env}
         with open(self.log_path, "ab") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen([sys.executable, "-m", "surgegate.cli", *self.command], env=env, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True,

@@ -239,3 +239,10 @@ def test_the_command_serves_counters_without_created_series():
     no_created_series()
     text = generate_latest(registry).decode()
     assert "surgegate_probe_total 1.0" in text and "_created" not in text
+
+
+def test_a_child_environment_carries_exactly_these_settings_and_the_rest_of_the_parent_s():
+    s = Settings.from_env({"SURGEGATE_WINDOW_S": "2", "SURGEGATE_LATENESS_S": "1"})
+    env = s.child_environ({"PATH": "/bin", "SURGEGATE_STALE": "x", "SURGEGATE_WINDOW_S": "10"})
+    assert env["PATH"] == "/bin" and "SURGEGATE_STALE" not in env
+    assert Settings.from_env(env) == s
