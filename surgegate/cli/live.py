@@ -75,10 +75,9 @@ def _compare(args: argparse.Namespace, plan, slo: dict[str, float]) -> None:
 
     from surgegate.cli.pipeline import demo_services
     from surgegate.devtools import compare
-    from surgegate.devtools.embedded import EmbeddedBroker, EmbeddedRedis
+    from surgegate.devtools.embedded import where_missing
     from surgegate.devtools.live import ReplicaSpec, keys_by_tier
     from surgegate.sim.policies import FleetBounds
-    from surgegate.streams.kafka import settle_timeouts
 
     settings = settings_of(args)
     window = args.window or settings.window_s
@@ -94,14 +93,7 @@ def _compare(args: argparse.Namespace, plan, slo: dict[str, float]) -> None:
     spec = ReplicaSpec()
     fleet = FleetBounds(replica_rps=args.replica_rps, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
                         cold_start_s=args.cold_start, ttft_slo_ms=1000 * min(slo.values()))
-    started: list = []
-    try:
-        if not settings.kafka:
-            started.append(EmbeddedBroker().start())
-            settings = settle_timeouts(settings.replace(kafka=started[-1].bootstrap), embedded=True)
-        if not settings.redis:
-            started.append(EmbeddedRedis().start())
-            settings = settings.replace(redis=started[-1].url)
+    with where_missing(settings) as settings:
         logs = Path(tempfile.mkdtemp(prefix="surgegate-compare-"))
         print(f"surgegate load --compare: {plan.base_rps:g} -> {plan.peak_rps:g} rps, {plan.duration_s:g} s, twice "
               f"live, then simulated; logs in {logs}", file=sys.stderr, flush=True)
@@ -110,9 +102,6 @@ def _compare(args: argparse.Namespace, plan, slo: dict[str, float]) -> None:
                                          log_dir=logs, seed=args.seed)
         shadow, shadowed = compare.live(settings, plan, fleet, shadow=True, keys=keys, ttft_slo_s=slo, spec=spec,
                                         log_dir=logs, seed=args.seed)
-    finally:
-        for service in reversed(started):
-            service.stop()
     window = int(settings.window_s)
     sim = [compare.simulated(plan, fleet, spec, slo, shadow=s, window_s=window, seed=args.seed) for s in (False, True)]
     text = (compare.report(plan, [enforce, shadow, *sim], window, spec) + "\n"

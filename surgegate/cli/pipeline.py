@@ -119,25 +119,15 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 def cmd_up(args: argparse.Namespace) -> None:
     from surgegate.cli.api import serve_api_in_thread
-    from surgegate.devtools.embedded import EmbeddedBroker, EmbeddedRedis
-    from surgegate.streams.kafka import settle_timeouts
+    from surgegate.devtools.embedded import where_missing
     from surgegate.streams.topics import create_topics
 
     settings = settings_of(args)
-    started: list[EmbeddedBroker | EmbeddedRedis] = []
-    try:
-        if not settings.kafka:
-            broker = EmbeddedBroker(args.broker_port).start()
-            started.append(broker)
-            settings = settle_timeouts(settings.replace(kafka=broker.bootstrap), embedded=True)
-        else:
-            settings = need_kafka(settings)
-        if not settings.redis:
-            redis_server = EmbeddedRedis(args.redis_port).start()
-            started.append(redis_server)
-            settings = settings.replace(redis=redis_server.url)
+    if settings.kafka:
+        settings = need_kafka(settings)
+    with where_missing(settings, args.broker_port, args.redis_port) as settings:
         if args.demo and not settings.services:
-            # the demo's service on its GPU pool: 8 replicas of 40 rps, so its bursts get throttled
+            # the demo's service on its pool of local fake-llm replicas (DEMO_SERVICES)
             settings = settings.replace(services=DEMO_SERVICES)
         create_topics(settings)
         print(f"surgegate up: broker {settings.kafka}  redis {settings.redis_target()}  "
@@ -151,9 +141,6 @@ def cmd_up(args: argparse.Namespace) -> None:
         finally:
             if stack is not None:
                 stack.close()
-    finally:
-        for service in reversed(started):
-            service.stop()
 
 
 def _demo(settings: Settings, args: argparse.Namespace):
