@@ -32,6 +32,7 @@ from collections.abc import Mapping
 import aiohttp
 
 from surgegate.checks import check
+from surgegate.sim.bursty import poisson
 
 #: a window meets a tier's SLO when at most this share of its realtime requests missed
 MISS_BUDGET = 0.01
@@ -206,7 +207,7 @@ async def run(plan: LoadPlan, base_url: str, keys: Mapping[str, str], *, window_
     try:
         t = 0.0
         while t < plan.duration_s:
-            n = _poisson(rng, plan.rate(t) * tick)
+            n = poisson(rng, plan.rate(t) * tick)
             for _ in range(n):
                 call = Call(time.monotonic(), rng.choices(tiers, weights)[0], rng.random() < plan.batch_share)
                 calls.append(call)
@@ -263,14 +264,3 @@ async def _send(call: Call, plan: LoadPlan, client, session: aiohttp.ClientSessi
         call.outcome, call.why = "failed", str(exc.status_code)
     except (openai.APIError, aiohttp.ClientError, TimeoutError) as exc:
         call.outcome, call.why = "failed", type(exc).__name__
-
-
-def _poisson(rng: random.Random, mean: float) -> int:
-    if mean <= 0:
-        return 0
-    limit, k, p = math.exp(-mean), 0, 1.0
-    while True:
-        p *= rng.random()
-        if p <= limit:
-            return k
-        k += 1

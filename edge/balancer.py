@@ -134,7 +134,32 @@ class ReplicaSource(Protocol):
     async def close(self) -> None: ...
 
 
-class PoolWatcher:
+class Polling:
+    """A :class:`ReplicaSource` that reads its source once at start, then every ``every_s`` (``refresh``)."""
+
+    every_s: float = 1.0
+    _task: asyncio.Task | None = None
+
+    async def refresh(self) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.create_task(self._loop(), name=f"replicas-{type(self).__name__}")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            await self.refresh()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class PoolWatcher(Polling):
     """Keeps a :class:`Balancer` on the replicas a pool's registry (a Redis hash) lists, read every ``every_s``."""
 
     def __init__(self, balancer: Balancer, redis, key: str, *, every_s: float = 1.0, stale_s: float = 5.0) -> None:
@@ -143,7 +168,6 @@ class PoolWatcher:
         self.key = key
         self.every_s, self.stale_s = every_s, stale_s
         self.counts = {"reads": 0, "read_failures": 0}
-        self._task: asyncio.Task | None = None
 
     async def refresh(self) -> None:
         """Read the registry once; Redis away keeps the replicas known."""
@@ -165,18 +189,3 @@ class PoolWatcher:
             if now_ms - r.ts <= self.stale_s * 1000:
                 reports[url.decode() if isinstance(url, bytes) else url] = (r.waiting, r.kv_cache)
         self.balancer.set_endpoints(reports)
-
-    async def start(self) -> None:
-        await self.refresh()
-        self._task = asyncio.create_task(self._loop(), name=f"pool-watch-{self.key}")
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.every_s)
-            await self.refresh()
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task

@@ -18,11 +18,10 @@ namespace.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
-from surgegate.edge.balancer import Balancer
+from surgegate.edge.balancer import Balancer, Polling
 from surgegate.errors import SurgegateError
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ def parse_service(spec: str) -> tuple[str, str, str | None]:
     return namespace, name, port or None
 
 
-class EndpointSliceWatcher:
+class EndpointSliceWatcher(Polling):
     """Keeps a :class:`Balancer` on a Service's ready endpoints (see the module docstring)."""
 
     def __init__(self, balancer: Balancer, namespace: str, service: str, *, port_name: str | None = None,
@@ -60,7 +59,6 @@ class EndpointSliceWatcher:
         self.namespace, self.service, self.port_name, self.scheme = namespace, service, port_name, scheme
         self.every_s = every_s
         self.counts = {"reads": 0, "read_failures": 0}
-        self._task: asyncio.Task | None = None
 
     def endpoints(self) -> list[str]:
         """The Service's ready, not terminating endpoints as base URLs (one call to the API server)."""
@@ -101,18 +99,3 @@ class EndpointSliceWatcher:
             return
         self.counts["reads"] += 1
         self.balancer.set_endpoints({url: None for url in urls})
-
-    async def start(self) -> None:
-        await self.refresh()
-        self._task = asyncio.create_task(self._loop(), name=f"endpoints-{self.namespace}-{self.service}")
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.every_s)
-            await self.refresh()
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task

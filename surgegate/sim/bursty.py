@@ -139,10 +139,10 @@ def generate(stats: BurstStats, *, seconds: int, seed: int) -> list[float]:
     # scaled so the mean is the trace's own, then counted: at a few requests a second most seconds are empty
     raw = [lv * sh for lv, sh in zip(level, shape)]
     scale = stats.mean_rps * seconds / sum(raw)
-    return [float(_poisson(rng, r * scale)) for r in raw]
+    return [float(poisson(rng, r * scale)) for r in raw]
 
 
-def _poisson(rng: random.Random, mean: float) -> int:
+def poisson(rng: random.Random, mean: float) -> int:
     """A Poisson draw (Knuth's for small means, a rounded normal beyond)."""
     if mean <= 0:
         return 0
