@@ -47,6 +47,8 @@ _PLAIN = {
     "clock_ahead": ("surgegate_ingest_clock_ahead_events", "Events stamped ahead of the wall clock, clamped"),
     "logs_replaced": ("surgegate_ingest_logs_replaced", "Source topics found re-created and read again"),
     "commit_failed": ("surgegate_ingest_commit_failures", "Offset commits that failed (ranges republished)"),
+    "restarts": ("surgegate_ingest_restarts",
+                 "Ingest members that started again from their last commit after a failed publication"),
     "late_events": ("surgegate_late_events", "Events that arrived after their window closed"),
     "windows.published": ("surgegate_windows_published", "Closed windows published"),
 }

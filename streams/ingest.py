@@ -38,7 +38,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from surgegate.errors import InvalidEvent
+from surgegate.errors import DeliveryFailed, InvalidEvent
 from surgegate.schemas.aggregates import SourceRange, Watermark
 from surgegate.schemas.deadletter import DeadLetter
 from surgegate.settings import Settings
@@ -99,15 +99,15 @@ class IngestWorker:
         self.member_id = member_id or f"{settings.worker_id}-ingest"
         self.clock = clock
         self.validator = TelemetryValidator(window_ms=settings.window_ms, max_future_ms=settings.max_future_ms)
-        self.sender = KafkaSender(settings, f"{self.member_id}-producer")
+        # never a partial sent behind one whose fate is unknown: the merge stage would take the lost one, sent
+        # again, for a duplicate (see run())
+        self.sender = KafkaSender(settings, f"{self.member_id}-producer", hand_over=False)
         self.counters: Counter[str] = Counter()
         url = settings.redis if redis_url is None else redis_url
         target = settings.redis_target() if url == settings.redis else url
         self.counter_sink = CounterSink(target, Keys.for_topic_prefix(settings.topic_prefix)) if url \
             else NullCounterSink()
-        window_ms = settings.window_ms
-        self.member = MemberWatermark(idle_after_s=settings.idle_after_s,
-                                      make=lambda began, now: _PartitionWork(window_ms, began, now))
+        self.member = self._new_member()
         self.cuts = CutLog(self.topics.cuts, self._intent_reader, self._dead_letter_intent, member_id=self.member_id)
         self._consumer: Consumer | None = None
         self._admin = AdminClient(admin_config(settings))
@@ -118,6 +118,12 @@ class IngestWorker:
         self._partials_partitions = 0
         self._stop = threading.Event()
         self._reported: Counter[str] = Counter()
+        self._abandoned = False  # the consumer closes after a failed flush: its revocation publishes nothing
+
+    def _new_member(self) -> MemberWatermark:
+        window_ms = self.settings.window_ms
+        return MemberWatermark(idle_after_s=self.settings.idle_after_s,
+                               make=lambda began, now: _PartitionWork(window_ms, began, now))
 
     @property
     def _work(self) -> dict[tuple[str, int], _PartitionWork]:
@@ -130,7 +136,33 @@ class IngestWorker:
         self._stop.set()
 
     def run(self) -> None:
-        """Consume until :meth:`stop`; flushes and commits before returning."""
+        """Consume until :meth:`stop`; flushes and commits before returning.
+
+        A flush whose records were not all delivered (the broker away too long, or replaced) does not end
+        it: the member gives up what it had not committed and starts again from its last commit, as a
+        restarted member would, so the cut-intent log has it repeat an unfinished cut exactly. Its producer
+        never delivers a partial behind a lost one, so what arrived is a prefix and the merge stage drops it
+        as duplicates when it comes again.
+        """
+        try:
+            while True:
+                try:
+                    self._consume()
+                    return
+                except DeliveryFailed as exc:
+                    if self._stop.is_set():
+                        raise
+                    self.counters["restarts"] += 1
+                    log.warning("ingest %s: %s; reading again from the last commit", self.member_id, exc)
+                    self.sender.abandon(f"given up by the ingest after: {exc}")
+                    self.member = self._new_member()
+                    self._forced_cuts.clear()
+        finally:
+            self.sender.close()
+            self.counter_sink.close()
+            log.info("ingest %s stopped: %s", self.member_id, dict(self.counters))
+
+    def _consume(self) -> None:
         consumer = self._consumer = Consumer(
             # end-of-partition events tell which partitions are read to their end (see MemberWatermark)
             consumer_config(self.settings, f"{self.settings.topic_prefix}ingest", self.member_id,
@@ -155,11 +187,14 @@ class IngestWorker:
                     self.check_logs()
                     next_log_check = time.monotonic() + LOG_CHECK_S
             self.flush()
+        except DeliveryFailed:
+            self._abandoned = True
+            raise
         finally:
-            consumer.close()
-            self.sender.close()
-            self.counter_sink.close()
-            log.info("ingest %s stopped: %s", self.member_id, dict(self.counters))
+            try:
+                consumer.close()
+            finally:
+                self._abandoned = False
 
     # ------------------------------------------------------------ per batch
 
@@ -312,12 +347,13 @@ class IngestWorker:
                 continue  # cut when its last record is read (process())
             cuts.append((key, part))
         with_data = [(k, p) for k, p in cuts if p.aggregator]
+        failed_before = self.sender.failed  # a record given up while it is sent fails the flush too
         # 1. intents first, acknowledged before any partial is sent
         for (topic, partition), part in with_data:
             self.sender.send(self.topics.cuts(topic), self.cuts.encode(part.first, part.last),
                              key=str(partition).encode(), partition=partition)
         if with_data:
-            self.sender.flush()
+            self.sender.flush(failed_before=failed_before)
         # 2. partials, then watermarks on every partials partition
         sent = 0
         for (topic, partition), part in with_data:
@@ -327,7 +363,7 @@ class IngestWorker:
                 self.sender.send(self.topics.partials, msgspec.json.encode(partial), key=partial.scope.encode())
                 sent += 1
         self._send_watermarks()
-        self.sender.flush()
+        self.sender.flush(failed_before=failed_before)
         # 3. commit what is now safely published
         if cuts and consumer is not None:
             self._commit(consumer, [TopicPartition(t, p, part.last + 1) for (t, p), part in cuts])
@@ -401,6 +437,9 @@ class IngestWorker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
+        if self._abandoned:  # after a failed flush: nothing more is published, the range is read again
+            self.member.revoke(keys)
+            return
         unfinished = {k for k in keys if k in self._work and self._unfinished(k, self._work[k])}
         if unfinished:
             # nothing of it published, nothing committed: the next owner reads it again and cuts where it must

@@ -18,6 +18,11 @@ on a broker replaced during an outage that batch is the whole backlog queued
 while it was away). Records of other batches still in flight (whose fate is
 unknown) are counted as failed.
 
+A sender made with ``hand_over=False`` never sends a record again behind one whose
+fate is unknown: at a renewal everything the old producer held counts as failed,
+and its owner sends it all again, in order (the ingest does: the merge stage takes a
+record below one it already has for a duplicate, so a gap would lose it).
+
 A broker that lost its topics (replaced by an empty one) makes librdkafka refuse
 records for them once their absence has lasted ``topic.metadata.propagation.max.ms``.
 Such a record is not the caller's error: it waits in the sender, in order, until the
@@ -74,13 +79,17 @@ class KafkaSender:
     records wait for their topic to come back (see the module docstring).
     """
 
-    def __init__(self, settings: Settings, client_id: str, *, stall_s: float = STALL_S, **config: Any) -> None:
+    def __init__(self, settings: Settings, client_id: str, *, stall_s: float = STALL_S, hand_over: bool = True,
+                 **config: Any) -> None:
         self._config = producer_config(settings, client_id, error_cb=self._on_error, **config)
         self._timeout_ms = int(self._config["message.timeout.ms"])
         self._max_queued = int(self._config["queue.buffering.max.messages"])
         self._producer: Producer | None = None
         self._lock = threading.RLock()
         self.stall_s = stall_s
+        #: records a renewed producer held are sent again by the new one (else they count as failed)
+        self.hand_over = hand_over
+        self._dropping = False  # in abandon(): what is purged is given up, not handed over
         self.delivered = 0
         self.failed = 0
         self.renewals = 0
@@ -128,14 +137,18 @@ class KafkaSender:
             self._progress_at = time.monotonic()
             if done is not None:
                 done(None)
-        elif err.code() == KafkaError._PURGE_QUEUE and self._producer is not None:
+        elif err.code() == KafkaError._PURGE_QUEUE and self._producer is not None and self.hand_over \
+                and not self._dropping:
             self._resend(msg, created_ms, err, done)  # never sent by the producer being renewed: the new one sends it
         elif err.code() in TOPIC_UNKNOWN:
             self._resend(msg, created_ms, err, done)  # refused, not written: it waits for its topic
         elif err.code() == KafkaError.UNKNOWN_PRODUCER_ID:
             # refused, not written, by a broker that does not know this producer: the producer that sent it is
             # fatally failed (librdkafka will not retry), so it waits for the renewed one
-            self._refused.append((msg, created_ms, err, done))
+            if self.hand_over:
+                self._refused.append((msg, created_ms, err, done))
+            else:
+                self._fail(err.str(), done)
             self._fatal = True
         else:
             self._fail(err.str(), done)
@@ -315,6 +328,36 @@ class KafkaSender:
                 self.failed += len(old)
                 self.last_error = f"{len(old)} records lost with a renewed producer"
 
+    def abandon(self, why: str) -> None:
+        """Give up every record not yet delivered (queued, in flight, waiting for its topic, refused), each
+        counted as failed: the owner sends them again, in order, after the ones that did arrive."""
+        with self._lock:
+            for _topic, _value, _kwargs, done in self._parked:
+                self._fail(why, done)
+            self._parked.clear()
+            for _msg, _created, _err, done in self._refused:
+                self._fail(why, done)
+            self._refused = []
+            old = self._producer
+            if old is None or not len(old):
+                return
+            self._dropping = True
+            try:
+                old.purge(in_queue=True, in_flight=True, blocking=False)
+                deadline = time.monotonic() + RENEW_DRAIN_S
+                while len(old) and time.monotonic() < deadline:
+                    self._serve(old, 0.05)
+            except KafkaException as exc:  # a producer in a fatal state may refuse even this
+                log.warning("kafka producer: the abandoned records could not be purged (%s)", exc)
+            finally:
+                self._dropping = False
+            if len(old):  # still held: a fresh producer, so none of them is delivered behind what is sent next
+                self.failed += len(old)
+                self.last_error = why
+                self._producer = Producer(self._config)
+                self._fatal = False
+                self._progress_at = time.monotonic()
+
     def _send_refused(self) -> None:
         """Send again, through the renewed producer, the records of batches refused for an unknown producer id."""
         refused, self._refused = self._refused, []
@@ -331,14 +374,17 @@ class KafkaSender:
             self._serve(self._producer, 0)
             self._check_health()
 
-    def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> None:
-        """Wait for every queued record; raises :class:`DeliveryFailed` if any was lost.
+    def flush(self, timeout: float = FLUSH_TIMEOUT_S, failed_before: int | None = None) -> None:
+        """Wait for every queued record; raises :class:`DeliveryFailed` if any was lost (since ``failed``
+        was ``failed_before``, if given: records given up while they were sent count too).
 
         A producer that stops delivering while it waits is renewed, and the wait goes on with the new one.
         """
+        failed_before = self.failed if failed_before is None else failed_before
         if self._producer is None:
+            if self.failed > failed_before:
+                raise DeliveryFailed(f"{self.failed - failed_before} records failed: {self.last_error}")
             return
-        failed_before = self.failed
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()

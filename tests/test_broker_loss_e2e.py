@@ -62,11 +62,6 @@ def test_the_broker_replaced_by_an_empty_one_is_recovered_without_restarting_any
         edge.sending.set()  # the edge goes on while the broker is away
         time.sleep(OUTAGE_S)  # the outage itself
         replacement = EmbeddedBroker(port=broker.port).start()
-        back = (int(time.time() * 1000) // W + 3) * W
-        eventually(lambda: back in follower.windows, 90, "windows from the new broker")
-        edge.sending.clear()
-        with contextlib.suppress(DeliveryFailed):  # records the renewed producer counted as failed: see below
-            edge.producer.flush(30)
         sender = edge.producer.sender
 
         def diagnosis() -> str:
@@ -74,6 +69,15 @@ def test_the_broker_replaced_by_an_empty_one_is_recovered_without_restarting_any
             return (f"sent per window {sorted(edge.sent.items())}, published {sorted(follower.windows.items())}; "
                     f"delivered {sender.delivered}, failed {sender.failed}; worker counters {counters}\n"
                     f"{worker.log()}")
+
+        back = (int(time.time() * 1000) // W + 3) * W
+        try:
+            eventually(lambda: back in follower.windows, 90, "windows from the new broker")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{diagnosis()}") from None
+        edge.sending.clear()
+        with contextlib.suppress(DeliveryFailed):  # records the renewed producer counted as failed: see below
+            edge.producer.flush(30)
 
         last = max(edge.sent)
         try:

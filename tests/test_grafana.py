@@ -36,7 +36,8 @@ from surgegate.telemetry.windowing import TrafficCell, traffic_stats
 DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana" / "surgegate.json"
 #: every counter name the agents and the ingest consumers keep
 PIPELINE_COUNTERS = ("events", "partials", "cuts", "dead_letters", "dead_letter.invalid_field", "clock_ahead",
-                     "logs_replaced", "commit_failed", "partials.merged", "partials.duplicate", "late_events",
+                     "logs_replaced", "commit_failed", "restarts", "partials.merged", "partials.duplicate",
+                     "late_events",
                      "windows.published", "decisions.published", "scaling.published", "forecasts.published",
                      "timing.decide.us", "timing.decide.runs")
 

@@ -132,6 +132,48 @@ def test_a_cut_left_half_published_is_cut_again_at_the_same_offset_whatever_the_
     assert merged == reference(events, settings)
 
 
+class LosesTheRestOfItsFirstCut(IngestWorker):
+    """Its producer gives up a cut's partials after the first one, as a renewed producer without hand-over
+    does (the broker away, or replaced): a prefix arrives, the flush fails."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        send, partials = self.sender.send, self.topics.partials
+        kept: list[bytes] = []
+
+        def lose_after_the_first(topic, value, key=None, **kw):
+            if topic == partials and key is not None and not key.startswith(b"~") and not self.counters["restarts"]:
+                kept.append(key)
+                if len(kept) > 1:
+                    self.sender.failed += 1  # given up, as the renewal counts it
+                    return None
+            return send(topic, value, key=key, **kw)
+
+        self.sender.send = lose_after_the_first
+
+
+def test_a_publication_that_fails_is_repeated_by_the_same_member_exactly(settings):
+    """The member does not die with a failed flush: it starts again from its last commit, repeats the cut
+    and the merge stage takes each window once (the prefix that arrived is recognised as duplicates)."""
+    events = traffic("chat", range(3), 700, seed=6)
+    send(settings, events)
+    partials = TopicReader(settings, Topics(settings.topic_prefix).partials)
+    worker = LosesTheRestOfItsFirstCut(settings.replace(idle_after_s=600.0), member_id="ingest-a")
+    thread, raised = start_thread(worker.run)
+    expected = reference(events, settings)
+    try:
+        partials.poll_until(lambda _: worker.counters["restarts"] == 1 and worker.counters["partials"] > 0
+                            and merge_published(partials, settings.window_ms)[0] == expected, 60,
+                            "every window once, after the member started again")
+    finally:
+        worker.stop()
+        thread.join(60)
+    assert raised == [] and worker.counters["restarts"] == 1
+    merged, outcomes = merge_published(partials, settings.window_ms)
+    assert outcomes["duplicate"] >= 1 and outcomes["late"] == 0
+    assert merged == expected
+
+
 def test_an_unreadable_cut_intent_is_dead_lettered_and_the_partition_is_read_without_it(settings):
     """Only an ingest writes ``<source>.cuts``; a record anyone else put there must not stop its partition (a
     worker that raised on it would end at every restart): it is dead-lettered once and the range cut afresh."""

@@ -176,3 +176,33 @@ def test_a_batch_refused_for_an_unknown_producer_id_is_sent_again_by_the_renewed
     got = reader.poll_until(lambda ms: len(ms) >= 4, 20)
     assert [(m.partition(), m.value(), m.timestamp()[1]) for m in got] == [
         (0, b"first", got[0].timestamp()[1])] + [(0, b"backlog-%d" % i, now_ms) for i in range(3)]
+
+
+@pytest.mark.parametrize(("hand_over", "given_up"), [(True, 0), (False, 3)])
+def test_a_renewal_hands_queued_records_over_only_to_a_sender_that_allows_gaps(hand_over, given_up):
+    # a broker nobody answers at: the records stay queued. The edge's sender (hand_over) sends them again
+    # through the new producer; the ingest's gives them up, so none is delivered behind one whose fate is unknown
+    from surgegate.devtools.embedded import free_port
+    from surgegate.streams.producer import KafkaSender
+
+    sender = KafkaSender(Settings(kafka=f"127.0.0.1:{free_port()}"), "renewed", hand_over=hand_over)
+    told: list[str | None] = []
+    for i in range(3):
+        sender.send("t", b"%d" % i, key=b"k", on_done=told.append)
+    sender.renew("a test")
+    assert (sender.renewals, sender.delivered, sender.failed, len(told)) == (1, 0, given_up, given_up)
+    sender.abandon("the test is over")  # what the new producer holds: the records handed over, if any
+    assert (sender.failed, len(told)) == (3, 3)
+
+
+def test_abandon_gives_up_everything_not_yet_delivered():
+    from surgegate.devtools.embedded import free_port
+    from surgegate.streams.producer import KafkaSender
+
+    sender = KafkaSender(Settings(kafka=f"127.0.0.1:{free_port()}"), "abandoned", hand_over=False)
+    told: list[str | None] = []
+    for i in range(3):
+        sender.send("t", b"%d" % i, on_done=told.append)
+    sender.abandon("the ingest starts again")
+    assert (sender.failed, len(sender.producer), sender.waiting) == (3, 0, 0)
+    assert len(told) == 3 and all(why for why in told)
