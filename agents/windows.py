@@ -1,6 +1,6 @@
 """Stage 2: merge window partials per scope and publish closed windows.
 
-State per scope (:class:`~surgegate.telemetry.windowing.ScopeWindows`) lives in a Faust
+State per scope (:class:`~surgegate.telemetry.merging.ScopeWindows`) lives in a Faust
 table backed by a changelog, so a restarted worker resumes open windows and
 duplicate marks instead of losing or double-counting them. Watermarks from the
 ingest consumers arrive on every partition of sg.partials and close the windows
@@ -27,8 +27,8 @@ from surgegate.agents.counters import AgentCounters, decode_or_count
 from surgegate.schemas.aggregates import Watermark, WindowPartial
 from surgegate.settings import Settings
 from surgegate.streams.store import StateMirror
+from surgegate.telemetry.merging import ScopeWindows
 from surgegate.telemetry.watermarks import MemberMarks
-from surgegate.telemetry.windowing import ScopeWindows
 
 log = logging.getLogger(__name__)
 

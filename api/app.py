@@ -14,11 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import importlib.resources
 import json
 import logging
-import re
-import threading
 import time
 import urllib.parse
 import uuid
@@ -28,168 +25,46 @@ from typing import Any, cast
 import msgspec
 import redis
 from aiohttp import web
-from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry, generate_latest
 
+from surgegate.api import pages
+from surgegate.api.feeds import DecisionStream, OverrideBook
+from surgegate.api.inputs import (
+    BODY_TIMEOUT_S,
+    NAME,
+    TASK_ID,
+    ApiError,
+    bounded,
+    field_of,
+    redis_down,
+    text,
+)
 from surgegate.api.metrics import Families, Snapshot
-from surgegate.api.openapi import openapi_document
+from surgegate.api.readiness import Readiness
 from surgegate.control.history import LOOKBACK_MS, HistoryRecord, explain_at
 from surgegate.edge.metrics import PROMETHEUS_TEXT
 from surgegate.errors import BrokerError
-from surgegate.gpu.pools import PoolBook, PoolCollector
+from surgegate.gpu.pools import PoolCollector
 from surgegate.llm.openai_wire import MAX_JSON_DEPTH, json_too_deep
 from surgegate.schemas.aggregates import TrafficStats, WindowStats
 from surgegate.schemas.decisions import Override, OverrideRequest, ScalingDecision, ThrottleDecision
-from surgegate.schemas.deferral import TASK_ID_PATTERN
 from surgegate.settings import Settings
 from surgegate.streams.history import read_between
-from surgegate.streams.kafka import admin_config, follow_from_start
 from surgegate.streams.producer import KafkaSender
 from surgegate.streams.redis_client import async_client
 from surgegate.streams.store import Keys
 from surgegate.streams.tasks import TaskBook
 from surgegate.streams.topics import Topics
-from surgegate.telemetry.scopes import NAME_PATTERN, parse_scope, service_scope, tier_scope
+from surgegate.telemetry.scopes import parse_scope, service_scope, tier_scope
 
 log = logging.getLogger(__name__)
 
 REDIS_TIMEOUT_S = 0.5
-#: A worker whose newest mirrored window is older than this many windows is not fresh.
-FRESH_WINDOWS = 6
 MAX_LAST = 360
 #: /v1/history/{service}/recent looks back at most this many minutes
 MAX_RECENT_MINUTES = 1440
-#: Overrides last at most a day.
+#: A comment line on the decision stream this often keeps idle proxies from closing it.
 SSE_KEEPALIVE_S = 15.0
-
-
-_ERRORS = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 404: web.HTTPNotFound,
-           503: web.HTTPServiceUnavailable}
-
-
-def ApiError(status: int, message: str, parameter: str | None = None, **headers: str) -> web.HTTPException:
-    """An error answered as JSON: ``{"error": ..., "parameter": ...}``, ready to raise."""
-    body = {"error": message}
-    if parameter is not None:
-        body["parameter"] = parameter
-    return _ERRORS[status](text=json.dumps(body), content_type="application/json", headers=headers or None)
-
-
-class DecisionStream:
-    """Follows the decision topics in threads and fans each new record out to SSE clients."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.topics = Topics(settings.topic_prefix)
-        self._stop = threading.Event()
-        self._clients: set[asyncio.Queue] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.records = 0
-        self.last_error: str | None = None
-        #: the newest scaling decision per pool, as it streams by
-        self.pools = PoolBook()
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        for topic, kind in ((self.topics.throttle, "throttle"), (self.topics.scaling, "scaling")):
-            threading.Thread(target=self._follow, args=(topic, kind), name=f"api-{kind}", daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _follow(self, topic: str, kind: str) -> None:
-        try:
-            follow_from_start(self.settings, topic, f"api-{kind}-{uuid.uuid4().hex[:6]}", self._stop,
-                              lambda raw: self._publish(kind, raw), self._on_error, fetch_wait_ms=100)
-        except Exception as exc:  # the API keeps serving; /readyz and /metrics say the stream stopped
-            self.last_error = f"{kind} stream stopped: {exc}"
-            log.exception("decision stream %s stopped", kind)
-
-    def _on_error(self, err: object) -> None:
-        self.last_error = str(err)
-
-    def _publish(self, kind: str, raw: bytes) -> None:
-        self.records += 1
-        if kind == "scaling":
-            self.pools.offer(raw)
-        loop = self._loop
-        if loop is None:
-            return
-        for queue in list(self._clients):
-            loop.call_soon_threadsafe(_offer, queue, (kind, raw))
-
-    def subscribe(self) -> asyncio.Queue:
-        queue: asyncio.Queue = asyncio.Queue(maxsize=1000)
-        self._clients.add(queue)
-        return queue
-
-    def unsubscribe(self, queue: asyncio.Queue) -> None:
-        self._clients.discard(queue)
-
-
-class OverrideBook:
-    """The overrides in force, read from the overrides topic itself (the audit log), not from Redis.
-
-    A thread follows the topic from its start; a pin adds an entry, a release
-    (``cancel``) removes it, and an expired one is left out when read. So an
-    override can be listed and released while Redis is down.
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.topic = Topics(settings.topic_prefix).overrides
-        self._stop = threading.Event()
-        self._active: dict[str, Override] = {}
-        self._decoder = msgspec.json.Decoder(Override)
-        self.records = 0
-        self.last_error: str | None = None
-
-    def start(self) -> None:
-        threading.Thread(target=self._follow, name="api-overrides", daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _follow(self) -> None:
-        try:
-            follow_from_start(self.settings, self.topic, f"api-overrides-{uuid.uuid4().hex[:6]}", self._stop,
-                              self._on_record, self._on_error, fetch_wait_ms=100)
-        except Exception as exc:  # the API keeps serving; releases fall back to the Redis lookup
-            self.last_error = f"override log stopped: {exc}"
-            log.exception("override log stopped")
-
-    def _on_error(self, err: object) -> None:
-        self.last_error = str(err)
-
-    def _on_record(self, raw: bytes) -> None:
-        try:
-            self.apply(self._decoder.decode(raw))
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            self.last_error = f"unreadable override record: {exc}"
-            return
-        self.records += 1
-
-    def apply(self, override: Override) -> None:
-        """Take one record of the log into account (the API applies its own writes at once too)."""
-        if override.cancel:
-            self._active.pop(override.id, None)
-        else:
-            self._active[override.id] = override
-
-    def get(self, oid: str, now_ms: int) -> Override | None:
-        """The override ``oid`` if it is in force."""
-        found = self._active.get(oid)
-        return found if found is not None and found.expires_at > now_ms else None
-
-    def active(self, now_ms: int) -> list[Override]:
-        """Every override in force, oldest first."""
-        return sorted((o for o in list(self._active.values()) if o.expires_at > now_ms),
-                      key=lambda o: o.created_at)
-
-
-def _offer(queue: asyncio.Queue, item: tuple[str, bytes]) -> None:
-    with contextlib.suppress(asyncio.QueueFull):  # a client too slow to read drops records, not the API
-        queue.put_nowait(item)
 
 
 class Api:
@@ -203,6 +78,7 @@ class Api:
         self.stream = DecisionStream(settings) if stream else None
         self.sender = KafkaSender(settings, "surgegate-api")
         self.overrides = OverrideBook(settings)
+        self.readiness = Readiness(settings, self.redis, self.keys, self.topics)
         self.tasks = TaskBook(settings.redis_target(), prefix=self.keys.prefix, timeout_s=REDIS_TIMEOUT_S)
         self.started = time.time()
         self.requests: dict[str, int] = {}
@@ -233,7 +109,7 @@ class Api:
         try:
             return cast(bytes | None, await self.redis.get(key))  # the client returns bytes (no decoding)
         except (redis.RedisError, OSError):
-            raise _redis_down() from None
+            raise redis_down() from None
 
     def _scope(self, request: web.Request) -> tuple[str, dict[str, str]]:
         scope = request.match_info["scope"]
@@ -246,7 +122,7 @@ class Api:
         try:
             known = await self.redis.sismember(self.keys.scopes, scope)
         except (redis.RedisError, OSError):
-            raise _redis_down() from None
+            raise redis_down() from None
         if not known:
             raise ApiError(404, f"unknown scope {scope!r}", "scope")
 
@@ -266,64 +142,29 @@ class Api:
         return web.json_response({"status": "alive", "uptime_s": round(time.time() - self.started, 1)})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        checks = {"redis": await self._check_redis(), "kafka": await self._check_kafka()}
-        checks["worker"] = await self._check_worker() if checks["redis"]["ok"] else \
-            {"ok": False, "detail": "unknown while Redis is unreachable"}
+        checks = await self.readiness.checks()
         ready = all(c["ok"] for c in checks.values())
         return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
-
-    async def _check_redis(self) -> dict:
-        try:
-            await self.redis.ping()
-            return {"ok": True}
-        except (redis.RedisError, OSError) as exc:
-            return {"ok": False, "detail": f"unreachable: {type(exc).__name__}"}
-
-    async def _check_kafka(self) -> dict:
-        def probe() -> dict:
-            admin = AdminClient(admin_config(self.settings))
-            meta = admin.list_topics(timeout=2.0)
-            return {"ok": self.topics.throttle in meta.topics, "brokers": len(meta.brokers)}
-
-        try:
-            return await asyncio.get_running_loop().run_in_executor(None, probe)
-        except Exception as exc:  # KafkaException: unreachable
-            return {"ok": False, "detail": f"unreachable: {type(exc).__name__}"}
-
-    async def _check_worker(self) -> dict:
-        try:
-            scopes = await self.redis.smembers(self.keys.scopes)
-            pipe = self.redis.pipeline(transaction=False)
-            for scope in list(scopes)[:1000]:
-                pipe.zrevrange(self.keys.window_history(_text(scope)), 0, 0, withscores=True)
-            newest = max((int(top[0][1]) for top in await pipe.execute() if top), default=0)
-        except (redis.RedisError, OSError) as exc:
-            return {"ok": False, "detail": f"unreachable: {type(exc).__name__}"}
-        if not newest:
-            return {"ok": False, "detail": "no window mirrored yet"}
-        age_s = time.time() - (newest + self.settings.window_ms) / 1000
-        fresh = age_s <= FRESH_WINDOWS * self.settings.window_s + self.settings.lateness_s
-        return {"ok": fresh, "newest_window_age_s": round(age_s, 1)}
 
     # ------------------------------------------------------------ reads
 
     async def scopes(self, request: web.Request) -> web.Response:
         try:
-            scopes = sorted(_text(s) for s in await self.redis.smembers(self.keys.scopes))
+            scopes = sorted(text(s) for s in await self.redis.smembers(self.keys.scopes))
         except (redis.RedisError, OSError):
-            raise _redis_down() from None
+            raise redis_down() from None
         return web.json_response({"scopes": scopes})
 
     async def windows(self, request: web.Request) -> web.Response:
         scope, _ = self._scope(request)
-        last = _bounded(request.query.get("last", "30"), 1, MAX_LAST)
+        last = bounded(request.query.get("last", "30"), 1, MAX_LAST)
         if last is None:
             raise ApiError(400, f"last must be an integer within [1, {MAX_LAST}]", "last")
         await self._known(scope)
         try:
             rows = cast(list[bytes], await self.redis.zrange(self.keys.window_history(scope), -last, -1))
         except (redis.RedisError, OSError):
-            raise _redis_down() from None
+            raise redis_down() from None
         return self._raw(b'{"scope":' + json.dumps(scope).encode() + b',"windows":[' + b",".join(rows) + b"]}")
 
     async def forecast(self, request: web.Request) -> web.Response:
@@ -360,14 +201,14 @@ class Api:
         """What was decided for a service at ``at`` (epoch ms) and why, from the durable decision history;
         with ``tenant`` and ``tier``, what it meant for them."""
         service = request.match_info["service"]
-        if not _NAME.fullmatch(service):
+        if not NAME.fullmatch(service):
             raise ApiError(400, "service must be a service name", "service")
-        at = _bounded(request.query.get("at", ""), 0, 2**53)
+        at = bounded(request.query.get("at", ""), 0, 2**53)
         if at is None:
             raise ApiError(400, "at must be epoch milliseconds", "at")
         who = {name: request.query.get(name) for name in ("tenant", "tier")}
         for name, given in who.items():
-            if given is not None and not _NAME.fullmatch(given):
+            if given is not None and not NAME.fullmatch(given):
                 raise ApiError(400, f"{name} must be a name", name)
         config = self.settings.service_configs().get(service)
         keys = frozenset({service.encode(), (config.pool if config is not None else "").encode()})
@@ -391,9 +232,9 @@ class Api:
         """Every throttle decision of a service, and scaling decision of its pool, issued in the last ``minutes``
         (from the durable decision history), oldest first: what a dashboard shows when it opens."""
         service = request.match_info["service"]
-        if not _NAME.fullmatch(service):
+        if not NAME.fullmatch(service):
             raise ApiError(400, "service must be a service name", "service")
-        minutes = _bounded(request.query.get("minutes", "15"), 1, MAX_RECENT_MINUTES)
+        minutes = bounded(request.query.get("minutes", "15"), 1, MAX_RECENT_MINUTES)
         if minutes is None:
             raise ApiError(400, f"minutes must be an integer within [1, {MAX_RECENT_MINUTES}]", "minutes")
         config = self.settings.service_configs().get(service)
@@ -421,14 +262,14 @@ class Api:
         holder of the API token only: a task's result is its tenant's answer (tenants read theirs at the edge, with
         their key). Without the token it is not there (404), as on the edges."""
         task_id = request.match_info["task_id"]
-        if not _TASK_ID.fullmatch(task_id):
+        if not TASK_ID.fullmatch(task_id):
             raise ApiError(400, "task_id must be 32 lowercase hex digits", "task_id")
         if not self._holds_token(request):
             raise ApiError(404, f"no task {task_id} (unknown, expired, or the API token is missing)", "task_id")
         try:
             view = await self.tasks.get(task_id)
         except (redis.RedisError, OSError):
-            raise _redis_down() from None
+            raise redis_down() from None
         if view is None:
             raise ApiError(404, f"no task {task_id} (unknown, or its state expired)", "task_id")
         return web.Response(body=msgspec.json.encode(view), content_type="application/json")
@@ -449,7 +290,7 @@ class Api:
         try:
             out = await self._latest_decisions()
         except (redis.RedisError, OSError):
-            raise _redis_down() from None
+            raise redis_down() from None
         return self._raw(b'{"decisions":[' + b",".join(sorted(out)) + b"]}")
 
     async def _latest_decisions(self) -> list[bytes]:
@@ -511,7 +352,7 @@ class Api:
         try:  # the wire type's own bounds, those of the Override the worker decodes: nothing checked by hand
             wanted = msgspec.convert(body, OverrideRequest)
         except msgspec.ValidationError as exc:
-            raise ApiError(400, f"override: {exc}", _field_of(exc)) from None
+            raise ApiError(400, f"override: {exc}", field_of(exc)) from None
         if wanted.level is None and wanted.limit_rps is None:
             raise ApiError(400, "give level (0-4) and/or limit_rps", "level")
         now = int(time.time() * 1000)
@@ -529,7 +370,7 @@ class Api:
     async def cancel_override(self, request: web.Request) -> web.Response:
         author = self._authorised(request)
         oid = request.match_info["override_id"]
-        if not _NAME.fullmatch(oid):
+        if not NAME.fullmatch(oid):
             raise ApiError(400, "override id is malformed", "override_id")
         now = int(time.time() * 1000)
         original = self.overrides.get(oid, now)  # the override log's own state: no Redis needed
@@ -587,9 +428,9 @@ class Api:
             traffic = await self._newest_traffic(decisions)
         except (redis.RedisError, OSError):
             return Snapshot(redis_up=False, stream_records=stream_records)
-        worker = await self._check_worker()
+        worker = await self.readiness.check_worker()
         now = time.time()
-        return Snapshot(redis_up=True, counters={_text(k): int(v) for k, v in counters.items()}, scopes=scopes,
+        return Snapshot(redis_up=True, counters={text(k): int(v) for k, v in counters.items()}, scopes=scopes,
                         window_lag_s=worker.get("newest_window_age_s"), decisions=decisions,
                         decision_age_s={s: now - d.issued_at / 1000 for s, d in decisions.items()},
                         traffic=traffic, window_s=self.settings.window_s, stream_records=stream_records)
@@ -609,56 +450,9 @@ class Api:
                 out.setdefault(service, {})[tier] = window.traffic
         return out
 
-    async def openapi(self, request: web.Request) -> web.Response:
-        return web.json_response(openapi_document())
-
-    async def dashboard(self, request: web.Request) -> web.Response:
-        page = importlib.resources.files("surgegate.api").joinpath("dashboard.html").read_bytes()
-        return web.Response(body=page, content_type="text/html")
-
-    async def plotly_js(self, request: web.Request) -> web.FileResponse:
-        # the charting library comes from the plotly wheel (pip), not from a copy in this repository
-        path = importlib.resources.files("plotly").joinpath("package_data", "plotly.min.js")
-        return web.FileResponse(str(path), headers={"Content-Type": "application/javascript",
-                                                    "Cache-Control": "max-age=86400"})
-
 
 _HISTORY = msgspec.json.Decoder(HistoryRecord)
-#: seconds a request body may take to arrive
-BODY_TIMEOUT_S = 10.0
-
-
-def _bounded(raw: str, low: int, high: int) -> int | None:
-    """``raw`` as an integer within [low, high], else None: ASCII digits only ("²" is a digit, not an int), and
-    never more of them than ``high`` has (Python refuses to read an int of thousands of digits).
-
-    >>> _bounded("30", 1, 100), _bounded("9" * 5000, 1, 100), _bounded("²", 0, 9), _bounded("0", 1, 9)
-    (30, None, None, None)
-    """
-    if not raw or len(raw) > len(str(high)) or not (raw.isascii() and raw.isdigit()):
-        return None
-    value = int(raw)
-    return value if low <= value <= high else None
-_NAME = re.compile(NAME_PATTERN)
 API = web.AppKey("api", Api)
-
-
-def _field_of(exc: msgspec.ValidationError) -> str:
-    """The body field a validation error is about ("Expected ... - at `$.level`", "... unknown field `x`")."""
-    message = str(exc)
-    found = re.search(r"field `(\w+)`", message) or re.search(r"\$\.(\w+)", message)
-    return found.group(1) if found else "body"
-
-
-_TASK_ID = re.compile(TASK_ID_PATTERN)
-
-
-def _redis_down() -> web.HTTPException:
-    return ApiError(503, "the state store (Redis) is unreachable")
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
 
 
 def create_api(settings: Settings, *, stream: bool = True) -> web.Application:
@@ -693,12 +487,7 @@ def create_api(settings: Settings, *, stream: bool = True) -> web.Application:
     r.add_post("/v1/overrides", api.create_override)
     r.add_delete("/v1/overrides/{override_id}", api.cancel_override)
     r.add_get("/metrics", api.metrics)
-    r.add_get("/openapi.json", api.openapi)
-    r.add_get("/", api.dashboard)
-    r.add_get("/static/plotly.min.js", api.plotly_js)
+    r.add_get("/openapi.json", pages.openapi)
+    r.add_get("/", pages.dashboard)
+    r.add_get("/static/plotly.min.js", pages.plotly_js)
     return app
-
-
-def _text(value: bytes | str) -> str:
-    """A Redis reply as text (the client is not decoding, so it is bytes)."""
-    return value.decode() if isinstance(value, bytes) else value

@@ -25,7 +25,8 @@ from surgegate.schemas.telemetry import RequestEvent
 from surgegate.settings import Settings
 from surgegate.streams.store import Keys
 from surgegate.streams.topics import Topics, create_topics
-from surgegate.telemetry.windowing import TrafficCell, traffic_stats
+from surgegate.telemetry.merging import traffic_stats
+from surgegate.telemetry.windowing import TrafficCell
 
 pytestmark = pytest.mark.e2e
 

@@ -20,7 +20,8 @@ from surgegate.schemas.aggregates import SourceRange
 from surgegate.schemas.telemetry import RequestEvent
 from surgegate.sim.bursty import NASA_1995_JUL, BurstStats, fit, generate
 from surgegate.sim.policies import FleetBounds, OraclePolicy, Sample
-from surgegate.telemetry.windowing import PartialAggregator, merge_all
+from surgegate.telemetry.merging import merge_all
+from surgegate.telemetry.windowing import PartialAggregator
 
 W = 10_000
 

@@ -25,7 +25,7 @@ from surgegate.control.config import ServiceConfig
 from surgegate.control.throttle import DecisionInputs, ThrottlePolicy
 from surgegate.schemas.aggregates import TrafficAggregate
 from surgegate.schemas.decisions import Override, TierLimit
-from surgegate.telemetry.windowing import traffic_stats
+from surgegate.telemetry.merging import traffic_stats
 
 pytestmark = pytest.mark.e2e
 

@@ -31,7 +31,8 @@ from surgegate.gpu.scaler import LogScaler, ScalerCollector, ScalingSubscriber
 from surgegate.schemas.decisions import Overflow
 from surgegate.schemas.telemetry import RequestEvent
 from surgegate.settings import Settings
-from surgegate.telemetry.windowing import TrafficCell, traffic_stats
+from surgegate.telemetry.merging import traffic_stats
+from surgegate.telemetry.windowing import TrafficCell
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana" / "surgegate.json"
 #: every counter name the agents and the ingest consumers keep

@@ -16,7 +16,7 @@ from surgegate.schemas.aggregates import WindowPartial
 from surgegate.schemas.deadletter import DeadLetter
 from surgegate.streams.ingest import IngestWorker
 from surgegate.streams.topics import Topics
-from surgegate.telemetry.windowing import ScopeWindows
+from surgegate.telemetry.merging import ScopeWindows
 
 pytestmark = pytest.mark.e2e
 

@@ -22,9 +22,10 @@ from surgegate.schemas.telemetry import MetricEvent, RequestEvent
 from surgegate.streams.producer import TelemetryProducer
 from surgegate.streams.store import Keys
 from surgegate.streams.topics import Topics
+from surgegate.telemetry.merging import merge_all
 from surgegate.telemetry.sketch import RELATIVE_ACCURACY
 from surgegate.telemetry.summaries import summarize
-from surgegate.telemetry.windowing import PartialAggregator, merge_all
+from surgegate.telemetry.windowing import PartialAggregator
 
 pytestmark = pytest.mark.e2e
 

@@ -25,7 +25,7 @@ from surgegate.forecast import state as forecaster_state
 from surgegate.forecast.scope import ScopeForecaster
 from surgegate.forecast.state import StateMismatch
 from surgegate.schemas.aggregates import TrafficAggregate
-from surgegate.telemetry.windowing import traffic_stats
+from surgegate.telemetry.merging import traffic_stats
 
 DATA = Path(__file__).parent / "data"
 STEP = 10_000

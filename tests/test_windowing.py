@@ -10,10 +10,11 @@ from hypothesis import strategies as st
 
 from surgegate.schemas.aggregates import SourceRange
 from surgegate.schemas.telemetry import MetricEvent, RequestEvent
+from surgegate.telemetry.merging import ZERO_FILL_WINDOWS, ScopeWindows, merge_all
 from surgegate.telemetry.sketch import RELATIVE_ACCURACY, LogHistogram
 from surgegate.telemetry.summaries import summarize
 from surgegate.telemetry.watermarks import MemberMarks
-from surgegate.telemetry.windowing import ZERO_FILL_WINDOWS, PartialAggregator, ScopeWindows, merge_all
+from surgegate.telemetry.windowing import PartialAggregator
 
 W = 10_000
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a window boundary

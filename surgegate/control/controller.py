@@ -21,7 +21,7 @@ Two rules live here and nowhere else:
   linear in load, so they stay saturation evidence, not utilisation.
 
 >>> from surgegate.schemas.aggregates import TrafficAggregate
->>> from surgegate.telemetry.windowing import traffic_stats
+>>> from surgegate.telemetry.merging import traffic_stats
 >>> c = ServiceController(ServiceConfig(service="chat", pool="gpu-a", replica_rps=100.0, replicas=5))
 >>> quiet = traffic_stats(TrafficAggregate(ok=1_000, realtime=1_000), 10_000)
 >>> out = c.step(ServiceWindow(window_start=0, window_ms=10_000, service=quiet))
