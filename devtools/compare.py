@@ -42,7 +42,8 @@ from surgegate.llm.replica import ReplicaProfile
 from surgegate.schemas.telemetry import RequestType
 from surgegate.settings import Settings
 from surgegate.sim.policies import FleetBounds, HpaPolicy, Sample, SurgegatePolicy
-from surgegate.sim.run import Result, simulate
+from surgegate.sim.result import Result
+from surgegate.sim.run import simulate
 from surgegate.sim.service import ServiceModel
 from surgegate.sim.workload import Workload
 from surgegate.streams.topics import create_topics

@@ -6,7 +6,7 @@
   replicas following the pool's scaling decisions (a
   :class:`~surgegate.gpu.scaler.ScalingSubscriber`), each with its cold start,
   registered in Redis and reported on the broker;
-- ``edges`` gateways (:func:`~surgegate.edge.gateway.create_edge_app`), each in
+- ``edges`` gateways (:func:`~surgegate.edge.app.create_edge_app`), each in
   its own thread and event loop, balancing over the pool's serving replicas,
   with keys for one tenant per tier, shares of the service's rates from their
   demand, reporting summaries;
@@ -24,9 +24,9 @@ import dataclasses
 import threading
 from collections.abc import Mapping
 
+from surgegate.edge.app import create_edge_app
 from surgegate.edge.balancer import Balancer, PoolWatcher
 from surgegate.edge.gate import EdgeGate
-from surgegate.edge.gateway import create_edge_app
 from surgegate.edge.identity import Identity, KeyRing
 from surgegate.edge.relay import Relay
 from surgegate.gpu.local_pool import LocalPool, fake_llm_command, redis_registry

@@ -18,8 +18,8 @@ from surgegate.admission.gate import Fallback
 from surgegate.devtools.embedded import EmbeddedBroker, EmbeddedRedis
 from surgegate.devtools.fake_llm import create_fake_llm_app
 from surgegate.edge import gate as gate_module
+from surgegate.edge.app import create_edge_app
 from surgegate.edge.gate import Contract, EdgeGate, GlobalQuota
-from surgegate.edge.gateway import create_edge_app
 from surgegate.schemas.decisions import ThrottleDecision, TierLimit
 from surgegate.schemas.telemetry import RequestSummary
 from surgegate.settings import Settings

@@ -20,8 +20,8 @@ from support import TopicReader, eventually
 from test_edge_e2e import OPEN, decision, publish
 
 from surgegate.devtools.fake_llm import create_fake_llm_app
+from surgegate.edge.app import PROXY, create_edge_app
 from surgegate.edge.gate import EdgeGate
-from surgegate.edge.gateway import PROXY, create_edge_app
 from surgegate.edge.identity import Identity
 from surgegate.edge.relay import Relay
 from surgegate.schemas.aggregates import WindowStats

@@ -15,7 +15,8 @@ from surgegate.sim.policies import (
     WithAdmission,
 )
 from surgegate.sim.report import Comparison, compare, forced_rejection, make_policy, table
-from surgegate.sim.run import WARMUP_S, fleet_bounds, simulate
+from surgegate.sim.result import WARMUP_S
+from surgegate.sim.run import fleet_bounds, simulate
 from surgegate.sim.service import Fleet, ServiceModel
 from surgegate.sim.workload import DEFAULT_OUTPUT, DEFAULT_PROMPT, SCENARIOS, Workload, burst, from_trace
 

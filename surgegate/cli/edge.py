@@ -81,9 +81,9 @@ def cmd_edge(args: argparse.Namespace) -> None:
     from aiohttp import web
 
     from surgegate.control.config import ServiceConfig
+    from surgegate.edge.app import create_edge_app
     from surgegate.edge.balancer import Balancer, PoolWatcher, ReplicaSource
     from surgegate.edge.gate import EdgeGate, GlobalQuota
-    from surgegate.edge.gateway import create_edge_app
     from surgegate.edge.identity import KeyFile
     from surgegate.edge.metrics import GateMetrics
     from surgegate.edge.relay import Relay

@@ -25,7 +25,8 @@ from surgegate.sim.policies import (
     SurgegatePolicy,
     WithAdmission,
 )
-from surgegate.sim.run import Result, cold_start, fleet_bounds, simulate
+from surgegate.sim.result import Result
+from surgegate.sim.run import cold_start, fleet_bounds, simulate
 from surgegate.sim.service import TIER_ORDER, ServiceModel
 from surgegate.sim.workload import Workload
 
