@@ -146,7 +146,7 @@ class WindowMergeAgent:
             raw = self.table.get(key)
             marks = self._marks[partition] = (self._stored_marks.decode(raw) if raw is not None
                                               else MemberMarks(silent_ms=self._silent_ms))
-        watermark = marks.heard(mark.ingest_id, mark.watermark, at)
+        watermark = marks.heard(mark.ingest_id, mark.watermark, at, owns=mark.owns, sources=mark.sources)
         self.table[key] = msgspec.json.encode(marks).decode()
         if watermark > self._closed_at.get(partition, -1):
             self._closed_at[partition] = watermark

@@ -1,13 +1,16 @@
 """``surgegate chaos``: faults injected into the embedded stack under load, and an account of every event.
 
-The stack is the one ``surgegate up`` runs: an embedded broker and Redis, a
-``surgegate worker`` process, and load edges (processes that send RequestEvents
-stamped now, one in :data:`INVALID_EVERY` of them malformed on purpose). Each
+The stack is the one ``surgegate up`` runs: an embedded broker and Redis, one or
+more ``surgegate worker`` processes, and load edges (processes that send
+RequestEvents stamped now, one in :data:`INVALID_EVERY` of them malformed on
+purpose, spread over every partition of the requests topic). Each
 phase stamps its events with its own service (``chaos-<fault>``), so the
 windows of that service hold exactly the phase's events. The faults, one per
 phase, while the edges keep sending:
 
-- ``worker``: the worker killed with SIGKILL, a new one started after the outage;
+- ``worker``: a worker killed with SIGKILL, a new one started after the outage;
+- ``workers``: every worker killed with SIGKILL, all started again after the outage, each
+  :data:`RESTART_STAGGER_S` after the one before (as a supervisor restarts a fleet);
 - ``redis``: Redis stopped, an empty one started on its address after the outage;
 - ``edge``: one edge killed with SIGKILL, a new one started in its place;
 - ``broker``: the broker killed, an empty one started on its address after the outage.
@@ -59,7 +62,9 @@ from surgegate.streams.topics import Topics, create_topics
 #: One event in this many is malformed on purpose (no tier): it must be dead-lettered, not lost.
 INVALID_EVERY = 250
 TICKS_PER_S = 20
-FAULTS = ("worker", "redis", "edge", "broker")
+FAULTS = ("worker", "workers", "redis", "edge", "broker")
+#: Workers restarted together come back this far apart: the first reads, claims and rebalances before the next joins.
+RESTART_STAGGER_S = 3.0
 #: Lost with the killed broker is explained only up to what it acknowledged this long before it died.
 BROKER_LOSS_HORIZON_S = 2.0
 
@@ -121,6 +126,7 @@ def run_edge(name: str, rate: float, phase_file: Path, status_file: Path, settin
     encode = msgspec.json.encode
     phases: dict[str, dict[str, Any]] = {}
     window_ms = settings.window_ms
+    partitions = settings.partitions
     phase = ""
     marks = (0, 0)
     per_tick = rate / TICKS_PER_S
@@ -154,7 +160,8 @@ def run_edge(name: str, rate: float, phase_file: Path, status_file: Path, settin
             by_window = phases[phase]["by_window"]
             start = str(now_ms // window_ms * window_ms)
             by_window[start] = by_window.get(start, 0) + 1
-            sender.send(topic, encode(event), key=name.encode())
+            # over every partition, so each ingest member has its share (keyed by edge, two edges may share one)
+            sender.send(topic, encode(event), key=name.encode(), partition=n % partitions)
         sender.poll()
         _write_json(status_file, {"phases": phases, "phase": phase, "delivered": sender.delivered,
                                   "failed": sender.failed, "delivered_since_phase": sender.delivered - marks[0],
@@ -253,10 +260,11 @@ class Chaos:
     """The stack, the load and the faults; :meth:`run` returns one account per phase."""
 
     def __init__(self, timing: Timing, rate: float = 200.0, edges: int = 2, faults: tuple[str, ...] = FAULTS,
-                 log: Callable[[str], None] = print, log_level: str = "info") -> None:
+                 log: Callable[[str], None] = print, log_level: str = "info", workers: int = 1) -> None:
         self.timing = timing
         self.rate = rate
         self.edge_count = edges
+        self.worker_count = workers
         self.faults = faults
         self.log = log
         self.dir = Path(tempfile.mkdtemp(prefix="surgegate-chaos-"))
@@ -265,8 +273,9 @@ class Chaos:
         # 4 partitions: what the embedded broker gives a topic a client has it auto-create (Faust's clients do,
         # when the broker comes back empty before the worker's keeper has re-created the topics)
         self.settings = Settings(topic_prefix="chaos.", partitions=4, lateness_s=2.0, flush_interval_s=0.5,
-                                 idle_after_s=1.5, worker_id="chaos-worker", log_level=log_level)
-        self.worker: subprocess.Popen | None = None
+                                 idle_after_s=1.5, log_level=log_level)
+        #: the worker processes by id
+        self.workers: dict[str, subprocess.Popen] = {}
         self.edges: dict[str, subprocess.Popen] = {}
         self.phase_file = self.dir / "phase"
         self.killed_edges: dict[str, dict] = {}
@@ -277,11 +286,20 @@ class Chaos:
 
     # -------------------------------------------------------------- processes
 
-    def _start_worker(self) -> None:
-        out = open(self.dir / "worker.log", "ab")  # noqa: SIM115 - the child keeps it
-        self.worker = subprocess.Popen([sys.executable, "-m", "surgegate.cli", "worker"],
-                                       env=self.settings.child_environ(), stdout=out, stderr=subprocess.STDOUT,
-                                       cwd=self.dir, start_new_session=True)
+    def _start_worker(self, worker_id: str) -> None:
+        folder = self.dir / worker_id  # each worker's Faust data apart
+        folder.mkdir(exist_ok=True)
+        out = open(self.dir / f"{worker_id}.log", "ab")  # noqa: SIM115 - the child keeps it
+        self.workers[worker_id] = subprocess.Popen(
+            [sys.executable, "-m", "surgegate.cli", "worker"],
+            env=self.settings.replace(worker_id=worker_id).child_environ(), stdout=out, stderr=subprocess.STDOUT,
+            cwd=folder, start_new_session=True)
+
+    def _kill_workers(self, ids: list[str]) -> None:
+        for worker_id in ids:
+            proc = self.workers.pop(worker_id)
+            proc.kill()
+            proc.wait()
 
     def _start_edge(self, name: str) -> None:
         out = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
@@ -303,12 +321,14 @@ class Chaos:
     def _inject(self, fault: str) -> None:
         t = self.timing
         self.fault_at[fault] = time.time()
-        if fault == "worker":
-            assert self.worker is not None
-            self.worker.kill()
-            self.worker.wait()
+        if fault in ("worker", "workers"):
+            ids = sorted(self.workers)[:1] if fault == "worker" else sorted(self.workers)
+            self._kill_workers(ids)
             time.sleep(t.outage_s)
-            self._start_worker()
+            for i, worker_id in enumerate(ids):
+                if i:
+                    time.sleep(RESTART_STAGGER_S)
+                self._start_worker(worker_id)
         elif fault == "redis":
             self.redis.stop()
             time.sleep(t.outage_s)
@@ -345,11 +365,13 @@ class Chaos:
         follower = _Follower(self.settings)
         phases = ["baseline", *self.faults]
         try:
-            self._start_worker()
+            for i in range(self.worker_count):
+                self._start_worker(f"chaos-worker-{i + 1}")
             self._set_phase("chaos-baseline")
             for i in range(self.edge_count):
                 self._start_edge(f"edge{i + 1}")
-            self.log(f"chaos: load {self.rate:g} events/s from {self.edge_count} edges; warming up "
+            self.log(f"chaos: load {self.rate:g} events/s from {self.edge_count} edges, {self.worker_count} "
+                     f"worker(s), outages of {t.outage_s:g} s; warming up "
                      f"{t.warmup_s:g} s; logs and windows.json in {self.dir}")
             time.sleep(t.warmup_s)
             previous = "baseline"
@@ -370,12 +392,13 @@ class Chaos:
                 proc.terminate()
             for proc in self.edges.values():
                 proc.wait(60)
-            if self.worker is not None:
-                self.worker.terminate()
+            for proc in self.workers.values():
+                proc.terminate()
+            for proc in self.workers.values():
                 try:
-                    self.worker.wait(30)
+                    proc.wait(30)
                 except subprocess.TimeoutExpired:
-                    self.worker.kill()
+                    proc.kill()
             follower.stop()
             counters = self._counters()
             self.broker.stop()

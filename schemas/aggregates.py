@@ -105,11 +105,16 @@ class WindowPartial(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.Win
 class Watermark(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.Watermark/1"):
     """Event-time progress of one ingest consumer, sent to every partials partition.
 
-    Windows ending at or before ``watermark - lateness`` may close.
+    Windows ending at or before ``watermark - lateness`` may close. ``owns``
+    names the source partitions the claim covers (``topic:partition``) and
+    ``sources`` how many the source topics have: windows close only while the
+    members' claims cover all of them (left out: the claim covers everything).
     """
 
     ingest_id: str
     watermark: EpochMs
+    owns: list[str] | None = None
+    sources: Count = 0
 
 
 class TrafficStats(msgspec.Struct, frozen=True):

@@ -116,6 +116,8 @@ class IngestWorker:
         #: partitions whose next cut must end at a given offset (an unfinished cut of the member before)
         self._forced_cuts: dict[tuple[str, int], int] = {}
         self._partials_partitions = 0
+        #: how many partitions the source topics have (told with every claim)
+        self._sources = 0
         self._stop = threading.Event()
         self._reported: Counter[str] = Counter()
         self._abandoned = False  # the consumer closes after a failed flush: its revocation publishes nothing
@@ -391,7 +393,10 @@ class IngestWorker:
     def _send_watermarks(self) -> None:
         if not self._work:
             return  # nothing assigned: no claim to make (the merge stage stops counting this member)
-        mark = msgspec.json.encode(Watermark(ingest_id=self.member_id, watermark=self.watermark()))
+        # the partitions the claim covers: until their next owner claims them, the merge stage holds the windows
+        owns = [f"{topic}:{partition}" for topic, partition in sorted(self._work)]
+        mark = msgspec.json.encode(Watermark(ingest_id=self.member_id, watermark=self.watermark(), owns=owns,
+                                             sources=self._sources))
         for partition in range(self._partials_count()):
             self.sender.send(self.topics.partials, mark, key=b"~watermark", partition=partition)
 
@@ -412,6 +417,7 @@ class IngestWorker:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._refresh_log_ids(sorted({tp.topic for tp in partitions}))
+        self._count_sources(consumer)
         self._partials_count()  # with the other lookups, not in the first flush after reading begins
         committed = consumer.committed(partitions, timeout=LOOKUP_TIMEOUT_S)
         began: dict[tuple[str, int], int] = {}
@@ -434,6 +440,19 @@ class IngestWorker:
         if taken:
             log.info("ingest %s: claims event time afresh for %s", self.member_id, taken)
         log.info("ingest %s assigned %s", self.member_id, [(t.topic, t.partition) for t in partitions])
+
+    def _count_sources(self, consumer: Consumer) -> None:
+        """The source topics' partitions, looked up at each assignment (kept if the broker does not answer)."""
+        count = 0
+        for topic in (self.topics.requests, self.topics.metrics):
+            try:
+                meta = consumer.list_topics(topic, timeout=LOOKUP_TIMEOUT_S).topics.get(topic)
+            except KafkaException:
+                return
+            if meta is None or meta.error is not None:
+                return
+            count += len(meta.partitions)
+        self._sources = count
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]

@@ -246,3 +246,14 @@ def test_a_child_environment_carries_exactly_these_settings_and_the_rest_of_the_
     env = s.child_environ({"PATH": "/bin", "SURGEGATE_STALE": "x", "SURGEGATE_WINDOW_S": "10"})
     assert env["PATH"] == "/bin" and "SURGEGATE_STALE" not in env
     assert Settings.from_env(env) == s
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--outage", "0"], "--outage: seconds within (0, 3600]"),
+    (["--outage", "nan"], "--outage: seconds within (0, 3600]"),
+    (["--workers", "0"], "--workers: 1 to 8"),
+    (["--faults", "worker,nope"], "--faults: unknown nope"),
+])
+def test_chaos_names_the_option_out_of_range_before_starting_anything(args, says):
+    result = _run_cli("chaos", *args, timeout=30)
+    assert result.returncode == 2 and says in result.stderr, result.stderr

@@ -261,3 +261,28 @@ def test_the_partition_watermark_is_the_lowest_claim_of_the_members_heard_lately
         low = marks.heard(member, mark, at)
         assert low == min(m for m, heard in last.values() if heard >= clock - 20_000)
         assert low <= mark  # the member just heard always counts
+
+
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 10**6), st.integers(0, 10**5),
+                          st.sets(st.integers(0, 3))), min_size=1))
+def test_the_watermark_moves_past_its_last_covered_value_only_while_every_source_partition_is_claimed(claims):
+    marks = MemberMarks(silent_ms=20_000)
+    last: dict[str, tuple[int, int, set[int]]] = {}
+    clock, covered_at = 0, -1
+    for member, mark, at, owns in claims:
+        clock = max(clock, at)
+        last[member] = (mark, clock, owns)
+        low = marks.heard(member, mark, at, owns=[f"r:{p}" for p in sorted(owns)], sources=4)
+        lately = [(m, o) for m, heard, o in last.values() if heard >= clock - 20_000]
+        lowest = min(m for m, _ in lately)
+        if set().union(*(o for _, o in lately)) == {0, 1, 2, 3}:
+            assert low == lowest
+            covered_at = low
+        else:  # some partition has no claim: held where it was, never past what was covered
+            assert low == min(lowest, covered_at)
+
+
+def test_a_member_that_does_not_say_what_it_reads_is_taken_to_read_everything():
+    marks = MemberMarks(silent_ms=20_000)
+    marks.heard("new", T0 + 5_000, at=T0, owns=["r:0"], sources=4)
+    assert marks.heard("old", T0 + 7_000, at=T0) == T0 + 5_000  # an older ingest: no owns, covers everything

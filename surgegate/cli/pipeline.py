@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import threading
@@ -191,8 +192,14 @@ def cmd_chaos(args: argparse.Namespace) -> None:
     if unknown:
         raise ValueError(f"--faults: unknown {', '.join(unknown)} (known: {', '.join(FAULTS)})")
     timing = Timing.short() if args.short else Timing()
+    if args.outage is not None:
+        if not 0 < args.outage <= 3600:
+            raise ValueError("--outage: seconds within (0, 3600]")
+        timing = dataclasses.replace(timing, outage_s=args.outage)
+    if not 1 <= args.workers <= 8:
+        raise ValueError("--workers: 1 to 8")
     accounts = Chaos(timing, rate=args.rate, faults=faults, log_level=settings_of(args).log_level,
-                     log=lambda line: print(line, file=sys.stderr, flush=True)).run()
+                     log=lambda line: print(line, file=sys.stderr, flush=True), workers=args.workers).run()
     text = table(accounts)
     print(text)
     if args.out:
@@ -274,10 +281,12 @@ def register(p: Parsers) -> None:
                         help="address the /metrics port listens on (0.0.0.0: every interface, for a scraper elsewhere)")
     worker.set_defaults(func=cmd_worker)
 
-    ch = p.command("chaos", "kill the worker, Redis, an edge and the broker of an embedded stack under load, and "
+    ch = p.command("chaos", "kill workers, Redis, an edge and the broker of an embedded stack under load, and "
                             "account for every event")
     ch.add_argument("--faults", default=",".join(("worker", "redis", "edge", "broker")),
-                    help="the faults, in order (worker, redis, edge, broker)")
+                    help="the faults, in order (worker: one worker; workers: all at once; redis, edge, broker)")
+    ch.add_argument("--outage", type=float, help="seconds each fault lasts (default: 10, 5 with --short)")
+    ch.add_argument("--workers", type=int, default=1, help="worker processes sharing the pipeline (default 1)")
     ch.add_argument("--rate", type=float, default=200.0, help="events per second from the load edges")
     ch.add_argument("--short", action="store_true", help="shorter phases and outages (what CI runs)")
     ch.add_argument("--out", help="also write the table to this file (default: print it only)")
