@@ -10,6 +10,7 @@ import faust
 from surgegate.agents.decide import DecideAgent
 from surgegate.agents.forecast import ForecastAgent
 from surgegate.agents.mirror import MirrorAgent
+from surgegate.agents.new_logs import NewLogs
 from surgegate.agents.windows import WindowMergeAgent
 from surgegate.settings import Settings
 from surgegate.streams.store import StateMirror
@@ -81,6 +82,9 @@ def create_app(settings: Settings, *, mirror: StateMirror | None = None,
     ).register()
     if mirror is not None:
         MirrorAgent(app, mirror, windows=windows).register()
+    # every topic an agent reads: a re-created one is read again from its start
+    NewLogs(app, settings, [topics.partials, topics.windows, topics.forecasts, topics.overrides,
+                            topics.control_inputs], mirror=mirror).register()
     return app
 
 

@@ -311,7 +311,8 @@ class KafkaSender:
             self._fatal = False
             self._progress_at = time.monotonic()
             self.renewals += 1
-            log.warning("kafka producer renewed (%s); %d records handed over", why, len(old))
+            log.warning("kafka producer renewed (%s); %d records %s", why, len(old),
+                        "handed over" if self.hand_over else "given up, for the sender to send again")
             self._send_refused()  # sent before what was queued behind them
             # queued records come back as _PURGE_QUEUE and go to the new producer (see _on_delivery);
             # in-flight ones as _PURGE_INFLIGHT: their fate is unknown, so they count as failed
