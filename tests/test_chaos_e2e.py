@@ -25,7 +25,9 @@ def test_every_event_is_accounted_for_through_redis_edge_and_broker_faults():
     assert [a.fault for a in accounts] == ["baseline", "redis", "edge", "broker"], report
     for a in accounts:
         assert a.unaccounted == 0, report
-        assert a.in_windows > 0.9 * a.produced, report  # the pipeline went on through each fault
+        # the pipeline went on through each fault with what reached the broker (a renewed edge producer counts the
+        # records it had in flight as failed: on a loaded machine, hundreds)
+        assert a.in_windows > 0.9 * (a.produced - a.failed - a.lost), report
         assert a.invalid > 0, report
     for a in accounts[:2]:  # nothing can be lost by a Redis fault, and the malformed are all caught
         assert a.lost == 0 and a.failed == 0 and a.late == 0 and a.dead_lettered == a.invalid, report
