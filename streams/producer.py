@@ -118,8 +118,14 @@ class KafkaSender:
         if self._producer is None:
             with self._lock:
                 if self._producer is None:
-                    self._producer = Producer(self._config)
-                    self._progress_at = time.monotonic()
+                    return self._fresh()
+        return self._producer
+
+    def _fresh(self) -> Producer:
+        """A new producer in place of whatever was there, counted as delivering from now."""
+        self._producer = Producer(self._config)
+        self._fatal = False
+        self._progress_at = time.monotonic()
         return self._producer
 
     def _on_error(self, err: KafkaError) -> None:
@@ -307,27 +313,31 @@ class KafkaSender:
             old = self._producer
             if old is None:
                 return
-            self._producer = Producer(self._config)
-            self._fatal = False
-            self._progress_at = time.monotonic()
+            self._fresh()
             self.renewals += 1
             log.warning("kafka producer renewed (%s); %d records %s", why, len(old),
                         "handed over" if self.hand_over else "given up, for the sender to send again")
             self._send_refused()  # sent before what was queued behind them
             # queued records come back as _PURGE_QUEUE and go to the new producer (see _on_delivery);
             # in-flight ones as _PURGE_INFLIGHT: their fate is unknown, so they count as failed
-            try:
-                old.purge(in_queue=True, in_flight=True, blocking=False)
-            except KafkaException as exc:  # a producer in a fatal state may refuse even this: its records count
-                log.warning("kafka producer: the old producer could not be purged (%s)", exc)
-            deadline = time.monotonic() + RENEW_DRAIN_S
-            while len(old) and time.monotonic() < deadline:
-                self._serve(old, 0.05)
+            left = self._purge(old)
             self._fatal = False  # the old producer's fatal error, seen while it was drained, is not the new one's
             self._send_refused()  # reported while the old producer was drained
-            if len(old):
-                self.failed += len(old)
-                self.last_error = f"{len(old)} records lost with a renewed producer"
+            if left:
+                self.failed += left
+                self.last_error = f"{left} records lost with a renewed producer"
+
+    def _purge(self, old: Producer) -> int:
+        """Purge ``old``'s queued and in-flight records and serve their reports (for up to
+        :data:`RENEW_DRAIN_S`); how many it still holds."""
+        try:
+            old.purge(in_queue=True, in_flight=True, blocking=False)
+        except KafkaException as exc:  # a producer in a fatal state may refuse even this: its records count
+            log.warning("kafka producer: the old producer could not be purged (%s)", exc)
+        deadline = time.monotonic() + RENEW_DRAIN_S
+        while len(old) and time.monotonic() < deadline:
+            self._serve(old, 0.05)
+        return len(old)
 
     def abandon(self, why: str) -> None:
         """Give up every record not yet delivered (queued, in flight, waiting for its topic, refused), each
@@ -344,20 +354,13 @@ class KafkaSender:
                 return
             self._dropping = True
             try:
-                old.purge(in_queue=True, in_flight=True, blocking=False)
-                deadline = time.monotonic() + RENEW_DRAIN_S
-                while len(old) and time.monotonic() < deadline:
-                    self._serve(old, 0.05)
-            except KafkaException as exc:  # a producer in a fatal state may refuse even this
-                log.warning("kafka producer: the abandoned records could not be purged (%s)", exc)
+                left = self._purge(old)
             finally:
                 self._dropping = False
-            if len(old):  # still held: a fresh producer, so none of them is delivered behind what is sent next
-                self.failed += len(old)
+            if left:  # still held: a fresh producer, so none of them is delivered behind what is sent next
+                self.failed += left
                 self.last_error = why
-                self._producer = Producer(self._config)
-                self._fatal = False
-                self._progress_at = time.monotonic()
+                self._fresh()
 
     def _send_refused(self) -> None:
         """Send again, through the renewed producer, the records of batches refused for an unknown producer id."""

@@ -102,5 +102,4 @@ class MemberMarks(msgspec.Struct):
         """The members heard lately read every source partition between them (or some did not say what)."""
         if not self.sources or any(member not in self.owns for member in self.members):
             return True
-        claimed = set().union(*self.owns.values()) if self.owns else set()
-        return len(claimed) >= self.sources
+        return len(set().union(*self.owns.values())) >= self.sources
