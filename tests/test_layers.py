@@ -16,7 +16,7 @@ LAYER = {
     "surgegate.schemas": 0,
     "surgegate.telemetry": 1, "surgegate.forecast": 1, "surgegate.control": 1, "surgegate.admission": 1,
     "surgegate.llm": 1,
-    "surgegate.sim": 1, "surgegate.checks": 1, "surgegate.errors": 0, "surgegate.settings": 1,
+    "surgegate.sim": 1, "surgegate.plan": 1, "surgegate.checks": 1, "surgegate.errors": 0, "surgegate.settings": 1,
     "surgegate.children": 1,
     "surgegate.streams": 2, "surgegate.devtools": 2, "surgegate.logs": 2,
     "surgegate.agents": 3, "surgegate.api": 3, "surgegate.edge": 3, "surgegate.gpu": 3,

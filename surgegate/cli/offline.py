@@ -1,10 +1,11 @@
-"""The offline commands, which need no broker: simulate, eval-forecast, schemas."""
+"""The offline commands, which need no broker: simulate, eval-forecast, plan (from a trace), schemas."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -105,6 +106,64 @@ def cmd_eval_forecast(args: argparse.Namespace) -> None:
     print(f"report: {out / 'forecast-eval.md'}", file=sys.stderr)
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    from surgegate.plan.capacity import Prices
+    from surgegate.plan.history import from_trace_file, from_windows
+    from surgegate.plan.report import History, make_plan, markdown, plot
+
+    if not (args.trace or args.service):
+        raise SurgegateError("plan: name a history: --trace FILE (repeatable) or --service NAME (its windows)")
+    for option, value, ok, need in (("--factor", args.factor, args.factor >= 1, ">= 1"),
+                                    ("--percentile", args.percentile, 0.5 <= args.percentile <= 1, "within [0.5, 1]"),
+                                    ("--coverage", args.coverage, 0.5 <= args.coverage <= 1, "within [0.5, 1]"),
+                                    ("--cold-start", args.cold_start, args.cold_start > 0, "> 0"),
+                                    ("--peak", args.peak, args.peak > 0, "> 0"),
+                                    ("--since", args.since, args.since > 0, "> 0 hours")):
+        if not ok:
+            raise SurgegateError(f"{option}={value!r}: must be {need}")
+    try:
+        prices = Prices(args.price_reserved, args.price_on_demand, args.price_spot, args.spot_interruption)
+    except ValueError as exc:
+        raise SurgegateError(f"prices: {exc}") from None
+    settings = settings_of(args)
+    histories: list[History] = []
+    for trace in args.trace or ():
+        path = Path(trace)
+        if not path.is_file():
+            raise SurgegateError(f"--trace {trace!r}: no such file")
+        histories.append(from_trace_file(path, window_s=settings.window_s, hours=args.hours,
+                                         peak_rps=None if args.as_recorded else args.peak))
+    for service in args.service or ():
+        from surgegate.cli.common import need_kafka
+        from surgegate.control.config import ServiceConfig
+        from surgegate.streams.history import read_between
+        from surgegate.streams.topics import Topics
+
+        settings = need_kafka(settings)
+        config = settings.service_configs().get(service) or ServiceConfig(service)
+        now = int(time.time() * 1000)
+        values = read_between(settings, Topics(settings.topic_prefix).windows, now - int(args.since * 3_600_000), now)
+        try:
+            histories.append(from_windows(values, service, config, window_s=settings.window_s))
+        except ValueError as exc:
+            raise SurgegateError(f"--service {service!r}: {exc}") from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for history in histories:
+        plan = make_plan(history, prices=prices, factor=args.factor, percentile=args.percentile,
+                         cold_start_s=args.cold_start, coverage=args.coverage)
+        png = plot(plan, out / f"plan-{history.name}.png")
+        section = markdown(plan) + f"\n![{history.name}]({png.name})\n"
+        print(section, flush=True)
+        sections.append(section)
+    header = ("# Capacity plan\n\n`surgegate plan` (see docs/planning.md): the peak to plan for, the reserved / "
+              "on-demand / spot mix of least cost, the warm pool, and the share of each tier shed if the plan is "
+              "not bought. Made by:\n\n```\nsurgegate " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "\n```\n\n")
+    (out / "plan.md").write_text(header + "\n".join(sections))
+    print(f"report: {out / 'plan.md'}", file=sys.stderr)
+
+
 def cmd_schemas(args: argparse.Namespace) -> None:
     from surgegate.schemas.registry import write_json_schemas
 
@@ -150,6 +209,30 @@ def register(p: Parsers) -> None:
     ev.add_argument("--gaps-as-zeros", action="store_true",
                     help="learn and score a rate trace's collection gaps as the zeros the file holds")
     ev.set_defaults(func=cmd_eval_forecast)
+
+    pl = p.command("plan", "plan capacity from a history: the peak to plan for, the reserved / on-demand / spot "
+                           "mix, the warm pool, what is shed if the plan is not bought; writes --out")
+    pl.add_argument("--trace", action="append", help="a trace file, scaled to --peak, repeatable (default: none)")
+    pl.add_argument("--service", action="append",
+                    help="a service whose published windows (the windows topic, --since hours back) are the history; "
+                         "needs the broker; repeatable (default: none)")
+    pl.add_argument("--since", type=float, default=24.0, help="hours of a service's windows to read")
+    pl.add_argument("--peak", type=float, default=120_000.0, help="rps of a trace's busiest 10 s window")
+    pl.add_argument("--as-recorded", action="store_true", help="a trace at its recorded rates, not scaled to --peak")
+    pl.add_argument("--hours", type=float, default=None, help="hours of a trace to plan from (default: all)")
+    pl.add_argument("--factor", type=float, default=2.0, help="the plan's peak over the expected peak (2-3: the rule)")
+    pl.add_argument("--percentile", type=float, default=0.99, help="the windows' percentile the expected peak is")
+    pl.add_argument("--cold-start", type=float, default=15.0, help="seconds until a new replica serves (warm pool)")
+    pl.add_argument("--coverage", type=float, default=0.99,
+                    help="share of windows whose rise within one cold start the warm pool covers")
+    pl.add_argument("--price-reserved", type=float, default=2.0, help="per replica-hour, paid every hour")
+    pl.add_argument("--price-on-demand", type=float, default=4.0, help="per replica-hour, paid when used")
+    pl.add_argument("--price-spot", type=float, default=1.4, help="per replica-hour, paid when used")
+    pl.add_argument("--spot-interruption", type=float, default=0.05,
+                    help="share of spot replica-hours reclaimed (held again to keep the capacity)")
+    pl.add_argument("--out", default="plan", help="directory for the markdown report and PNGs")
+    p.broker(pl)
+    pl.set_defaults(func=cmd_plan)
 
     sc = p.command("schemas", "write the JSON Schema files into schemas/")
     sc.add_argument("action", choices=["export"], help="export: rewrite every *.schema.json")
