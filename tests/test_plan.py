@@ -141,6 +141,8 @@ def test_plan_writes_its_report_and_plot_from_a_trace(tmp_path):
     ((), "--trace FILE"), (("--trace", "nowhere.csv"), "no such file"),
     (("--trace", "x", "--factor", "0.5"), "--factor=0.5: must be >= 1"),
     (("--trace", "x", "--spot-interruption", "1"), "spot_interruption"),
+    (("--trace", "x", "--hours", "0"), "--hours=0.0: must be > 0"),
+    (("--trace", "x", "--price-spot", "-1"), "spot=-1.0: must be >= 0"),
 ])
 def test_plan_names_what_is_wrong(args, says):
     result = _cli(*args)

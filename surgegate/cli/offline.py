@@ -118,7 +118,8 @@ def cmd_plan(args: argparse.Namespace) -> None:
                                     ("--coverage", args.coverage, 0.5 <= args.coverage <= 1, "within [0.5, 1]"),
                                     ("--cold-start", args.cold_start, args.cold_start > 0, "> 0"),
                                     ("--peak", args.peak, args.peak > 0, "> 0"),
-                                    ("--since", args.since, args.since > 0, "> 0 hours")):
+                                    ("--since", args.since, args.since > 0, "> 0 hours"),
+                                    ("--hours", args.hours, args.hours is None or args.hours > 0, "> 0")):
         if not ok:
             raise SurgegateError(f"{option}={value!r}: must be {need}")
     try:
