@@ -23,7 +23,6 @@ import dataclasses
 import math
 import random
 from collections.abc import Callable
-from typing import cast
 
 from surgegate.admission.actions import ADMIT, DEFER, REJECT
 from surgegate.admission.gate import Admission, Fallback, hold_after_s
@@ -31,20 +30,15 @@ from surgegate.checks import check
 from surgegate.llm.caching import CACHE_ONLY_LEVEL
 from surgegate.llm.fluid import (
     FluidPool,
-    Second,
-    prefill_s,
-    prompt_quantile,
     steady_tpot,
     token_rates,
-    ttft_miss_share,
-    weighted_quantile,
 )
-from surgegate.schemas.aggregates import PoolStats, TrafficStats
 from surgegate.schemas.telemetry import RequestType
 from surgegate.settings import DEFAULT_WINDOW_S
-from surgegate.sim.policies import FleetBounds, Observation, Policy, Sample
+from surgegate.sim.policies import FleetBounds, Policy, Sample
 from surgegate.sim.result import Result, WindowRow
 from surgegate.sim.service import TIER_ORDER, Fleet, ServiceModel
+from surgegate.sim.window import Decoding, Targets, WindowScores
 from surgegate.sim.workload import Workload
 
 #: admit() calls per simulated second at the workload's peak
@@ -102,45 +96,79 @@ def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None =
     ``window_s`` is the pipeline's window length: ``policy`` sees one Observation per window.
     The fleet never exceeds ``bounds.max_replicas``, whatever the policy asks.
     """
-    check(isinstance(window_s, int) and window_s >= 1, "window_s", window_s, "must be a whole number of seconds >= 1")
-    model = model or ServiceModel()
-    bounds = bounds or fleet_bounds(workload, model, window_s=window_s)
-    rng = random.Random(seed)
-    k = max(1.0, max(workload.rate) / CALLS_PER_SECOND)
-    tiers = tuple(TIER_ORDER)
-    clock = [0.0]
-    # a static limit is for all edges together; each admit() call stands for k requests
-    limit = policy.static_limit_rps
-    fallback = Fallback(total_rps=limit / k) if limit is not None else Fallback()
-    gate = Admission("chat", tiers, share=1.0 / k, fallback=fallback, clock=lambda: clock[0],
-                     wall=lambda: clock[0], hold_after_s=hold_after_s(window_s))
-    starts = dataclasses.replace(model, cold_start_s=cold_start(workload, model))
-    fleet = Fleet(ready=min(bounds.max_replicas, policy.plan().replicas))
-    rank = (lambda c: tiers.index(c[0]) + (len(tiers) if c[1] == BATCH else 0)) if model.engine_priority else None
-    pool = FluidPool(model.profile, timeout_s=model.timeout_s, rank=rank)
-    # deferred batch work per tier: (second deferred, requests)
-    backlog: dict[str, collections.deque[list[float]]] = {t: collections.deque() for t in tiers}
-    backlog_total = dict.fromkeys(tiers, 0.0)
-    lane = model.deferral == "lane"
-    ref_prompt, _ = workload.mean_lengths()
-    targets = _Targets(model, ref_prompt)
-    decoding = _Decoding()
-    classes = list(workload.mix.items())
-    rows: list[WindowRow] = []
-    acc = _Window(tiers, window_s)
-    applied_version = None
+    run = Run(workload, policy, model=model, bounds=bounds, seed=seed, window_s=window_s)
     for t in range(workload.seconds):
+        run.second(t)
+        if progress is not None and t % (60 * window_s) == 60 * window_s - 1:
+            progress(t + 1, workload.seconds)
+    return run.result()
+
+
+class Run:
+    """One region's service stepped a second at a time (:func:`simulate` steps one to its end).
+
+    Arrivals may leave for another region (``away``: a share per tier) and come from one (``incoming``:
+    requests per class); both pass the gate of the region they are served in, as a request a gateway
+    routes to another region's upstream does.
+    """
+
+    def __init__(self, workload: Workload, policy: Policy, *, model: ServiceModel | None = None,
+                 bounds: FleetBounds | None = None, seed: int = 0, window_s: int = DEFAULT_WINDOW_S) -> None:
+        check(isinstance(window_s, int) and window_s >= 1, "window_s", window_s,
+              "must be a whole number of seconds >= 1")
+        self.workload, self.policy, self.window_s = workload, policy, window_s
+        self.model = model = model or ServiceModel()
+        self.bounds = bounds = bounds or fleet_bounds(workload, model, window_s=window_s)
+        self.rng = random.Random(seed)
+        self.k = k = max(1.0, max(workload.rate) / CALLS_PER_SECOND)
+        self.tiers = tiers = tuple(TIER_ORDER)
+        self.clock = clock = [0.0]
+        # a static limit is for all edges together; each admit() call stands for k requests
+        limit = policy.static_limit_rps
+        fallback = Fallback(total_rps=limit / k) if limit is not None else Fallback()
+        self.gate = Admission("chat", tiers, share=1.0 / k, fallback=fallback, clock=lambda: clock[0],
+                              wall=lambda: clock[0], hold_after_s=hold_after_s(window_s))
+        self.starts = dataclasses.replace(model, cold_start_s=cold_start(workload, model))
+        self.fleet = Fleet(ready=min(bounds.max_replicas, policy.plan().replicas))
+        rank = (lambda c: tiers.index(c[0]) + (len(tiers) if c[1] == BATCH else 0)) if model.engine_priority \
+            else None
+        self.pool = FluidPool(model.profile, timeout_s=model.timeout_s, rank=rank)
+        # deferred batch work per tier: (second deferred, requests)
+        self.backlog: dict[str, collections.deque[list[float]]] = {t: collections.deque() for t in tiers}
+        self.backlog_total = dict.fromkeys(tiers, 0.0)
+        self.lane = model.deferral == "lane"
+        ref_prompt, _ = workload.mean_lengths()
+        self.targets = Targets(model, ref_prompt)
+        self.decoding = Decoding()
+        self.classes = list(workload.mix.items())
+        self.rows: list[WindowRow] = []
+        self.acc = WindowScores(tiers, window_s)
+        self.applied_version: int | None = None
+
+    def leaving(self, t: int, away: dict[str, float]) -> dict[tuple[str, RequestType], float]:
+        """Requests per class of second ``t`` that ``away`` (a share per tier) sends to another region."""
+        return {cls: self.workload.rate[t] * share * away.get(cls[0], 0.0)
+                for cls, share in self.classes if away.get(cls[0], 0.0) > 0}
+
+    def second(self, t: int, away: dict[str, float] | None = None,
+               incoming: dict[tuple[str, RequestType], float] | None = None) -> None:
+        """Second ``t``: starts and stops, the decision applied, arrivals through the gate, the replicas' step."""
+        workload, model, bounds, fleet, gate, acc = self.workload, self.model, self.bounds, self.fleet, self.gate, \
+            self.acc
+        policy, pool, rng, k, tiers = self.policy, self.pool, self.rng, self.k, self.tiers
+        backlog, backlog_total, window_s = self.backlog, self.backlog_total, self.window_s
         now = float(t)
-        clock[0] = now
+        self.clock[0] = now
         acc.new_second()
         if t in workload.failures:
             fleet.fail(workload.failures[t])
         fleet.advance(now)
         plan = policy.plan()
-        fleet.reconcile(min(bounds.max_replicas, plan.replicas), min(plan.warm, bounds.max_replicas), now, starts)
-        if plan.decision is not None and plan.decision.version != applied_version:
+        fleet.reconcile(min(bounds.max_replicas, plan.replicas), min(plan.warm, bounds.max_replicas), now,
+                        self.starts)
+        if plan.decision is not None and plan.decision.version != self.applied_version:
             gate.apply(plan.decision)
-            applied_version = plan.decision.version
+            self.applied_version = plan.decision.version
         prompt, output = workload.lengths(t)
         # arrivals at the edges, interleaved: every class of this second joins the queue together
         # the requests themselves are a flow; the gate decides for them in calls of about k, at least
@@ -148,8 +176,13 @@ def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None =
         # calls of every class come interleaved, as arrivals do: no class is asked first
         calls: list[int] = []
         each: list[float] = []
-        for i, ((tier, rtype), share) in enumerate(classes):
+        for i, ((tier, rtype), share) in enumerate(self.classes):
             arriving = workload.rate[t] * share
+            if away and away.get(tier, 0.0) > 0:
+                acc.spilled[tier] += arriving * away[tier]
+                arriving -= arriving * away[tier]
+            if incoming:
+                arriving += incoming.get((tier, rtype), 0.0)
             # the response cache answers its share at the edge: neither the gate nor a replica sees those
             hits = arriving * model.cache_hit_ratio
             if hits:
@@ -159,10 +192,10 @@ def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None =
             calls += [i] * n
             each.append((arriving - hits) / n)
         rng.shuffle(calls)
-        admitted = [0] * len(classes)
-        deferred = [0] * len(classes)
+        admitted = [0] * len(self.classes)
+        deferred = [0] * len(self.classes)
         for i in calls:
-            tier, rtype = classes[i][0]
+            tier, rtype = self.classes[i][0]
             verdict = gate.admit("sim", tier, rtype)
             action = verdict.action
             if model.cache_hit_ratio and action == ADMIT and verdict.level >= CACHE_ONLY_LEVEL and tier != tiers[0]:
@@ -172,7 +205,7 @@ def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None =
                 admitted[i] += 1
             elif action == DEFER:
                 deferred[i] += 1
-        for i, ((tier, rtype), _) in enumerate(classes):
+        for i, ((tier, rtype), _) in enumerate(self.classes):
             pool.submit((tier, rtype), admitted[i] * each[i], now=now, prompt=prompt, output=output)
             if deferred[i]:
                 backlog[tier].append([now, deferred[i] * each[i]])
@@ -181,7 +214,7 @@ def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None =
         # an edge's async queue with bounded concurrency would), so it does not return as one spike; the
         # lane's drainers offer all of it, highest tier first, and a task past its deadline expires
         for tier in tiers:
-            if lane:
+            if self.lane:
                 expired = _take(backlog[tier], backlog_total[tier], now - model.batch_deadline_s, only_before=True)
                 if expired:
                     backlog_total[tier] = max(0.0, backlog_total[tier] - expired)
@@ -189,8 +222,8 @@ def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None =
             if backlog_total[tier] <= 1e-9:
                 continue
             # each call stands for k requests at most, as the gate counts it
-            drain = backlog_total[tier] if lane else max(backlog_total[tier] / BACKLOG_DRAIN_S,
-                                                         min(k, backlog_total[tier]))
+            drain = backlog_total[tier] if self.lane else max(backlog_total[tier] / BACKLOG_DRAIN_S,
+                                                              min(k, backlog_total[tier]))
             offered = min(drain, CALLS_PER_SECOND * k)
             offers = max(1, _round(offered / k, rng))
             replayed = 0.0
@@ -206,69 +239,20 @@ def simulate(workload: Workload, policy: Policy, *, model: ServiceModel | None =
                 acc.late[tier] += late
         sec = pool.step(now, fleet.ready)
         capacity = fleet.ready * bounds.replica_rps
-        acc.second(sec, targets, capacity, decoding)
+        acc.second(sec, self.targets, capacity, self.decoding)
         policy.second(Sample(now_s=now, ready=fleet.ready, gpu_busy=sec.gpu_busy, running=sec.running,
                              waiting=sec.waiting, kv_cache=sec.kv_cache_usage))
         if t % window_s == window_s - 1:
             start = t - window_s + 1
-            policy.window(acc.observation(start, fleet, _backlog(backlog, now, model.batch_deadline_s) if lane
+            policy.window(acc.observation(start, fleet, _backlog(backlog, now, model.batch_deadline_s) if self.lane
                                           else (0, 0.0)))
-            plan = policy.plan()
-            rows.append(acc.row(start, fleet, plan))
-            acc = _Window(tiers, window_s)
-            if progress is not None and len(rows) % 60 == 0:
-                progress(t + 1, workload.seconds)
-    return Result(workload.name, policy.name, rows, workload.onset_s, window_s, policy.knob, policy.knob_value,
-                  policy.knob_text or f"{policy.knob_value:g}")
+            self.rows.append(acc.row(start, fleet, policy.plan()))
+            self.acc = WindowScores(tiers, window_s)
 
-
-class _Targets:
-    """The SLO targets of a run, per tier."""
-
-    def __init__(self, model: ServiceModel, prompt_mean: float) -> None:
-        self.model = model
-        self.ttft = {t: model.ttft_target_s(t, prompt_mean) for t in TIER_ORDER}
-        self.tpot = {t: model.tpot_target_s(t) for t in TIER_ORDER}
-
-
-class _Decoding:
-    """Realtime requests decoding, judged on their time per output token when they complete.
-
-    A request that starts decoding in second ``t`` with ``output`` tokens
-    decodes for ``D`` seconds (``output`` times the TPOT it started at, at least
-    one, at most a minute); its TPOT is those seconds over the tokens a sequence
-    got in them (the harmonic mean of the per-second TPOTs), so a one-second
-    stall does not fail a request that decodes for ten.
-    """
-
-    def __init__(self) -> None:
-        self.t = 0
-        #: per second: 1 / TPOT, tokens a running sequence got
-        self.rates: list[float] = []
-        self.pending: collections.deque[tuple[int, int, str, float]] = collections.deque()
-
-    def admit(self, sec: Second, tier: str, n: float, output: float) -> None:
-        if n <= 0:
-            return
-        tpot = sec.tpot_s if sec.tpot_s is not None and math.isfinite(sec.tpot_s) else sec.decode_step_s
-        d = max(1, min(60, math.ceil(output * tpot)))
-        self.pending.append((self.t + d, self.t, tier, n))
-
-    def complete(self, tpot_s: float | None) -> list[tuple[str, float, float]]:
-        """Close this second (its TPOT); the requests done by its end: (tier, how many, their TPOT)."""
-        rate = 0.0 if tpot_s is None or not math.isfinite(tpot_s) or tpot_s <= 0 else 1 / tpot_s
-        self.rates.append(rate)
-        self.t += 1
-        done = []
-        keep: collections.deque[tuple[int, int, str, float]] = collections.deque()
-        for due, start, tier, n in self.pending:
-            if due <= self.t:
-                tokens = sum(self.rates[start:due])
-                done.append((tier, n, (due - start) / tokens if tokens > 0 else math.inf))
-            else:
-                keep.append((due, start, tier, n))
-        self.pending = keep
-        return done
+    def result(self) -> Result:
+        p = self.policy
+        return Result(self.workload.name, p.name, self.rows, self.workload.onset_s, self.window_s, p.knob,
+                      p.knob_value, p.knob_text or f"{p.knob_value:g}")
 
 
 def _take(backlog: collections.deque[list[float]], n: float, deadline: float, only_before: bool = False) -> float:
@@ -303,160 +287,3 @@ def _round(x: float, rng: random.Random) -> int:
     """Stochastic rounding: unbiased, deterministic for the seed."""
     whole = math.floor(x)
     return whole + (rng.random() < x - whole)
-
-
-class _Window:
-    """What one window accumulates."""
-
-    def __init__(self, tiers: tuple[str, ...], window_s: int) -> None:
-        self.window_s = window_s
-        self.tiers = tiers
-        classes: list[tuple[str, str]] = [(t, r) for t in tiers for r in (RT, BATCH)]
-        self.demand: dict[tuple[str, str], float] = dict.fromkeys(classes, 0.0)
-        self.rejected: dict[tuple[str, str], float] = dict.fromkeys(classes, 0.0)
-        self.served: dict[tuple[str, str], float] = dict.fromkeys(classes, 0.0)
-        self.lost: dict[tuple[str, str], float] = dict.fromkeys(classes, 0.0)
-        self.missed = dict.fromkeys(tiers, 0.0)
-        self.deferred = dict.fromkeys(tiers, 0.0)
-        self.hits: dict[tuple[str, str], float] = dict.fromkeys(classes, 0.0)
-        self.expired = 0.0  # deferred tasks whose deadline passed before they ran (the lane)
-        self.replayed = dict.fromkeys(tiers, 0.0)
-        self.late = dict.fromkeys(tiers, 0.0)
-        self.good = 0.0
-        self.ttft: dict[str, list[tuple[float, float]]] = {t: [] for t in tiers}
-        self.tpot: list[tuple[float, float]] = []
-        self.busy: list[float] = []
-        self.kv: list[float] = []
-        self.util: list[float] = []
-        self.tokens = [0.0, 0.0]
-        self.generated = 0.0
-        self.waiting = 0.0
-        self.running = 0.0
-        self.capacity = 0.0
-        #: new demand (cache hits aside) of each second, per tier
-        self.arrivals: dict[str, list[float]] = {t: [] for t in tiers}
-
-    def new_second(self) -> None:
-        for seconds in self.arrivals.values():
-            seconds.append(0.0)
-
-    def hit(self, tier: str, rtype: str, n: float) -> None:
-        """``n`` requests answered from the response cache: served at once, within their SLO."""
-        self.demand[(tier, rtype)] += n
-        self.hits[(tier, rtype)] += n
-        self.good += n
-
-    def count(self, tier: str, rtype: str, action: str, k: float) -> None:
-        self.demand[(tier, rtype)] += k
-        if action == DEFER:
-            self.deferred[tier] += k
-        elif action != ADMIT:
-            self.rejected[(tier, rtype)] += k
-            if rtype == RT:
-                self.missed[tier] += k
-
-    def second(self, sec: Second, targets: _Targets, capacity: float, decoding: _Decoding) -> None:
-        profile = targets.model.profile
-        for a in sec.admitted:
-            tier, rtype = cast(tuple[str, str], a.cls)
-            self.served[(tier, rtype)] += a.n
-            self.tokens[0] += a.n * a.prompt
-            self.tokens[1] += a.n * a.output  # what usage reports for them
-            if rtype == RT:
-                # first token within target: then judged on its decode's TPOT when it completes
-                late = ttft_miss_share(profile, a.wait_s, a.prompt, sec.decode_step_s, targets.ttft[tier])
-                self.missed[tier] += a.n * late
-                decoding.admit(sec, tier, a.n * (1 - late), a.output)
-                longest = prompt_quantile(a.prompt, 0.99)
-                self.ttft[tier].append((a.wait_s + prefill_s(profile, longest, sec.decode_step_s), a.n))
-            else:
-                self.good += a.n if a.wait_s <= targets.model.batch_deadline_s else 0.0
-        for tier, good, tpot in decoding.complete(sec.tpot_s):
-            if tpot <= targets.tpot[tier]:
-                self.good += good
-            else:
-                self.missed[tier] += good
-        for cls, n in sec.timed_out.items():
-            tier, rtype = cast(tuple[str, str], cls)
-            self.lost[(tier, rtype)] += n
-            if rtype == RT:
-                self.missed[tier] += n
-        if sec.tpot_s is not None:
-            self.tpot.append((sec.tpot_s, sec.running))
-        self.generated += sec.output_tokens
-        self.busy.append(sec.gpu_busy)
-        self.kv.append(sec.kv_cache_usage)
-        served = sum(a.n for a in sec.admitted)
-        self.util.append(min(1.0, served / capacity) if capacity > 0 else 0.0)
-        self.waiting, self.running, self.capacity = sec.waiting, sec.running, capacity
-
-    def _stats(self, classes: list[tuple[str, str]], ttft: list[tuple[float, float]], deferred: float,
-               replayed: float) -> TrafficStats:
-        w = self.window_s
-        tiers = {tier for tier, _ in classes}
-        peak = max(map(sum, zip(*(self.arrivals[t] for t in tiers))), default=0.0)
-        hits = sum(self.hits[c] for c in classes)
-        served = sum(self.served[c] for c in classes) + hits
-        lost = sum(self.lost[c] for c in classes)
-        rejected = sum(self.rejected[c] for c in classes)
-        n = served + lost + rejected
-        ttft_p99 = weighted_quantile(ttft, 0.99)
-        ttft_p50 = weighted_quantile(ttft, 0.5)
-        tpot = weighted_quantile(self.tpot, 0.99)
-        share = (served - hits) / (sum(self.served.values()) or 1.0)  # tokens: what the replicas served
-        tokens_in, tokens_out = self.tokens[0] * share, self.tokens[1] * share
-        p99 = ttft_p99 * 1000 if ttft_p99 is not None else 0.0
-        return TrafficStats(
-            requests=int(n), rate_rps=round(n / w, 3), ok=int(served), error=0, timeout=int(lost),
-            throttled=int(rejected), realtime=int(sum(self.served[c] + self.hits[c] + self.lost[c] + self.rejected[c]
-                                                      for c in classes if c[1] == RT)),
-            batch=int(sum(self.served[c] + self.hits[c] + self.lost[c] + self.rejected[c]
-                          for c in classes if c[1] == BATCH)),
-            # the simulated service's latency is its time to first token
-            latency_p50_ms=round(ttft_p50 * 1000, 3) if ttft_p50 is not None else 0.0, latency_p90_ms=round(p99, 3),
-            latency_p99_ms=round(p99, 3), latency_max_ms=round(p99, 3), queue_wait_p99_ms=0.0,
-            input_tokens=int(tokens_in), output_tokens=int(tokens_out),
-            tokens_per_s=round((tokens_in + tokens_out) / w, 3), over_2s_share=0.0, cache_hits=int(hits),
-            deferred=int(deferred), replayed=int(replayed),
-            demand_rps=round(max(0.0, n - replayed + deferred - hits) / w, 3),
-            ttft_p50_ms=round(ttft_p50 * 1000, 3) if ttft_p50 is not None else None,
-            ttft_p99_ms=round(p99, 3) if ttft_p99 is not None else None,
-            itl_p50_ms=None, itl_p99_ms=round(tpot * 1000, 3) if tpot is not None else None,
-            peak_rps=round(peak, 3))
-
-    def observation(self, start: int, fleet: Fleet, backlog: tuple[int, float] = (0, 0.0)) -> Observation:
-        tiers = {t: self._stats([(t, RT), (t, BATCH)], self.ttft[t], self.deferred[t], self.replayed[t])
-                 for t in self.tiers}
-        service = self._stats(list(self.served), [p for t in self.tiers for p in self.ttft[t]],
-                              sum(self.deferred.values()), sum(self.replayed.values()))
-        busy = sum(self.busy) / len(self.busy)
-        pool = PoolStats(samples=len(self.busy), utilisation_mean=round(min(1.0, busy), 6),
-                         utilisation_max=round(min(1.0, max(self.busy)), 6),
-                         kv_cache_mean=round(sum(self.kv) / len(self.kv), 6), kv_cache_max=round(max(self.kv), 6),
-                         queue_depth=int(self.waiting), queue_depth_max=int(self.waiting),
-                         running_requests=int(self.running), tokens_per_s=round(self.generated / self.window_s, 3),
-                         workers=fleet.ready + fleet.pending, ready_replicas=fleet.ready,
-                         cold_starting_replicas=fleet.pending, backlog_tasks=backlog[0],
-                         backlog_required_rps=round(backlog[1], 3))
-        return Observation(window_start_ms=start * 1000, window_ms=self.window_s * 1000, service=service, tiers=tiers,
-                           pool=pool)
-
-    def row(self, start: int, fleet: Fleet, plan) -> WindowRow:
-        w = self.window_s
-        ttft = {t: (q * 1000 if (q := weighted_quantile(self.ttft[t], 0.99)) is not None else None) for t in self.tiers}
-        tpot = weighted_quantile(self.tpot, 0.99)
-        return WindowRow(
-            t=start, demand=sum(self.demand.values()) / w,
-            admitted=sum(self.demand[c] - self.rejected[c] for c in self.demand) / w,
-            served=(sum(self.served.values()) + sum(self.hits.values())) / w,
-            rejected={t: (self.rejected[(t, RT)] + self.rejected[(t, BATCH)]) for t in self.tiers},
-            deferred=sum(self.deferred.values()), deferred_by_tier=dict(self.deferred),
-            timed_out=sum(self.lost.values()) + self.expired, ttft_p99_ms=ttft,
-            tpot_p99_ms=tpot * 1000 if tpot is not None else None,
-            demand_by_tier={t: self.demand[(t, RT)] for t in self.tiers}, missed_by_tier=dict(self.missed),
-            all_by_tier={t: self.demand[(t, RT)] + self.demand[(t, BATCH)] for t in self.tiers},
-            good=max(0.0, self.good - sum(self.late.values())),  # replayed after the deadline: served, not good
-            ready=fleet.ready, paid=fleet.paid, desired=plan.replicas, warm=fleet.warm, level=plan.level,
-            utilisation=sum(self.util) / len(self.util), capacity_rps=self.capacity,
-            kv_cache=max(self.kv), waiting=self.waiting,
-        )
