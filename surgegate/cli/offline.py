@@ -46,6 +46,10 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     window_s = int(settings_of(args).window_s)
+    if args.regions:
+        _simulate_regions(args, model, out, window_s)
+        if not (args.scenario or args.trace or args.bursty_from):
+            return
     sections = []
     with contextlib.ExitStack() as stack:
         mapper: Any = map
@@ -80,6 +84,34 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     if args.compare:
         (out / "simulation.md").write_text(report_header(model, seeds) + "\n".join(sections))
         print(f"report: {out / 'simulation.md'}", file=sys.stderr)
+
+
+def _regions_run(task: tuple) -> Any:
+    from surgegate.sim.regions import SCENARIOS, simulate_regions
+
+    name, spill, peak, seed, model, window_s = task
+    return simulate_regions(name, SCENARIOS[name](peak, seed), spill=spill, model=model, seed=seed,
+                            window_s=window_s)
+
+
+def _simulate_regions(args: argparse.Namespace, model: Any, out: Path, window_s: int) -> None:
+    """Every two-region scenario without spill-over and with it (the first seed); writes regions.md."""
+    from surgegate.sim.regions import SCENARIOS, markdown
+
+    tasks = [(name, spill, args.peak, args.seed, model, window_s) for name in SCENARIOS for spill in (False, True)]
+    started = time.perf_counter()
+    if args.jobs > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(tasks))) as pool:
+            runs = pool.map(_regions_run, tasks)
+    else:
+        runs = [_regions_run(t) for t in tasks]
+    print(f"two regions: {len(runs)} runs in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    text = markdown(list(zip(runs[::2], runs[1::2])))
+    print(text, flush=True)
+    (out / "regions.md").write_text(text)
+    print(f"report: {out / 'regions.md'}", file=sys.stderr)
 
 
 def cmd_eval_forecast(args: argparse.Namespace) -> None:
@@ -195,6 +227,9 @@ def register(p: Parsers) -> None:
     sim.add_argument("--deferral", choices=["queue", "lane"], default="queue",
                      help="deferred batch work waits in the edges' in-memory queue, or in the durable deferral lane "
                           "(drained at the admitted batch rate, deadlines kept, backlog reported to scaling)")
+    sim.add_argument("--regions", action="store_true",
+                     help="two regions of the service with spill-over between them and without (time zones, the "
+                          "same peaks, a burst in one); writes regions.md in --out")
     sim.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="simulations run in parallel")
     sim.add_argument("--seed", type=int, default=0, help="first seed of the workloads and the service")
     sim.add_argument("--seeds", type=int, default=3,

@@ -43,8 +43,8 @@ class WindowRow:
     capacity_rps: float
     kv_cache: float
     waiting: float
-    #: requests sent to another region this window (served, and scored, there)
-    spilled: float = 0.0
+    #: requests of each tier sent to another region this window (served, and scored, there)
+    spilled: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def met(self, tier: str) -> bool:
         return self.missed_by_tier.get(tier, 0.0) <= MISS_BUDGET * self.demand_by_tier.get(tier, 0.0) + 1e-9

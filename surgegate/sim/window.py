@@ -224,5 +224,5 @@ class WindowScores:
             good=max(0.0, self.good - sum(self.late.values())),  # replayed after the deadline: served, not good
             ready=fleet.ready, paid=fleet.paid, desired=plan.replicas, warm=fleet.warm, level=plan.level,
             utilisation=sum(self.util) / len(self.util), capacity_rps=self.capacity,
-            kv_cache=max(self.kv), waiting=self.waiting, spilled=sum(self.spilled.values()),
+            kv_cache=max(self.kv), waiting=self.waiting, spilled=dict(self.spilled),
         )
