@@ -75,16 +75,17 @@ def create_app(settings: Settings, *, mirror: StateMirror | None = None,
     ForecastAgent(app, settings, source=windows, sink=forecasts, mirror=mirror).register()
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     DecideAgent(
-        app, settings, sources=app.topic(topics.windows, topics.forecasts, topics.overrides, **raw),
+        app, settings, sources=app.topic(topics.windows, topics.forecasts, topics.overrides, *settings.peer_topics,
+                                         **raw),
         inputs=app.topic(topics.control_inputs, **raw), thresholds=app.topic(topics.thresholds, **raw),
         decisions=app.topic(topics.throttle, **raw), scaling=app.topic(topics.scaling, **raw),
-        history=app.topic(topics.history, **raw), mirror=mirror,
+        history=app.topic(topics.history, **raw), regions=app.topic(topics.regions, **raw), mirror=mirror,
     ).register()
     if mirror is not None:
         MirrorAgent(app, mirror, windows=windows).register()
     # every topic an agent reads: a re-created one is read again from its start
     NewLogs(app, settings, [topics.partials, topics.windows, topics.forecasts, topics.overrides,
-                            topics.control_inputs], mirror=mirror).register()
+                            topics.control_inputs, *settings.peer_topics], mirror=mirror).register()
     return app
 
 

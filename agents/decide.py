@@ -32,9 +32,10 @@ from surgegate.control.base import WindowPolicy
 from surgegate.control.config import ServiceConfig
 from surgegate.control.controller import ServiceController, ServiceWindow
 from surgegate.control.scaling import ScalingPolicy
+from surgegate.control.spill import RegionDemand, spill_over
 from surgegate.control.throttle import ThrottlePolicy
 from surgegate.schemas.aggregates import PoolStats, TrafficStats, WindowStats
-from surgegate.schemas.decisions import Override
+from surgegate.schemas.decisions import Override, RegionLoad, SpillOver, ThrottleDecision
 from surgegate.schemas.forecasts import Forecast
 from surgegate.settings import Settings
 from surgegate.streams.store import StateMirror
@@ -42,7 +43,7 @@ from surgegate.telemetry.scopes import parse_scope
 
 log = logging.getLogger(__name__)
 
-_Input = WindowStats | Forecast | Override
+_Input = WindowStats | Forecast | Override | RegionLoad
 
 
 #: Windows of inputs kept per service while waiting for their partners.
@@ -60,6 +61,10 @@ class ServiceView:
     tenants: dict[int, dict[str, TrafficStats]] = dataclasses.field(default_factory=dict)
     pools: dict[int, PoolStats] = dataclasses.field(default_factory=dict)
     overrides: dict[str, Override] = dataclasses.field(default_factory=dict)
+    #: other regions' newest loads, and what this region sent each of them per tier (requests/s) by the last
+    #: decision: part of their demand is ours
+    peers: dict[str, RegionLoad] = dataclasses.field(default_factory=dict)
+    sent: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     def newest(self, by_window: dict, start: int):
         """The entry for ``start``, else the newest one before it."""
@@ -80,13 +85,18 @@ class ServiceView:
 class DecideAgent:
     """Owns the router, the decide agent and the ``throttle_policies`` table.
 
-    ``counters``: ``decisions.published``, ``control.unroutable``, ``decisions.restored`` (a policy taken up from
-    its checkpoint), ``decisions.outdated_checkpoint`` (one that could not be: started afresh).
+    ``counters``: ``decisions.published``, ``decisions.spill`` (one that named a spill-over),
+    ``control.unroutable``, ``decisions.restored`` (a policy taken up from its checkpoint),
+    ``decisions.outdated_checkpoint`` (one that could not be: started afresh).
+
+    With a region (``SURGEGATE_REGION``), every decision also publishes the region's load on ``regions`` and
+    reads the other regions' (their mirrored ``regions`` topics, routed here by service like every input):
+    the decision names the spill-over of this region's excess into their headroom.
     """
 
     def __init__(self, app: faust.App, settings: Settings, *, sources: faust.TopicT, inputs: faust.TopicT,
                  thresholds: faust.TopicT, decisions: faust.TopicT, scaling: faust.TopicT, history: faust.TopicT,
-                 mirror: StateMirror | None = None) -> None:
+                 regions: faust.TopicT, mirror: StateMirror | None = None) -> None:
         self.app = app
         self.settings = settings
         self.sources = sources
@@ -95,6 +105,7 @@ class DecideAgent:
         self.decisions = decisions
         self.scaling = scaling
         self.history = history
+        self.regions = regions
         self.mirror = mirror
         self.configs = settings.service_configs()
         self.pool_services = {c.pool: name for name, c in self.configs.items()}
@@ -129,7 +140,7 @@ class DecideAgent:
             await self.inputs.send(key=service.encode(), value=value)
 
     def _service_of(self, record: _Input) -> str:
-        if isinstance(record, Override):
+        if isinstance(record, (Override, RegionLoad)):
             return record.service
         labels = parse_scope(record.scope)
         if "pool" in labels:
@@ -172,6 +183,10 @@ class DecideAgent:
             if isinstance(record, Override):
                 view.overrides[record.id] = record
                 continue
+            if isinstance(record, RegionLoad):
+                if record.region != self.settings.region:  # our own, mirrored back, is not a peer's
+                    view.peers[record.region] = record
+                continue
             if isinstance(record, WindowStats):
                 self._remember(view, record)
             elif set(parse_scope(record.scope)) == {"service"}:
@@ -208,7 +223,10 @@ class DecideAgent:
                                overrides=tuple(view.overrides.values()))
         with self.counters.timed("decide"):
             out = controller.step(window)
-        t_bytes, d_bytes = msgspec.json.encode(out.threshold), msgspec.json.encode(out.throttle)
+            throttle = out.throttle
+            if self.settings.region:
+                throttle = await self._regions(service, view, window, out.threshold.safe_rps, throttle)
+        t_bytes, d_bytes = msgspec.json.encode(out.threshold), msgspec.json.encode(throttle)
         await self.thresholds.send(key=service.encode(), value=t_bytes)
         await self.decisions.send(key=service.encode(), value=d_bytes)
         save(self.table, service, policy_state.encode(controller.throttle.state()))
@@ -228,6 +246,35 @@ class DecideAgent:
         view.prune(start)
         if self.mirror is not None:
             await self.mirror.put_decision(service, t_bytes, d_bytes)
+
+
+    async def _regions(self, service: str, view: ServiceView, window: ServiceWindow, safe_rps: float,
+                       throttle: ThrottleDecision) -> ThrottleDecision:
+        """Publish this region's load for the other regions; the decision with the spill-over this region's
+        excess takes into their headroom (the peers' loads at most a lease old)."""
+        config = self.config(service)
+        demand = {t: 0.0 for t in config.tiers}
+        for tier, traffic in sorted(window.tiers.items(), key=lambda kv: config.tier_rank(kv[0])):
+            demand[tier] = traffic.demand_rps if traffic.demand_rps is not None else traffic.rate_rps
+        region = self.settings.region
+        own = RegionLoad(service=service, region=region, window_start=window.window_start,
+                         issued_at=throttle.issued_at, demand_by_tier=demand, safe_rps=safe_rps)
+        await self.regions.send(key=f"{service}/{region}".encode(), value=msgspec.json.encode(own))
+        fresh = throttle.issued_at - config.lease_windows * self.settings.window_ms
+        peers = [p for p in view.peers.values() if p.issued_at >= fresh]
+        loads = [RegionDemand(region, demand, safe_rps)]
+        for p in peers:  # what we send a peer is in its demand: not its own load, nor off its headroom
+            ours = view.sent.get(p.region, {})
+            theirs = {t: max(0.0, d - ours.get(t, 0.0)) for t, d in p.demand_by_tier.items()}
+            loads.append(RegionDemand(p.region, theirs, p.safe_rps))
+        spills = [s for s in spill_over(loads, detour_ms=self.settings.spill_detour_ms) if s.source == region]
+        view.sent = {s.target: {t: share * demand.get(t, 0.0) for t, share in s.share.items()} for s in spills}
+        if not spills:
+            return throttle
+        self.counters["decisions.spill"] += 1
+        return msgspec.structs.replace(
+            throttle, spill=[SpillOver(region=s.target, share=s.share, rps=round(s.rps, 3)) for s in spills],
+            reason=throttle.reason + "; spill-over: " + "; ".join(s.reason for s in spills))
 
 
 def _scaling_key(pool: str) -> str:

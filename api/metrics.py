@@ -19,6 +19,7 @@ push them to Redis), by the name they are kept under:
 | ``partials.<outcome>`` | ``surgegate_partials_merged_total`` | ``outcome`` (merged, duplicate, late, rejected) |
 | ``late_events`` | ``surgegate_late_events_total`` | |
 | ``windows.published`` | ``surgegate_windows_published_total`` | |
+| ``decisions.spill`` | ``surgegate_spill_decisions_total`` | |
 | ``decisions.published``, ``scaling.published`` | ``surgegate_decisions_published_total`` | ``kind`` |
 | ``forecasts.<outcome>`` | ``surgegate_forecasts_total`` | ``outcome`` |
 | ``timing.<agent>.us`` / ``.runs`` | ``surgegate_agent_seconds_total`` / ``surgegate_agent_runs_total`` | ``agent`` |
@@ -51,6 +52,7 @@ _PLAIN = {
                  "Ingest members that started again from their last commit after a failed publication"),
     "late_events": ("surgegate_late_events", "Events that arrived after their window closed"),
     "windows.published": ("surgegate_windows_published", "Closed windows published"),
+    "decisions.spill": ("surgegate_spill_decisions", "Throttle decisions that named a spill-over to another region"),
 }
 _LABELLED = (  # prefix, metric, label, help
     ("dead_letter.", "surgegate_dead_letters", "reason", "Records dead-lettered, by reason"),

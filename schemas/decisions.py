@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from surgegate.schemas.fields import CheckedName, Count, EpochMs, Level, Name, Rate
+from surgegate.schemas.fields import CheckedName, Count, EpochMs, Fraction, Level, Name, Rate
 
 #: Whether edges enforce a decision or only record what it would have done.
 Mode = Literal["enforce", "shadow"]
@@ -46,12 +46,23 @@ class TenantLimit(msgspec.Struct, frozen=True):
     burst: Rate
 
 
+class SpillOver(msgspec.Struct, frozen=True):
+    """Send ``share`` of each named tier's requests to ``region`` (its gateway) before admitting the rest here:
+    this region's demand is over its safe capacity and ``region`` has ``rps`` of headroom after its own demand.
+    The top tier is never named."""
+
+    region: Name
+    share: dict[str, Fraction]
+    rps: Rate
+
+
 class ThrottleDecision(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.ThrottleDecision/1"):
     """What edges admit for one service until ``valid_until``; latest ``version`` wins.
 
     ``level``: 0 normal; 1 defer batch; 2 throttle the lowest classes; 3 degrade
     low tiers (token caps); 4 protect only the top realtime class. In ``shadow``
-    mode edges record what they would do and admit everything.
+    mode edges record what they would do and admit everything. ``spill``: shares
+    of lower tiers to send to other regions first (empty: none, or no regions).
     """
 
     service: Name
@@ -68,6 +79,19 @@ class ThrottleDecision(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.
     safe_rps: Rate
     reason: str
     override: str | None = None
+    spill: list[SpillOver] = msgspec.field(default_factory=list)
+
+
+class RegionLoad(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.RegionLoad/1"):
+    """One region's view of a service for one window, for the other regions' spill-over decisions: the demand
+    that arrived at its edges per tier (highest first) and its safe capacity, both in requests/s."""
+
+    service: Name
+    region: Name
+    window_start: EpochMs
+    issued_at: EpochMs
+    demand_by_tier: dict[str, Rate]
+    safe_rps: Rate
 
 
 class Override(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.Override/1"):

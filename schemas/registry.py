@@ -16,7 +16,7 @@ import msgspec
 
 from surgegate.schemas.aggregates import Watermark, WindowPartial, WindowStats
 from surgegate.schemas.deadletter import DeadLetter
-from surgegate.schemas.decisions import Override, ScalingDecision, Threshold, ThrottleDecision
+from surgegate.schemas.decisions import Override, RegionLoad, ScalingDecision, Threshold, ThrottleDecision
 from surgegate.schemas.deferral import DeferredTask
 from surgegate.schemas.forecasts import Forecast
 from surgegate.schemas.telemetry import MetricEvent, RequestEvent, RequestSummary
@@ -34,6 +34,7 @@ WIRE_TYPES: tuple[type[msgspec.Struct], ...] = (
     ThrottleDecision,
     Override,
     ScalingDecision,
+    RegionLoad,
     DeadLetter,
     DeferredTask,
 )

@@ -50,6 +50,8 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("decisions.history", "every Threshold, ThrottleDecision and ScalingDecision, keyed by service or "
               "pool and stamped with its issue time; never compacted", retention_ms=HISTORY_RETENTION_MS),
     TopicSpec("overrides", "Override keyed by scope"),
+    TopicSpec("regions", "RegionLoad keyed by service/region: this region's demand and safe capacity per window, "
+              "for other regions' spill-over (mirrored to them)", compacted=True),
     TopicSpec("deadletter", "DeadLetter keyed by source topic"),
     TopicSpec("deferred", "DeferredTask keyed by tenant: batch work waiting for a drainer",
               retention_ms=DEFERRED_RETENTION_MS),
@@ -112,6 +114,10 @@ class Topics:
         return self.name("overrides")
 
     @property
+    def regions(self) -> str:
+        return self.name("regions")
+
+    @property
     def control_inputs(self) -> str:
         return self.name("control.inputs")
 
@@ -131,11 +137,14 @@ class Topics:
 def create_topics(settings: Settings, admin: AdminClient | None = None,
                   changelogs: tuple[str, ...] = ()) -> dict[str, str]:
     """Create every topic that does not exist yet (and the named compacted ``changelogs`` of the agents'
-    tables); returns name -> created/exists."""
+    tables, and the topics other regions' loads are mirrored to); returns name -> created/exists."""
     admin = admin or AdminClient(admin_config(settings))
     topics = Topics(settings.topic_prefix)
     specs = [(topics.name(spec.suffix), spec) for spec in TOPIC_SPECS]
     specs += [(name, TopicSpec(name, "an agent table's changelog", compacted=True)) for name in changelogs]
+    # the other regions' loads, mirrored here: there before the agents subscribe, so none waits for them
+    specs += [(name, TopicSpec(name, "another region's RegionLoad records", compacted=True))
+              for name in settings.peer_topics]
     new = [
         NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication_factor,
                  config=topic_config(settings, spec))

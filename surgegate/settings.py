@@ -31,6 +31,7 @@ ENV_PREFIX = "SURGEGATE_"
 #: (the simulator, forecast evaluation) starts from it too.
 DEFAULT_WINDOW_S = 10
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
+_REGION = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -156,6 +157,12 @@ class Settings:
     redis_ca_file: str = ""
     redis_cert_file: str = ""
     redis_key_file: str = ""
+    #: the region this process serves (empty: one region, no spill-over); with other regions' loads on
+    #: ``peer_region_topics`` (comma-separated; MirrorMaker 2 mirrors a peer's ``sg.regions`` as
+    #: ``<alias>.sg.regions``), decisions spill lower tiers to a region with headroom; the detour is named
+    region: str = ""
+    peer_region_topics: str = ""
+    spill_detour_ms: float = 80.0
 
     def __post_init__(self) -> None:
         _check(self.partitions >= 1, "PARTITIONS", self.partitions, "must be >= 1")
@@ -196,6 +203,14 @@ class Settings:
         _check(self.log_level in ("debug", "info", "warning", "error"), "LOG_LEVEL", self.log_level,
                "must be one of debug, info, warning, error")
         _check(bool(self.worker_id), "WORKER_ID", self.worker_id, "must not be empty")
+        _check(not self.region or bool(_REGION.match(self.region)), "REGION", self.region,
+               "must be 1-64 letters, digits, '.', '_' or '-'")
+        _check(all(_TOPIC_PREFIX.match(t) for t in self.peer_topics), "PEER_REGION_TOPICS", self.peer_region_topics,
+               "must be topic names separated by commas")
+        _check(not self.peer_region_topics or bool(self.region), "PEER_REGION_TOPICS", self.peer_region_topics,
+               "needs SURGEGATE_REGION: the region this worker set serves")
+        _check(0.0 <= self.spill_detour_ms <= 60_000.0, "SPILL_DETOUR_MS", self.spill_detour_ms,
+               "must be within [0, 60000]")
         if self.kafka:
             _check(all(":" in h for h in self.kafka.split(",")), "KAFKA", self.kafka,
                    "must be host:port[,host:port...]")
@@ -237,6 +252,11 @@ class Settings:
         """The Redis to use, with its credentials and TLS files (the URL is empty without one)."""
         return RedisTarget(self.redis, self.redis_username, self.redis_password, self.redis_ca_file,
                            self.redis_cert_file, self.redis_key_file)
+
+    @property
+    def peer_topics(self) -> list[str]:
+        """The topics other regions' loads arrive on."""
+        return [t.strip() for t in self.peer_region_topics.split(",") if t.strip()]
 
     @property
     def window_ms(self) -> int:

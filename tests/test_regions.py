@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from surgegate.control.spill import RegionLoad, away_shares, spill_over
+from surgegate.control.spill import RegionDemand, away_shares, spill_over
 from surgegate.sim.regions import simulate_regions
 from surgegate.sim.workload import Workload
 
 TIERS = ("enterprise", "pro", "free")
 
 
-def _load(region: str, enterprise: float, pro: float, free: float, safe: float) -> RegionLoad:
-    return RegionLoad(region, dict(zip(TIERS, (enterprise, pro, free))), safe)
+def _load(region: str, enterprise: float, pro: float, free: float, safe: float) -> RegionDemand:
+    return RegionDemand(region, dict(zip(TIERS, (enterprise, pro, free))), safe)
 
 
 def test_the_excess_goes_lowest_tier_first_and_the_top_tier_never():
@@ -56,3 +56,36 @@ def test_the_simulated_regions_move_exactly_what_is_spilled_and_never_the_top_ti
     assert demand(off, "A") - demand(on, "A") == pytest.approx(sum(sent.values()), rel=1e-6)
     # and A refused less of its lower tiers for it
     assert on.results["A"].tier_share("rejected", "free") < off.results["A"].tier_share("rejected", "free")
+
+
+def _decision(spill: dict[str, float], *, mode: str = "enforce", valid_until: int = 10_000):
+    from surgegate.schemas.decisions import SpillOver, ThrottleDecision
+
+    return ThrottleDecision(service="chat", version=1, issued_at=0, valid_until=valid_until, level=2, mode=mode,
+                            tiers={}, tenants={}, defer_batch=False, breaker="closed", forecast_upper_rps=0,
+                            safe_rps=0, reason="", spill=[SpillOver(region="B", share=spill, rps=1.0)])
+
+
+def test_the_edge_sends_exactly_the_named_share_evenly_and_never_the_top_tier():
+    from surgegate.edge.regions import SpillRouter
+
+    router = SpillRouter("A", {"B": "http://b/"}, "enterprise")
+    d = _decision({"free": 0.25, "pro": 0.5})
+    sent = [router.target(d, "free", spilled_in=False, now_ms=0) for _ in range(100)]
+    assert sent.count(("B", "http://b")) == 25 and sent[3] == ("B", "http://b") and sent[7] is not None
+    assert sum(router.target(d, "pro", spilled_in=False, now_ms=0) is not None for _ in range(10)) == 5
+    assert all(router.target(d, "enterprise", spilled_in=False, now_ms=0) is None for _ in range(10))
+    assert router.counts == {"spilled.B": 30}
+
+
+def test_the_edge_spills_nothing_already_spilled_past_the_lease_unknown_or_in_shadow():
+    from surgegate.edge.regions import SpillRouter
+
+    router = SpillRouter("A", {"B": "http://b"}, "enterprise")
+    d = _decision({"free": 1.0})
+    assert router.target(d, "free", spilled_in=True, now_ms=0) is None
+    assert router.target(d, "free", spilled_in=False, now_ms=10_001) is None
+    assert SpillRouter("A", {"C": "http://c"}, "enterprise").target(d, "free", spilled_in=False, now_ms=0) is None
+    shadow = _decision({"free": 1.0}, mode="shadow")
+    assert [router.target(shadow, "free", spilled_in=False, now_ms=0) for _ in range(3)] == [None] * 3
+    assert router.counts == {"spill_shadow.B": 3}

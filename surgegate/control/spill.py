@@ -7,8 +7,8 @@ tier of it, so another region's overflow never takes the capacity its own top ti
 region's excess goes to the regions with the most headroom first, from its lowest tier up; the top tier is
 never sent away (it keeps its reserved capacity at home and never pays the detour).
 
->>> a = RegionLoad("eu", {"enterprise": 20.0, "pro": 30.0, "free": 50.0}, safe_rps=80.0)
->>> b = RegionLoad("us", {"enterprise": 10.0, "pro": 10.0, "free": 10.0}, safe_rps=60.0)
+>>> a = RegionDemand("eu", {"enterprise": 20.0, "pro": 30.0, "free": 50.0}, safe_rps=80.0)
+>>> b = RegionDemand("us", {"enterprise": 10.0, "pro": 10.0, "free": 10.0}, safe_rps=60.0)
 >>> [(s.source, s.target, s.share) for s in spill_over([a, b], detour_ms=80.0)]
 [('eu', 'us', {'free': 0.4})]
 """
@@ -23,7 +23,7 @@ from surgegate.checks import check
 
 
 @dataclasses.dataclass(frozen=True)
-class RegionLoad:
+class RegionDemand:
     """One region's window: demand per tier (requests/s, highest tier first) and its safe capacity."""
 
     region: str
@@ -46,7 +46,7 @@ class Spill:
     reason: str
 
 
-def spill_over(regions: Sequence[RegionLoad], *, detour_ms: float = 0.0) -> list[Spill]:
+def spill_over(regions: Sequence[RegionDemand], *, detour_ms: float = 0.0) -> list[Spill]:
     """The spills that move every overloaded region's excess into other regions' headroom, as far as it goes."""
     check(detour_ms >= 0, "detour_ms", detour_ms, "must be >= 0")
     headroom = {r.region: max(0.0, r.safe_rps - r.demand) for r in regions}

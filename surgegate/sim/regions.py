@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from surgegate.control.spill import RegionLoad, Spill, away_shares, demand_by_tier, spill_over
+from surgegate.control.spill import RegionDemand, Spill, away_shares, demand_by_tier, spill_over
 from surgegate.settings import DEFAULT_WINDOW_S
 from surgegate.sim.report import make_policy
 from surgegate.sim.result import Result
@@ -71,7 +71,7 @@ def simulate_regions(name: str, workloads: dict[str, Workload], *, spill: bool, 
             loads = []
             for region, run in runs.items():
                 rate = sum(run.workload.rate[t - window_s + 1:t + 1]) / window_s
-                loads.append(RegionLoad(region, demand_by_tier(rate, run.workload.mix, TIER_ORDER),
+                loads.append(RegionDemand(region, demand_by_tier(rate, run.workload.mix, TIER_ORDER),
                                         run.fleet.ready * run.bounds.replica_rps))
             decided = spill_over(loads, detour_ms=detour_ms)
             spills = decided or spills
