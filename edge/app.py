@@ -19,6 +19,7 @@ from surgegate.edge.gate import EdgeGate
 from surgegate.edge.gateway import EdgeProxy
 from surgegate.edge.identity import Identifier, KeyRing
 from surgegate.edge.metrics import PROMETHEUS_TEXT
+from surgegate.edge.regions import SpillRouter
 from surgegate.edge.relay import Relay
 from surgegate.llm.openai_wire import INFERENCE_PATHS, OpenAIRequest
 
@@ -50,6 +51,7 @@ def create_edge_app(gate: EdgeGate, upstream: str | Relay, *, models: Mapping[st
                     tenants: Mapping[str, str] | None = None, default_tenant: str = "anonymous",
                     default_tier: str | None = None, anonymous_tier: str | None = None,
                     max_body_bytes: int = 32 * 1024 * 1024, watcher: ReplicaSource | None = None,
+                    region: str = "", region_upstreams: Mapping[str, str] | None = None,
                     **options: Any) -> web.Application:
     """The gateway application; every gate must be started, and its owner closes it after the app.
 
@@ -60,7 +62,8 @@ def create_edge_app(gate: EdgeGate, upstream: str | Relay, *, models: Mapping[st
     base URL, or a :class:`Relay` already made; ``keys`` a
     :class:`~surgegate.edge.identity.KeyFile`, a ``KeyRing``, plain keys and
     their identities, or None (keys are not checked). ``watcher`` keeps the
-    relay's balancer on a pool's replicas while the app runs.
+    relay's balancer on a pool's replicas while the app runs. ``region_upstreams`` maps other regions to
+    their gateways' base URLs, for the spill-over decisions name (``region``: this edge's own).
     Run it with ``handler_cancellation=True`` (``web.run_app``, ``AppRunner``)
     so a client that disconnects also cancels its upstream request.
     """
@@ -72,7 +75,8 @@ def create_edge_app(gate: EdgeGate, upstream: str | Relay, *, models: Mapping[st
     def proxy_for(g: EdgeGate) -> EdgeProxy:
         identifier = Identifier(g.admission.tier_order, keys=keys, tenants=tenants, default_tenant=default_tenant,
                                 default_tier=default_tier, anonymous_tier=anonymous_tier)
-        return EdgeProxy(g, relay, identifier, **options)
+        regions = SpillRouter(region, region_upstreams, g.admission.tier_order[0]) if region_upstreams else None
+        return EdgeProxy(g, relay, identifier, regions=regions, **options)
 
     proxy = proxy_for(gate)
     others = {service: proxy_for(g) for service, g in (gates or {}).items() if service != gate.service}

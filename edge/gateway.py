@@ -50,7 +50,8 @@ from surgegate.edge.gate import EdgeGate, GlobalQuota
 from surgegate.edge.identity import BadRequest, Identifier, Identity, request_type
 from surgegate.edge.lane import DeferralLane, LaneUnavailable, kept_headers, new_task_id
 from surgegate.edge.memory_lane import MemoryLane
-from surgegate.edge.relay import Outcome, Relay
+from surgegate.edge.regions import SpillRouter
+from surgegate.edge.relay import SPILLED_FROM, Outcome, Relay
 from surgegate.llm.caching import CACHE_ONLY_LEVEL, OPT_IN, OPT_OUT, cacheable
 from surgegate.llm.openai_wire import (
     INFERENCE_PATHS,
@@ -92,8 +93,10 @@ class EdgeProxy:
     def __init__(self, gate: EdgeGate, relay: Relay, identifier: Identifier, *, quota: GlobalQuota | None = None,
                  cache: ResponseCache | None = None, lane: DeferralLane | None = None, overflow: str | None = None,
                  deferred_capacity: int = 1000, drain_concurrency: int = 16, deadline_s: float = DEFAULT_DEADLINE_S,
-                 body_timeout_s: float = BODY_TIMEOUT_S, api_token: str = "") -> None:
+                 body_timeout_s: float = BODY_TIMEOUT_S, api_token: str = "",
+                 regions: SpillRouter | None = None) -> None:
         self.gate = gate
+        self.regions = regions
         self.relay = relay
         self.identifier = identifier
         self.quota = quota
@@ -184,6 +187,11 @@ class EdgeProxy:
             hit = await self.cache.get(cache_key)
             if hit is not None:
                 return await self._serve_hit(request, who, rtype, hit)
+        if self.regions is not None:  # spilled before admission: the other region's gate admits it
+            spill = self.regions.target(self.gate.admission.decision, who.tier, now_ms=time.time() * 1000,
+                                        spilled_in=SPILLED_FROM in request.headers)
+            if spill is not None:
+                return await self._spill(request, who, rtype, body, spill)
         try:
             verdict = self.gate.admit(who.tenant, who.tier, rtype, tokens)
         except UnknownTier as exc:  # the registry named a tier the service lacks
@@ -229,6 +237,20 @@ class EdgeProxy:
         keep = functools.partial(self._keep_answer, cache_key) if cache_key is not None else None
         return await self.relay.relay(request, request.path_qs, body, estimate, headers=headers, keep=keep, done=done,
                                       base=self._upstream_for(who, rtype))
+
+    async def _spill(self, request: web.Request, who: Identity, rtype: RequestType, body: bytes,
+                     target: tuple[str, str]) -> web.StreamResponse:
+        """Relay the request to another region's gateway with the caller's credential; it is this region's
+        demand (recorded here) and that region's load (admitted and recorded there)."""
+        assert self.regions is not None
+        started = time.perf_counter()
+
+        def done(outcome: Outcome) -> None:
+            self._record(who, rtype, outcome, started, False)
+
+        return await self.relay.relay(request, request.path_qs, body, _Estimate(body), done=done, base=target[1],
+                                      headers=lambda: {"X-Surgegate-Served-By-Region": target[0]},
+                                      spilled_from=self.regions.region)
 
     def _record(self, who: Identity, rtype: RequestType, outcome: Outcome, started: float, replayed: bool) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
@@ -419,6 +441,7 @@ class EdgeProxy:
         return {**self.gate.status(), "proxy": {
             **self.counts, **self.relay.counts, "bad_requests": dict(self.bad_requests),
             "deferred_queued": lane.queued if isinstance(lane, MemoryLane) else None,
+            "regions": dict(self.regions.counts) if self.regions is not None else None,
             "global_quota": dict(self.quota.counts) if self.quota is not None else None}}
 
     def _upstream_for(self, who: Identity, rtype: RequestType) -> str | None:

@@ -52,6 +52,8 @@ NOT_FORWARDED = frozenset({"connection", "keep-alive", "proxy-authenticate", "pr
                            "trailer", "transfer-encoding", "upgrade", "host", "content-length"})
 NOT_FORWARDED_UP = NOT_FORWARDED | {"authorization", "accept-encoding", "x-tenant", "x-tier", "cookie"}
 NOT_RELAYED_DOWN = NOT_FORWARDED | {"content-encoding"}
+#: The header a request spilled to another region's gateway carries: the region it was spilled from.
+SPILLED_FROM = "X-Surgegate-Spilled-From"
 #: Upstream statuses that mean the server is overloaded, not that the request was bad.
 OVERLOAD_STATUSES = frozenset({429, 503})
 #: Bytes kept from the end of a stream to find its usage.
@@ -118,12 +120,18 @@ class Relay:
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
 
-    def upstream_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+    def upstream_headers(self, headers: Mapping[str, str], spilled_from: str | None = None) -> dict[str, str]:
         """What the upstream is sent: the request's own headers, without the caller's credentials and identity,
-        asking for an answer it need not decode, with the upstream's credential."""
+        asking for an answer it need not decode, with the upstream's credential. A request spilled to another
+        region's gateway (``spilled_from``: this region) keeps the caller's credential, which that gateway
+        identifies and admits it by, and says where it comes from, so it is never spilled again."""
         out = {k: v for k, v in headers.items() if k.lower() not in NOT_FORWARDED_UP}
         out["Accept-Encoding"] = "identity"
-        if self.upstream_key:
+        if spilled_from is not None:
+            if "Authorization" in headers:
+                out["Authorization"] = headers["Authorization"]
+            out[SPILLED_FROM] = spilled_from
+        elif self.upstream_key:
             out["Authorization"] = f"Bearer {self.upstream_key}"
         return out
 
@@ -205,7 +213,8 @@ class Relay:
 
     async def relay(self, request: web.Request, path: str, body: bytes, estimate: Estimate, *,
                     headers: Callable[[], dict[str, str]], keep: Callable[[int, str, bytes, bool], Any] | None = None,
-                    done: Callable[[Outcome], None], base: str | None = None) -> web.StreamResponse:
+                    done: Callable[[Outcome], None], base: str | None = None,
+                    spilled_from: str | None = None) -> web.StreamResponse:
         """Answer ``request`` with the upstream's answer to it (``path`` on ``base``, default the relay's
         upstream or a replica of its pool): streamed as it arrives when the upstream streams, else read whole.
         ``headers()`` gives the edge's own headers (asked once the answer begins),
@@ -221,7 +230,7 @@ class Relay:
                                     headers={**reply, **headers()})
             try:
                 resp = await session.request(request.method, root + path, data=body,
-                                             headers=self.upstream_headers(request.headers))
+                                             headers=self.upstream_headers(request.headers, spilled_from))
             except (TimeoutError, aiohttp.ClientError) as exc:
                 call.outcome, reply, payload = self.failure(exc, estimate)
                 return web.Response(status=call.outcome.status, body=payload, content_type="application/json",

@@ -102,10 +102,20 @@ def cmd_edge(args: argparse.Namespace) -> None:
         raise SettingsError("--upstream: name at least one URL")
     if args.overflow_upstream:
         check_upstream("--overflow-upstream", args.overflow_upstream)
+    regions = {}
+    for item in args.region_upstream or ():
+        name, sep, url = item.partition("=")
+        if not sep or not name.strip():
+            raise SettingsError(f"--region-upstream {item!r}: expected REGION=URL")
+        regions[name.strip()] = check_upstream("--region-upstream", url.strip())
     models = json_option("--models", args.models) if args.models else {}
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in models.items()):
         raise SurgegateError("--models: expected an object of model name -> service name")
     settings = settings_of(args)
+    if regions and not settings.region:
+        raise SettingsError("--region-upstream needs SURGEGATE_REGION: the region this edge serves")
+    if settings.region in regions:
+        raise SettingsError(f"--region-upstream {settings.region}=...: that is this edge's own region")
     check_services(settings, [args.service, *models.values()])
     tiers = (settings.service_configs().get(args.service) or ServiceConfig(service=args.service)).tiers
     keys = KeyFile(args.keys, tiers=tiers) if args.keys else None
@@ -167,7 +177,8 @@ def cmd_edge(args: argparse.Namespace) -> None:
                               default_tenant=args.default_tenant, default_tier=args.default_tier,
                               anonymous_tier=args.anonymous_tier, deferred_capacity=args.deferred_capacity,
                               overflow=args.overflow_upstream, cache=cache, lane=lane, deadline_s=args.deadline,
-                              api_token=settings.api_token, max_body_bytes=args.max_body_bytes, watcher=watcher)
+                              api_token=settings.api_token, max_body_bytes=args.max_body_bytes, watcher=watcher,
+                              region=settings.region, region_upstreams=regions)
         if keys is not None:
             app.cleanup_ctx.append(_watch_keys(keys))
         where = args.upstream or (f"the replicas of pool {args.pool_replicas}" if args.pool_replicas
@@ -317,6 +328,10 @@ def register(p: Parsers) -> None:
     edge.add_argument("--k8s-service", metavar="NAMESPACE/NAME[:PORT_NAME]",
                       help="send to this Kubernetes Service's ready endpoints, read from its EndpointSlices every "
                            "second (in-cluster credentials, else the kubeconfig) (default: none)")
+    edge.add_argument("--region-upstream", action="append", metavar="REGION=URL",
+                      help="another region's gateway, repeatable: the share of lower tiers the throttle decision "
+                           "spills to REGION goes there, with the caller's key (needs SURGEGATE_REGION) "
+                           "(default: none)")
     edge.add_argument("--overflow-upstream", metavar="URL",
                       help="the overflow pool's base URL: lower tiers and batch work go there while the pool's "
                            "scaling decision asks overflow replicas (default: none)")
