@@ -68,3 +68,33 @@ def test_the_image_installs_the_lock_and_copies_the_whole_tree():
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
     json.dumps(COMPOSE)  # plain data: no custom YAML tags Compose would refuse
+
+
+def _mm2() -> dict[str, str]:
+    lines = (ROOT / "deploy" / "regions" / "mm2.properties").read_text().splitlines()
+    pairs = [ln.partition("=") for ln in lines if ln.strip() and not ln.startswith("#")]
+    return {k.strip(): v.strip() for k, _, v in pairs}
+
+
+def test_two_regions_read_each_other_s_loads_where_mirrormaker_2_copies_them():
+    mm2 = _mm2()
+    volumes = SERVICES["mirror-maker"]["volumes"]
+    assert any(v.startswith("./deploy/regions/mm2.properties:") for v in volumes)
+    env_a = {**_env("worker-1"), "SURGEGATE_REGION": "A", "SURGEGATE_PEER_REGION_TOPICS": "B.sg.regions"}
+    env_b = _env("worker-b")
+    for region, env, other in (("A", env_a, "B"), ("B", env_b, "A")):
+        settings = Settings.from_env(env)
+        assert settings.region == region
+        # the cluster MirrorMaker 2 calls this region is the one its workers use
+        assert mm2[f"{region}.bootstrap.servers"] == env["SURGEGATE_KAFKA"]
+        # the other region's sg.regions, copied here under its alias (the default replication policy)
+        assert mm2[f"{other}->{region}.enabled"] == "true" and re.fullmatch(mm2[f"{other}->{region}.topics"],
+                                                                            "sg.regions")
+        assert settings.peer_topics == [f"{other}.sg.regions"]
+    # each region's gateway spills to the other's
+    for edge, other in (("edge-a", "edge-b"), ("edge-b", "edge-a")):
+        command = SERVICES[edge]["command"]
+        target = command[command.index("--region-upstream") + 1]
+        assert target.split("=", 1)[1] == f"http://{other}:8080" and all(
+            "regions" in SERVICES[name].get("profiles", []) for name in (edge, "mirror-maker", "kafka-b"))
+    assert _env("edge-a")["SURGEGATE_REGION"] == "A"
