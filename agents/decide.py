@@ -32,7 +32,7 @@ from surgegate.control.base import WindowPolicy
 from surgegate.control.config import ServiceConfig
 from surgegate.control.controller import ServiceController, ServiceWindow
 from surgegate.control.scaling import ScalingPolicy
-from surgegate.control.spill import RegionDemand, spill_over
+from surgegate.control.spill import RegionDemand, ahead, spill_over
 from surgegate.control.throttle import ThrottlePolicy
 from surgegate.schemas.aggregates import PoolStats, TrafficStats, WindowStats
 from surgegate.schemas.decisions import Override, RegionLoad, SpillOver, ThrottleDecision
@@ -258,15 +258,17 @@ class DecideAgent:
             demand[tier] = traffic.demand_rps if traffic.demand_rps is not None else traffic.rate_rps
         region = self.settings.region
         own = RegionLoad(service=service, region=region, window_start=window.window_start,
-                         issued_at=throttle.issued_at, demand_by_tier=demand, safe_rps=safe_rps)
+                         issued_at=throttle.issued_at, demand_by_tier=demand, safe_rps=safe_rps,
+                         forecast_rps=throttle.forecast_upper_rps)
         await self.regions.send(key=f"{service}/{region}".encode(), value=msgspec.json.encode(own))
         fresh = throttle.issued_at - config.lease_windows * self.settings.window_ms
         peers = [p for p in view.peers.values() if p.issued_at >= fresh]
-        loads = [RegionDemand(region, demand, safe_rps)]
+        # each region as its forecast expects it: a spill starts before the overload does
+        loads = [RegionDemand(region, ahead(demand, own.forecast_rps), safe_rps)]
         for p in peers:  # what we send a peer is in its demand: not its own load, nor off its headroom
             ours = view.sent.get(p.region, {})
             theirs = {t: max(0.0, d - ours.get(t, 0.0)) for t, d in p.demand_by_tier.items()}
-            loads.append(RegionDemand(p.region, theirs, p.safe_rps))
+            loads.append(RegionDemand(p.region, ahead(theirs, p.forecast_rps - sum(ours.values())), p.safe_rps))
         spills = [s for s in spill_over(loads, detour_ms=self.settings.spill_detour_ms) if s.source == region]
         view.sent = {s.target: {t: share * demand.get(t, 0.0) for t, share in s.share.items()} for s in spills}
         if not spills:

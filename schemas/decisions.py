@@ -84,7 +84,8 @@ class ThrottleDecision(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.
 
 class RegionLoad(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.RegionLoad/1"):
     """One region's view of a service for one window, for the other regions' spill-over decisions: the demand
-    that arrived at its edges per tier (highest first) and its safe capacity, both in requests/s."""
+    that arrived at its edges per tier (highest first), the forecast's upper bound of the service's demand over
+    the decision's lookahead (0: no forecast yet) and its safe capacity, all in requests/s."""
 
     service: Name
     region: Name
@@ -92,6 +93,7 @@ class RegionLoad(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.Region
     issued_at: EpochMs
     demand_by_tier: dict[str, Rate]
     safe_rps: Rate
+    forecast_rps: Rate = 0.0
 
 
 class Override(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.Override/1"):

@@ -1,11 +1,12 @@
 """Spill-over between regions (pure): a region whose demand exceeds its safe capacity sends part of its lower
 tiers' traffic to a region with headroom, before it sheds any.
 
-Each region reports the demand arriving at its edges per tier (before any spill) and its safe capacity (what
-its ready replicas serve within the SLO). A region's headroom is its safe capacity less its own demand, every
-tier of it, so another region's overflow never takes the capacity its own top tier needs. An overloaded
-region's excess goes to the regions with the most headroom first, from its lowest tier up; the top tier is
-never sent away (it keeps its reserved capacity at home and never pays the detour).
+Each region reports the demand arriving at its edges per tier (before any spill), raised to its forecast when
+the forecast is higher (:func:`ahead`), and its safe capacity (what its ready replicas serve within the SLO).
+A region's headroom is its safe capacity less its own demand, every tier of it, so another region's overflow
+never takes the capacity its own top tier needs. An overloaded region's excess goes to the regions with the
+most headroom first, from its lowest tier up; the top tier is never sent away (it keeps its reserved capacity
+at home and never pays the detour).
 
 >>> a = RegionDemand("eu", {"enterprise": 20.0, "pro": 30.0, "free": 50.0}, safe_rps=80.0)
 >>> b = RegionDemand("us", {"enterprise": 10.0, "pro": 10.0, "free": 10.0}, safe_rps=60.0)
@@ -71,11 +72,25 @@ def spill_over(regions: Sequence[RegionDemand], *, detour_ms: float = 0.0) -> li
             headroom[dst.region] -= room
             excess -= room
             spills.append(Spill(src.region, dst.region, share, room, (
-                f"{src.region}: demand {src.demand:,.1f} rps over its safe {src.safe_rps:,.1f}; {dst.region} has "
+                f"{src.region}: {src.demand:,.1f} rps expected over its safe {src.safe_rps:,.1f}; {dst.region} has "
                 f"{room + headroom[dst.region]:,.1f} rps of headroom after its own {dst.demand:,.1f}; send "
                 + ", ".join(f"{t} {s:.0%}" for t, s in share.items())
                 + f" ({room:,.1f} rps, {detour_ms:g} ms detour); the top tier stays")))
     return spills
+
+
+def ahead(demand_by_tier: Mapping[str, float], forecast_rps: float) -> dict[str, float]:
+    """Demand as the forecast expects it: every tier raised in proportion when the forecast's upper bound is
+    above the demand now, never lowered (a spill decided on the forecast starts before the overload does).
+
+    >>> ahead({"enterprise": 10.0, "free": 30.0}, 60.0)
+    {'enterprise': 15.0, 'free': 45.0}
+    >>> ahead({"enterprise": 10.0, "free": 30.0}, 20.0)
+    {'enterprise': 10.0, 'free': 30.0}
+    """
+    now = sum(demand_by_tier.values())
+    scale = forecast_rps / now if now > 0 and forecast_rps > now else 1.0
+    return {t: d * scale for t, d in demand_by_tier.items()}
 
 
 def away_shares(spills: Sequence[Spill], region: str) -> dict[str, float]:
