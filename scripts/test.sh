@@ -25,4 +25,4 @@ if [ "$#" -gt 0 ]; then
   exec "$VENV/bin/pytest" "$@"
 fi
 "$VENV/bin/pytest" -m "not slow"
-"$VENV/bin/pytest" -m slow
+"$VENV/bin/pytest" -m slow --durations=15  # where the time goes, in every log
