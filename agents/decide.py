@@ -48,6 +48,9 @@ _Input = WindowStats | Forecast | Override | RegionLoad
 
 #: Windows of inputs kept per service while waiting for their partners.
 KEEP_WINDOWS = 60
+#: A tier's or tenant's window stands in for the service's window this many windows after its own (its window of
+#: the same start may come after the service's).
+SCOPE_WINDOWS = 2
 
 
 @dataclasses.dataclass
@@ -72,6 +75,15 @@ class ServiceView:
             return by_window[start]
         older = [k for k in by_window if k < start]
         return by_window[max(older)] if older else None
+
+    def newest_each(self, by_window: dict[int, dict[str, TrafficStats]], start: int,
+                    oldest: int) -> dict[str, TrafficStats]:
+        """Each scope's newest window from ``oldest`` to ``start``: the windows of one start arrive one by one,
+        and a scope whose window for ``start`` is not in yet keeps its last one (never a tier left out)."""
+        out: dict[str, TrafficStats] = {}
+        for k in sorted(k for k in by_window if oldest <= k <= start):
+            out.update(by_window[k])
+        return out
 
     def prune(self, decided: int) -> None:
         """Forget inputs too old to matter for windows after ``decided``."""
@@ -217,8 +229,8 @@ class DecideAgent:
         now = start + window_ms
         view.overrides = {k: o for k, o in view.overrides.items() if o.expires_at > now and not o.cancel}
         window = ServiceWindow(window_start=start, window_ms=window_ms, service=view.service[start],
-                               tiers=dict(view.newest(view.tiers, start) or {}),
-                               tenants=dict(view.newest(view.tenants, start) or {}),
+                               tiers=view.newest_each(view.tiers, start, start - SCOPE_WINDOWS * window_ms),
+                               tenants=view.newest_each(view.tenants, start, start - SCOPE_WINDOWS * window_ms),
                                forecast=view.newest(view.forecasts, start), pool=view.newest(view.pools, start),
                                overrides=tuple(view.overrides.values()))
         with self.counters.timed("decide"):

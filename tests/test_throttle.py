@@ -261,3 +261,18 @@ def test_ttft_over_its_slo_is_saturation_evidence():
     _, fine = ThrottlePolicy(config).decide(
         dataclasses.replace(x, service=x.service.__replace__(ttft_p50_ms=300.0, ttft_p99_ms=900.0)))
     assert fine.level == 0
+
+
+def test_a_tier_missing_from_one_window_is_admitted_as_the_level_admission_follows_not_shut_out():
+    # a burst holds the level at 4 (hysteresis) while the load falls back to level 2's; in one window the pro
+    # tier's window is not in yet: pro keeps its reserved floor, and is never below the lowest tier
+    policy = ThrottlePolicy(CONFIG)
+    policy.decide(inputs(0, even(120_000)))
+    _, d = policy.decide(inputs(1, even(12_000)))
+    assert d.level == 4 and "lowest tier throttled" in d.reason
+    partial = inputs(2, {t: v for t, v in even(12_000).items() if t != "pro"})
+    _, d = policy.decide(dataclasses.replace(partial, service=inputs(2, even(12_000)).service))
+    assert d.level == 4
+    floor = CONFIG.floor_share["pro"] * d.safe_rps
+    assert d.tiers["pro"].realtime_rps >= floor > 0
+    assert d.tiers["pro"].realtime_rps >= min(d.tiers["free"].realtime_rps, floor)

@@ -197,7 +197,7 @@ class ThrottlePolicy(WindowPolicy):
             rates = {k: v * self.breaker.probe_share for k, v in rates.items()}
         self.previous = rates
         decision = self._decision(inputs, level, rates, demands, capacity, upper, breaker, why, override,
-                                  defer_batch=ration >= 1)
+                                  defer_batch=ration >= 1, ration=ration)
         return threshold, decision
 
     # ---------------------------------------------------------------- helpers
@@ -302,7 +302,7 @@ class ThrottlePolicy(WindowPolicy):
 
     def _decision(self, inputs: DecisionInputs, level: int, rates: dict[str, float], demands: list[ClassDemand],
                   capacity: float, upper: float, breaker: BreakerState, why: str,
-                  override: Override | None, *, defer_batch: bool) -> ThrottleDecision:
+                  override: Override | None, *, defer_batch: bool, ration: int | None = None) -> ThrottleDecision:
         cfg = self.config
         tiers: dict[str, TierLimit] = {}
         seen = {d.name.split("/")[0] for d in demands}
@@ -310,7 +310,9 @@ class ThrottlePolicy(WindowPolicy):
             if tier in seen:
                 rt, batch = rates.get(f"{tier}/realtime", 0.0), rates.get(f"{tier}/batch", 0.0)
             else:
-                rt, batch = self._idle_tier(tier, level, capacity, defer_batch)
+                # admitted as the tiers the window saw are: at the level admission follows (``ration``), not the
+                # label the hysteresis holds, or a tier missing from one window would be shut out below the others
+                rt, batch = self._idle_tier(tier, level if ration is None else ration, capacity, defer_batch)
                 if breaker != "closed":
                     rt, batch = rt * self.breaker.probe_share, batch * self.breaker.probe_share
             degraded = level >= 3 and cfg.tier_rank(tier) > 0
