@@ -128,8 +128,8 @@ def cmd_up(args: argparse.Namespace) -> None:
         settings = need_kafka(settings)
     with where_missing(settings, args.broker_port, args.redis_port) as settings:
         if args.demo and not settings.services:
-            # the demo's service on its pool of local fake-llm replicas (DEMO_SERVICES)
-            settings = settings.replace(services=DEMO_SERVICES)
+            # the demo's service on its pool of local fake-llm replicas, its lease fit for the window
+            settings = settings.replace(services=demo_services(window_s=settings.window_s))
         create_topics(settings)
         print(f"surgegate up: broker {settings.kafka}  redis {settings.redis_target()}  "
               f"topics {settings.topic_prefix}*  window {settings.window_s:.0f} s", flush=True)
@@ -163,11 +163,17 @@ def _demo(settings: Settings, args: argparse.Namespace):
     print(f"surgegate up: a local pool of fake-llm replicas (pool gpu-a, cold start {cold:g} s) behind "
           f"{args.edges} edge(s) on {', '.join(e.url for e in stack.edges)}; keys "
           f"{', '.join(f'{t}={k}' for t, k in keys_by_tier().items())}", flush=True)
-    print(f"surgegate up: OpenAI calls at {plan.base_rps:g} rps, bursting to {plan.peak_rps:g} rps at "
-          f"{plan.burst_at_s:g} s and every {plan.every_s:g} s after", flush=True)
     weights = [0.7, 0.3] if len(stack.edges) == 2 else [1 / len(stack.edges)] * len(stack.edges)
+    first = pool.min_replicas if pool is not None else 2
 
     def load() -> None:
+        # the calls begin once the pool's first replicas serve: a service is not opened to its users cold
+        deadline = time.monotonic() + cold + 30
+        while stack.pool.states().get("ready", 0) < first and time.monotonic() < deadline:
+            time.sleep(0.2)
+        print(f"surgegate up: OpenAI calls at {plan.base_rps:g} rps, bursting to {plan.peak_rps:g} rps at "
+              f"{plan.burst_at_s:g} s and every {plan.every_s:g} s after", flush=True)
+
         async def all_edges():
             parts = [dataclasses.replace(plan, base_rps=plan.base_rps * w, peak_rps=plan.peak_rps * w)
                      for w in weights]
