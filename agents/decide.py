@@ -259,7 +259,6 @@ class DecideAgent:
         if self.mirror is not None:
             await self.mirror.put_decision(service, t_bytes, d_bytes)
 
-
     async def _regions(self, service: str, view: ServiceView, window: ServiceWindow, safe_rps: float,
                        throttle: ThrottleDecision) -> ThrottleDecision:
         """Publish this region's load for the other regions; the decision with the spill-over this region's

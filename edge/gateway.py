@@ -187,7 +187,9 @@ class EdgeProxy:
             hit = await self.cache.get(cache_key)
             if hit is not None:
                 return await self._serve_hit(request, who, rtype, hit)
-        if self.regions is not None:  # spilled before admission: the other region's gate admits it
+        # realtime calls are spilled before admission (the other region's gate admits them); batch work waits in
+        # this region's deferral lane, where the task id it is given is known
+        if self.regions is not None and rtype == "realtime":
             spill = self.regions.target(self.gate.admission.decision, who.tier, now_ms=time.time() * 1000,
                                         spilled_in=SPILLED_FROM in request.headers)
             if spill is not None:

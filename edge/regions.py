@@ -1,7 +1,8 @@
 """Spill-over at the edge: which requests go to another region's gateway, as the throttle decision names.
 
 A decision's ``spill`` gives, per other region, the share of each lower tier to send there before this region
-admits the rest. Each (region, tier) keeps a credit that grows by the share with every request of the tier and
+admits the rest. Only realtime calls go: batch work waits in this region's deferral lane, whose task ids the
+callers poll here. Each (region, tier) keeps a credit that grows by the share with every request of the tier and
 sends one request whenever it reaches 1, so exactly that share goes, evenly spread, with no randomness. A
 request spilled here from another region (it carries ``X-Surgegate-Spilled-From``) is never sent on; the top
 tier never leaves; a decision past its lease, or one in shadow mode, sends nothing (shadow mode counts what it

@@ -1,6 +1,6 @@
 """Two regions on the embedded stack: region A overloaded, region B with headroom. A's decisions name the
 spill-over of its free tier to B, and a gateway in A sends that share of free-tier calls to B's gateway with the
-caller's key, and none of the top tier's."""
+caller's key, none of the top tier's, and no batch work."""
 
 from __future__ import annotations
 
@@ -138,6 +138,15 @@ async def _through_a_gateway(settings, seen: list[dict]) -> None:
                     with contextlib.suppress(openai.RateLimitError):
                         await client.chat.completions.create(model="llama-3-8b", max_tokens=5,
                                                              messages=[{"role": "user", "content": "hi"}])
+            spilled = len(seen)
+            # batch work stays home, in this region's deferral lane (its task id is known here)
+            batch = openai.AsyncOpenAI(base_url=base, api_key="sk-free", max_retries=0,
+                                       default_headers={"X-Request-Type": "batch"})
+            for _ in range(10):
+                with contextlib.suppress(openai.RateLimitError):
+                    await batch.chat.completions.create(model="llama-3-8b", max_tokens=5,
+                                                        messages=[{"role": "user", "content": "later"}])
+            assert len(seen) == spilled
             counts = app[PROXY].status_view()["proxy"]["regions"]
             assert counts.get("spilled.B", 0) == len(seen)
         finally:
