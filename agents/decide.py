@@ -198,6 +198,8 @@ class DecideAgent:
             if isinstance(record, RegionLoad):
                 if record.region != self.settings.region:  # our own, mirrored back, is not a peer's
                     view.peers[record.region] = record
+                    if self.mirror is not None:
+                        await self.mirror.put_region(service, record.region, event.value)
                 continue
             if isinstance(record, WindowStats):
                 self._remember(view, record)
@@ -265,23 +267,30 @@ class DecideAgent:
         excess takes into their headroom (the peers' loads at most a lease old)."""
         config = self.config(service)
         demand = {t: 0.0 for t in config.tiers}
+        realtime: dict[str, float] = {}  # the share of a tier's calls that may be spilled: its realtime ones
         for tier, traffic in sorted(window.tiers.items(), key=lambda kv: config.tier_rank(kv[0])):
             demand[tier] = traffic.demand_rps if traffic.demand_rps is not None else traffic.rate_rps
+            realtime[tier] = traffic.realtime / traffic.requests if traffic.requests else 1.0
         region = self.settings.region
-        own = RegionLoad(service=service, region=region, window_start=window.window_start,
-                         issued_at=throttle.issued_at, demand_by_tier=demand, safe_rps=safe_rps,
-                         forecast_rps=throttle.forecast_upper_rps)
-        await self.regions.send(key=f"{service}/{region}".encode(), value=msgspec.json.encode(own))
+        forecast = throttle.forecast_upper_rps
         fresh = throttle.issued_at - config.lease_windows * self.settings.window_ms
         peers = [p for p in view.peers.values() if p.issued_at >= fresh]
         # each region as its forecast expects it: a spill starts before the overload does
-        loads = [RegionDemand(region, ahead(demand, own.forecast_rps), safe_rps)]
+        loads = [RegionDemand(region, ahead(demand, forecast), safe_rps)]
         for p in peers:  # what we send a peer is in its demand: not its own load, nor off its headroom
             ours = view.sent.get(p.region, {})
             theirs = {t: max(0.0, d - ours.get(t, 0.0)) for t, d in p.demand_by_tier.items()}
             loads.append(RegionDemand(p.region, ahead(theirs, p.forecast_rps - sum(ours.values())), p.safe_rps))
         spills = [s for s in spill_over(loads, detour_ms=self.settings.spill_detour_ms) if s.source == region]
-        view.sent = {s.target: {t: share * demand.get(t, 0.0) for t, share in s.share.items()} for s in spills}
+        view.sent = {s.target: {t: share * demand.get(t, 0.0) * realtime.get(t, 1.0) for t, share in s.share.items()}
+                     for s in spills}
+        own = RegionLoad(service=service, region=region, window_start=window.window_start,
+                         issued_at=throttle.issued_at, demand_by_tier=demand, safe_rps=safe_rps,
+                         forecast_rps=forecast, sent_rps=round(sum(sum(v.values()) for v in view.sent.values()), 3))
+        raw = msgspec.json.encode(own)
+        await self.regions.send(key=f"{service}/{region}".encode(), value=raw)
+        if self.mirror is not None:
+            await self.mirror.put_region(service, region, raw)
         if not spills:
             return throttle
         self.counters["decisions.spill"] += 1

@@ -27,7 +27,7 @@ import redis
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from surgegate.api import pages
+from surgegate.api import pages, regions
 from surgegate.api.feeds import DecisionStream, OverrideBook
 from surgegate.api.inputs import (
     BODY_TIMEOUT_S,
@@ -482,6 +482,7 @@ def create_api(settings: Settings, *, stream: bool = True) -> web.Application:
     r.add_get("/v1/history/{service}", api.history)
     r.add_get("/v1/history/{service}/recent", api.recent)
     r.add_get("/v1/services", api.services)
+    r.add_get("/v1/regions/{service}", regions.regions)
     r.add_get("/v1/tasks/{task_id}", api.task)
     r.add_get("/v1/overrides", api.list_overrides)
     r.add_post("/v1/overrides", api.create_override)

@@ -17,6 +17,7 @@ from surgegate.schemas.decisions import (
     MAX_OVERRIDE_S,
     Override,
     OverrideRequest,
+    RegionLoad,
     ScalingDecision,
     Threshold,
     ThrottleDecision,
@@ -33,7 +34,8 @@ SCOPE_PATTERN = rf"^(service={_N}(,(tier|tenant)={_N})?|pool={_N})$"
 #: decisions are per service (throttle) or pool (scaling); thresholds per service
 DECISION_SCOPE_PATTERN = rf"^(service|pool)={_N}$"
 SERVICE_SCOPE_PATTERN = rf"^service={_N}$"
-_TYPES = (WindowStats, Forecast, Threshold, ThrottleDecision, ScalingDecision, Override, OverrideRequest, TaskView)
+_TYPES = (WindowStats, Forecast, Threshold, ThrottleDecision, ScalingDecision, Override, OverrideRequest, TaskView,
+          RegionLoad)
 _MAX_LAST = 360
 _MAX_MINUTES = 1440
 
@@ -151,6 +153,13 @@ def openapi_document() -> dict:
                 "the reason), as every edge answers it; to the holder of the API token (bearer) only, else 404",
                 _ref("TaskView"), errors=(400, 404, 503),
                 params=(_path("task_id", TASK_ID_PATTERN),)),
+            "/v1/regions/{service}": _get(
+                "Every region's newest load of the service (its own and its peers', see docs/regions.md) and the "
+                "service as a whole; 404 until a region reports it",
+                _object(service={"type": "string"}, regions={"type": "array", "items": _ref("RegionLoad")},
+                        whole=_object(**{k: {"type": "number", "minimum": 0} for k in (
+                            "demand_rps", "safe_rps", "spilled_rps", "headroom_rps")})),
+                errors=(400, 404, 503), params=(_path("service"),)),
             "/v1/services": _get("The configured services: pool, tiers, SLOs and mode",
                                  _object(services={"type": "object"}), errors=()),
             # Server-Sent Events: each event is named throttle or scaling, its data one decision as JSON

@@ -94,6 +94,8 @@ class RegionLoad(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.Region
     demand_by_tier: dict[str, Rate]
     safe_rps: Rate
     forecast_rps: Rate = 0.0
+    #: what this region's decision for the window sends to other regions: in its demand and in theirs
+    sent_rps: Rate = 0.0
 
 
 class Override(msgspec.Struct, frozen=True, tag_field="schema", tag="sg.Override/1"):

@@ -75,6 +75,10 @@ class Keys:
         """A pool's serving replicas (hash: URL -> its latest report), written by the process that runs them."""
         return f"{self.prefix}replicas:{pool}"
 
+    def region_loads(self, service: str) -> str:
+        """Every region's newest load of a service (hash: region -> its RegionLoad), this one's and its peers'."""
+        return f"{self.prefix}regions:{service}"
+
     def edge_demand(self, service: str) -> str:
         """Each edge's recent demand for a service (hash: edge id -> ``rps@epoch seconds``), from which edges take
         their shares of the service's rates."""
@@ -203,6 +207,19 @@ class StateMirror:
         """Record a service's latest threshold and throttle decision."""
         return (await self._set(self.keys.latest_threshold(service), threshold, "threshold mirror")
                 and await self._set(self.keys.latest_decision(service), decision, "decision mirror"))
+
+    async def put_region(self, service: str, region: str, payload: bytes) -> bool:
+        """Record a region's newest load of a service."""
+        if not self._backoff.ready():
+            self.skipped += 1
+            return False
+        try:
+            await self._client.hset(self.keys.region_loads(service), region, payload)
+            return True
+        except (redis.RedisError, OSError) as exc:
+            self._backoff.failed("region mirror", exc)
+            self.skipped += 1
+            return False
 
     async def _set(self, key: str, payload: bytes, what: str) -> bool:
         if not self._backoff.ready():

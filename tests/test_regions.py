@@ -89,3 +89,14 @@ def test_the_edge_spills_nothing_already_spilled_past_the_lease_unknown_or_in_sh
     shadow = _decision({"free": 1.0}, mode="shadow")
     assert [router.target(shadow, "free", spilled_in=False, now_ms=0) for _ in range(3)] == [None] * 3
     assert router.counts == {"spill_shadow.B": 3}
+
+
+def test_the_service_as_a_whole_counts_a_spilled_call_once():
+    from surgegate.api.regions import whole
+    from surgegate.schemas.decisions import RegionLoad
+
+    a = RegionLoad(service="chat", region="A", window_start=0, issued_at=1, safe_rps=17.0,
+                   demand_by_tier={"enterprise": 20.0, "pro": 20.0, "free": 20.0}, sent_rps=12.0)
+    b = RegionLoad(service="chat", region="B", window_start=0, issued_at=1, safe_rps=17.0,
+                   demand_by_tier={"enterprise": 2.0, "pro": 1.0, "free": 14.0})  # 12 of its free calls are A's
+    assert whole([a, b]) == {"demand_rps": 65.0, "safe_rps": 34.0, "spilled_rps": 12.0, "headroom_rps": 0.0}

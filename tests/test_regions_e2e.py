@@ -9,12 +9,13 @@ import contextlib
 import json
 import threading
 import time
+import urllib.request
 
 import openai
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from support import TopicReader, WorkerProcess, eventually
+from support import TopicReader, WorkerProcess, eventually, serve_api
 
 from surgegate.devtools.fake_llm import create_fake_llm_app
 from surgegate.edge.app import PROXY, create_edge_app
@@ -102,6 +103,20 @@ def test_an_overloaded_region_spills_its_free_tier_to_the_region_with_headroom_a
         loads_b = TopicReader(b, Topics(b.topic_prefix).regions)
         loads_b.poll_until(lambda m: len(m) >= 1, 30, "B's load published")
         assert all(r.region == "B" and r.safe_rps > 0 for r in loads_b.decoded(RegionLoad))
+        # A's status API: both regions' loads, and the service as a whole with what A sent counted once
+        api = serve_api(a)
+
+        def both() -> dict | None:
+            with contextlib.suppress(OSError), urllib.request.urlopen(api + "/v1/regions/chat", timeout=5) as r:
+                return json.loads(r.read())
+            return None
+
+        eventually(lambda: (got := both()) is not None and [r["region"] for r in got["regions"]] == ["A", "B"],
+                   30, "both regions' loads on A's API")
+        view = both()
+        assert view is not None and view["whole"]["safe_rps"] == pytest.approx(34.0, abs=0.5)
+        assert view["whole"]["spilled_rps"] > 0 and view["whole"]["demand_rps"] == pytest.approx(
+            sum(sum(r["demand_by_tier"].values()) for r in view["regions"]) - view["whole"]["spilled_rps"], abs=0.01)
         seen: list[dict] = []
         asyncio.run(_through_a_gateway(a, seen))
     finally:
