@@ -30,6 +30,11 @@ from surgegate.settings import Settings
     ({"SURGEGATE_SERVICES": '{"chat": {"replicas": 0}}'}, "services.chat.replicas=0: must be >= 1"),
     ({"SURGEGATE_SERVICES": '{"chat": {"colour": "red"}}'}, "services.chat: unknown settings ['colour']"),
     ({"SURGEGATE_FORECAST_COVERAGE": "1.5"}, "SURGEGATE_FORECAST_COVERAGE=1.5"),
+    ({"SURGEGATE_REGION": "eu west"}, "SURGEGATE_REGION='eu west'"),
+    ({"SURGEGATE_PEER_REGION_TOPICS": "B.sg.regions"}, "needs SURGEGATE_REGION"),
+    ({"SURGEGATE_REGION": "A", "SURGEGATE_PEER_REGION_TOPICS": "B.sg.regions,no topic"},
+     "SURGEGATE_PEER_REGION_TOPICS"),
+    ({"SURGEGATE_SPILL_DETOUR_MS": "-1"}, "SURGEGATE_SPILL_DETOUR_MS=-1.0"),
 ])
 def test_a_bad_setting_is_refused_with_its_name(env, names):
     with pytest.raises(SettingsError) as err:
@@ -257,3 +262,15 @@ def test_a_child_environment_carries_exactly_these_settings_and_the_rest_of_the_
 def test_chaos_names_the_option_out_of_range_before_starting_anything(args, says):
     result = _run_cli("chaos", *args, timeout=30)
     assert result.returncode == 2 and says in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(("env", "args", "says"), [
+    ({}, ("--region-upstream", "B=http://127.0.0.1:9"), "--region-upstream needs SURGEGATE_REGION"),
+    ({"SURGEGATE_REGION": "A"}, ("--region-upstream", "B"), "--region-upstream 'B': expected REGION=URL"),
+    ({"SURGEGATE_REGION": "A"}, ("--region-upstream", "B=ftp://x"), "--region-upstream 'ftp://x'"),
+    ({"SURGEGATE_REGION": "A"}, ("--region-upstream", "A=http://127.0.0.1:9"), "that is this edge's own region"),
+])
+def test_an_edge_names_a_wrong_region_upstream_before_starting_anything(env, args, says):
+    result = subprocess.run([sys.executable, "-m", "surgegate.cli", "edge", "--upstream", "http://127.0.0.1:9",
+                             *args], capture_output=True, text=True, timeout=60, env={"PATH": "", **env})
+    assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
