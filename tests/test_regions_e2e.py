@@ -97,8 +97,9 @@ def test_an_overloaded_region_spills_its_free_tier_to_the_region_with_headroom_a
         spilled = [d for d in decisions.decoded(ThrottleDecision) if d.spill]
         first = spilled[0]
         assert [s.region for s in first.spill] == ["B"] and set(first.spill[0].share) == {"free"}
-        # A's demand is about 60 rps over a safe 17; B's headroom after its own 5 rps is about 12: 0.6 of free
-        assert 0.3 < first.spill[0].share["free"] <= 1.0 and "the top tier stays" in first.reason
+        # A's demand is about 60 rps over a safe 17; B's headroom after its own 5 rps is about 12: about 0.6 of
+        # free's 20 rps now, less while A's forecast runs above its demand
+        assert 0.0 < first.spill[0].share["free"] <= 1.0 and "the top tier stays" in first.reason
         assert not any("enterprise" in s.share for d in spilled for s in d.spill)
         loads_b = TopicReader(b, Topics(b.topic_prefix).regions)
         loads_b.poll_until(lambda m: len(m) >= 1, 30, "B's load published")
@@ -127,7 +128,7 @@ def test_an_overloaded_region_spills_its_free_tier_to_the_region_with_headroom_a
     free = [h for h in seen if h.get("Authorization") == "Bearer sk-free"]
     assert free and len(free) == len(seen), "only free-tier calls reach B, with the caller's own key"
     assert all(h.get("X-Surgegate-Spilled-From") == "A" for h in seen)
-    assert 0.3 * 30 <= len(free) <= 30, f"{len(free)} of 30 free-tier calls went to B"
+    assert 3 <= len(free) <= 30, f"{len(free)} of 30 free-tier calls went to B"
 
 
 async def _through_a_gateway(settings, seen: list[dict]) -> None:
