@@ -302,7 +302,7 @@ class ThrottlePolicy(WindowPolicy):
 
     def _decision(self, inputs: DecisionInputs, level: int, rates: dict[str, float], demands: list[ClassDemand],
                   capacity: float, upper: float, breaker: BreakerState, why: str,
-                  override: Override | None, *, defer_batch: bool, ration: int | None = None) -> ThrottleDecision:
+                  override: Override | None, *, defer_batch: bool, ration: int) -> ThrottleDecision:
         cfg = self.config
         tiers: dict[str, TierLimit] = {}
         seen = {d.name.split("/")[0] for d in demands}
@@ -312,7 +312,7 @@ class ThrottlePolicy(WindowPolicy):
             else:
                 # admitted as the tiers the window saw are: at the level admission follows (``ration``), not the
                 # label the hysteresis holds, or a tier missing from one window would be shut out below the others
-                rt, batch = self._idle_tier(tier, level if ration is None else ration, capacity, defer_batch)
+                rt, batch = self._idle_tier(tier, ration, capacity, defer_batch)
                 if breaker != "closed":
                     rt, batch = rt * self.breaker.probe_share, batch * self.breaker.probe_share
             degraded = level >= 3 and cfg.tier_rank(tier) > 0

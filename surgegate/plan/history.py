@@ -13,7 +13,7 @@ from surgegate.control.config import ServiceConfig
 from surgegate.plan.report import History
 from surgegate.schemas.aggregates import WindowStats
 from surgegate.sim.service import TIER_ORDER, ServiceModel
-from surgegate.sim.workload import DEFAULT_MIX, from_trace
+from surgegate.sim.workload import DEFAULT_MIX, Workload, from_trace
 
 
 def from_trace_file(path: Path, *, window_s: float, peak_rps: float | None, hours: float | None = None,
@@ -39,7 +39,7 @@ def _recorded_peak(path: Path, hours: float | None) -> float:
     rate, _ = to_windows(read_trace(path), 1000)
     if hours is not None:
         rate = rate[: int(hours * 3600)]
-    return max(sum(rate[i:i + 10]) / len(rate[i:i + 10]) for i in range(0, len(rate), 10))
+    return Workload(path.name, rate, synthetic=False).peak_10s()
 
 
 def from_windows(values: Iterable[bytes], service: str, config: ServiceConfig, *, window_s: float) -> History:
