@@ -15,6 +15,7 @@ push them to Redis), by the name they are kept under:
 | ``dead_letter.<reason>`` | ``surgegate_dead_letters_total`` | ``reason`` |
 | ``clock_ahead`` | ``surgegate_ingest_clock_ahead_events_total`` | |
 | ``logs_replaced`` | ``surgegate_ingest_logs_replaced_total`` | |
+| ``rewound`` | ``surgegate_partitions_rewound_total`` | |
 | ``commit_failed`` | ``surgegate_ingest_commit_failures_total`` | |
 | ``partials.<outcome>`` | ``surgegate_partials_merged_total`` | ``outcome`` (merged, duplicate, late, rejected) |
 | ``late_events`` | ``surgegate_late_events_total`` | |
@@ -47,6 +48,8 @@ _PLAIN = {
     "cuts": ("surgegate_ingest_cuts", "Cuts (published ranges) the ingest consumers made"),
     "clock_ahead": ("surgegate_ingest_clock_ahead_events", "Events stamped ahead of the wall clock, clamped"),
     "logs_replaced": ("surgegate_ingest_logs_replaced", "Source topics found re-created and read again"),
+    "rewound": ("surgegate_partitions_rewound",
+                "Source partitions with nothing committed read from their start after a rebalance"),
     "commit_failed": ("surgegate_ingest_commit_failures", "Offset commits that failed (ranges republished)"),
     "restarts": ("surgegate_ingest_restarts",
                  "Ingest members that started again from their last commit after a failed publication"),
