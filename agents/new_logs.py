@@ -30,6 +30,7 @@ import logging
 from typing import Any
 
 import faust
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from confluent_kafka.admin import AdminClient
 
@@ -85,17 +86,25 @@ class NewLogs:
         partitions = sorted(tp for tp in assigned if tp.topic in self.topics)
         if not partitions:
             return
-        consumer: Any = self.app.consumer  # its seek_to_committed is not in Faust's ConsumerT
         try:
-            # what Faust's own seek after a rebalance asks: the group's committed offsets, through its consumer
-            committed = await asyncio.wait_for(consumer.seek_to_committed(), COMMITTED_TIMEOUT_S)
+            committed = await asyncio.wait_for(self.committed(partitions), COMMITTED_TIMEOUT_S)
         except (TimeoutError, KafkaError) as exc:  # the broker away again: the next assignment asks again
             log.warning("agents: committed offsets not known after a rebalance (%r): none sought", exc)
             return
         for tp in partitions:
             if not committed.get(tp):
-                await consumer.seek(tp, 0)
+                await self.app.consumer.seek(tp, 0)
                 self.counters["rewound"] += 1
+
+    async def committed(self, partitions: list[Any]) -> dict[Any, int | None]:
+        """The offsets the agents' group committed on ``partitions``: asked by Faust's consumer, in its thread."""
+        thread: Any = self.app.consumer._thread  # type: ignore[attr-defined]  # Faust's aiokafka consumer thread
+        consumer = thread._ensure_consumer()
+
+        async def ask() -> dict[Any, int | None]:
+            return {tp: await consumer.committed(TopicPartition(tp.topic, tp.partition)) for tp in partitions}
+
+        return await thread.call_thread(ask)
 
     async def _forget(self, tp: Any) -> None:
         """Reads ``tp`` from offset 0, with none of the old log's offsets left to commit."""

@@ -23,24 +23,26 @@ SOURCE, CHANGELOG = "sg.partials", "sg.surgegate-scope_windows-changelog"
 
 
 class RecordingConsumer:
-    """What ``on_assigned`` uses of Faust's consumer: the committed offsets it seeks to, and a seek."""
+    """What ``on_assigned`` uses of Faust's consumer: a seek."""
 
-    def __init__(self, committed: dict[TP, int | None] | Exception) -> None:
-        self.committed = committed
+    def __init__(self) -> None:
         self.seeks: dict[TP, int] = {}
-
-    async def seek_to_committed(self) -> dict[TP, int | None]:
-        if isinstance(self.committed, Exception):
-            raise self.committed
-        return self.committed
 
     async def seek(self, tp: TP, offset: int) -> None:
         self.seeks[tp] = offset
 
 
 def _rebalance(committed: dict[TP, int | None] | Exception) -> tuple[RecordingConsumer, NewLogs]:
-    consumer = RecordingConsumer(committed)
+    consumer = RecordingConsumer()
     logs = NewLogs(SimpleNamespace(consumer=consumer), Settings(), [SOURCE])  # type: ignore[arg-type]
+
+    async def asked(partitions: list[TP]) -> dict[TP, int | None]:
+        assert all(tp.topic == SOURCE for tp in partitions), "only the agents' sources are asked about"
+        if isinstance(committed, Exception):
+            raise committed
+        return {tp: committed[tp] for tp in partitions}
+
+    logs.committed = asked  # type: ignore[method-assign]  # the group's offsets, as the broker would answer
     assigned = {TP(SOURCE, p) for p in range(4)} | {TP(CHANGELOG, 0)}
     asyncio.run(logs.on_assigned(assigned))
     return consumer, logs
