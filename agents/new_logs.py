@@ -15,8 +15,9 @@ A rebalance follows a new broker (the group is new to it), and Faust then
 gives up the records it had fetched but not yet handed to an agent, counting
 on a seek back to the committed offsets to fetch them again. With nothing
 committed (a new log, or a new group) that seek does nothing (aiokafka seeks
-only to an offset above zero), and the records were gone: a third of the
-outage windows' partials in a two-minute outage. So after every assignment a
+only to an offset above zero), and the records were gone: after a two-minute
+outage, the partials of one or two of four source partitions for every
+window of the outage. So after every assignment a
 source partition with nothing committed is sought to its start
 (``rewound`` counts each), as ``auto.offset.reset=earliest`` promises. What is
 read twice is harmless downstream: the merge stage drops a partial it already

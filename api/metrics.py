@@ -27,13 +27,17 @@ push them to Redis), by the name they are kept under:
 | anything else ``a.b`` | ``surgegate_a_b_total`` | |
 
 The aggregate ``dead_letters`` is left out: it is the sum of the reasons.
+A worker's own ``/metrics`` (``surgegate worker --metrics-port``) reports its
+share of the same counters under ``surgegate_worker_`` names
+(``surgegate_worker_ingest_events_total``, ...): one prefix per process role,
+so no name means two things.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -84,7 +88,7 @@ class Snapshot:
     stream_records: int | None = None
 
 
-def _counter(name: str, value: int, out: dict[str, Any]) -> None:
+def _counter(name: str, value: int, out: dict[str, Any], role: str) -> None:
     if name == "dead_letters":
         return
     if name.startswith("timing.") and name.count(".") == 2:
@@ -97,32 +101,52 @@ def _counter(name: str, value: int, out: dict[str, Any]) -> None:
         return
     if name in _PLAIN:
         metric_name, text = _PLAIN[name]
-        out[metric_name] = CounterMetricFamily(metric_name, text, value=value)
+        out[metric_name] = CounterMetricFamily(_named(metric_name, role), text, value=value)
         return
     for prefix, metric_name, _label, _text in _LABELLED:
         if name.startswith(prefix):
             out[metric_name].add_metric([name[len(prefix):]], value)
             return
     metric_name = "surgegate_" + re.sub(r"[^a-zA-Z0-9_]", "_", name)
-    out[metric_name] = CounterMetricFamily(metric_name, f"Pipeline counter {name}", value=value)
+    out[metric_name] = CounterMetricFamily(_named(metric_name, role), f"Pipeline counter {name}", value=value)
 
 
-def counter_families(counts: Mapping[str, int]) -> Iterator[Metric]:
-    """Pipeline counters (as kept in Redis, or one process's own) under their metric names (table above)."""
+def _named(metric_name: str, role: str) -> str:
+    """``surgegate_x`` as one process role reports it: ``surgegate_<role>_x`` (the pipeline's own: as is)."""
+    return metric_name.replace("surgegate_", f"surgegate_{role}_", 1) if role else metric_name
+
+
+def counter_families(counts: Mapping[str, int], role: str = "") -> Iterator[Metric]:
+    """Pipeline counters under their metric names (table above): the whole pipeline's, as kept in Redis,
+    or, with ``role``, one process's own under ``surgegate_<role>_`` names, so that no name means both."""
     counters: dict[str, Any] = {
-        "agent_seconds": CounterMetricFamily("surgegate_agent_seconds", "Time each agent spent on its work",
-                                             labels=["agent"]),
-        "agent_runs": CounterMetricFamily("surgegate_agent_runs",
+        "agent_seconds": CounterMetricFamily(_named("surgegate_agent_seconds", role),
+                                             "Time each agent spent on its work", labels=["agent"]),
+        "agent_runs": CounterMetricFamily(_named("surgegate_agent_runs", role),
                                           "Units of work each agent did (windows, partials, decisions)",
                                           labels=["agent"]),
-        "decisions": CounterMetricFamily("surgegate_decisions_published", "Decisions published, by kind",
-                                         labels=["kind"]),
+        "decisions": CounterMetricFamily(_named("surgegate_decisions_published", role),
+                                         "Decisions published, by kind", labels=["kind"]),
     }
     for _prefix, metric_name, label, text in _LABELLED:
-        counters[metric_name] = CounterMetricFamily(metric_name, text, labels=[label])
+        counters[metric_name] = CounterMetricFamily(_named(metric_name, role), text, labels=[label])
     for name, value in sorted(counts.items()):
-        _counter(name, value, counters)
+        _counter(name, value, counters, role)
     yield from (family for family in counters.values() if family.samples)
+
+
+class WorkerFamilies:
+    """A worker's own ``/metrics``: that it runs, and the counters of its agents and ingest consumer under
+    ``surgegate_worker_`` names (``surgegate_worker_ingest_events_total``, ...). The status API reports
+    the same counters summed over every worker under the pipeline's names; a query that sums both pages
+    would otherwise count each event twice."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("surgegate_worker_up", "The worker process is running", value=1)
+        yield from counter_families(self.counts(), role="worker")
 
 
 def families(s: Snapshot) -> Iterator[Metric]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 from confluent_kafka import Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from surgegate.schemas.aggregates import WindowStats
 from surgegate.settings import Settings
@@ -241,3 +242,23 @@ def start_thread(target: Callable[[], object]) -> tuple[threading.Thread, list[B
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, raised
+
+
+def lint(text: str) -> list[str]:
+    """What promtool's naming rules and the exposition's types say against a /metrics page, parsed by
+    prometheus_client: our prefix, counters ending in _total, no _created series, the quantile label on
+    summaries only, base units (seconds, not milliseconds)."""
+    problems = []
+    for family in text_string_to_metric_families(text):
+        if not family.name.startswith("surgegate_"):
+            problems.append(f"{family.name}: not under surgegate_")
+        if family.name.endswith(("_ms", "_milliseconds")):
+            problems.append(f"{family.name}: not in base units")
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                problems.append(f"{sample.name}: a _created series")
+            if family.type == "counter" and not sample.name.endswith("_total"):
+                problems.append(f"{sample.name}: a counter not ending in _total")
+            if "quantile" in sample.labels and family.type != "summary":
+                problems.append(f"{sample.name}: the quantile label on a {family.type}")
+    return sorted(set(problems))

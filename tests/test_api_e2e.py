@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from confluent_kafka import Producer
 from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
-from support import TopicReader
+from support import TopicReader, lint
 
 from surgegate.api.app import create_api
 from surgegate.api.openapi import openapi_document
@@ -269,26 +269,6 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
     """Every sample of a Prometheus exposition, parsed by prometheus_client: (name, sorted labels) -> value."""
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def lint(text: str) -> list[str]:
-    """What promtool's naming rules and the exposition's types say against a /metrics page, parsed by
-    prometheus_client: our prefix, counters ending in _total, no _created series, the quantile label on
-    summaries only, base units (seconds, not milliseconds)."""
-    problems = []
-    for family in text_string_to_metric_families(text):
-        if not family.name.startswith("surgegate_"):
-            problems.append(f"{family.name}: not under surgegate_")
-        if family.name.endswith(("_ms", "_milliseconds")):
-            problems.append(f"{family.name}: not in base units")
-        for sample in family.samples:
-            if sample.name.endswith("_created"):
-                problems.append(f"{sample.name}: a _created series")
-            if family.type == "counter" and not sample.name.endswith("_total"):
-                problems.append(f"{sample.name}: a counter not ending in _total")
-            if "quantile" in sample.labels and family.type != "summary":
-                problems.append(f"{sample.name}: the quantile label on a {family.type}")
-    return sorted(set(problems))
 
 
 def test_the_metrics_page_follows_the_naming_rules(api_settings):

@@ -17,10 +17,11 @@ from pathlib import Path
 import msgspec
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from support import lint
 from test_admission import decision as throttle
 from test_keda import decision as scaling
 
-from surgegate.api.metrics import Families, Snapshot
+from surgegate.api.metrics import Families, Snapshot, WorkerFamilies
 from surgegate.edge.drain import Drainer, DrainerCollector
 from surgegate.edge.gate import EdgeGate
 from surgegate.edge.metrics import GateMetrics
@@ -43,13 +44,13 @@ PIPELINE_COUNTERS = ("events", "partials", "cuts", "dead_letters", "dead_letter.
                      "timing.decide.us", "timing.decide.runs")
 
 
-def names(registry) -> set[str]:
-    return {s.name for family in text_string_to_metric_families(generate_latest(registry).decode())
-            for s in family.samples}
+def names(page: str) -> set[str]:
+    return {s.name for family in text_string_to_metric_families(page) for s in family.samples}
 
 
-def exposed() -> set[str]:
-    out: set[str] = set()
+def pages() -> dict[str, str]:
+    """Each process role's /metrics page, built as the process builds it."""
+    out: dict[str, str] = {}
     # an edge gate, and the rate limit service on the same registry (as `surgegate ratelimit` builds them)
     metrics = GateMetrics()
     gate = EdgeGate(Settings(), "chat", edge_id="e", report="off", bootstrap_from_redis=False, metrics=metrics)
@@ -59,7 +60,7 @@ def exposed() -> set[str]:
     gate.record("acme", "pro", "realtime", "ok", 0.4, cache_hit=True)
     service = RateLimitService(gate, registry=metrics.registry)
     service.answers.labels("OK").inc()
-    out |= names(metrics.registry)
+    out["edge"] = generate_latest(metrics.registry).decode()
     # the API: pipeline counters, a decision, the newest windows, the pools
     cell = TrafficCell()
     cell.add_event(RequestEvent(ts=0, service="chat", tenant="a", tier="pro", edge_id="e", latency_ms=90.0,
@@ -72,21 +73,30 @@ def exposed() -> set[str]:
                                    window_lag_s=4.0, decisions={"chat": throttle()}, decision_age_s={"chat": 1.0},
                                    traffic={"chat": {None: stats, "pro": stats}}, stream_records=5)))
     api.register(PoolCollector(book))
-    out |= names(api)
+    out["api"] = generate_latest(api).decode()
+    # a worker's own counters (`surgegate worker --metrics-port`)
+    worker = CollectorRegistry()
+    worker.register(WorkerFamilies(lambda: dict.fromkeys(PIPELINE_COUNTERS, 1)))
+    out["worker"] = generate_latest(worker).decode()
     # the KEDA scaler and a pool scaler
     keda = CollectorRegistry()
+    keda.register(PoolCollector(book))  # as `surgegate keda` serves them
     KedaScaler(book, keda).calls.labels("GetMetrics", "OK").inc()
-    out |= names(keda)
+    out["keda"] = generate_latest(keda).decode()
     subscriber = ScalingSubscriber(Settings(), "gpu-a", LogScaler())
     scaler = CollectorRegistry()
     scaler.register(ScalerCollector(subscriber))
-    out |= names(scaler)
+    out["scaler"] = generate_latest(scaler).decode()
     # a drainer (`surgegate drain --metrics-port`): nothing is connected until it runs
     drainer = Drainer(Settings(redis="redis://127.0.0.1:9/0"), "chat", "http://127.0.0.1:9")
     drained = CollectorRegistry()
     drained.register(DrainerCollector(drainer))
-    out |= names(drained)
+    out["drain"] = generate_latest(drained).decode()
     return out
+
+
+def exposed() -> set[str]:
+    return set().union(*(names(page) for page in pages().values()))
 
 
 def test_every_metric_the_dashboard_queries_is_exposed():
@@ -97,3 +107,28 @@ def test_every_metric_the_dashboard_queries_is_exposed():
     missing = sorted(queried - exposed())
     assert not missing, f"the dashboard queries metrics nothing exposes: {missing}"
     assert all(target["expr"] for panel in dashboard["panels"] for target in panel["targets"])
+
+
+#: the names each process role reports under: its own prefix (the status API has the plain ones, the whole
+#: pipeline's); the rate limit service is an edge gate too, and the pools' gauges (``surgegate_pool_*``: the
+#: newest scaling decision's numbers, the same wherever they are served) are the API's, the KEDA scaler's and
+#: a pool scaler's alike
+ROLE_PREFIXES = {"edge": ("surgegate_edge_", "surgegate_ratelimit_"), "worker": ("surgegate_worker_",),
+                 "keda": ("surgegate_keda_", "surgegate_pool_"), "scaler": ("surgegate_scaler_", "surgegate_pool_"),
+                 "drain": ("surgegate_drain_",)}
+
+
+def test_every_process_page_follows_the_naming_rules_and_no_name_means_two_things():
+    from surgegate.cli import no_created_series
+
+    no_created_series()  # as every command does at start
+    found = pages()
+    for role, page in found.items():
+        assert not lint(page), (role, lint(page))
+    families = {role: {family.name for family in text_string_to_metric_families(page)
+                       if not family.name.startswith("surgegate_pool_")} for role, page in found.items()}
+    for role, prefixes in ROLE_PREFIXES.items():
+        assert families[role] and all(name.startswith(prefixes) for name in families[role]), (role, families[role])
+    # the API's plain names are no role's, and apart from the pools' gauges no two processes share a name
+    assert not any(name.startswith(prefixes) for name in families["api"] for prefixes in ROLE_PREFIXES.values())
+    assert all(not families[a] & families[b] for a in families for b in families if a < b)

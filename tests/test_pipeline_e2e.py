@@ -166,14 +166,16 @@ def test_bad_events_land_on_deadletter_with_reasons_and_nothing_else_is_lost(set
     counters = redis.Redis.from_url(settings.redis).hgetall(Keys.for_topic_prefix(settings.topic_prefix).counters)
     assert int(counters[b"dead_letters"]) == len(bad)
     assert int(counters[b"dead_letter.future_timestamp"]) == 1
-    # the worker's own /metrics: the same counts under their metric names
+    # the worker's own /metrics: the same counts under the worker's names
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
         m = {(s.name, tuple(sorted(s.labels.items()))): s.value
              for family in text_string_to_metric_families(response.read().decode()) for s in family.samples}
-    assert m["surgegate_dead_letters_total", (("reason", "future_timestamp"),)] == 1
-    assert sum(v for (name, _), v in m.items() if name == "surgegate_dead_letters_total") == len(bad)
-    assert m["surgegate_ingest_events_total", ()] >= 200 and m["surgegate_windows_published_total", ()] >= 1
-    assert m["surgegate_partials_merged_total", (("outcome", "merged"),)] >= 1 and m["surgegate_worker_up", ()] == 1
+    assert m["surgegate_worker_dead_letters_total", (("reason", "future_timestamp"),)] == 1
+    assert sum(v for (name, _), v in m.items() if name == "surgegate_worker_dead_letters_total") == len(bad)
+    assert m["surgegate_worker_ingest_events_total", ()] >= 200
+    assert m["surgegate_worker_windows_published_total", ()] >= 1
+    assert m["surgegate_worker_partials_merged_total", (("outcome", "merged"),)] >= 1
+    assert m["surgegate_worker_up", ()] == 1
 
 
 def test_a_record_near_the_size_limit_is_dead_lettered_bounded_and_ingestion_continues(settings, worker_factory):

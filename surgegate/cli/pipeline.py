@@ -8,7 +8,6 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,28 +86,25 @@ def run_worker(settings: Settings, *, ingest: bool = True, metrics_port: int = 0
 
 
 def serve_worker_metrics(port: int, ingest_worker: Any, host: str = "127.0.0.1") -> None:
-    """This worker's own counters (its agents', its ingest consumer's) on ``port``'s ``/metrics``, under the
-    names the API uses for the whole pipeline's."""
+    """This worker's own counters (its agents', its ingest consumer's) on ``port``'s ``/metrics``, under
+    ``surgegate_worker_`` names (the API has the whole pipeline's under the plain ones)."""
     from collections import Counter
 
     from prometheus_client import CollectorRegistry, start_http_server
-    from prometheus_client.core import GaugeMetricFamily
 
     from surgegate.agents.counters import LIVE
-    from surgegate.api.metrics import counter_families
+    from surgegate.api.metrics import WorkerFamilies
 
-    class WorkerCollector:
-        def collect(self) -> Iterator[Any]:
-            counts: Counter[str] = Counter()
-            for counters in list(LIVE):
-                counts.update(counters)
-            if ingest_worker is not None:
-                counts.update(ingest_worker.counters)
-            yield GaugeMetricFamily("surgegate_worker_up", "The worker process is running", value=1)
-            yield from counter_families(counts)
+    def counts() -> Counter[str]:
+        total: Counter[str] = Counter()
+        for counters in list(LIVE):
+            total.update(counters)
+        if ingest_worker is not None:
+            total.update(ingest_worker.counters)
+        return total
 
     registry = CollectorRegistry()
-    registry.register(WorkerCollector())
+    registry.register(WorkerFamilies(counts))
     start_http_server(port, addr=host, registry=registry)
     log.info("worker /metrics on port %d", port)
 
