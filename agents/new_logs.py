@@ -1,4 +1,4 @@
-"""The agents read a re-created source topic from its start, also across the rebalance that follows.
+"""The agents read a re-created source topic from its start, and a partition with nothing committed too.
 
 A broker that lost its topics (replaced by an empty one) gets them back from
 the worker's topic keeper with new topic ids and offsets starting at zero
@@ -17,20 +17,17 @@ on a seek back to the committed offsets to fetch them again. With nothing
 committed (a new log, or a new group) that seek does nothing (aiokafka seeks
 only to an offset above zero), and the records were gone: after a two-minute
 outage, the partials of one or two of four source partitions for every
-window of the outage. So for :data:`REPLACED_S` after a topic is found
-re-created, every assignment seeks its partitions with nothing committed to
-their start (``rewound`` counts each), as ``auto.offset.reset=earliest``
-promises. What is read twice is harmless downstream: the merge stage drops a
-partial it already has, the forecast and decide agents pass over a window
-they have seen. Other rebalances (a worker joining, leaving, restarting) are
-left to Faust as they are: the old log's partitions have commits to seek to.
+window of the outage. So after every assignment a
+source partition with nothing committed is sought to its start
+(``rewound`` counts each), as ``auto.offset.reset=earliest`` promises. What is
+read twice is harmless downstream: the merge stage drops a partial it already
+has, the forecast and decide agents pass over a window they have seen.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import faust
@@ -47,8 +44,6 @@ log = logging.getLogger(__name__)
 
 #: how long a rebalance waits for the group's committed offsets before it leaves the partitions where they are
 COMMITTED_TIMEOUT_S = 10.0
-#: how long after a topic is found re-created a rebalance seeks its partitions with nothing committed to the start
-REPLACED_S = 600.0
 
 
 class NewLogs:
@@ -61,7 +56,6 @@ class NewLogs:
         self.topics = sorted(set(topics))
         self.counters = AgentCounters(mirror)
         self._ids: dict[str, str] = {}
-        self._replaced: dict[str, float] = {}  # re-created topic -> monotonic time it was found
         self._admin: Any = None
 
     def register(self) -> None:
@@ -85,15 +79,12 @@ class NewLogs:
                         topic, log_id, len(partitions))
             for tp in partitions:
                 await self._forget(tp)
-            self._replaced[topic] = time.monotonic()
             self.counters["logs_replaced"] += 1
         await self.counters.report()
 
     async def on_assigned(self, assigned: set[Any]) -> None:
-        """Seeks each assigned partition of a lately re-created topic with nothing committed to its start."""
-        now = time.monotonic()
-        self._replaced = {topic: at for topic, at in self._replaced.items() if now - at < REPLACED_S}
-        partitions = sorted(tp for tp in assigned if tp.topic in self._replaced)
+        """Seeks each assigned source partition with nothing committed to its start."""
+        partitions = sorted(tp for tp in assigned if tp.topic in self.topics)
         if not partitions:
             return
         try:

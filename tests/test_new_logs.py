@@ -1,24 +1,22 @@
-"""After a rebalance, a re-created topic's partition with nothing committed is read from its start.
+"""After a rebalance, a source partition with nothing committed is read from its start.
 
 Faust gives up the records it fetched but had not handed to an agent when a
 rebalance begins, and counts on a seek back to the committed offsets; with
-nothing committed (a broker replaced by an empty one) aiokafka does not seek,
-and those records were lost. ``NewLogs.on_assigned`` seeks those partitions
-to offset 0 itself, for a while after their topic was found re-created. (The
-chaos test's broker phase runs it live; here the consumer is a stand-in that
-records the seeks.)
+nothing committed (a broker replaced by an empty one, a new group) aiokafka
+does not seek, and those records were lost. ``NewLogs.on_assigned`` seeks
+those partitions to offset 0 itself. (The chaos test's broker phase runs it
+live; here the consumer is a stand-in that records the seeks.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from types import SimpleNamespace
 
 from aiokafka.errors import KafkaConnectionError
 from faust.types import TP
 
-from surgegate.agents.new_logs import REPLACED_S, NewLogs
+from surgegate.agents.new_logs import NewLogs
 from surgegate.settings import Settings
 
 SOURCE, CHANGELOG = "sg.partials", "sg.surgegate-scope_windows-changelog"
@@ -34,15 +32,12 @@ class RecordingConsumer:
         self.seeks[tp] = offset
 
 
-def _rebalance(committed: dict[TP, int | None] | Exception,
-               replaced_s_ago: float | None = 5.0) -> tuple[RecordingConsumer, NewLogs]:
+def _rebalance(committed: dict[TP, int | None] | Exception) -> tuple[RecordingConsumer, NewLogs]:
     consumer = RecordingConsumer()
     logs = NewLogs(SimpleNamespace(consumer=consumer), Settings(), [SOURCE])  # type: ignore[arg-type]
-    if replaced_s_ago is not None:  # as the topic-id check records a re-created topic
-        logs._replaced[SOURCE] = time.monotonic() - replaced_s_ago
 
     async def asked(partitions: list[TP]) -> dict[TP, int | None]:
-        assert all(tp.topic == SOURCE for tp in partitions), "only a re-created topic's partitions are asked about"
+        assert all(tp.topic == SOURCE for tp in partitions), "only the agents' sources are asked about"
         if isinstance(committed, Exception):
             raise committed
         return {tp: committed[tp] for tp in partitions}
@@ -53,20 +48,13 @@ def _rebalance(committed: dict[TP, int | None] | Exception,
     return consumer, logs
 
 
-def test_only_a_re_created_topics_partitions_with_nothing_committed_are_sought_to_their_start():
+def test_only_source_partitions_with_nothing_committed_are_sought_to_their_start():
     # nothing committed on partition 0, 0 on partition 2 (aiokafka does not seek to 0 either), the changelog
     # (which Faust's table recovery positions) has nothing committed and is left alone
     consumer, logs = _rebalance({TP(SOURCE, 0): None, TP(SOURCE, 1): 4, TP(SOURCE, 2): 0, TP(SOURCE, 3): 17,
                                  TP(CHANGELOG, 0): None})
     assert consumer.seeks == {TP(SOURCE, 0): 0, TP(SOURCE, 2): 0}
     assert logs.counters["rewound"] == 2
-
-
-def test_a_topic_not_re_created_lately_is_left_to_faust():
-    committed = {TP(SOURCE, 0): None, TP(SOURCE, 1): 4, TP(SOURCE, 2): 0, TP(SOURCE, 3): 17}
-    for replaced_s_ago in (None, REPLACED_S + 1):
-        consumer, logs = _rebalance(committed, replaced_s_ago)
-        assert consumer.seeks == {} and logs.counters["rewound"] == 0
 
 
 def test_a_broker_that_does_not_answer_leaves_the_partitions_where_they_are_without_failing_the_rebalance():
