@@ -130,9 +130,11 @@ class WindowMergeAgent:
         outcome = state.add(partial)
         self.counters[f"partials.{outcome}"] += 1
         if outcome != "merged":
-            log.debug("merge_windows: %s partial %s@%d from %s[%d] %d..%d (%d events)", outcome, partial.scope,
-                      partial.window_start, partial.source.topic, partial.source.partition,
-                      partial.source.first_offset, partial.source.last_offset, partial.events)
+            # a late partial's window went out without it: said at info, a duplicate (a replay) only at debug
+            log.log(logging.INFO if outcome == "late" else logging.DEBUG,
+                    "merge_windows: %s partial %s@%d from %s[%d] %d..%d (%d events)", outcome, partial.scope,
+                    partial.window_start, partial.source.topic, partial.source.partition,
+                    partial.source.first_offset, partial.source.last_offset, partial.events)
         if outcome == "late":
             self.counters["late_events"] += partial.events
         if outcome != "duplicate":

@@ -52,9 +52,11 @@ def redis_url():
 @pytest.fixture
 def settings(broker_bootstrap, redis_url):
     """Settings for one test: its own topic prefix, topics created, short windows, fast flushes, the embedded
-    broker's group timeouts."""
+    broker's group timeouts; the workers' log level is ``SURGEGATE_LOG_LEVEL``'s (``debug`` logs every cut,
+    partial and close, for a failure's captured logs)."""
     s = Settings(kafka=broker_bootstrap, redis=redis_url, topic_prefix=f"t{os.getpid()}x{next(_counter)}.",
                  partitions=3, window_s=WINDOW_S, lateness_s=2.0, flush_interval_s=0.5, idle_after_s=1.5,
+                 log_level=os.environ.get("SURGEGATE_LOG_LEVEL", "info"),
                  kafka_session_timeout_s=EMBEDDED_TIMEOUTS.session_s,
                  kafka_max_poll_interval_s=EMBEDDED_TIMEOUTS.max_poll_interval_s)
     create_topics(s)

@@ -184,11 +184,15 @@ class Edge:
 
 
 class WindowFollower:
-    """Keeps every service-level window published, across brokers (a new broker is read from its start)."""
+    """Keeps every service-level window published, across brokers (a new broker is read from its start).
+
+    ``windows`` holds each window's last publication; ``published`` every one, in order, so a window published
+    again with other figures shows in a failure's message."""
 
     def __init__(self, settings: Settings) -> None:
         self.windows: dict[int, int] = {}
         self.late: dict[int, int] = {}
+        self.published: dict[int, list[int]] = {}
         self._stop = threading.Event()
         self._decoder = msgspec.json.Decoder(WindowStats)
         topic = Topics(settings.topic_prefix).windows
@@ -201,6 +205,7 @@ class WindowFollower:
         if w.kind == "traffic" and w.tenant is None and w.tier is None and w.traffic is not None:
             self.windows[w.window_start] = w.traffic.requests
             self.late[w.window_start] = w.late_events
+            self.published.setdefault(w.window_start, []).append(w.traffic.requests)
 
     def stop(self) -> None:
         self._stop.set()

@@ -36,7 +36,8 @@ def test_a_worker_outage_of_several_windows_leaves_the_outage_windows_exact(sett
         time.sleep(settings.lateness_s + W / 1000)
         full = {start: n for start, n in edge.sent.items() if start >= first}
         published = {start: follower.windows.get(start) for start in full}
-        assert published == full, f"sent {sorted(full.items())}, published {sorted(published.items())}"
+        assert published == full, (f"sent {sorted(full.items())}, published {sorted(follower.published.items())}, "
+                                   f"late {follower.late}, edge delivery failures {edge.producer.sender.failed}")
         assert not any(follower.late.values()), f"late events: {follower.late}"
     finally:
         edge.stop()
