@@ -17,6 +17,7 @@ push them to Redis), by the name they are kept under:
 | ``logs_replaced`` | ``surgegate_ingest_logs_replaced_total`` | |
 | ``rewound`` | ``surgegate_partitions_rewound_total`` | |
 | ``commit_failed`` | ``surgegate_ingest_commit_failures_total`` | |
+| ``slow_flushes`` | ``surgegate_ingest_slow_flushes_total`` | |
 | ``partials.<outcome>`` | ``surgegate_partials_merged_total`` | ``outcome`` (merged, duplicate, late, rejected) |
 | ``late_events`` | ``surgegate_late_events_total`` | |
 | ``windows.published`` | ``surgegate_windows_published_total`` | |
@@ -55,6 +56,8 @@ _PLAIN = {
     "rewound": ("surgegate_partitions_rewound",
                 "Source partitions with nothing committed read from their start after a rebalance"),
     "commit_failed": ("surgegate_ingest_commit_failures", "Offset commits that failed (ranges republished)"),
+    "slow_flushes": ("surgegate_ingest_slow_flushes",
+                     "Ingest flushes that waited over a second on the broker (nothing was read meanwhile)"),
     "restarts": ("surgegate_ingest_restarts",
                  "Ingest members that started again from their last commit after a failed publication"),
     "late_events": ("surgegate_late_events", "Events that arrived after their window closed"),

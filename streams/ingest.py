@@ -59,6 +59,8 @@ DEAD_LETTER_KEEP_BYTES = 64 * 1024
 
 BATCH_SIZE = 10_000
 POLL_TIMEOUT_S = 0.2
+#: A flush that waits on the broker longer than this is logged (nothing is read meanwhile).
+SLOW_FLUSH_S = 1.0
 #: Consumer errors that mean the broker cannot be reached (one connection dropped and re-made is not that).
 _UNREACHABLE = {KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE}
 
@@ -181,6 +183,8 @@ class IngestWorker:
                 if messages:
                     self.member.received(time.monotonic())
                     self.process(messages)
+                else:
+                    self.member.polled_empty(time.monotonic(), self.clock())
                 self.sender.poll()
                 if time.monotonic() >= next_flush:
                     self.flush()
@@ -337,6 +341,7 @@ class IngestWorker:
         published, and the merge stage would drop a window that member never
         sent as one it had already seen.
         """
+        began = time.monotonic()
         consumer = self._consumer
         every = keys is None
         keys = list(self._work) if keys is None else keys
@@ -375,6 +380,10 @@ class IngestWorker:
         self.counters["partials"] += sent
         self.counters["cuts"] += len(with_data)
         self._report_counters()
+        took = time.monotonic() - began
+        if took > SLOW_FLUSH_S:
+            self.counters["slow_flushes"] += 1
+            log.info("ingest %s: a flush of %d cuts waited %.1f s on the broker", self.member_id, len(with_data), took)
 
     def _unfinished(self, key: tuple[str, int], part: _PartitionWork) -> bool:
         """Still reading a cut the member before left unfinished (see :meth:`_on_assign`)."""

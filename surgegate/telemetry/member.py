@@ -11,9 +11,13 @@ run ahead of what the member still has to read:
   those partitions: windows close only as fast as the slowest backlog is read;
 - once every partition is read to its end (the broker says so, or nothing
   has come from it for ``quiet_s``), the claim is the newest event time read,
-  and the ingest's clock once the input has been idle for ``idle_after_s``,
-  unless the broker was unreachable within ``broker_grace_s``: quiet then
-  means nothing could be read, not that nothing was sent;
+  and once the input has been idle for ``idle_after_s`` the ingest's clock
+  when it last asked for records and got none, unless the broker was
+  unreachable within ``broker_grace_s``: quiet then means nothing could be
+  read, not that nothing was sent. Idle is what the consumer saw while it
+  asked, not time passing: a member held up elsewhere (a flush waiting on a
+  slow broker) has not looked at what arrived meanwhile, and its clock would
+  close windows whose events wait unread;
 - it never passes the ingest's clock, and never goes back, except when the
   member takes over a partition another member read last: that partition's
   backlog may lie behind the claim, so the claim starts again from what is
@@ -32,8 +36,11 @@ Time is passed in: ``clock_ms`` the ingest's clock (epoch ms, for event time),
 >>> m.end_of_partition(("r", 0), now=0.3); m.end_of_partition(("r", 1), now=0.3)
 >>> m.claim(clock_ms=10_000, now=0.4)   # read to their ends: the newest event read
 9000
->>> m.claim(clock_ms=12_000, now=2.5)   # idle for idle_after_s: the ingest's clock
-12000
+>>> m.claim(clock_ms=12_000, now=2.5)   # 2 s since a record, but nobody asked for more meanwhile
+9000
+>>> m.polled_empty(now=2.6, clock_ms=12_100)   # asked, and nothing came: idle, as of then
+>>> m.claim(clock_ms=12_500, now=3.0)
+12100
 """
 
 from __future__ import annotations
@@ -91,6 +98,9 @@ class MemberWatermark:
         self.mark = 0
         self._last_message_at = -math.inf
         self._unreachable_at = -math.inf
+        #: when the consumer last asked for records and got none (monotonic), and the ingest's clock then
+        self._empty_at = -math.inf
+        self._empty_clock = 0
 
     # ------------------------------------------------------------ assignment
 
@@ -144,6 +154,11 @@ class MemberWatermark:
         """A batch of records arrived (the input is not idle)."""
         self._last_message_at = now
 
+    def polled_empty(self, now: float, clock_ms: int) -> None:
+        """The consumer asked for records and none came: the input is quiet as of ``now`` (``clock_ms`` on the
+        ingest's clock)."""
+        self._empty_at, self._empty_clock = now, clock_ms
+
     def end_of_partition(self, key: Key, now: float) -> None:
         """The broker says ``key`` is read to its end."""
         self.progress(key, now).caught_up = True
@@ -166,8 +181,10 @@ class MemberWatermark:
             mark = min(behind)
         else:
             mark = max(p.max_ts for p in parts)
-            idle = now - self._last_message_at >= self.idle_after_s
-            if idle and now - self._unreachable_at >= self.broker_grace_s:
-                mark = max(mark, clock_ms)
+            # idle: the consumer asked and got nothing for idle_after_s, the broker reachable before that long enough
+            empty_at = self._empty_at
+            if empty_at - self._last_message_at >= self.idle_after_s and \
+                    empty_at - self._unreachable_at >= self.broker_grace_s:
+                mark = max(mark, self._empty_clock)
         self.mark = max(self.mark, min(mark, clock_ms))
         return self.mark
