@@ -92,10 +92,13 @@ class NewLogs:
         except (TimeoutError, KafkaError) as exc:  # the broker away again: the next assignment asks again
             log.warning("agents: committed offsets not known after a rebalance (%r): none sought", exc)
             return
-        for tp in partitions:
-            if not committed.get(tp):
-                await self.app.consumer.seek(tp, 0)
-                self.counters["rewound"] += 1
+        rewound = [tp for tp in partitions if not committed.get(tp)]
+        for tp in rewound:
+            await self.app.consumer.seek(tp, 0)
+            self.counters["rewound"] += 1
+        log.info("agents: assigned %d source partitions, %d with nothing committed read from their start%s",
+                 len(partitions), len(rewound), f": {sorted(f'{tp.topic}[{tp.partition}]' for tp in rewound)}"
+                 if rewound else "")
 
     async def committed(self, partitions: list[Any]) -> dict[Any, int | None]:
         """The offsets the agents' group committed on ``partitions``: asked by Faust's consumer, in its thread."""

@@ -86,6 +86,10 @@ class WindowMergeAgent:
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]  # faust calls it with revoked=
 
     async def _on_revoked(self, sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        mine = sorted(tp.partition for tp in revoked if tp.topic == self.source.get_topic_name())
+        if mine:
+            log.info("merge_windows: partials partitions %s revoked: their open windows are read again from the "
+                     "table when next assigned", mine)
         for tp in revoked:
             if tp.topic == self.source.get_topic_name():
                 self._cache.pop(tp.partition, None)
