@@ -27,7 +27,7 @@ from surgegate.agents.counters import AgentCounters, decode_or_count
 from surgegate.schemas.aggregates import Watermark, WindowPartial
 from surgegate.settings import Settings
 from surgegate.streams.store import StateMirror
-from surgegate.telemetry.merging import ScopeWindows
+from surgegate.telemetry.merging import ScopeWindows, tier_counts
 from surgegate.telemetry.watermarks import MemberMarks
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,7 @@ class WindowMergeAgent:
                 log.debug("merge_windows: watermark %d on partials[%d] closes %s@%d", watermark, partition, scope,
                           stats.window_start)
                 sent.append(await self.sink.send(key=scope.encode(), value=msgspec.json.encode(stats)))
+                self.counters.update(tier_counts(stats))
             self.counters["windows.published"] += len(closed)
             closing.append(state)
         if sent:

@@ -24,6 +24,7 @@ push them to Redis), by the name they are kept under:
 | ``decisions.spill`` | ``surgegate_spill_decisions_total`` | |
 | ``decisions.published``, ``scaling.published`` | ``surgegate_decisions_published_total`` | ``kind`` |
 | ``forecasts.<outcome>`` | ``surgegate_forecasts_total`` | ``outcome`` |
+| ``requests/<service>/<tier>/<outcome>`` | ``surgegate_tier_requests_total`` | ``service``, ``tier``, ``outcome`` |
 | ``timing.<agent>.us`` / ``.runs`` | ``surgegate_agent_seconds_total`` / ``surgegate_agent_runs_total`` | ``agent`` |
 | anything else ``a.b`` | ``surgegate_a_b_total`` | |
 
@@ -102,6 +103,9 @@ def _counter(name: str, value: int, out: dict[str, Any], role: str) -> None:
     if name in _KINDS:
         out["decisions"].add_metric([_KINDS[name]], value)
         return
+    if name.startswith("requests/") and name.count("/") == 3:
+        out["tier_requests"].add_metric(name.split("/")[1:], value)
+        return
     if name in _PLAIN:
         metric_name, text = _PLAIN[name]
         out[metric_name] = CounterMetricFamily(_named(metric_name, role), text, value=value)
@@ -130,6 +134,9 @@ def counter_families(counts: Mapping[str, int], role: str = "") -> Iterator[Metr
                                           labels=["agent"]),
         "decisions": CounterMetricFamily(_named("surgegate_decisions_published", role),
                                          "Decisions published, by kind", labels=["kind"]),
+        "tier_requests": CounterMetricFamily(_named("surgegate_tier_requests", role),
+                                             "Requests of each tier in the windows published, by what became of "
+                                             "them", labels=["service", "tier", "outcome"]),
     }
     for _prefix, metric_name, label, text in _LABELLED:
         counters[metric_name] = CounterMetricFamily(_named(metric_name, role), text, labels=[label])

@@ -70,7 +70,8 @@ def seed(settings: Settings) -> None:
         service="chat", tier="pro", traffic=traffic_stats(tier.to_wire(), w))))
     r.hset(k.counters, mapping={"windows.published": 42, "dead_letter.invalid_field": 3, "dead_letters": 3,
                                 "partials.duplicate": 5, "decisions.published": 7, "scaling.published": 7,
-                                "timing.decide.us": 5000, "timing.decide.runs": 10})
+                                "timing.decide.us": 5000, "timing.decide.runs": 10,
+                                "requests/chat/pro/admitted": 300, "requests/chat/pro/throttled": 200})
 
 
 async def client_for(settings: Settings, stream: bool = False) -> TestClient:
@@ -126,6 +127,10 @@ def test_health_readiness_and_reads(api_settings):
                                                             ("tier", "pro"))] == 30 / api_settings.window_s
             assert m["surgegate_tier_requests_per_second", (("outcome", "throttled"), ("service", "chat"),
                                                             ("tier", "pro"))] == 20 / api_settings.window_s
+            assert m["surgegate_tier_requests_total", (("outcome", "admitted"), ("service", "chat"),
+                                                       ("tier", "pro"))] == 300
+            assert m["surgegate_tier_requests_total", (("outcome", "throttled"), ("service", "chat"),
+                                                       ("tier", "pro"))] == 200
             assert m["surgegate_agent_seconds_total", (("agent", "decide"),)] == 0.005
             assert m["surgegate_agent_runs_total", (("agent", "decide"),)] == 10
             assert ("surgegate_window_lag_seconds", ()) in m

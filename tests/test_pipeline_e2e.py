@@ -7,6 +7,7 @@ import random
 import signal
 import time
 import urllib.request
+from collections import Counter
 
 import msgspec
 import pytest
@@ -166,6 +167,9 @@ def test_bad_events_land_on_deadletter_with_reasons_and_nothing_else_is_lost(set
     counters = redis.Redis.from_url(settings.redis).hgetall(Keys.for_topic_prefix(settings.topic_prefix).counters)
     assert int(counters[b"dead_letters"]) == len(bad)
     assert int(counters[b"dead_letter.future_timestamp"]) == 1
+    tiers = {e.tier for e in good}
+    windows.poll_until(lambda _: {w.tier for w in windows_of(windows, "service=chat,tier=").values()} >= tiers, 60,
+                       "every tier's window")
     # the worker's own /metrics: the same counts under the worker's names
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
         m = {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -176,6 +180,16 @@ def test_bad_events_land_on_deadletter_with_reasons_and_nothing_else_is_lost(set
     assert m["surgegate_worker_windows_published_total", ()] >= 1
     assert m["surgegate_worker_partials_merged_total", (("outcome", "merged"),)] >= 1
     assert m["surgegate_worker_up", ()] == 1
+    # each tier's requests counted once per published window, by outcome, as its windows say
+    expected: Counter[tuple[str, str]] = Counter()
+    for w in windows_of(windows, "service=chat,tier=").values():
+        assert w.tier is not None and w.traffic is not None
+        for outcome, n in (("admitted", w.traffic.served), ("throttled", w.traffic.throttled),
+                           ("deferred", w.traffic.deferred)):
+            expected[w.tier, outcome] += n
+    counted = {(dict(labels)["tier"], dict(labels)["outcome"]): v for (name, labels), v in m.items()
+               if name == "surgegate_worker_tier_requests_total"}
+    assert counted and counted == {key: n for key, n in expected.items() if n}
 
 
 def test_a_record_near_the_size_limit_is_dead_lettered_bounded_and_ingestion_continues(settings, worker_factory):

@@ -30,6 +30,25 @@ from surgegate.telemetry.windowing import add_arrivals, keep_latest, window_star
 #: published as zeros for this many windows; then the scope goes quiet.
 ZERO_FILL_WINDOWS = 30
 
+#: what became of a tier's requests, as counted over its published windows
+TIER_OUTCOMES = ("admitted", "throttled", "deferred")
+
+
+def tier_counts(stats: WindowStats) -> dict[str, int]:
+    """A published per-tier window's requests by outcome, as pipeline counters named
+    ``requests/<service>/<tier>/<outcome>`` (a name never holds a ``/``); nothing for any other scope.
+
+    >>> w = WindowStats(scope="service=chat,tier=pro", kind="traffic", window_start=0, window_end=10_000,
+    ...                 service="chat", tier="pro", traffic=traffic_stats(TrafficAggregate(ok=3, throttled=2), 10_000))
+    >>> tier_counts(w)
+    {'requests/chat/pro/admitted': 3, 'requests/chat/pro/throttled': 2}
+    """
+    t = stats.traffic
+    if t is None or stats.service is None or stats.tier is None or stats.tenant is not None:
+        return {}
+    return {f"requests/{stats.service}/{stats.tier}/{outcome}": n
+            for outcome, n in zip(TIER_OUTCOMES, (t.served, t.throttled, t.deferred), strict=True) if n}
+
 def merge_traffic(a: TrafficAggregate, b: TrafficAggregate) -> TrafficAggregate:
     """The sum of two traffic aggregates."""
     return TrafficAggregate(
