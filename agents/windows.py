@@ -27,7 +27,7 @@ from surgegate.agents.counters import AgentCounters, decode_or_count
 from surgegate.schemas.aggregates import Watermark, WindowPartial
 from surgegate.settings import Settings
 from surgegate.streams.store import StateMirror
-from surgegate.telemetry.merging import ScopeWindows, tier_counts
+from surgegate.telemetry.merging import ScopeWindows, latency_counts, tier_counts
 from surgegate.telemetry.watermarks import MemberMarks
 
 log = logging.getLogger(__name__)
@@ -161,14 +161,15 @@ class WindowMergeAgent:
     async def _advance(self, partition: int, watermark: int) -> None:
         sent, closing = [], []
         for scope, state in self._scopes(partition).items():
-            closed = state.close(watermark, self.settings.lateness_ms)
+            closed = state.close_each(watermark, self.settings.lateness_ms)
             if not closed:
                 continue
-            for stats in closed:
+            for stats, merged in closed:
                 log.debug("merge_windows: watermark %d on partials[%d] closes %s@%d", watermark, partition, scope,
                           stats.window_start)
                 sent.append(await self.sink.send(key=scope.encode(), value=msgspec.json.encode(stats)))
                 self.counters.update(tier_counts(stats))
+                self.counters.update(latency_counts(stats, merged))
             self.counters["windows.published"] += len(closed)
             closing.append(state)
         if sent:

@@ -25,6 +25,7 @@ push them to Redis), by the name they are kept under:
 | ``decisions.published``, ``scaling.published`` | ``surgegate_decisions_published_total`` | ``kind`` |
 | ``forecasts.<outcome>`` | ``surgegate_forecasts_total`` | ``outcome`` |
 | ``requests/<service>/<tier>/<outcome>`` | ``surgegate_tier_requests_total`` | ``service``, ``tier``, ``outcome`` |
+| ``latency/<service>/...`` | ``surgegate_request_latency_seconds`` (a histogram) | ``service`` |
 | ``timing.<agent>.us`` / ``.runs`` | ``surgegate_agent_seconds_total`` / ``surgegate_agent_runs_total`` | ``agent`` |
 | anything else ``a.b`` | ``surgegate_a_b_total`` | |
 
@@ -42,10 +43,11 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from surgegate.schemas.aggregates import TrafficStats
 from surgegate.schemas.decisions import ThrottleDecision
+from surgegate.telemetry.merging import LATENCY_BUCKETS_S
 
 #: counter kept as -> (metric, help); names that take a label are matched by prefix in _counter
 _PLAIN = {
@@ -140,9 +142,31 @@ def counter_families(counts: Mapping[str, int], role: str = "") -> Iterator[Metr
     }
     for _prefix, metric_name, label, text in _LABELLED:
         counters[metric_name] = CounterMetricFamily(_named(metric_name, role), text, labels=[label])
+    latency: dict[str, dict[str, int]] = {}  # service -> bucket bound, count or sum_us -> value
     for name, value in sorted(counts.items()):
-        _counter(name, value, counters, role)
+        if name.startswith("latency/") and name.count("/") == 2:
+            _, service, part = name.split("/")
+            latency.setdefault(service, {})[part] = value
+        else:
+            _counter(name, value, counters, role)
     yield from (family for family in counters.values() if family.samples)
+    if latency:
+        yield _latency_histogram(latency, role)
+
+
+def _latency_histogram(by_service: Mapping[str, Mapping[str, int]], role: str) -> Metric:
+    """The ``latency/<service>/...`` counters as one histogram: cumulative buckets (a bound with no count kept is
+    the one below's), ``+Inf`` the count, the sum in seconds."""
+    family = HistogramMetricFamily(_named("surgegate_request_latency_seconds", role),
+                                   "Request latency at the edges, over the windows published", labels=["service"])
+    for service, parts in sorted(by_service.items()):
+        buckets, below = [], 0
+        for bound in LATENCY_BUCKETS_S:
+            below = max(below, parts.get(f"{bound:g}", 0))
+            buckets.append((f"{bound:g}", below))
+        buckets.append(("+Inf", max(below, parts.get("count", 0))))
+        family.add_metric([service], buckets, parts.get("sum_us", 0) / 1e6)
+    return family
 
 
 class WorkerFamilies:

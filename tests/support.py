@@ -266,4 +266,26 @@ def lint(text: str) -> list[str]:
                 problems.append(f"{sample.name}: a counter not ending in _total")
             if "quantile" in sample.labels and family.type != "summary":
                 problems.append(f"{sample.name}: the quantile label on a {family.type}")
+        if family.type == "histogram":
+            problems.extend(_histogram_problems(family))
     return sorted(set(problems))
+
+
+def _histogram_problems(family) -> list[str]:
+    """A histogram's buckets per label set: cumulative in ``le`` order, ``+Inf`` last and equal to ``_count``."""
+    problems = []
+    series: dict[tuple, list[tuple[float, float]]] = {}
+    counts: dict[tuple, float] = {}
+    for sample in family.samples:
+        key = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+        if sample.name.endswith("_bucket"):
+            series.setdefault(key, []).append((float(sample.labels["le"]), sample.value))
+        elif sample.name.endswith("_count"):
+            counts[key] = sample.value
+    for key, buckets in series.items():
+        values = [v for _, v in sorted(buckets)]
+        if values != sorted(values):
+            problems.append(f"{family.name}{dict(key)}: buckets not cumulative")
+        if sorted(buckets)[-1][0] != float("inf") or counts.get(key) != values[-1]:
+            problems.append(f"{family.name}{dict(key)}: +Inf is not the count")
+    return problems

@@ -71,7 +71,9 @@ def seed(settings: Settings) -> None:
     r.hset(k.counters, mapping={"windows.published": 42, "dead_letter.invalid_field": 3, "dead_letters": 3,
                                 "partials.duplicate": 5, "decisions.published": 7, "scaling.published": 7,
                                 "timing.decide.us": 5000, "timing.decide.runs": 10,
-                                "requests/chat/pro/admitted": 300, "requests/chat/pro/throttled": 200})
+                                "requests/chat/pro/admitted": 300, "requests/chat/pro/throttled": 200,
+                                "latency/chat/0.1": 5, "latency/chat/2": 9, "latency/chat/count": 10,
+                                "latency/chat/sum_us": 4_500_000})
 
 
 async def client_for(settings: Settings, stream: bool = False) -> TestClient:
@@ -131,6 +133,12 @@ def test_health_readiness_and_reads(api_settings):
                                                        ("tier", "pro"))] == 300
             assert m["surgegate_tier_requests_total", (("outcome", "throttled"), ("service", "chat"),
                                                        ("tier", "pro"))] == 200
+            # the request latency histogram: cumulative buckets, a bound without a count the one below's
+            buckets = {dict(labels)["le"]: v for (name, labels), v in m.items()
+                       if name == "surgegate_request_latency_seconds_bucket" and dict(labels)["service"] == "chat"}
+            assert (buckets["0.05"], buckets["0.1"], buckets["1"], buckets["2"], buckets["+Inf"]) == (0, 5, 5, 9, 10)
+            assert m["surgegate_request_latency_seconds_count", (("service", "chat"),)] == 10
+            assert m["surgegate_request_latency_seconds_sum", (("service", "chat"),)] == 4.5
             assert m["surgegate_agent_seconds_total", (("agent", "decide"),)] == 0.005
             assert m["surgegate_agent_runs_total", (("agent", "decide"),)] == 10
             assert ("surgegate_window_lag_seconds", ()) in m
@@ -293,6 +301,10 @@ def test_the_metrics_page_follows_the_naming_rules(api_settings):
     assert lint(text) == []
     assert lint('# TYPE x_ms gauge\nx_ms{quantile="0.5"} 1\n') == [
         "x_ms: not in base units", "x_ms: not under surgegate_", "x_ms: the quantile label on a gauge"]
+    assert "surgegate_request_latency_seconds_bucket" in text
+    assert lint('# TYPE surgegate_h_seconds histogram\nsurgegate_h_seconds_bucket{le="1"} 5\n'
+                'surgegate_h_seconds_bucket{le="+Inf"} 4\nsurgegate_h_seconds_count 4\n'
+                'surgegate_h_seconds_sum 2\n') == ["surgegate_h_seconds{}: buckets not cumulative"]
 
 
 def test_redis_down_is_a_503_from_readyz_and_the_process_stays_up(settings):

@@ -14,7 +14,7 @@ import pytest
 import redis
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
-from support import T0, TopicReader, W, WorkerProcess, eventually
+from support import T0, TopicReader, W, WorkerProcess, eventually, lint
 
 from surgegate.devtools.embedded import EmbeddedRedis, free_port
 from surgegate.schemas.aggregates import SourceRange, WindowPartial, WindowStats
@@ -172,8 +172,9 @@ def test_bad_events_land_on_deadletter_with_reasons_and_nothing_else_is_lost(set
                        "every tier's window")
     # the worker's own /metrics: the same counts under the worker's names
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
-        m = {(s.name, tuple(sorted(s.labels.items()))): s.value
-             for family in text_string_to_metric_families(response.read().decode()) for s in family.samples}
+        page = response.read().decode()
+    m = {(s.name, tuple(sorted(s.labels.items()))): s.value
+         for family in text_string_to_metric_families(page) for s in family.samples}
     assert m["surgegate_worker_dead_letters_total", (("reason", "future_timestamp"),)] == 1
     assert sum(v for (name, _), v in m.items() if name == "surgegate_worker_dead_letters_total") == len(bad)
     assert m["surgegate_worker_ingest_events_total", ()] >= 200
@@ -190,6 +191,11 @@ def test_bad_events_land_on_deadletter_with_reasons_and_nothing_else_is_lost(set
     counted = {(dict(labels)["tier"], dict(labels)["outcome"]): v for (name, labels), v in m.items()
                if name == "surgegate_worker_tier_requests_total"}
     assert counted and counted == {key: n for key, n in expected.items() if n}
+    # the service's latency histogram: every request with a latency (a cancelled one has none) in its windows
+    timed = sum(w.traffic.ok + w.traffic.error + w.traffic.timeout
+                for w in windows_of(windows, "service=chat").values() if w.tier is None and w.tenant is None)
+    assert m["surgegate_worker_request_latency_seconds_count", (("service", "chat"),)] == timed > 0
+    assert lint(page) == []
 
 
 def test_a_record_near_the_size_limit_is_dead_lettered_bounded_and_ingestion_continues(settings, worker_factory):

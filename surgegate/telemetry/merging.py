@@ -34,6 +34,44 @@ ZERO_FILL_WINDOWS = 30
 TIER_OUTCOMES = ("admitted", "throttled", "deferred")
 
 
+#: a service's request latency as a Prometheus histogram: its bucket bounds in seconds, from a cache hit to a long
+#: generation
+LATENCY_BUCKETS_S = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+def latency_counts(stats: WindowStats, window: OpenWindow) -> dict[str, int]:
+    """A published service-level window's request latencies as cumulative histogram counters, named
+    ``latency/<service>/<bound in s>`` for each of :data:`LATENCY_BUCKETS_S` (requests at most that long),
+    ``latency/<service>/count`` and ``latency/<service>/sum_us`` (their sum, microseconds); nothing for any other
+    scope. From the window's merged sketch: a request within 1% of a bound may fall on either side of it.
+
+    >>> agg = TrafficAggregate(ok=3, latency=wire_sketch(_sketch_of([40.0, 300.0, 3_000.0])))
+    >>> w = WindowStats(scope="service=chat", kind="traffic", window_start=0, window_end=10_000, service="chat",
+    ...                 traffic=traffic_stats(agg, 10_000))
+    >>> counts = latency_counts(w, OpenWindow(partials=1, events=3, traffic=agg))
+    >>> counts["latency/chat/0.05"], counts["latency/chat/0.5"], counts["latency/chat/5"], counts["latency/chat/count"]
+    (1, 2, 3, 3)
+    """
+    t = window.traffic
+    if t is None or stats.service is None or stats.tier is not None or stats.tenant is not None:
+        return {}
+    h = LogHistogram()
+    h.merge_parts(t.latency.bins, t.latency.zeros, t.latency.max)
+    if not h.count:
+        return {}
+    at_most = h.at_most(bound * 1000 for bound in LATENCY_BUCKETS_S)
+    out = {f"latency/{stats.service}/{bound:g}": n for bound, n in zip(LATENCY_BUCKETS_S, at_most, strict=True) if n}
+    out[f"latency/{stats.service}/count"] = h.count
+    out[f"latency/{stats.service}/sum_us"] = round(h.total() * 1000)
+    return out
+
+
+def _sketch_of(values: Iterable[float]) -> LogHistogram:
+    h = LogHistogram()
+    h.extend(values)
+    return h
+
+
 def tier_counts(stats: WindowStats) -> dict[str, int]:
     """A published per-tier window's requests by outcome, as pipeline counters named
     ``requests/<service>/<tier>/<outcome>`` (a name never holds a ``/``); nothing for any other scope.
@@ -222,11 +260,15 @@ class ScopeWindows(msgspec.Struct):
         Windows without data between the scope's last traffic and the newest
         closable window are published as zeros, up to :data:`ZERO_FILL_WINDOWS`.
         """
+        return [stats for stats, _ in self.close_each(watermark, lateness_ms)]
+
+    def close_each(self, watermark: int, lateness_ms: int) -> list[tuple[WindowStats, OpenWindow]]:
+        """:meth:`close`, each window's statistics with what was merged into it (its sketches whole)."""
         w = self.window_ms
         newest = window_start(watermark - lateness_ms, w) - w
         if newest <= self.closed_through:
             return []
-        out = []
+        out: list[tuple[WindowStats, OpenWindow]] = []
         start = self.closed_through + w if self.closed_through >= 0 else min(self.open, default=None)
         while start is not None and start <= newest:
             window = self.open.pop(start, None)
@@ -235,7 +277,7 @@ class ScopeWindows(msgspec.Struct):
                 start = min(self.open, default=None)
                 continue
             window = window or OpenWindow()
-            out.append(self._stats(start, window))
+            out.append((self._stats(start, window), window))
             self.late_events = 0
             if window.partials:
                 self.last_traffic = start

@@ -82,6 +82,34 @@ class LogHistogram:
         """Merge another sketch into this one."""
         self.merge_parts(other.bins, other.zeros, other.max)
 
+    def at_most(self, bounds: Iterable[float]) -> list[int]:
+        """How many values are at most each of ``bounds`` (ascending), a value taken at its bucket's
+        representative value: exact but for values within the relative accuracy of a bound.
+
+        >>> s = LogHistogram()
+        >>> s.extend([0.0, 5.0, 50.0, 500.0])
+        >>> s.at_most([1.0, 100.0, 1000.0])
+        [1, 3, 4]
+        """
+        bins = sorted(self.bins.items())
+        out, seen, k = [], self.zeros, 0
+        for bound in bounds:
+            while k < len(bins) and bucket_value(bins[k][0]) <= bound:
+                seen += bins[k][1]
+                k += 1
+            out.append(seen)
+        return out
+
+    def total(self) -> float:
+        """The sum of the values, each taken at its bucket's representative value (within the relative accuracy).
+
+        >>> s = LogHistogram()
+        >>> s.extend([10.0, 20.0, 30.0])
+        >>> abs(s.total() - 60.0) <= 60.0 * RELATIVE_ACCURACY
+        True
+        """
+        return sum(n * bucket_value(i) for i, n in self.bins.items())
+
     def quantile(self, q: float) -> float:
         """The ``q``-quantile (0 <= q <= 1), 0.0 for an empty sketch."""
         if not 0.0 <= q <= 1.0:
