@@ -1,4 +1,4 @@
-"""The ingest consumer on the real broker: a crash between publishing and committing."""
+"""The ingest consumer on the real broker: a crash between publishing and committing, a flush held up on the broker."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from collections import Counter
 import msgspec
 import pytest
 from confluent_kafka import Producer
-from support import T0, TopicReader, start_thread
+from support import T0, Edge, TopicReader, eventually, start_thread
 from test_pipeline_e2e import reference, send, traffic
 
-from surgegate.schemas.aggregates import WindowPartial
+from surgegate.schemas.aggregates import Watermark, WindowPartial
 from surgegate.schemas.deadletter import DeadLetter
 from surgegate.streams.ingest import IngestWorker
 from surgegate.streams.topics import Topics
@@ -200,3 +200,73 @@ def test_an_unreadable_cut_intent_is_dead_lettered_and_the_partition_is_read_wit
         (cuts, 0, 0, "invalid_cut_intent"), (cuts, 1, 0, "invalid_cut_intent")]
     assert "first=9, last=2" in next(d.error for d in letters if d.partition == 1)
     assert worker.counters["dead_letter.invalid_cut_intent"] == 2
+
+
+#: longer than the allowed lateness plus a window: a claim made at its end from the clock would close a window
+#: whose events arrived during it and wait unread
+HOLD_S = 4.5
+
+
+class HeldUpInFlush(IngestWorker):
+    """Once it has published three cuts, a flush made with every partition read to its end waits HOLD_S before
+    it claims its watermark, as one waiting on a slow broker to acknowledge its cut intents does: nothing is read
+    meanwhile."""
+
+    held = False
+
+    def _send_watermarks(self) -> None:
+        if not self.held and self.counters["cuts"] >= 3 and all(p.caught_up for p in self._work.values()):
+            self.held = True
+            time.sleep(HOLD_S)
+        super()._send_watermarks()
+
+
+def replay_with_watermarks(partials: TopicReader, lateness_ms: int, window_ms: int) -> Counter[str]:
+    """The partials topic through the merge stage as its agent runs it with one ingest member: partition by
+    partition, each watermark closing that partition's windows before the records after it are merged. How each
+    partial was taken (merged, duplicate, late), and ``events`` merged in time."""
+    partials.read_to_end()
+    states: dict[tuple[int, str], ScopeWindows] = {}
+    outcomes: Counter[str] = Counter()
+    for m in partials.messages:
+        partition, record = m.partition(), m.value()
+        if b'"sg.Watermark/1"' in record:
+            mark = msgspec.json.decode(record, type=Watermark)
+            for (p, _), state in states.items():
+                if p == partition:
+                    state.close(mark.watermark, lateness_ms)
+            continue
+        partial = msgspec.json.decode(record, type=WindowPartial)
+        state = states.setdefault((partition, partial.scope), ScopeWindows(scope=partial.scope, window_ms=window_ms))
+        outcome = state.add(partial)
+        outcomes[outcome] += 1
+        if outcome == "merged" and partial.scope == "service=chat":
+            outcomes["events"] += partial.events
+    return outcomes
+
+
+def test_a_member_held_up_in_a_flush_claims_no_event_time_it_has_not_read(settings):
+    """While a flush waits on the broker the member reads nothing, and the edge's events wait unread. Its claim
+    at the end of the wait must not follow the clock (it had not been idle, only away): a window closed on it
+    would go out short and its events come late."""
+    edge = Edge(settings, rate=100).start()
+    partials = TopicReader(settings, Topics(settings.topic_prefix).partials)
+    member = HeldUpInFlush(settings, member_id="ingest-a")
+
+    def pause_then_send_through_the_wait() -> None:
+        eventually(lambda: member.counters["cuts"] >= 3, 60, "three cuts")
+        edge.sending.clear()  # a lull: the member reads every partition to its end, and its next flush is held
+        eventually(lambda: member.held, 30, "the held flush")
+        edge.sending.set()  # the traffic is back while the member waits on the broker
+        eventually(lambda: member.counters["cuts"] >= 8, 60, "cuts after the wait")
+
+    try:
+        run_until(member, pause_then_send_through_the_wait)
+    finally:
+        edge.sending.clear()
+        edge.producer.flush(10)
+        edge.stop()
+    assert member.counters["slow_flushes"] >= 1
+    outcomes = replay_with_watermarks(partials, settings.lateness_ms, settings.window_ms)
+    assert outcomes["late"] == 0, f"partials published after a watermark that had closed their window: {outcomes}"
+    assert outcomes["merged"] > 0 and outcomes["events"] == member.counters["events"] > 0
