@@ -379,11 +379,11 @@ class IngestWorker:
             part.first = part.last = -1
         self.counters["partials"] += sent
         self.counters["cuts"] += len(with_data)
-        self._report_counters()
         took = time.monotonic() - began
         if took > SLOW_FLUSH_S:
             self.counters["slow_flushes"] += 1
             log.info("ingest %s: a flush of %d cuts waited %.1f s on the broker", self.member_id, len(with_data), took)
+        self._report_counters()
 
     def _unfinished(self, key: tuple[str, int], part: _PartitionWork) -> bool:
         """Still reading a cut the member before left unfinished (see :meth:`_on_assign`)."""
