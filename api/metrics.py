@@ -47,7 +47,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from surgegate.schemas.aggregates import TrafficStats
 from surgegate.schemas.decisions import ThrottleDecision
-from surgegate.telemetry.merging import LATENCY_BUCKETS_S
+from surgegate.telemetry.merging import LATENCY_BUCKETS_S, tier_outcomes
 
 #: counter kept as -> (metric, help); names that take a label are matched by prefix in _counter
 _PLAIN = {
@@ -73,7 +73,6 @@ _LABELLED = (  # prefix, metric, label, help
     ("forecasts.", "surgegate_forecasts", "outcome", "Forecast agent outcomes"),
 )
 _KINDS = {"decisions.published": "throttle", "scaling.published": "scaling"}
-_TIERS_WINDOW = ("admitted", "throttled", "deferred")
 
 
 @dataclasses.dataclass
@@ -247,8 +246,7 @@ def _traffic_families(s: Snapshot) -> Iterator[Metric]:
                         if v is not None:
                             family.add_metric([service, q], v / 1000)
                 continue
-            admitted = t.served
-            for outcome, n in zip(_TIERS_WINDOW, (admitted, t.throttled, t.deferred)):
+            for outcome, n in tier_outcomes(t).items():
                 rates.add_metric([service, tier, outcome], n / s.window_s)
     yield from (rates, latency, ttft, itl)
 

@@ -30,8 +30,17 @@ from surgegate.telemetry.windowing import add_arrivals, keep_latest, window_star
 #: published as zeros for this many windows; then the scope goes quiet.
 ZERO_FILL_WINDOWS = 30
 
-#: what became of a tier's requests, as counted over its published windows
-TIER_OUTCOMES = ("admitted", "throttled", "deferred")
+def tier_outcomes(t: TrafficStats) -> dict[str, int]:
+    """What became of a window's requests, as the API reports each tier's: admitted (the servers worked on
+    them), throttled, deferred."""
+    return {"admitted": t.served, "throttled": t.throttled, "deferred": t.deferred}
+
+
+def histogram_of(sketch: Sketch) -> LogHistogram:
+    """A wire sketch as a histogram to query."""
+    h = LogHistogram()
+    h.merge_parts(sketch.bins, sketch.zeros, sketch.max)
+    return h
 
 
 #: a service's request latency as a Prometheus histogram: its bucket bounds in seconds, from a cache hit to a long
@@ -45,7 +54,9 @@ def latency_counts(stats: WindowStats, window: OpenWindow) -> dict[str, int]:
     ``latency/<service>/count`` and ``latency/<service>/sum_us`` (their sum, microseconds); nothing for any other
     scope. From the window's merged sketch: a request within 1% of a bound may fall on either side of it.
 
-    >>> agg = TrafficAggregate(ok=3, latency=wire_sketch(_sketch_of([40.0, 300.0, 3_000.0])))
+    >>> sketch = LogHistogram()
+    >>> sketch.extend([40.0, 300.0, 3_000.0])
+    >>> agg = TrafficAggregate(ok=3, latency=wire_sketch(sketch))
     >>> w = WindowStats(scope="service=chat", kind="traffic", window_start=0, window_end=10_000, service="chat",
     ...                 traffic=traffic_stats(agg, 10_000))
     >>> counts = latency_counts(w, OpenWindow(partials=1, events=3, traffic=agg))
@@ -55,8 +66,7 @@ def latency_counts(stats: WindowStats, window: OpenWindow) -> dict[str, int]:
     t = window.traffic
     if t is None or stats.service is None or stats.tier is not None or stats.tenant is not None:
         return {}
-    h = LogHistogram()
-    h.merge_parts(t.latency.bins, t.latency.zeros, t.latency.max)
+    h = histogram_of(t.latency)
     if not h.count:
         return {}
     at_most = h.at_most(bound * 1000 for bound in LATENCY_BUCKETS_S)
@@ -64,12 +74,6 @@ def latency_counts(stats: WindowStats, window: OpenWindow) -> dict[str, int]:
     out[f"latency/{stats.service}/count"] = h.count
     out[f"latency/{stats.service}/sum_us"] = round(h.total() * 1000)
     return out
-
-
-def _sketch_of(values: Iterable[float]) -> LogHistogram:
-    h = LogHistogram()
-    h.extend(values)
-    return h
 
 
 def tier_counts(stats: WindowStats) -> dict[str, int]:
@@ -84,8 +88,7 @@ def tier_counts(stats: WindowStats) -> dict[str, int]:
     t = stats.traffic
     if t is None or stats.service is None or stats.tier is None or stats.tenant is not None:
         return {}
-    return {f"requests/{stats.service}/{stats.tier}/{outcome}": n
-            for outcome, n in zip(TIER_OUTCOMES, (t.served, t.throttled, t.deferred), strict=True) if n}
+    return {f"requests/{stats.service}/{stats.tier}/{outcome}": n for outcome, n in tier_outcomes(t).items() if n}
 
 def merge_traffic(a: TrafficAggregate, b: TrafficAggregate) -> TrafficAggregate:
     """The sum of two traffic aggregates."""
@@ -111,8 +114,7 @@ def _merged_arrivals(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
 
 
 def _merge_sketch(a: Sketch, b: Sketch) -> Sketch:
-    h = LogHistogram()
-    h.merge_parts(a.bins, a.zeros, a.max)
+    h = histogram_of(a)
     h.merge_parts(b.bins, b.zeros, b.max)
     return wire_sketch(h)
 
@@ -139,11 +141,8 @@ def merge_pool(a: PoolAggregate, b: PoolAggregate) -> PoolAggregate:
 def traffic_stats(agg: TrafficAggregate, window_ms: int) -> TrafficStats:
     """WindowStats' request figures from a merged aggregate."""
     seconds = window_ms / 1000
-    latency, queue, ttft, itl = LogHistogram(), LogHistogram(), LogHistogram(), LogHistogram()
-    latency.merge_parts(agg.latency.bins, agg.latency.zeros, agg.latency.max)
-    queue.merge_parts(agg.queue_wait.bins, agg.queue_wait.zeros, agg.queue_wait.max)
-    ttft.merge_parts(agg.ttft.bins, agg.ttft.zeros, agg.ttft.max)
-    itl.merge_parts(agg.itl.bins, agg.itl.zeros, agg.itl.max)
+    latency, queue, ttft, itl = (histogram_of(agg.latency), histogram_of(agg.queue_wait), histogram_of(agg.ttft),
+                                 histogram_of(agg.itl))
     requests = agg.ok + agg.error + agg.timeout + agg.throttled + agg.cancelled
     served = agg.ok + agg.error + agg.timeout  # the latency sketch's requests
     return TrafficStats(
