@@ -28,8 +28,11 @@ from surgegate.streams.topics import Topics, create_topics
 
 pytestmark = pytest.mark.e2e
 
-# safe capacity in each region: 10 rps per replica x 2 replicas x 0.85 = 17 rps
-SERVICES = json.dumps({"chat": {"pool": "gpu-a", "replica_rps": 10, "replicas": 2, "slo_p99_ms": 2000}})
+# safe capacity in each region: 10 rps per replica x 2 replicas x 0.85 = 17 rps. A decision reaches the gateway
+# 4-5 s after its 2 s window ends (2 s lateness, then the flush, merge and decide hops: measured on both Pythons);
+# a lease of 4 windows keeps each in force until the next arrives, as the default 10 s windows do by far
+SERVICES = json.dumps({"chat": {"pool": "gpu-a", "replica_rps": 10, "replicas": 2, "slo_p99_ms": 2000,
+                                "lease_windows": 4}})
 TIERS = ("enterprise", "pro", "free")
 KEYS = {"sk-free": Identity("acme", "free"), "sk-enterprise": Identity("bigco", "enterprise")}
 
