@@ -57,12 +57,19 @@ def need_redis(settings: Settings, what: str) -> None:
         raise SurgegateError(f"{what} needs Redis: set SURGEGATE_REDIS or pass --redis")
 
 
+#: the loggers :func:`configure_logging` gives their own levels
+_CONFIGURED = ("surgegate", "faust.tables.recovery", "surgegate.librdkafka")
+
+
 def configure_logging(settings: Settings, verbose: bool) -> None:
-    """Quiet by default: surgegate's own lines at ``SURGEGATE_LOG_LEVEL``; Faust, aiokafka, aiohttp's
-    access log and librdkafka only for warnings (librdkafka not at all: clients report broker failures
-    once, by name). ``--verbose`` lets everything through at debug (librdkafka at info)."""
+    """Quiet by default: surgegate's own lines at ``SURGEGATE_LOG_LEVEL``, and Faust's table recovery
+    with them (where each changelog is read from and to, after every rebalance: what a worker waits on);
+    the rest of Faust, aiokafka, aiohttp's access log and librdkafka only for warnings (librdkafka not at
+    all: clients report broker failures once, by name). ``--verbose`` lets everything through at debug
+    (librdkafka at info)."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format=LOG_FORMAT)
-    logging.getLogger("surgegate").setLevel(logging.DEBUG if verbose else settings.log_level.upper())
+    for name in ("surgegate", "faust.tables.recovery"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else settings.log_level.upper())
     logging.getLogger("surgegate.librdkafka").setLevel(logging.INFO if verbose else logging.CRITICAL)
     redact_bad_requests()
 
@@ -76,7 +83,7 @@ def logging_as_configured() -> dict[str, Any]:
         "formatters": {"plain": {"format": LOG_FORMAT}},
         "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
         "root": {"level": logging.getLogger().level, "handlers": ["default"]},
-        "loggers": {name: {"level": logging.getLogger(name).level} for name in ("surgegate", "surgegate.librdkafka")},
+        "loggers": {name: {"level": logging.getLogger(name).level} for name in _CONFIGURED},
     }
 
 
