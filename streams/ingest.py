@@ -274,16 +274,19 @@ class IngestWorker:
         self.flush([key])
         self._refresh_log_ids([key[0]])
 
-    def _refresh_log_ids(self, topics: list[str]) -> None:
-        """Look the topics' ids up (a changed one: the topic was re-created since last looked at)."""
+    def _refresh_log_ids(self, topics: list[str]) -> set[str]:
+        """Look the topics' ids up; returns those whose id changed (re-created since last looked at)."""
+        replaced = set()
         for topic, topic_id in topic_ids(self._admin, topics, LOOKUP_TIMEOUT_S).items():
             if self._log_ids.get(topic, topic_id) != topic_id:
                 log.warning("ingest %s: %s is a new log (topic id %s)", self.member_id, topic, topic_id)
+                replaced.add(topic)
             self._log_ids[topic] = topic_id
+        return replaced
 
     def check_logs(self) -> None:
-        """Read a re-created source topic from its start: a position left over from the old log would skip
-        the new one's first records (the broker resets it only while the new log is shorter)."""
+        """Read a re-created source topic from its start: a position (or commit) left over from the old log would
+        skip the new one's first records (Kafka resets one past the new log's end, the embedded broker none)."""
         consumer = self._consumer
         ids = topic_ids(self._admin, [self.topics.requests, self.topics.metrics], LOOKUP_TIMEOUT_S)
         for topic, topic_id in ids.items():
@@ -425,23 +428,36 @@ class IngestWorker:
     # ------------------------------------------------------------ rebalance
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._refresh_log_ids(sorted({tp.topic for tp in partitions}))
+        """Each partition starts at its commit, else at its earliest offset, as also when the topic was re-created
+        since this worker read it: its commit may be the older log's (see :meth:`check_logs`)."""
+        replaced = self._refresh_log_ids(sorted({tp.topic for tp in partitions}))
         self._count_sources(consumer)
         self._partials_count()  # with the other lookups, not in the first flush after reading begins
         committed = consumer.committed(partitions, timeout=LOOKUP_TIMEOUT_S)
         began: dict[tuple[str, int], int] = {}
+        stale: list[tuple[str, int]] = []
         for tp in committed:
             start = tp.offset
-            if start == OFFSET_INVALID:
-                # nothing committed yet: consumption starts at the earliest offset
+            if start == OFFSET_INVALID or tp.topic in replaced:
+                if start != OFFSET_INVALID:
+                    stale.append((tp.topic, tp.partition))
                 start, _ = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
                                                           timeout=LOOKUP_TIMEOUT_S)
             began[(tp.topic, tp.partition)] = start
+            if (tp.topic, tp.partition) in stale:
+                continue  # an older log's cut intent names that log's offsets: nothing here to resume
             cut = forced_cut(start, self.cuts.last_intent(tp.topic, tp.partition))
             if cut is not None:
                 self._forced_cuts[(tp.topic, tp.partition)] = cut
                 log.info("ingest %s: %s[%d] resumes an unfinished cut %d..%d", self.member_id, tp.topic,
                          tp.partition, start, cut)
+        if stale:
+            log.warning("ingest %s: commits of an older log on %s: reading them from their start", self.member_id,
+                        stale)
+            self.counters["stale_commits"] += len(stale)
+            consumer.assign([TopicPartition(tp.topic, tp.partition,
+                                            OFFSET_BEGINNING if (tp.topic, tp.partition) in stale else OFFSET_INVALID)
+                             for tp in partitions])
         # not read to their end yet: they hold the claim until their backlog is read, and the quiet and idle
         # clocks start now, when reading can begin, not before the lookups above; a partition another member
         # read last may hold a backlog behind this member's claim, so the claim starts again from what is read

@@ -8,13 +8,14 @@ from collections import Counter
 
 import msgspec
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from support import T0, Edge, TopicReader, eventually, start_thread
 from test_pipeline_e2e import reference, send, traffic
 
 from surgegate.schemas.aggregates import Watermark, WindowPartial
 from surgegate.schemas.deadletter import DeadLetter
 from surgegate.streams.ingest import IngestWorker
+from surgegate.streams.kafka import consumer_config
 from surgegate.streams.topics import Topics
 from surgegate.telemetry.merging import ScopeWindows
 
@@ -270,3 +271,34 @@ def test_a_member_held_up_in_a_flush_claims_no_event_time_it_has_not_read(settin
     outcomes = replay_with_watermarks(partials, settings.lateness_ms, settings.window_ms)
     assert outcomes["late"] == 0, f"partials published after a watermark that had closed their window: {outcomes}"
     assert outcomes["merged"] > 0 and outcomes["events"] == member.counters["events"] > 0
+
+
+
+class RestartedOnAnEmptyBroker(IngestWorker):
+    """A member restarted in its process (after a failed flush) that last read an older log of each source."""
+
+    def __init__(self, settings, **kwargs) -> None:
+        super().__init__(settings, **kwargs)
+        self._log_ids = {self.topics.requests: "the-old-log", self.topics.metrics: "the-old-log"}
+
+
+def test_the_old_logs_commits_on_a_re_created_topic_are_passed_over_and_the_new_log_read_from_its_start(settings):
+    """A broker replaced by an empty one can be given the old log's offsets: a client that reconnects commits
+    what it read before the outage once its cut is delivered. A member restarted after that must read the new log
+    from its start: from the old offsets it would never read the new log's first records (Kafka resets a fetch
+    past the end to the earliest offset, but not one within the new log; the embedded broker resets neither)."""
+    s = settings.replace(idle_after_s=600.0)
+    events = traffic("chat", range(3), 200, seed=7)
+    send(s, events)
+    topics = Topics(s.topic_prefix)
+    old = Consumer(consumer_config(s, f"{s.topic_prefix}ingest", "the-old-logs-member"))
+    partitions = sorted(old.list_topics(topics.requests, timeout=10).topics[topics.requests].partitions)
+    old.commit(offsets=[TopicPartition(topics.requests, p, 10_000) for p in partitions], asynchronous=False)
+    old.close()
+    partials = TopicReader(s, topics.partials)
+    member = RestartedOnAnEmptyBroker(s, member_id="ingest-a")
+    run_until(member, lambda: eventually(lambda: member.counters["events"] >= len(events), 30, "every event read"))
+    assert member.counters["stale_commits"] == len(partitions)
+    merged, outcomes = merge_published(partials, s.window_ms)
+    assert outcomes["late"] == 0
+    assert merged == reference(events, s)
