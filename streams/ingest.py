@@ -437,14 +437,13 @@ class IngestWorker:
         began: dict[tuple[str, int], int] = {}
         stale: list[tuple[str, int]] = []
         for tp in committed:
-            start = tp.offset
-            if start == OFFSET_INVALID or tp.topic in replaced:
-                if start != OFFSET_INVALID:
-                    stale.append((tp.topic, tp.partition))
-                start, _ = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
-                                                          timeout=LOOKUP_TIMEOUT_S)
-            began[(tp.topic, tp.partition)] = start
-            if (tp.topic, tp.partition) in stale:
+            key, start = (tp.topic, tp.partition), tp.offset
+            older_log = start != OFFSET_INVALID and tp.topic in replaced
+            if start == OFFSET_INVALID or older_log:
+                start, _ = consumer.get_watermark_offsets(TopicPartition(*key), timeout=LOOKUP_TIMEOUT_S)
+            began[key] = start
+            if older_log:
+                stale.append(key)
                 continue  # an older log's cut intent names that log's offsets: nothing here to resume
             cut = forced_cut(start, self.cuts.last_intent(tp.topic, tp.partition))
             if cut is not None:

@@ -273,7 +273,6 @@ def test_a_member_held_up_in_a_flush_claims_no_event_time_it_has_not_read(settin
     assert outcomes["merged"] > 0 and outcomes["events"] == member.counters["events"] > 0
 
 
-
 class RestartedOnAnEmptyBroker(IngestWorker):
     """A member restarted in its process (after a failed flush) that last read an older log of each source."""
 

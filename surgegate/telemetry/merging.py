@@ -30,6 +30,7 @@ from surgegate.telemetry.windowing import add_arrivals, keep_latest, window_star
 #: published as zeros for this many windows; then the scope goes quiet.
 ZERO_FILL_WINDOWS = 30
 
+
 def tier_outcomes(t: TrafficStats) -> dict[str, int]:
     """What became of a window's requests, as the API reports each tier's: admitted (the servers worked on
     them), throttled, deferred."""
@@ -89,6 +90,7 @@ def tier_counts(stats: WindowStats) -> dict[str, int]:
     if t is None or stats.service is None or stats.tier is None or stats.tenant is not None:
         return {}
     return {f"requests/{stats.service}/{stats.tier}/{outcome}": n for outcome, n in tier_outcomes(t).items() if n}
+
 
 def merge_traffic(a: TrafficAggregate, b: TrafficAggregate) -> TrafficAggregate:
     """The sum of two traffic aggregates."""
