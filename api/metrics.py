@@ -18,6 +18,7 @@ push them to Redis), by the name they are kept under:
 | ``rewound`` | ``surgegate_partitions_rewound_total`` | |
 | ``commit_failed`` | ``surgegate_ingest_commit_failures_total`` | |
 | ``slow_flushes`` | ``surgegate_ingest_slow_flushes_total`` | |
+| ``stale_commits`` | ``surgegate_ingest_stale_commits_total`` | |
 | ``partials.<outcome>`` | ``surgegate_partials_merged_total`` | ``outcome`` (merged, duplicate, late, rejected) |
 | ``late_events`` | ``surgegate_late_events_total`` | |
 | ``windows.published`` | ``surgegate_windows_published_total`` | |
@@ -61,6 +62,8 @@ _PLAIN = {
     "commit_failed": ("surgegate_ingest_commit_failures", "Offset commits that failed (ranges republished)"),
     "slow_flushes": ("surgegate_ingest_slow_flushes",
                      "Ingest flushes that waited over a second on the broker (nothing was read meanwhile)"),
+    "stale_commits": ("surgegate_ingest_stale_commits",
+                      "Source partitions whose commits were of an older log, read from their start"),
     "restarts": ("surgegate_ingest_restarts",
                  "Ingest members that started again from their last commit after a failed publication"),
     "late_events": ("surgegate_late_events", "Events that arrived after their window closed"),
