@@ -2,7 +2,7 @@
 
 The stack is the one ``surgegate up`` runs: an embedded broker and Redis, one or
 more ``surgegate worker`` processes, and load edges (processes that send
-RequestEvents stamped now, one in :data:`INVALID_EVERY` of them malformed on
+RequestEvents stamped now, one in :data:`~surgegate.devtools.chaos_edge.INVALID_EVERY` of them malformed on
 purpose, spread over every partition of the requests topic). Each
 phase stamps its events with its own service (``chaos-<fault>``), so the
 windows of that service hold exactly the phase's events. The faults, one per
@@ -29,13 +29,9 @@ switches phases through a file the edges read every tick.
 
 from __future__ import annotations
 
-import argparse
 import base64
-import contextlib
 import dataclasses
 import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -49,19 +45,15 @@ from typing import Any
 import msgspec
 import redis
 
+from surgegate.devtools.chaos_edge import read_json, write_atomic, write_json
 from surgegate.devtools.embedded import EmbeddedBroker, EmbeddedRedis
-from surgegate.errors import DeliveryFailed
 from surgegate.schemas.aggregates import WindowStats
 from surgegate.schemas.deadletter import DeadLetter
 from surgegate.settings import Settings
 from surgegate.streams.kafka import follow_from_start
-from surgegate.streams.producer import KafkaSender
 from surgegate.streams.store import Keys
 from surgegate.streams.topics import Topics, create_topics
 
-#: One event in this many is malformed on purpose (no tier): it must be dead-lettered, not lost.
-INVALID_EVERY = 250
-TICKS_PER_S = 20
 FAULTS = ("worker", "workers", "redis", "edge", "broker")
 #: Workers restarted together come back this far apart: the first reads, claims and rebalances before the next joins.
 RESTART_STAGGER_S = 3.0
@@ -107,92 +99,6 @@ class FaultAccount:
         """Events nothing explains: produced, but neither in windows, late, dead-lettered, failed nor lost by
         a mechanism that can lose them."""
         return self.produced - self.in_windows - self.late - self.dead_lettered - self.failed - self.lost
-
-
-# ------------------------------------------------------------------ the load edge (a child process)
-
-
-def run_edge(name: str, rate: float, phase_file: Path, status_file: Path, settings: Settings) -> None:
-    """Send RequestEvents at ``rate`` per second, stamped now, for the service named in ``phase_file``.
-
-    Before the service changes, everything sent is flushed, so each phase's
-    delivered and failed counts are exact. ``status_file`` is rewritten every
-    tick: per phase ``sent`` (also ``by_window``: sent per event-time window
-    start) and ``invalid``, and (once closed) ``delivered`` and ``failed``; plus
-    the running totals.
-    """
-    sender = KafkaSender(settings, f"chaos-{name}")
-    topic = Topics(settings.topic_prefix).requests
-    encode = msgspec.json.encode
-    phases: dict[str, dict[str, Any]] = {}
-    window_ms = settings.window_ms
-    partitions = settings.partitions
-    phase = ""
-    marks = (0, 0)
-    per_tick = rate / TICKS_PER_S
-    owed = 0.0
-    n = 0
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    next_tick = time.monotonic()
-    while not stop.is_set():
-        wanted = phase_file.read_text().strip() if phase_file.exists() else ""
-        if wanted != phase:
-            if phase:
-                with contextlib.suppress(DeliveryFailed):  # counted in sender.failed
-                    sender.flush(60)
-                phases[phase].update(delivered=sender.delivered - marks[0], failed=sender.failed - marks[1])
-            marks = (sender.delivered, sender.failed)
-            phase = wanted
-            phases.setdefault(phase, {"sent": 0, "invalid": 0, "by_window": {}})
-        owed += per_tick
-        now_ms = int(time.time() * 1000)
-        while owed >= 1.0 and phase:
-            owed -= 1.0
-            n += 1
-            event: dict[str, Any] = {"schema": "sg.RequestEvent/1", "ts": now_ms, "service": phase, "tenant": name,
-                                     "tier": "pro", "edge_id": name, "latency_ms": 40.0 + n % 50}
-            if n % INVALID_EVERY == 0:
-                del event["tier"]
-                phases[phase]["invalid"] += 1
-            # counted before it is queued: a kill between the two leaves it counted, never uncounted
-            phases[phase]["sent"] += 1
-            by_window = phases[phase]["by_window"]
-            start = str(now_ms // window_ms * window_ms)
-            by_window[start] = by_window.get(start, 0) + 1
-            # over every partition, so each ingest member has its share (keyed by edge, two edges may share one)
-            sender.send(topic, encode(event), key=name.encode(), partition=n % partitions)
-        sender.poll()
-        _write_json(status_file, {"phases": phases, "phase": phase, "delivered": sender.delivered,
-                                  "failed": sender.failed, "delivered_since_phase": sender.delivered - marks[0],
-                                  "failed_since_phase": sender.failed - marks[1], "renewals": sender.renewals})
-        next_tick += 1 / TICKS_PER_S
-        time.sleep(max(0.0, next_tick - time.monotonic()))
-    with contextlib.suppress(DeliveryFailed):
-        sender.flush(30)
-    if phase:
-        phases[phase].update(delivered=sender.delivered - marks[0], failed=sender.failed - marks[1])
-    _write_json(status_file, {"phases": phases, "phase": phase, "delivered": sender.delivered,
-                              "failed": sender.failed, "delivered_since_phase": 0, "failed_since_phase": 0,
-                              "renewals": sender.renewals, "stopped": True})
-
-
-def _write_json(path: Path, value: object) -> None:
-    _write_atomic(path, json.dumps(value))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` at once: a reader never sees half of it."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 # ------------------------------------------------------------------ the runner
@@ -304,7 +210,7 @@ class Chaos:
     def _start_edge(self, name: str) -> None:
         out = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
         self.edges[name] = subprocess.Popen(
-            [sys.executable, "-m", "surgegate.devtools.chaos", "--edge", name, "--rate",
+            [sys.executable, "-m", "surgegate.devtools.chaos_edge", "--edge", name, "--rate",
              str(self.rate / self.edge_count), "--phase-file", str(self.phase_file),
              "--status-file", str(self._status(name))],
             env=self.settings.child_environ(), stdout=out, stderr=subprocess.STDOUT, cwd=self.dir,
@@ -314,7 +220,7 @@ class Chaos:
         return self.dir / f"{name}.json"
 
     def _set_phase(self, phase: str) -> None:
-        _write_atomic(self.phase_file, phase)
+        write_atomic(self.phase_file, phase)
 
     # -------------------------------------------------------------- faults
 
@@ -338,7 +244,7 @@ class Chaos:
             proc = self.edges.pop(name)
             proc.kill()
             proc.wait()
-            self.killed_edges[name] = _read_json(self._status(name))
+            self.killed_edges[name] = read_json(self._status(name))
             self._start_edge(f"{name}r")
         elif fault == "broker":
             before = self._acked()
@@ -352,7 +258,7 @@ class Chaos:
             raise ValueError(f"unknown fault {fault!r} (known: {', '.join(FAULTS)})")
 
     def _acked(self) -> int:
-        return sum(_read_json(self._status(name)).get("delivered", 0) for name in self.edges)
+        return sum(read_json(self._status(name)).get("delivered", 0) for name in self.edges)
 
     # -------------------------------------------------------------- the run
 
@@ -405,7 +311,7 @@ class Chaos:
             self.redis.stop()
             # what each window held, beside what the edges sent into it (edge*.json), every publication of it, and
             # the pipeline's counters (duplicate and late partials among them): where a loss happened
-            _write_json(self.dir / "windows.json", {
+            write_json(self.dir / "windows.json", {
                 "faults_at": self.fault_at,
                 "windows": {f"chaos-{phase}": follower.record(f"chaos-{phase}") for phase in phases},
                 "counters": counters})
@@ -425,7 +331,7 @@ class Chaos:
 
     def _invalid(self, service: str) -> int:
         names = {p.stem for p in self.dir.glob("edge*.json")}
-        return sum((self.killed_edges.get(name) or _read_json(self._status(name))).get("phases", {})
+        return sum((self.killed_edges.get(name) or read_json(self._status(name))).get("phases", {})
                    .get(service, {}).get("invalid", 0) for name in names)
 
     def _produced(self, service: str) -> tuple[int, int, int, int]:
@@ -433,7 +339,7 @@ class Chaos:
         sent = delivered = failed = unacked = 0
         names = {p.stem for p in self.dir.glob("edge*.json")}
         for name in names:
-            status = self.killed_edges.get(name) or _read_json(self._status(name))
+            status = self.killed_edges.get(name) or read_json(self._status(name))
             phase = status.get("phases", {}).get(service)
             if phase is None:
                 continue
@@ -495,19 +401,3 @@ def table(accounts: list[FaultAccount]) -> str:
             f"| {a.lost:,} | {a.unaccounted:,} | {a.worst_delay_s:.1f} s |" for a in accounts]
     notes = [f"- {a.fault}: {a.note}" for a in accounts if a.note]
     return "\n".join([head, *rows, "", *notes])
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The load edge's entry point (the runner starts it as ``python -m surgegate.devtools.chaos --edge``)."""
-    p = argparse.ArgumentParser(prog="surgegate.devtools.chaos")
-    p.add_argument("--edge", required=True)
-    p.add_argument("--rate", type=float, required=True)
-    p.add_argument("--phase-file", type=Path, required=True)
-    p.add_argument("--status-file", type=Path, required=True)
-    args = p.parse_args(argv)
-    run_edge(args.edge, args.rate, args.phase_file, args.status_file, Settings.from_env(os.environ))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
