@@ -27,6 +27,7 @@ from faust.types import TP
 
 from surgegate.agents.checkpoint import restore, save
 from surgegate.agents.counters import AgentCounters, decode_or_count
+from surgegate.agents.in_order import InOrder
 from surgegate.control import state as policy_state
 from surgegate.control.base import WindowPolicy
 from surgegate.control.config import ServiceConfig
@@ -125,6 +126,8 @@ class DecideAgent:
         self.table = app.Table("throttle_policies", key_type=str, value_type=bytes, partitions=settings.partitions)
         self.views: dict[str, ServiceView] = {}
         self.counters = AgentCounters(mirror)
+        self.routed_in_order = InOrder(app, settings, "route_control_inputs", self.counters)
+        self.decided_in_order = InOrder(app, settings, "decide", self.counters)
         self._decoder = msgspec.json.Decoder(_Input)
 
     def register(self) -> None:
@@ -132,6 +135,8 @@ class DecideAgent:
         self.app.agent(self.sources, name="route_control_inputs")(self._route)
         self.app.agent(self.inputs, name="decide")(self._decide)
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]  # faust calls it with revoked=
+        self.routed_in_order.register()
+        self.decided_in_order.register()
 
     async def _on_revoked(self, sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         self.views.clear()
@@ -143,7 +148,8 @@ class DecideAgent:
     # ------------------------------------------------------------------ route
 
     async def _route(self, stream: faust.StreamT) -> None:
-        async for value in stream:
+        async for event in self.routed_in_order.events(stream):
+            value = event.value
             record = await decode_or_count(self._decoder, value, self.counters, "control.unroutable",
                                            "route_control_inputs")
             if record is None:
@@ -188,7 +194,7 @@ class DecideAgent:
             self.counters["decisions.outdated_checkpoint"] += 1
 
     async def _decide(self, stream: faust.StreamT) -> None:
-        async for event in stream.events():
+        async for event in self.decided_in_order.events(stream):
             service = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
             record = self._decoder.decode(event.value)
             view = self._view(service)

@@ -20,6 +20,7 @@ from faust.types import TP
 
 from surgegate.agents.checkpoint import restore, save
 from surgegate.agents.counters import AgentCounters, decode_or_count
+from surgegate.agents.in_order import InOrder
 from surgegate.forecast import state as forecaster_state
 from surgegate.forecast.scope import ScopeForecaster
 from surgegate.schemas.aggregates import WindowStats
@@ -49,6 +50,7 @@ class ForecastAgent:
         # values are a typed record's bytes (agents/checkpoint.py), kept as they are (Faust's "raw" for bytes)
         self.table = app.Table("forecasters", key_type=str, value_type=bytes, partitions=settings.partitions)
         self.counters = AgentCounters(mirror)
+        self.in_order = InOrder(app, settings, "forecast", self.counters)
         self._cache: dict[str, ScopeForecaster] = {}
         self._unsaved: Counter[str] = Counter()
         self._decoder = msgspec.json.Decoder(WindowStats)
@@ -57,6 +59,7 @@ class ForecastAgent:
         """Attach the agent and the rebalance hook to the app."""
         self.app.agent(self.source, name="forecast")(self._run)
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]  # faust calls it with revoked=
+        self.in_order.register()
 
     async def _on_revoked(self, sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         # The table is the truth; drop the working copies so a later assignment reloads them.
@@ -84,8 +87,9 @@ class ForecastAgent:
         return fc
 
     async def _run(self, stream: faust.StreamT) -> None:
-        async for value in stream:
-            window = await decode_or_count(self._decoder, value, self.counters, "forecasts.unreadable", "forecast")
+        async for event in self.in_order.events(stream):
+            window = await decode_or_count(self._decoder, event.value, self.counters, "forecasts.unreadable",
+                                           "forecast")
             if window is None:
                 continue
             if window.traffic is None:

@@ -24,6 +24,7 @@ import msgspec
 from faust.types import TP
 
 from surgegate.agents.counters import AgentCounters, decode_or_count
+from surgegate.agents.in_order import InOrder
 from surgegate.schemas.aggregates import Watermark, WindowPartial
 from surgegate.settings import Settings
 from surgegate.streams.store import StateMirror
@@ -70,6 +71,7 @@ class WindowMergeAgent:
         self.sink = sink
         self.table = app.Table("scope_windows", key_type=str, value_type=str, partitions=settings.partitions)
         self.counters = AgentCounters(mirror)
+        self.in_order = InOrder(app, settings, "merge_windows", self.counters)
         self._silent_ms = member_silent_ms(settings)
         # Decoded working copy of the table, by partition then scope.
         self._cache: dict[int, dict[str, ScopeWindows]] = {}
@@ -84,6 +86,7 @@ class WindowMergeAgent:
         """Attach the agent and the rebalance hook to the app."""
         self.app.agent(self.source, name="merge_windows")(self._run)
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]  # faust calls it with revoked=
+        self.in_order.register()
 
     async def _on_revoked(self, sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         mine = sorted(tp.partition for tp in revoked if tp.topic == self.source.get_topic_name())
@@ -113,7 +116,7 @@ class WindowMergeAgent:
         self.table[state.scope] = msgspec.json.encode(StoredScope(partition, state)).decode()
 
     async def _run(self, stream: faust.StreamT) -> None:
-        async for event in stream.events():
+        async for event in self.in_order.events(stream):
             partition = event.message.partition
             record = await decode_or_count(
                 self._decoder, event.value, self.counters, "partials.rejected",

@@ -19,6 +19,7 @@ push them to Redis), by the name they are kept under:
 | ``commit_failed`` | ``surgegate_ingest_commit_failures_total`` | |
 | ``slow_flushes`` | ``surgegate_ingest_slow_flushes_total`` | |
 | ``stale_commits`` | ``surgegate_ingest_stale_commits_total`` | |
+| ``sought_back`` / ``records_read_again`` | ``surgegate_agent_skips_total`` / ``surgegate_agent_records_read_again_total`` | |
 | ``partials.<outcome>`` | ``surgegate_partials_merged_total`` | ``outcome`` (merged, duplicate, late, rejected) |
 | ``late_events`` | ``surgegate_late_events_total`` | |
 | ``windows.published`` | ``surgegate_windows_published_total`` | |
@@ -64,6 +65,10 @@ _PLAIN = {
                      "Ingest flushes that waited over a second on the broker (nothing was read meanwhile)"),
     "stale_commits": ("surgegate_ingest_stale_commits",
                       "Source partitions whose commits were of an older log, read from their start"),
+    "sought_back": ("surgegate_agent_skips",
+                    "Times an agent found records of a partition skipped by its consumer"),
+    "records_read_again": ("surgegate_agent_records_read_again",
+                           "Records an agent's consumer skipped, read directly and handed to the agent"),
     "restarts": ("surgegate_ingest_restarts",
                  "Ingest members that started again from their last commit after a failed publication"),
     "late_events": ("surgegate_late_events", "Events that arrived after their window closed"),

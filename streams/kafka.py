@@ -224,3 +224,41 @@ def follow_from_start(settings: Settings, topic: str, client_id: str, stop: thre
                 on_value(value)
     finally:
         consumer.close()
+
+
+class Record:
+    """One record read by :func:`read_range`."""
+
+    __slots__ = ("key", "value", "offset", "timestamp_ms")
+
+    def __init__(self, key: bytes | None, value: bytes | None, offset: int, timestamp_ms: int) -> None:
+        self.key, self.value, self.offset, self.timestamp_ms = key, value, offset, timestamp_ms
+
+
+def read_range(settings: Settings, topic: str, partition: int, start: int, end: int,
+               timeout_s: float = PROBE_TIMEOUT_S) -> list[Record]:
+    """The records at offsets ``start`` to ``end - 1`` of ``topic[partition]`` (fewer where the log has none),
+    read by a consumer of no group, for a partition known to hold a record at ``end`` or after it: the reading
+    stops there, not at the end the broker reports (the embedded broker reports it too low after a multi-record
+    batch). Raises TimeoutError when the broker does not hand them over in time."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(consumer_config(settings, f"surgegate-read-range-{uuid.uuid4().hex[:8]}", "read-range"))
+    out: list[Record] = []
+    try:
+        consumer.assign([TopicPartition(topic, partition, start)])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(max(1, end - start), 0.2):
+                if msg.error() is not None:
+                    continue
+                offset = msg.offset()
+                if offset is None or offset >= end:
+                    return out
+                _, ts = msg.timestamp()
+                out.append(Record(msg.key(), msg.value(), offset, ts))
+                if offset == end - 1:
+                    return out
+        raise TimeoutError(f"{topic}[{partition}] {start}..{end - 1} not read within {timeout_s:g} s")
+    finally:
+        consumer.close()
