@@ -19,7 +19,8 @@ push them to Redis), by the name they are kept under:
 | ``commit_failed`` | ``surgegate_ingest_commit_failures_total`` | |
 | ``slow_flushes`` | ``surgegate_ingest_slow_flushes_total`` | |
 | ``stale_commits`` | ``surgegate_ingest_stale_commits_total`` | |
-| ``sought_back`` / ``records_read_again`` | ``surgegate_agent_skips_total`` / ``surgegate_agent_records_read_again_total`` | |
+| ``sought_back`` | ``surgegate_agent_skips_total`` | |
+| ``records_read_again`` | ``surgegate_agent_records_read_again_total`` | |
 | ``partials.<outcome>`` | ``surgegate_partials_merged_total`` | ``outcome`` (merged, duplicate, late, rejected) |
 | ``late_events`` | ``surgegate_late_events_total`` | |
 | ``windows.published`` | ``surgegate_windows_published_total`` | |
