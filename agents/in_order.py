@@ -18,9 +18,11 @@ is handed the skipped records, read from the broker by a consumer of its own
 done for Faust's commit. Seeking Faust's consumer back instead does not work:
 records it fetched before the seek keep arriving and move its read position
 past the seek, so it drops what the seek fetches. Where the log has no records
-between (compaction), nothing is read and the agent goes on. A record below the
-expected one is taken: it is read again after Faust sought back to the
-committed offset, and every agent recognises what it has applied already.
+between (compaction), nothing is read and the agent goes on; a skip on a
+partition taken from the worker meanwhile is left to its next owner, who reads
+from the committed offset. A record below the expected one is taken: it is
+read again after Faust sought back to the committed offset, and every agent
+recognises what it has applied already.
 
 A skip shows when the partition's next record comes, which is soon on every
 partition an agent reads: each ingest member sends a watermark to every
@@ -111,6 +113,8 @@ class InOrder:
             message = event.message
             tp = message.tp
             skipped = self.gaps.check(tp, message.offset, consumer._committed_offset.get(tp))
+            if skipped is not None and tp not in consumer.assignment():
+                skipped = None  # taken away meanwhile: its next owner reads from the committed offset
             if skipped is not None:
                 log.warning("%s: records %d..%d of %s[%d] were skipped by the consumer: reading them again",
                             self.name, skipped, message.offset - 1, tp.topic, tp.partition)

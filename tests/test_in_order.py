@@ -67,9 +67,13 @@ class _Consumer:
     def __init__(self, committed: int) -> None:
         self._committed_offset = {PARTIALS: committed}
         self.gaps: list[tuple[TP, int, int]] = []
+        self.assigned = {PARTIALS}
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         self.gaps.append((tp, offset_from, offset_to))
+
+    def assignment(self) -> set[TP]:
+        return self.assigned
 
 
 class _Message:
@@ -117,6 +121,20 @@ def test_a_skipped_range_is_read_directly_and_handed_over_before_the_record_that
     # Faust's commit learns 109..110 are done only once the agent has taken them
     assert done_at_gap[2] == [] and done_at_gap[3] == [] and consumer.gaps == [(PARTIALS, 109, 110)]
     assert counters["sought_back"] == 1 and counters["records_read_again"] == 2
+
+
+def test_a_skip_on_a_partition_taken_away_meanwhile_is_left_to_its_next_owner(monkeypatch):
+    # reading it would apply records of a partition this worker no longer owns (its table's changelog is another's)
+    consumer = _Consumer(committed=107)
+    consumer.assigned = set()
+    monkeypatch.setattr(module, "read_range", lambda *args: pytest.fail("read a partition not assigned"))
+    in_order = InOrder(_App(consumer), Settings(), "merge_windows", AgentCounters())  # type: ignore[arg-type]
+
+    async def take() -> list[int]:
+        return [event.message.offset async for event in in_order.events(_Stream([107, 111]))]  # type: ignore[arg-type]
+
+    assert asyncio.run(take()) == [107, 111]
+    assert consumer.gaps == [] and in_order.counters["sought_back"] == 0
 
 
 class _App:
