@@ -91,7 +91,7 @@ def _event(tp: TP, record: Record) -> Any:
 
 class InOrder:
     """One agent's check of the records Faust hands it (see the module docstring); ``counters`` counts
-    ``sought_back`` (skips found) and ``records_read_again`` (records read directly)."""
+    ``skips`` (skips found) and ``records_read_again`` (records read directly)."""
 
     def __init__(self, app: faust.App, settings: Settings, name: str, counters: AgentCounters) -> None:
         self.app = app
@@ -118,7 +118,7 @@ class InOrder:
             if skipped is not None:
                 log.warning("%s: records %d..%d of %s[%d] were skipped by the consumer: reading them again",
                             self.name, skipped, message.offset - 1, tp.topic, tp.partition)
-                self.counters["sought_back"] += 1
+                self.counters["skips"] += 1
                 for record in await self._read(tp, skipped, message.offset):
                     self.counters["records_read_again"] += 1
                     yield _event(tp, record)

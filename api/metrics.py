@@ -19,7 +19,7 @@ push them to Redis), by the name they are kept under:
 | ``commit_failed`` | ``surgegate_ingest_commit_failures_total`` | |
 | ``slow_flushes`` | ``surgegate_ingest_slow_flushes_total`` | |
 | ``stale_commits`` | ``surgegate_ingest_stale_commits_total`` | |
-| ``sought_back`` | ``surgegate_agent_skips_total`` | |
+| ``skips`` | ``surgegate_agent_skips_total`` | |
 | ``records_read_again`` | ``surgegate_agent_records_read_again_total`` | |
 | ``partials.<outcome>`` | ``surgegate_partials_merged_total`` | ``outcome`` (merged, duplicate, late, rejected) |
 | ``late_events`` | ``surgegate_late_events_total`` | |
@@ -66,7 +66,7 @@ _PLAIN = {
                      "Ingest flushes that waited over a second on the broker (nothing was read meanwhile)"),
     "stale_commits": ("surgegate_ingest_stale_commits",
                       "Source partitions whose commits were of an older log, read from their start"),
-    "sought_back": ("surgegate_agent_skips",
+    "skips": ("surgegate_agent_skips",
                     "Times an agent found records of a partition skipped by its consumer"),
     "records_read_again": ("surgegate_agent_records_read_again",
                            "Records an agent's consumer skipped, read directly and handed to the agent"),

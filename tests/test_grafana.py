@@ -41,7 +41,7 @@ PIPELINE_COUNTERS = ("events", "partials", "cuts", "dead_letters", "dead_letter.
                      "logs_replaced", "commit_failed", "restarts", "partials.merged", "partials.duplicate",
                      "late_events",
                      "windows.published", "decisions.published", "scaling.published", "forecasts.published",
-                     "timing.decide.us", "timing.decide.runs", "slow_flushes", "stale_commits", "sought_back",
+                     "timing.decide.us", "timing.decide.runs", "slow_flushes", "stale_commits", "skips",
                      "records_read_again",
                      "requests/chat/pro/admitted",
                      "latency/chat/0.5", "latency/chat/count", "latency/chat/sum_us")
