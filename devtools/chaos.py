@@ -2,9 +2,10 @@
 
 The stack is the one ``surgegate up`` runs: an embedded broker and Redis, one or
 more ``surgegate worker`` processes, and load edges (processes that send
-RequestEvents stamped now, one in :data:`~surgegate.devtools.chaos_edge.INVALID_EVERY` of them malformed on
-purpose, spread over every partition of the requests topic). Each
-phase stamps its events with its own service (``chaos-<fault>``), so the
+RequestEvents stamped now, one in
+:data:`~surgegate.devtools.chaos_edge.INVALID_EVERY` of them malformed on
+purpose, spread over every partition of the requests topic). Each phase
+stamps its events with its own service (``chaos-<fault>``), so the
 windows of that service hold exactly the phase's events. The faults, one per
 phase, while the edges keep sending:
 
