@@ -50,10 +50,13 @@ class AgentCounters(Counter):
             self[f"timing.{agent}.runs"] += 1
 
 
-async def decode_or_count(decoder: msgspec.json.Decoder, raw: bytes, counters: AgentCounters, counter: str,
+async def decode_or_count(decoder: msgspec.json.Decoder, raw: bytes | None, counters: AgentCounters, counter: str,
                           where: str) -> Any | None:
-    """Decode one record; if it cannot be, count it under ``counter``, log ``where``, return None."""
+    """Decode one record; if it cannot be (a record with no value, a tombstone, among them), count it under
+    ``counter``, log ``where``, return None."""
     try:
+        if raw is None:
+            raise msgspec.DecodeError("a record with no value (a tombstone)")
         return decoder.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         counters[counter] += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import faust
 import msgspec
 
+from surgegate.agents.counters import AgentCounters, decode_or_count
 from surgegate.schemas.aggregates import WindowStats
 from surgegate.streams.store import StateMirror
 
@@ -17,6 +18,7 @@ class MirrorAgent:
         self.mirror = mirror
         self.windows = windows
         self._decoder = msgspec.json.Decoder(WindowStats)
+        self.counters = AgentCounters(mirror)
 
     def register(self) -> None:
         """Attach the agent to the app."""
@@ -24,5 +26,7 @@ class MirrorAgent:
 
     async def _run(self, stream: faust.StreamT) -> None:
         async for value in stream:
-            stats = self._decoder.decode(value)
+            stats = await decode_or_count(self._decoder, value, self.counters, "mirror.unreadable", "mirror_windows")
+            if stats is None:
+                continue
             await self.mirror.put_window(stats.scope, stats.window_start, value)

@@ -198,6 +198,52 @@ def test_bad_events_land_on_deadletter_with_reasons_and_nothing_else_is_lost(set
     assert lint(page) == []
 
 
+def test_a_record_no_agent_can_read_is_counted_and_every_agent_goes_on(settings, worker_factory):
+    """Tombstones (records with no value) and garbage on every topic the agents read, before any traffic: each
+    counted by the agent that met it; the traffic after them is still windowed, forecast and decided."""
+    topics = Topics(settings.topic_prefix)
+    metrics_port = free_port()
+    worker_factory(metrics_port=metrics_port)
+    producer = Producer({"bootstrap.servers": settings.kafka, "linger.ms": 5})
+    read_by = (topics.partials, topics.windows, topics.forecasts, topics.overrides)
+    for topic in read_by:
+        producer.produce(topic, None, key=b"chat")
+        producer.produce(topic, b"\xff not a record", key=b"chat")
+    producer.flush()
+    send(settings, traffic("chat", range(3), 100, seed=5))
+    windows = TopicReader(settings, topics.windows)
+
+    def requests_by_window() -> dict[int, int]:
+        out = {}
+        for m in windows.messages:
+            if m.value() and m.value().startswith(b"{"):  # not one of the two records this test wrote
+                s = msgspec.json.decode(m.value(), type=WindowStats)
+                if s.scope == "service=chat" and s.traffic is not None:
+                    out[s.window_start] = s.traffic.requests
+        return out
+
+    windows.poll_until(lambda _: T0 + W in requests_by_window(), 60, "the second window")
+    assert [requests_by_window()[T0 + w * W] for w in range(2)] == [100, 100]
+    forecasts = TopicReader(settings, topics.forecasts)
+    forecasts.poll_until(lambda m: any(x.value() and b"service=chat" in x.value() for x in m), 60, "a forecast")
+    decisions = TopicReader(settings, topics.throttle)
+    decisions.poll_until(lambda m: any(b'"chat"' in x.value() for x in m), 60, "a decision")
+
+    def counted() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            page = response.read().decode()
+        return {s.name + "".join(s.labels.values()): s.value
+                for family in text_string_to_metric_families(page) for s in family.samples}
+
+    expected = {  # two records on each topic, each counted by every agent that reads the topic
+        "surgegate_worker_partials_merged_totalrejected": 2,  # the merge agent: partials
+        "surgegate_worker_forecasts_totalunreadable": 2,  # the forecast agent: windows
+        "surgegate_worker_mirror_unreadable_total": 2,  # the mirror: windows
+        "surgegate_worker_control_unroutable_total": 6,  # the router: windows, forecasts, overrides
+    }
+    eventually(lambda: {name: counted().get(name) for name in expected} == expected, 30, f"counts {expected}")
+
+
 def test_a_record_near_the_size_limit_is_dead_lettered_bounded_and_ingestion_continues(settings, worker_factory):
     topics = Topics(settings.topic_prefix)
     huge = b'{"schema":"sg.RequestEvent/1","padding":"' + b"x" * 900_000 + b'"}'  # base64 of it exceeds 1 MB
