@@ -11,6 +11,7 @@ from surgegate.agents.decide import DecideAgent
 from surgegate.agents.forecast import ForecastAgent
 from surgegate.agents.mirror import MirrorAgent
 from surgegate.agents.new_logs import NewLogs
+from surgegate.agents.recovery_watch import RecoveryWatch
 from surgegate.agents.windows import WindowMergeAgent
 from surgegate.settings import Settings
 from surgegate.streams.store import StateMirror
@@ -83,6 +84,7 @@ def create_app(settings: Settings, *, mirror: StateMirror | None = None,
     ).register()
     if mirror is not None:
         MirrorAgent(app, mirror, windows=windows).register()
+    RecoveryWatch(app, settings, mirror).register()
     # every topic an agent reads: a re-created one is read again from its start
     NewLogs(app, settings, [topics.partials, topics.windows, topics.forecasts, topics.overrides,
                             topics.control_inputs, *settings.peer_topics], mirror=mirror).register()

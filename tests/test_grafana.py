@@ -42,7 +42,7 @@ PIPELINE_COUNTERS = ("events", "partials", "cuts", "dead_letters", "dead_letter.
                      "late_events",
                      "windows.published", "decisions.published", "scaling.published", "forecasts.published",
                      "timing.decide.us", "timing.decide.runs", "slow_flushes", "stale_commits", "skips",
-                     "records_read_again",
+                     "records_read_again", "recovery_seeks", "recovery_ends",
                      "requests/chat/pro/admitted",
                      "latency/chat/0.5", "latency/chat/count", "latency/chat/sum_us")
 
