@@ -56,6 +56,11 @@ PROBE_S = 5.0
 Step = Literal["wait", "seek", "probe", "end"]
 
 
+def stalled(offset: int | None, highwater: int | None, idle_s: float, stall_s: float = STALL_S) -> bool:
+    """Whether a changelog partition in recovery still waits for records and has waited ``stall_s`` or more."""
+    return offset is not None and highwater is not None and offset < highwater and idle_s >= stall_s
+
+
 def step(offset: int | None, highwater: int | None, position: int | None, idle_s: float, *, sought: bool = False,
          stall_s: float = STALL_S) -> Step:
     """What to do with one active changelog partition in recovery.
@@ -63,8 +68,9 @@ def step(offset: int | None, highwater: int | None, position: int | None, idle_s
     ``offset`` is the last one applied (-1: none), ``highwater`` the last one the recovery waits for, ``position``
     the consumer's next fetch offset (None: not known), ``idle_s`` the time since its last record, since the
     recovery began or since this watch last acted on it, ``sought`` whether it already sought it again."""
-    if offset is None or highwater is None or offset >= highwater or idle_s < stall_s:
+    if not stalled(offset, highwater, idle_s, stall_s):
         return "wait"
+    assert highwater is not None  # a stalled partition has an end
     if position is not None and position > highwater:
         return "end"  # every offset up to the end was fetched: nothing more will come
     return "probe" if sought else "seek"
@@ -98,8 +104,8 @@ class RecoveryWatch:
             acted = self._acted_at.get(tp)
             sought = acted is not None and acted > got  # sought again since its last record
             idle = now - max(got, acted or started)
-            if step(offsets.get(tp), highwaters.get(tp), 0, idle, stall_s=self.stall_s) == "wait":
-                continue  # cheap first: the position is asked only of a partition that waited too long
+            if not stalled(offsets.get(tp), highwaters.get(tp), idle, self.stall_s):
+                continue  # the position is asked only of a partition that waited too long
             position = await self.app.consumer.position(tp)
             what = step(offsets.get(tp), highwaters.get(tp), position, idle, sought=sought, stall_s=self.stall_s)
             where = (f"{tp.topic}[{tp.partition}]: applied up to {offsets[tp]} of {highwaters[tp]}, position "

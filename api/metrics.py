@@ -70,7 +70,7 @@ _PLAIN = {
     "recovery_seeks": ("surgegate_agent_recovery_seeks",
                        "Changelog partitions a table recovery waited on too long, sought again"),
     "recovery_ends": ("surgegate_agent_recovery_ends",
-                      "Changelog partitions a table recovery waited on with everything fetched, taken as read"),
+                      "Changelog partitions a table recovery waited on with nothing left to read, taken as read"),
     "records_read_again": ("surgegate_agent_records_read_again",
                            "Records an agent's consumer skipped, read directly and handed to the agent"),
     "restarts": ("surgegate_ingest_restarts",
